@@ -1,0 +1,430 @@
+"""The engine: the one training loop, which runs any plan.
+
+For each stage it builds the helper, freezes what does not train (requires_grad False
+AND eval mode), builds the optimizer and schedule, caches the frozen prefix's outputs when
+that is exact and worth it, then trains epoch by epoch: a batch is a slice of a seeded
+permutation, one forward/backward/step, FLOPs and time counted. After each epoch it
+evaluates, logs, checkpoints, and decides whether the stage stops (and why).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from stagetrain import checkpoint as ckpt
+from stagetrain.data import DataBundle, epoch_permutation
+from stagetrain.errors import StagetrainError
+from stagetrain.flops import PROBE_BATCH, measure_step_flops
+from stagetrain.models import StagedModel, count_parameters
+from stagetrain.objectives import build_helper, stage_loss
+from stagetrain.optim import build_optimizer, build_scheduler, param_groups
+from stagetrain.plan import Plan, Stage, StopReason
+from stagetrain.progress import Reporter
+from stagetrain.rundir import MetricsLog, RunDir
+
+log = logging.getLogger("stagetrain")
+
+
+def prefix_len(model: StagedModel, stage: Stage) -> int:
+    """Number of leading blocks of the stage's path that are frozen: their output is the
+    stage's input, computed without gradients (and cached when that pays)."""
+    stop = len(model.block_names) if stage.stop_block is None else stage.stop_block
+    p = 0
+    while p < stop and model.block_names[p] not in stage.trainable:
+        p += 1
+    return p
+
+
+def freeze(model: StagedModel, stage: Stage) -> None:
+    """requires_grad True exactly for the groups the stage trains."""
+    for name in [*model.block_names, "head"]:
+        model.group(name).requires_grad_(name in stage.trainable)
+
+
+class StopRequested(Exception):
+    """Raised after a signal-triggered checkpoint; the run is marked ``stopped``."""
+
+
+@dataclass
+class RunState:
+    """Where the run is and what it has counted; everything a checkpoint restores."""
+
+    stage: int = 0
+    epoch: int = 0  # stage-local epoch in progress
+    batch: int = 0  # next batch of that epoch
+    in_stage: bool = False  # False: the stage at ``stage`` has not been entered yet
+    global_step: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+    best: float | None = None  # best val/acc of the full model, for best.pt
+    stage_best: float | None = None
+    bad_epochs: int = 0
+    stage_stop: str | None = None
+    stage_steps: int = 0
+    stage_samples: int = 0
+    stage_flops: float = 0.0
+    stage_seconds: float = 0.0
+    stage_metrics: dict[str, float] = field(default_factory=dict)
+    stage_best_metrics: dict[str, float] = field(default_factory=dict)
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, cfg: Any, plan: Plan, data: DataBundle, model: StagedModel,
+                 device: torch.device, rundir: RunDir | None, reporter: Reporter,
+                 config_yaml: str, stop_flag: dict[str, Any] | None = None):
+        self.cfg, self.plan, self.data, self.model = cfg, plan, data, model
+        self.device, self.rundir, self.reporter = device, rundir, reporter
+        self.config_yaml = config_yaml
+        self.stop_flag = stop_flag if stop_flag is not None else {}
+        self.state = RunState()
+        self.metrics: MetricsLog | None = None
+        self.helper: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.cache: torch.Tensor | None = None
+        self.cache_note = "off"
+        self.autocast = cfg.device.precision == "bf16"
+        self.loss_fn = torch.compile(stage_loss) if cfg.device.compile else stage_loss
+        self.on_update: Any = None  # callback(run_state) after each epoch, for run.json
+
+    # ----------------------------------------------------------------- resume
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's model and position; stage objects are restored on entry."""
+        self.model = StagedModel(state["arch"]).to(self.device)
+        self.model.load_state_dict(state["model"])
+        self.state = RunState(**state["run_state"])
+        self._pending = state
+
+    # ----------------------------------------------------------------- stages
+    def _groups(self, stage: Stage) -> dict[str, nn.Module]:
+        groups = {name: self.model.group(name) for name in [*self.model.block_names, "head"]}
+        if self.helper is not None:
+            groups["helper"] = self.helper
+        return {n: m for n, m in groups.items() if n in stage.trainable}
+
+    def _set_train_mode(self, stage: Stage) -> None:
+        """Train mode for what trains; frozen groups stay in eval (BN stats, dropout frozen)."""
+        self.model.train()
+        for name in [*self.model.block_names, "head"]:
+            if name not in stage.trainable:
+                self.model.group(name).eval()
+        if self.helper is not None:
+            self.helper.train()
+
+    def _enter_stage(self, k: int, stage: Stage) -> None:
+        self.helper = build_helper(stage.helper)
+        if self.helper is not None:
+            self.helper.to(self.device)
+        freeze(self.model, stage)
+        self.prefix = prefix_len(self.model, stage)
+        self.indices = self.data.labeled if stage.data == "labeled" else torch.arange(
+            len(self.data.train), device=self.device)
+        n, bs = len(self.indices), self.cfg.train.batch_size
+        self.steps_per_epoch = max(1, n // bs if n % bs == 1 and n > bs else math.ceil(n / bs))
+        self.optimizer = build_optimizer(stage, param_groups(stage, self._groups(stage)))
+        self.scheduler = build_scheduler(self.optimizer, stage.sched, self.cfg.sched,
+                                         stage.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        self.cache, self.cache_note = None, "off"
+        probe = self.indices[:PROBE_BATCH]
+        x = self.data.normalize(self.data.train.x[probe], self.plan.input_norm)
+        self.step_flops, self.prefix_flops = measure_step_flops(
+            stage, self.model, self.helper, x, self.data.train.y[probe], self.prefix)
+        if self.prefix > 0 and stage.cache != "off":
+            self.cache_note = "pending"
+        self._set_train_mode(stage)
+
+    def _build_cache(self, stage: Stage) -> None:
+        """Frozen prefix output over the stage's data, computed once (exact: prefix in eval)."""
+        n = len(self.indices)
+        shape = self.model.feature_shape(self.prefix - 1)
+        dtype = torch.bfloat16 if self._cache_dtype == "bf16" else torch.float32
+        nbytes = n * math.prod(shape) * (2 if dtype == torch.bfloat16 else 4)
+        if stage.cache == "auto" and (stage.epochs - self.state.epoch) < 2:
+            self.cache_note = "off (fewer than 2 epochs)"
+            return
+        if nbytes > self._cache_max_bytes:
+            self.cache_note = f"off ({nbytes / 2**20:.0f} MiB > cache_max_bytes)"
+            return
+        start = time.perf_counter()
+        out = torch.empty((n, *shape), dtype=dtype, device=self.device)
+        bs = self.cfg.train.eval_batch_size
+        with torch.no_grad():
+            for i in range(0, n, bs):
+                idx = self.indices[i:i + bs]
+                x = self.data.normalize(self.data.train.x[idx], self.plan.input_norm)
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                    out[i:i + bs] = self.model.features(x, 0, self.prefix).to(dtype)
+        self.cache = out
+        self.cache_note = f"on ({nbytes / 2**20:.1f} MiB)"
+        cost = self.prefix_flops * n
+        self.state.flops += cost
+        self.state.stage_flops += cost
+        elapsed = time.perf_counter() - start
+        self.state.seconds += elapsed
+        self.state.stage_seconds += elapsed
+
+    @property
+    def _cache_dtype(self) -> str:
+        return getattr(self.cfg.strategy, "cache_dtype", "fp32")
+
+    @property
+    def _cache_max_bytes(self) -> int:
+        return getattr(self.cfg.strategy, "cache_max_bytes", 2 * 1024**3)
+
+    # ----------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        """Run the plan from the current state to the end; returns the final metrics."""
+        recorded = self._pending["metrics_lines"] if getattr(self, "_pending", None) else None
+        if self.rundir is not None:
+            self.metrics = MetricsLog(self.rundir.metrics, recorded)
+        try:
+            for k in range(self.state.stage, len(self.plan.stages)):
+                self._run_stage(k, self.plan.stages[k])
+            return self._finish()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run_stage(self, k: int, stage: Stage) -> None:
+        st = self.state
+        pending = getattr(self, "_pending", None)
+        if pending is not None and not st.in_stage:
+            ckpt.set_rng_state(pending["rng"])  # stage-start checkpoint: RNG before entry
+        self._enter_stage(k, stage)
+        if pending is not None and st.in_stage:
+            if self.helper is not None and pending.get("helper") is not None:
+                self.helper.load_state_dict(pending["helper"])
+            self.optimizer.load_state_dict(pending["optimizer"])
+            self.scheduler.load_state_dict(pending["scheduler"])
+            ckpt.set_rng_state(pending["rng"])
+        if pending is None or not st.in_stage:
+            self._log({"event": "stage_start", "stage": k + 1, "stage_name": stage.name,
+                       "trainable": list(stage.trainable), "objective": stage.objective,
+                       "params": count_parameters(self.model)})
+        self._pending = None
+        st.in_stage = True
+        total = stage.epochs * self.steps_per_epoch
+        self.reporter.stage_start(f"stage {k + 1}/{len(self.plan.stages)} {stage.name}",
+                                  total, st.epoch * self.steps_per_epoch + st.batch)
+        while st.stage_stop is None and st.epoch < stage.epochs:
+            if self.cache_note == "pending":
+                self._build_cache(stage)
+            self._train_epoch(k, stage)
+            self._end_epoch(k, stage)
+        self._end_stage(k, stage)
+
+    def _batch_input(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices[positions]
+        y = self.data.train.y[idx]
+        if self.cache is not None:
+            return self.cache[positions].float(), y
+        x = self.data.normalize(self.data.train.x[idx], self.plan.input_norm)
+        if self.prefix > 0:
+            with torch.no_grad():
+                x = self.model.features(x, 0, self.prefix)
+        return x, y
+
+    def _train_epoch(self, k: int, stage: Stage) -> None:
+        st, bs = self.state, self.cfg.train.batch_size
+        n = len(self.indices)
+        perm = epoch_permutation(n, self.cfg.seed, k, st.epoch, self.device)
+        every = self.cfg.checkpoint.every_steps
+        check_each_step = self.device.type == "cpu"
+        start = time.perf_counter()
+        for b in range(st.batch, self.steps_per_epoch):
+            positions = perm[b * bs:(b + 1) * bs] if b < self.steps_per_epoch - 1 else perm[b * bs:]
+            h, y = self._batch_input(positions)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                loss, logits = self.loss_fn(stage, self.model, self.helper, h, y, self.prefix, True)
+            if check_each_step and not math.isfinite(loss.item()):
+                self._nonfinite(k, stage)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            m = len(positions)
+            sums = st.epoch_sums
+            sums[0] += loss.detach() * m
+            if logits is not None:
+                sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += m
+            st.batch = b + 1
+            st.global_step += 1
+            st.stage_steps += 1
+            st.stage_samples += m
+            cost = (self.step_flops + (self.prefix_flops if self.cache is None else 0.0)) * m
+            st.flops += cost
+            st.stage_flops += cost
+            self.reporter.step(f"epoch {st.epoch + 1}/{stage.epochs}")
+            stop = self.stop_flag.get("signal")
+            if stop or (every and st.global_step % every == 0):
+                elapsed = time.perf_counter() - start
+                st.seconds += elapsed
+                st.stage_seconds += elapsed
+                start = time.perf_counter()
+                self._save_last(k, stage)
+                if stop:
+                    raise StopRequested(stop)
+        elapsed = time.perf_counter() - start
+        st.seconds += elapsed
+        st.stage_seconds += elapsed
+
+    def _nonfinite(self, k: int, stage: Stage) -> None:
+        raise StagetrainError(
+            f"The training loss became non-finite (NaN or inf) in stage {k + 1} ({stage.name}) at "
+            f"global step {self.state.global_step + 1}, LR {stage.lr:g}. The last good checkpoint "
+            "is kept unchanged. Try a lower learning rate (optim.lr or the strategy's lr)."
+        )
+
+    def _end_epoch(self, k: int, stage: Stage) -> None:
+        st = self.state
+        loss_sum, correct, n = (float(v) for v in st.epoch_sums)
+        if not math.isfinite(loss_sum):
+            self._nonfinite(k, stage)
+        train = {"loss": loss_sum / max(n, 1)}
+        if stage.objective == "supervised":
+            train["acc"] = correct / max(n, 1)
+        val = self.evaluate(stage, "val")
+        lr = self.optimizer.param_groups[-1]["lr"]
+        base = {"stage": k + 1, "stage_name": stage.name, "epoch": st.epoch + 1,
+                "step": st.global_step, "flops": st.flops, "time": round(st.seconds, 4)}
+        self._log({**base, "split": "train", "lr": lr, **train})
+        self._log({**base, "split": "val", **val})
+        st.stage_metrics = {f"train/{k_}": v for k_, v in train.items()}
+        st.stage_metrics.update({f"val/{k_}": v for k_, v in val.items()})
+        score = val["acc"] if "acc" in val else -val["loss"]
+        if st.stage_best is None or score > st.stage_best:
+            st.stage_best, st.bad_epochs = score, 0
+            st.stage_best_metrics = dict(st.stage_metrics)
+        else:
+            st.bad_epochs += 1
+        is_best = stage.uses_head and (st.best is None or val["acc"] > st.best)
+        if is_best:
+            st.best = val["acc"]
+        st.epoch += 1
+        st.batch = 0
+        st.epoch_sums = [0.0, 0.0, 0.0]
+        patience = self.cfg.train.patience
+        if st.epoch >= stage.epochs:
+            st.stage_stop = StopReason.EPOCHS.value
+        elif patience and st.bad_epochs >= patience:
+            st.stage_stop = StopReason.PATIENCE.value
+        self.reporter.epoch_end(
+            f"stage {k + 1} {stage.name} epoch {st.epoch}/{stage.epochs}: "
+            + " ".join(f"{key}={val_:.4f}" for key, val_ in st.stage_metrics.items()))
+        self._save_last(k, stage)
+        if is_best and self.rundir is not None:
+            ckpt.save(self._checkpoint_state(k, stage), self.rundir.best)
+        if self.on_update is not None:
+            self.on_update(self)
+
+    def _end_stage(self, k: int, stage: Stage) -> None:
+        st = self.state
+        if stage.helper_to_head and self.helper is not None:
+            self.model.head.layer.load_state_dict(self.helper.layer.state_dict())
+        reason = StopReason(st.stage_stop or StopReason.EPOCHS.value)
+        st.summaries.append({
+            "stage": k + 1, "name": stage.name, "objective": stage.objective,
+            "trainable": list(stage.trainable), "epochs": st.epoch, "steps": st.stage_steps,
+            "samples": st.stage_samples, "flops": st.stage_flops, "seconds": round(st.stage_seconds, 3),
+            "params": count_parameters(self.model), "cache": self.cache_note,
+            "final": dict(st.stage_metrics), "best": dict(st.stage_best_metrics),
+            "stop_reason": reason.value, "stop_message": reason.message,
+        })
+        self._log({"event": "stage_end", "stage": k + 1, "stage_name": stage.name,
+                   "stop_reason": reason.value, "flops": st.flops, "time": round(st.seconds, 4)})
+        self.helper, self.cache, self.optimizer, self.scheduler = None, None, None, None
+        st.stage, st.epoch, st.batch, st.in_stage = k + 1, 0, 0, False
+        st.stage_best, st.bad_epochs, st.stage_stop = None, 0, None
+        st.stage_steps = st.stage_samples = 0
+        st.stage_flops = st.stage_seconds = 0.0
+        st.stage_metrics, st.stage_best_metrics = {}, {}
+        if self.rundir is not None:
+            state = self._checkpoint_state(k + 1, None)
+            if self.cfg.checkpoint.stage_checkpoints:
+                ckpt.save(state, self.rundir.stage_checkpoint(k, stage.name))
+            ckpt.save(state, self.rundir.last, keep_previous=self.rundir.last_prev)
+
+    # ----------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self, stage: Stage | None, split: str) -> dict[str, float]:
+        """Loss (and accuracy for supervised stages) of the stage's path on a split.
+
+        ``stage=None`` evaluates the model itself (blocks + head).
+        """
+        data = getattr(self.data, split)
+        stage = stage or Stage(name="final", epochs=0, trainable=[])
+        self.model.eval()
+        if self.helper is not None:
+            self.helper.eval()
+        prefix = prefix_len(self.model, stage) if stage.trainable else 0
+        loss_sum, correct, n = 0.0, 0, 0
+        for i in range(0, len(data), self.cfg.train.eval_batch_size):
+            x = self.data.normalize(data.x[i:i + self.cfg.train.eval_batch_size], self.plan.input_norm)
+            y = data.y[i:i + self.cfg.train.eval_batch_size]
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                h = self.model.features(x, 0, prefix)
+                loss, logits = stage_loss(stage, self.model, self.helper if stage.trainable else None,
+                                          h, y, prefix, False)
+            loss_sum += float(loss) * len(y)
+            if logits is not None:
+                correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+        if stage.trainable:
+            self._set_train_mode(stage)
+        out = {"loss": loss_sum / n}
+        if stage.objective == "supervised":
+            out["acc"] = correct / n
+        return out
+
+    def _finish(self) -> dict[str, Any]:
+        final = {}
+        for split in ("val", "test"):
+            for key, value in self.evaluate(None, split).items():
+                final[f"{split}/{key}"] = value
+        self._log({"event": "final", "step": self.state.global_step, "flops": self.state.flops,
+                   "time": round(self.state.seconds, 4), **final})
+        return final
+
+    # ----------------------------------------------------------------- I/O
+    def _log(self, event: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.log(event)
+
+    def _checkpoint_state(self, k: int, stage: Stage | None) -> dict[str, Any]:
+        """Everything needed to continue exactly from here (stage=None: stage k not entered)."""
+        in_stage = stage is not None
+        groups = self.optimizer.param_groups if in_stage else []
+        return {
+            "format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION,
+            "arch": self.model.spec,
+            "model": self.model.state_dict(),
+            "helper": self.helper.state_dict() if in_stage and self.helper is not None else None,
+            "optimizer": self.optimizer.state_dict() if in_stage else None,
+            "scheduler": self.scheduler.state_dict() if in_stage else None,
+            "position": {"stage": k, "stage_name": stage.name if stage else None,
+                         "epoch": self.state.epoch, "batch": self.state.batch,
+                         "global_step": self.state.global_step},
+            "run_state": asdict(self.state),
+            "rng": ckpt.rng_state(),
+            "config_yaml": self.config_yaml,
+            "trainable": list(stage.trainable) if stage else [],
+            "param_groups": [{"name": g.get("name"), "lr": g["lr"]} for g in groups],
+            "metrics_lines": self.metrics.position if self.metrics is not None else 0,
+        }
+
+    def _save_last(self, k: int, stage: Stage) -> None:
+        if self.rundir is None:
+            return
+        state = self._checkpoint_state(k, stage)
+        state["run_state"]["epoch_sums"] = [float(v) for v in self.state.epoch_sums]
+        ckpt.save(state, self.rundir.last, keep_previous=self.rundir.last_prev)

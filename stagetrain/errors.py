@@ -1,0 +1,30 @@
+"""The one exception type a user should ever see: a short message, no traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class StagetrainError(Exception):
+    """A problem with the user's input or environment, phrased for the user.
+
+    The CLI prints ``str(error)`` as one paragraph and exits non-zero; it never shows a
+    traceback for these unless ``HYDRA_FULL_ERROR=1`` is set.
+    """
+
+
+def did_you_mean(value: str, options: Iterable[str]) -> str:
+    """Return " Did you mean 'x'?" for the closest option, or an empty string."""
+    match = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def check_choice(key: str, value: str, options: Iterable[str]) -> None:
+    """Raise a StagetrainError naming ``key`` when ``value`` is not one of ``options``."""
+    options = list(options)
+    if value not in options:
+        raise StagetrainError(
+            f"{key}={value!r} is not valid: choose one of {', '.join(options)}."
+            + did_you_mean(value, options)
+        )

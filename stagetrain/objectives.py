@@ -1,0 +1,141 @@
+"""Stage objectives: the loss of one batch, and the helper modules some objectives need.
+
+* supervised  -- cross-entropy through the model's head, or through an auxiliary head
+* autoencoder -- reconstruct the input of the trained block through a decoder
+* denoising   -- the same from a masked input; the target is the clean input
+* rbm         -- contrastive divergence (CD-k) on the trained block as an RBM
+
+Helpers (auxiliary heads, decoders, the RBM's visible bias) exist only during their
+stage; the engine builds them from ``stage.helper`` and drops them at the stage end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stagetrain.models import Block, StagedModel
+from stagetrain.plan import Stage
+
+
+class AuxHead(nn.Module):
+    """Auxiliary classifier on a block's output: Linear (MLP), or [k convs] + pool + Linear (CNN)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        shape = spec["in_shape"]
+        layers: list[nn.Module] = []
+        if len(shape) == 3:
+            c = shape[0]
+            for _ in range(spec.get("extra_layers", 0)):
+                layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
+            layers += [nn.AdaptiveAvgPool2d(1)]
+            width = c
+        else:
+            width = shape[0]
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.layer = nn.Linear(width, spec["out"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.body(x))
+
+
+class Decoder(nn.Module):
+    """Maps a block's output back to its input; tied: uses the encoder's weight transposed."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.spec = dict(spec)
+        self.tied = bool(spec["tied"])
+        if spec["type"] == "linear":
+            self.weight = None if self.tied else nn.Parameter(torch.empty(spec["in"], spec["out"]))
+            self.bias = nn.Parameter(torch.zeros(spec["in"]))
+            if self.weight is not None:
+                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        else:
+            k = spec["kernel"]
+            self.weight = None if self.tied else nn.Parameter(torch.empty(spec["out"], spec["in"], k, k))
+            self.bias = nn.Parameter(torch.zeros(spec["in"]))
+            if self.weight is not None:
+                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, code: torch.Tensor, block: Block) -> torch.Tensor:
+        w = block.layer.weight if self.tied else self.weight
+        if self.spec["type"] == "linear":
+            return F.linear(code, w.t() if self.tied else w, self.bias)
+        if self.spec.get("pool"):
+            code = F.interpolate(code, scale_factor=self.spec["pool"], mode="nearest")
+        k = self.spec["kernel"]
+        return F.conv_transpose2d(code, w, self.bias, padding=k // 2)
+
+
+class RBMVisible(nn.Module):
+    """The visible bias of an RBM whose weight and hidden bias are the block's Linear."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(spec["in"]))
+
+
+def build_helper(spec: dict[str, Any] | None) -> nn.Module | None:
+    if spec is None:
+        return None
+    kinds = {"aux_head": AuxHead, "decoder": Decoder, "rbm": RBMVisible}
+    return kinds[spec["kind"]](spec)
+
+
+def free_energy(v: torch.Tensor, layer: nn.Linear, visible_bias: torch.Tensor) -> torch.Tensor:
+    """F(v) = -v.b - sum_j softplus(W v + c)_j, per sample."""
+    return -(v @ visible_bias) - F.softplus(F.linear(v, layer.weight, layer.bias)).sum(1)
+
+
+def cd_k_negative(v0: torch.Tensor, layer: nn.Linear, visible_bias: torch.Tensor, k: int) -> torch.Tensor:
+    """Run k steps of block Gibbs sampling from the data; returns the negative-phase visibles."""
+    v = v0
+    with torch.no_grad():
+        for _ in range(k):
+            h = torch.bernoulli(torch.sigmoid(F.linear(v, layer.weight, layer.bias)))
+            v = torch.sigmoid(F.linear(h, layer.weight.t(), visible_bias))
+    return v
+
+
+def mask_noise(x: torch.Tensor, level: float) -> torch.Tensor:
+    """Masking noise: each input unit is set to zero with probability ``level``."""
+    if level <= 0:
+        return x
+    return x * (torch.rand_like(x) >= level).to(x.dtype)
+
+
+def stage_loss(
+    stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
+    y: torch.Tensor, first: int, training: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss of one batch and (for supervised stages) the logits.
+
+    ``h`` is the input of block ``first`` (the output of the frozen prefix, maybe cached).
+    """
+    if stage.objective == "supervised":
+        z = model.features(h, first, stage.stop_block)
+        logits = helper(z) if helper is not None else model.head(z)
+        return F.cross_entropy(logits.float(), y), logits
+    block = model.blocks[model.block_names[stage.stop_block - 1]]
+    if stage.objective in ("autoencoder", "denoising"):
+        if block.spec["type"] == "linear":
+            h = h.flatten(1)
+        noisy = mask_noise(h, stage.noise) if stage.objective == "denoising" and training else h
+        recon = helper(block(noisy), block)
+        return F.mse_loss(recon.float(), h.float()), None
+    if stage.objective == "rbm":
+        v0 = h.flatten(1)
+        if not training:  # report the mean-field reconstruction error, which is comparable
+            hid = torch.sigmoid(F.linear(v0, block.layer.weight, block.layer.bias))
+            recon = torch.sigmoid(F.linear(hid, block.layer.weight.t(), helper.bias))
+            return F.mse_loss(recon, v0), None
+        vk = cd_k_negative(v0, block.layer, helper.bias, stage.cd_k)
+        loss = (free_energy(v0, block.layer, helper.bias) - free_energy(vk, block.layer, helper.bias)).mean()
+        return loss, None
+    raise ValueError(f"unknown objective {stage.objective!r}")

@@ -1,0 +1,60 @@
+"""Per-stage optimizer (one parameter group per trainable group) and LR schedule.
+
+The schedule is a pure function of the step inside the stage, so it restarts at every
+stage and a resumed run reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from stagetrain.plan import Stage
+
+
+def param_groups(stage: Stage, groups: dict[str, nn.Module]) -> list[dict[str, Any]]:
+    """One optimizer group per trainable group with its LR (stage.lr * lr_scale[name])."""
+    out = []
+    for name, module in groups.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            out.append({"params": params, "lr": stage.lr * stage.lr_scale.get(name, 1.0), "name": name})
+    return out
+
+
+def build_optimizer(stage: Stage, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+    raise ValueError(f"unknown optimizer {stage.optimizer!r}")
+
+
+def lr_factor(name: str, step: int, total: int, steps_per_epoch: int, warmup_epochs: int,
+              step_size: int, gamma: float) -> float:
+    """Multiplier of the base LR at ``step`` (0-based) of a stage of ``total`` steps."""
+    warmup = warmup_epochs * steps_per_epoch
+    if name == "onecycle":  # rise over the first 30%, then cosine down to 0
+        warmup = max(1, int(0.3 * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    if name == "constant":
+        return 1.0
+    if name == "step":
+        return gamma ** (step // (step_size * steps_per_epoch))
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, sched_cfg: Any, total: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        return lr_factor(name, step, total, steps_per_epoch, sched_cfg.warmup_epochs,
+                         sched_cfg.step_size, sched_cfg.gamma)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

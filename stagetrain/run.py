@@ -1,0 +1,248 @@
+"""``train(cfg, run_dir)``: validate, build, run and record one run. Tests call this directly.
+
+Order matters for the user contract: everything that can be checked without data is
+checked before data is loaded, and nothing is written into the run directory before the
+run starts (the CLI removes the directory Hydra made when nothing ran).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save as safetensors_bytes
+
+from stagetrain import __version__
+from stagetrain import checkpoint as ckpt
+from stagetrain.checkpoint import atomic_write
+from stagetrain.config import to_yaml, validate
+from stagetrain.data import dataset_meta, load_data
+from stagetrain.engine import Engine, StopRequested, freeze, prefix_len
+from stagetrain.errors import StagetrainError
+from stagetrain.flops import measure_step_flops
+from stagetrain.models import StagedModel, build_spec, count_parameters
+from stagetrain.objectives import build_helper
+from stagetrain.plan import Plan
+from stagetrain.progress import Reporter
+from stagetrain.rundir import RunDir
+from stagetrain.strategies import STRATEGIES
+
+log = logging.getLogger("stagetrain")
+
+# keys that may differ between an interrupted run and its resumption
+RESUME_FREE_KEYS = {"resume", "progress", "dry_run"}
+
+
+def pick_device(dcfg: DictConfig) -> torch.device:
+    if dcfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if dcfg.threads:
+        torch.set_num_threads(int(dcfg.threads))
+    name = dcfg.name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StagetrainError("device=cuda was asked for, but PyTorch sees no CUDA GPU here. Use device=cpu or device=auto.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise StagetrainError("device.name=mps was asked for, but Apple MPS is not available here. Use device=cpu or device=auto.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def estimate_plan(cfg: DictConfig, plan: Plan, spec: dict[str, Any], n_train: int,
+                  n_labeled: int) -> list[dict[str, Any]]:
+    """Per stage: samples per epoch and estimated training FLOPs with and without caching."""
+    model = StagedModel(spec)
+    x = torch.randn(2, *spec["in_shape"])
+    if plan.input_norm == "unit":
+        x = x.sigmoid()
+    y = torch.zeros(2, dtype=torch.long)
+    rows = []
+    for stage in plan.stages:
+        freeze(model, stage)
+        helper = build_helper(stage.helper)
+        p = prefix_len(model, stage)
+        step, pre = measure_step_flops(stage, model, helper, x, y, p)
+        n = n_labeled if stage.data == "labeled" else n_train
+        plain = (step + pre) * n * stage.epochs
+        cached = pre * n + step * n * stage.epochs
+        use_cache = p > 0 and stage.cache == "on" or (stage.cache == "auto" and p > 0 and stage.epochs >= 2)
+        rows.append({"stage": stage, "samples": n, "flops": cached if use_cache else plain,
+                     "flops_no_cache": plain, "flops_cache": cached if p > 0 else None})
+    return rows
+
+
+def print_plan(cfg: DictConfig, plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"stagetrain plan: strategy={plan.strategy} ({params:,} parameters at the start)")
+    for col in ("stage", "name", "objective", "trains", "data", "epochs", "est. FLOPs", "FLOPs no cache"):
+        table.add_column(col)
+    for k, row in enumerate(rows):
+        s = row["stage"]
+        table.add_row(str(k + 1), s.name, s.objective, ", ".join(s.trainable),
+                      f"{s.data} ({row['samples']:,}/epoch)", str(s.epochs), f"{row['flops']:.3g}",
+                      f"{row['flops_no_cache']:.3g}" if row["flops_cache"] is not None else "-")
+    console = Console()
+    console.print(table)
+    total = sum(r["flops"] for r in rows)
+    console.print(f"Total estimated training FLOPs: {total:.3g}. Dry run: nothing was trained or written.")
+
+
+def _versions() -> dict[str, str]:
+    import hydra
+    import sklearn
+    import torchvision
+
+    return {"stagetrain": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "hydra": hydra.__version__, "sklearn": sklearn.__version__, "python": platform.python_version()}
+
+
+def _config_for_resume(cfg: DictConfig, rundir: RunDir) -> DictConfig:
+    """The interrupted run's own config; the command line may only change RESUME_FREE_KEYS."""
+    saved = OmegaConf.create(rundir.read_run_json()["config"])
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changed = sorted(k for k in _diff_keys(current, OmegaConf.to_container(saved)) if k.split(".")[0] not in RESUME_FREE_KEYS)
+    if changed:
+        log.warning("Resuming %s with its saved config; ignoring the differing values of: %s",
+                    rundir.path, ", ".join(changed))
+    for key in RESUME_FREE_KEYS:
+        saved[key] = cfg[key]
+    return saved
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in set(a) | set(b):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _load_resume_checkpoint(rundir: RunDir) -> dict[str, Any] | None:
+    """Newest readable checkpoint; a bad one is reported and the previous good one used."""
+    for path in rundir.resume_candidates():
+        try:
+            state = ckpt.load(path)
+        except StagetrainError as e:
+            log.warning("%s Falling back to the previous checkpoint.", e)
+            continue
+        log.info("Resuming from %s (stage %d, epoch %d, batch %d)", path, state["position"]["stage"] + 1,
+                 state["position"]["epoch"], state["position"]["batch"])
+        return state
+    return None
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
+    """Run one configured job; returns run.json's content (or the plan rows for a dry run)."""
+    validate(cfg)
+    device = pick_device(cfg.device)
+    strategy = STRATEGIES[cfg.strategy.name]
+    if cfg.dry_run:
+        shape, classes, n_train, n_labeled = dataset_meta(cfg.dataset)
+        spec = build_spec(cfg.model, shape, classes)
+        plan = strategy.build(cfg, spec)
+        rows = estimate_plan(cfg, plan, spec, n_train, n_labeled)
+        print_plan(cfg, plan, rows, count_parameters(StagedModel(spec)))
+        return {"dry_run": True, "plan": plan.to_dict(), "estimates": [
+            {k: v for k, v in r.items() if k != "stage"} for r in rows]}
+
+    rundir = RunDir(Path(run_dir))
+    resumed: dict[str, Any] | None = None
+    if rundir.has_run():
+        if cfg.resume == "never":
+            raise StagetrainError(
+                f"The run directory {rundir.path} already holds a run. Add resume=auto to continue it, "
+                "or leave hydra.run.dir at its default to start a new run directory.")
+        info = rundir.read_run_json()
+        if info.get("status") == "completed":
+            log.info("Run %s already completed; nothing to do (resume=%s).", rundir.path, cfg.resume)
+            return info
+        cfg = _config_for_resume(cfg, rundir)
+        resumed = _load_resume_checkpoint(rundir)
+        (rundir.path / ".hydra").mkdir(exist_ok=True)
+        (rundir.path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    elif cfg.resume not in ("never", "auto"):
+        raise StagetrainError(f"resume={cfg.resume}: that directory holds no stagetrain run (no run.json).")
+
+    data = load_data(cfg.dataset, cfg.seed).to(device)
+    spec = build_spec(cfg.model, data.in_shape, data.num_classes)
+    seed_everything(cfg.seed)
+    model = StagedModel(spec).to(device)
+    plan = strategy.build(cfg, spec)
+    rundir.checkpoints.mkdir(parents=True, exist_ok=True)
+    config_yaml = to_yaml(cfg)
+    reporter = Reporter(cfg.progress)
+    engine = Engine(cfg, plan, data, model, device, rundir, reporter, config_yaml)
+    if resumed is not None:
+        engine.restore(resumed)
+
+    started = time.time()
+    info = {
+        "status": "running", "strategy": plan.strategy, "run_dir": str(rundir.path.resolve()),
+        "seed": cfg.seed, "device": str(device), "started": started, "plan": plan.to_dict(),
+        "stages": [], "final": {}, "versions": _versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True), "error": None,
+    }
+    if resumed is not None or rundir.has_run():
+        info["started"] = rundir.read_run_json().get("started", started)
+
+    def update(eng: Engine, **extra: Any) -> None:
+        st = eng.state
+        info.update({"stages": st.summaries, "flops": st.flops, "seconds": round(st.seconds, 3),
+                     "global_step": st.global_step, "updated": time.time(),
+                     "params": count_parameters(eng.model), **extra})
+        rundir.write_run_json(info)
+
+    engine.on_update = update
+    update(engine)
+    stop_flag: dict[str, Any] = {}
+    engine.stop_flag = stop_flag
+    previous = {sig: signal.signal(sig, lambda s, f: stop_flag.__setitem__("signal", signal.Signals(s).name))
+                for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        final = engine.run()
+    except StopRequested as e:
+        update(engine, status="stopped", stop_reason="signal",
+               error=f"stopped by {e}; continue with resume=auto (hydra.run.dir={rundir.path})")
+        raise
+    except StagetrainError as e:
+        update(engine, status="failed", error=str(e))
+        raise
+    except BaseException as e:
+        update(engine, status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        reporter.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in engine.model.state_dict().items()}
+    atomic_write(rundir.safetensors, safetensors_bytes(
+        state_dict, metadata={"format": "stagetrain", "arch": json.dumps(engine.model.spec),
+                              "strategy": plan.strategy}))
+    last_reason = engine.state.summaries[-1]["stop_reason"] if engine.state.summaries else None
+    update(engine, status="completed", final=final, stop_reason=last_reason)
+    return info

@@ -1,0 +1,13 @@
+"""Strategies: small modules that turn their config into a Plan. None owns a training loop.
+
+Each module provides ``validate(cfg)`` (raise StagetrainError on bad values) and
+``build(cfg, spec) -> Plan`` (``spec``: the architecture spec of the model the run starts
+from). To add a strategy: write such a module, register it below, add its schema in
+``stagetrain/config.py`` and its YAML in ``conf/strategy/``.
+"""
+
+from __future__ import annotations
+
+from stagetrain.strategies import layerwise, scratch
+
+STRATEGIES = {"scratch": scratch, "layerwise": layerwise}

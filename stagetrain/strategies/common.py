@@ -1,0 +1,22 @@
+"""Helpers every strategy uses to build its stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagetrain.plan import Stage
+
+
+def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
+    """A stage with the run's optimizer settings; ``fields`` override them."""
+    defaults = {
+        "optimizer": cfg.optim.name, "lr": float(cfg.optim.lr),
+        "weight_decay": float(cfg.optim.weight_decay), "momentum": float(cfg.optim.momentum),
+        "sched": cfg.sched.name,
+    }
+    return Stage(**{**defaults, **fields})
+
+
+def all_groups(spec: dict[str, Any]) -> list[str]:
+    """Every trainable group of a model: its blocks and its head."""
+    return [b["name"] for b in spec["blocks"]] + ["head"]

@@ -1,0 +1,99 @@
+"""layerwise: greedy layer-wise pretraining, one stage per block, then fine-tuning.
+
+Stage l trains block l alone on the (frozen, cacheable) output of blocks 1..l-1, through
+a helper that exists only in that stage:
+
+* supervised  -- an auxiliary classifier (Linear; for CNNs pooling + optional k convs)
+* autoencoder -- a decoder (tied W^T or untied) reconstructing the block's input
+* denoising   -- the same from masked input (level per layer), the target is clean
+* rbm         -- the block as an RBM trained with CD-k (sigmoid MLP blocks)
+
+Unsupervised objectives see every training input; supervised stages and the fine-tune
+stage see only the ``dataset.labeled_fraction`` labelled subset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagetrain.config import OBJECTIVES, as_list
+from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.plan import Plan, Stage
+from stagetrain.strategies.common import all_groups, stage_from_cfg
+
+
+def validate(cfg: Any) -> None:
+    s = cfg.strategy
+    check_choice("strategy.objective", s.objective, OBJECTIVES)
+    check_choice("strategy.cache", s.cache, ("auto", "on", "off"))
+    check_choice("strategy.cache_dtype", s.cache_dtype, ("fp32", "bf16"))
+    if s.optimizer is not None:
+        check_choice("strategy.optimizer", s.optimizer, ("sgd", "adam", "adamw"))
+    for key, value in (("strategy.epochs_per_layer", s.epochs_per_layer), ("strategy.cd_k", s.cd_k),
+                       ("strategy.lr", s.lr), ("strategy.rbm_lr", s.rbm_lr),
+                       ("strategy.finetune.epochs", s.finetune.epochs), ("strategy.finetune.lr", s.finetune.lr)):
+        if value is not None and not value > 0:
+            raise StagetrainError(f"{key}={value} is out of range: it must be > 0.")
+    if s.finetune.head_warmup_epochs < 0:
+        raise StagetrainError(f"strategy.finetune.head_warmup_epochs={s.finetune.head_warmup_epochs} must be >= 0.")
+    for level in as_list(s.noise):
+        if not isinstance(level, int | float) or not 0 <= level < 1:
+            raise StagetrainError(f"strategy.noise={as_list(s.noise)} is not valid: give masking levels in [0, 1), one value or one per layer.")
+    if s.aux_head != "linear" and not (isinstance(s.aux_head, int) and s.aux_head >= 0):
+        raise StagetrainError(f"strategy.aux_head={s.aux_head!r} is not valid: use 'linear' or a number of extra conv layers (>= 0).")
+    if s.objective == "rbm":
+        m = cfg.model
+        if m.name != "mlp" or m.activation != "sigmoid" or m.bn:
+            raise StagetrainError(
+                "strategy.objective=rbm trains each block as a restricted Boltzmann machine, which needs "
+                "sigmoid MLP blocks without BatchNorm: add model=mlp model.activation=sigmoid model.bn=false."
+            )
+
+
+def _helper(cfg: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
+    s, block = cfg.strategy, spec["blocks"][index]
+    if s.objective == "supervised":
+        helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": spec["num_classes"]}
+        if last_to_head:  # same shape as the model's head, so it can become the head
+            helper["in_shape"] = [spec["head"]["in"]]
+        elif block["type"] == "conv" and s.aux_head != "linear":
+            helper["extra_layers"] = int(s.aux_head)
+        return helper
+    if s.objective == "rbm":
+        return {"kind": "rbm", "in": block["in"]}
+    return {"kind": "decoder", "type": block["type"], "in": block["in"], "out": block["out"],
+            "tied": bool(s.tied), "kernel": block.get("kernel"), "pool": block.get("pool", 0)}
+
+
+def build(cfg: Any, spec: dict[str, Any]) -> Plan:
+    s = cfg.strategy
+    blocks = [b["name"] for b in spec["blocks"]]
+    noise = as_list(s.noise)
+    supervised = s.objective == "supervised"
+    stages: list[Stage] = []
+    for i, name in enumerate(blocks):
+        last_to_head = supervised and not s.finetune.enabled and i == len(blocks) - 1
+        greedy = {
+            "optimizer": s.optimizer or cfg.optim.name, "lr": float(s.lr or cfg.optim.lr),
+        }
+        if s.objective == "rbm":
+            greedy = {"optimizer": "sgd", "lr": float(s.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
+        stages.append(stage_from_cfg(
+            cfg, name=f"greedy-{name}", epochs=int(s.epochs_per_layer), trainable=[name, "helper"],
+            objective=s.objective, stop_block=i + 1, helper=_helper(cfg, spec, i, last_to_head),
+            helper_to_head=last_to_head, data="labeled" if supervised else "all", cache=s.cache,
+            noise=float(noise[min(i, len(noise) - 1)]) if s.objective == "denoising" else 0.0,
+            cd_k=int(s.cd_k), description=f"{name} on the frozen blocks below it ({s.objective})",
+            **greedy,
+        ))
+    ft = s.finetune
+    if ft.enabled:
+        lr = float(ft.lr) if ft.lr is not None else float(cfg.optim.lr)
+        if ft.head_warmup_epochs:
+            stages.append(stage_from_cfg(
+                cfg, name="finetune-head", epochs=int(ft.head_warmup_epochs), trainable=["head"],
+                lr=float(cfg.optim.lr), cache=s.cache, description="new head on the frozen pretrained blocks"))
+        stages.append(stage_from_cfg(
+            cfg, name="finetune", epochs=int(ft.epochs or cfg.train.epochs), trainable=all_groups(spec),
+            lr=lr, description="every block and the head, from the greedy weights"))
+    return Plan("layerwise", stages, input_norm="unit" if s.objective == "rbm" else "standardize")
