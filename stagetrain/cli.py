@@ -32,8 +32,9 @@ register_configs()
 
 
 def print_summary(info: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stagetrain.progress import make_console
 
     table = Table(title=f"stagetrain: {info['strategy']} - {info['status']}")
     for col in ("stage", "name", "epochs", "params", "FLOPs", "seconds", "metric", "stop"):
@@ -43,7 +44,7 @@ def print_summary(info: dict[str, Any]) -> None:
         metric = f"val/acc {metric:.4f}" if metric is not None else f"val/loss {s['final'].get('val/loss', float('nan')):.4f}"
         table.add_row(str(s["stage"]), s["name"], str(s["epochs"]), f"{s['params']:,}",
                       f"{s['flops']:.3g}", f"{s['seconds']:.1f}", metric, s["stop_reason"])
-    console = Console()
+    console = make_console()
     console.print(table)
     final = "  ".join(f"{k}={v:.4f}" for k, v in info["final"].items())
     console.print(f"final: {final}")

@@ -161,13 +161,13 @@ def register_configs() -> None:
     """Register the schemas; each YAML option names its schema in its defaults list."""
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
-    cs.store(group="dataset", name="synthetic_schema", node=SyntheticDatasetConfig)
-    cs.store(group="model", name="mlp_schema", node=MLPConfig)
-    cs.store(group="model", name="cnn_schema", node=CNNConfig)
-    cs.store(group="device", name="device_schema", node=DeviceConfig)
-    cs.store(group="strategy", name="scratch_schema", node=ScratchConfig)
-    cs.store(group="strategy", name="layerwise_schema", node=LayerwiseConfig)
+    cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
+    cs.store(group="schema/dataset", name="synthetic", node=SyntheticDatasetConfig)
+    cs.store(group="schema/model", name="mlp", node=MLPConfig)
+    cs.store(group="schema/model", name="cnn", node=CNNConfig)
+    cs.store(group="schema/device", name="device", node=DeviceConfig)
+    cs.store(group="schema/strategy", name="scratch", node=ScratchConfig)
+    cs.store(group="schema/strategy", name="layerwise", node=LayerwiseConfig)
 
 
 def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:

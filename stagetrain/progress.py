@@ -18,6 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 log = logging.getLogger("stagetrain")
 
 
+def make_console() -> Console:
+    """A rich console; off a terminal (logs, pipes) it is wide enough not to wrap tables."""
+    return Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
+
+
 def resolve_mode(mode: str) -> str:
     if mode == "auto":
         return "rich" if sys.stdout.isatty() else "plain"
@@ -31,7 +36,7 @@ class Reporter:
         self._last = time.monotonic()
         self._bar: Progress | None = None
         self._task = None
-        self.console = Console()
+        self.console = make_console()
         if self.mode == "rich":
             self._route_logging_through_rich()
 

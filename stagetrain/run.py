@@ -93,8 +93,9 @@ def estimate_plan(cfg: DictConfig, plan: Plan, spec: dict[str, Any], n_train: in
 
 
 def print_plan(cfg: DictConfig, plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stagetrain.progress import make_console
 
     table = Table(title=f"stagetrain plan: strategy={plan.strategy} ({params:,} parameters at the start)")
     for col in ("stage", "name", "objective", "trains", "data", "epochs", "est. FLOPs", "FLOPs no cache"):
@@ -104,7 +105,7 @@ def print_plan(cfg: DictConfig, plan: Plan, rows: list[dict[str, Any]], params: 
         table.add_row(str(k + 1), s.name, s.objective, ", ".join(s.trainable),
                       f"{s.data} ({row['samples']:,}/epoch)", str(s.epochs), f"{row['flops']:.3g}",
                       f"{row['flops_no_cache']:.3g}" if row["flops_cache"] is not None else "-")
-    console = Console()
+    console = make_console()
     console.print(table)
     total = sum(r["flops"] for r in rows)
     console.print(f"Total estimated training FLOPs: {total:.3g}. Dry run: nothing was trained or written.")

@@ -66,8 +66,10 @@ class RunDir:
         if {p.name for p in self.path.iterdir()} - HYDRA_FILES:
             return
         shutil.rmtree(self.path, ignore_errors=True)
-        parent = self.path.parent
-        if parent.name and parent != Path(".") and parent.is_dir() and not any(parent.iterdir()):
+        cwd = Path.cwd().resolve()
+        for parent in self.path.resolve().parents:  # outputs/<date>/ if that run made them
+            if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+                break
             parent.rmdir()
 
 

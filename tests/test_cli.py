@@ -1,0 +1,91 @@
+"""The CLI behaves as Hydra users expect, installed non-editable, from any directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, run_cli, run_dirs
+
+
+def test_cfg_job_works_from_any_directory_after_a_non_editable_install(tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(REPO)], check=True, capture_output=True)
+    assert (site / "stagetrain" / "conf" / "config.yaml").exists(), "conf/ not shipped in the wheel"
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", "from stagetrain.cli import main; main()",
+                           "--cfg", "job", "strategy=scratch", "model=cnn"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: scratch" in proc.stdout and "channels:" in proc.stdout
+    import stagetrain  # the installed copy, not the repo's, was used
+    out = subprocess.run([sys.executable, "-c", "import stagetrain; print(stagetrain.__file__)"],
+                         cwd=workdir, env=env, capture_output=True, text=True).stdout
+    assert str(site) in out and stagetrain is not None
+
+
+def test_info_lists_the_config_groups(tmp_path):
+    proc = run_cli("--info", "defaults", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "strategy/layerwise" in proc.stdout and "dataset/digits" in proc.stdout
+
+
+def test_config_dir_adds_user_config_groups(tmp_path):
+    extra = tmp_path / "myconf" / "model"
+    extra.mkdir(parents=True)
+    (extra / "tiny.yaml").write_text("defaults:\n  - /schema/model/mlp@_here_\n  - _self_\nname: mlp\nwidths: [7]\n")
+    proc = run_cli("--config-dir", str(tmp_path / "myconf"), "model=tiny", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "- 7" in proc.stdout
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    proc = run_cli("strategy=layerwise", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("greedy-block1", "greedy-block3", "finetune", "est. FLOPs", "Dry run"):
+        assert text in proc.stdout
+    assert not any(tmp_path.rglob("*")), "a dry run must not create a run directory"
+
+
+def test_multirun_sweep_makes_one_run_dir_per_job(tmp_path):
+    proc = run_cli("-m", "strategy=scratch", "seed=0,1", "train.epochs=1", "progress=off",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dirs = run_dirs(tmp_path / "sweep")
+    assert len(dirs) == 2
+    seeds = sorted(json.loads((d / "run.json").read_text())["seed"] for d in dirs)
+    assert seeds == [0, 1]
+
+
+def test_scratch_run_prints_final_table_and_run_dir(tmp_path):
+    proc = run_cli("strategy=scratch", "train.epochs=2", "progress=plain", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path)
+    assert f"run directory: {run.resolve()}" in proc.stdout.replace("\n", "")
+    assert "test/acc=" in proc.stdout
+    assert "epoch 1/2" in proc.stdout  # plain progress lines when stdout is not a terminal
+
+
+def test_two_runs_in_the_same_second_get_distinct_directories(tmp_path):
+    procs = [subprocess.Popen([str(REPO.parent / "x")] if False else
+                              [os.path.join(os.path.dirname(sys.executable), "stagetrain"),
+                               "strategy=scratch", "train.epochs=1", "progress=off"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    assert len(run_dirs(tmp_path)) == 3
+
+
+def test_existing_run_dir_needs_resume(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("strategy=scratch", "train.epochs=1", "progress=off", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    proc = run_cli("strategy=scratch", "train.epochs=1", "progress=off", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode != 0 and "resume=auto" in proc.stdout + proc.stderr
+    again = run_cli("strategy=scratch", "train.epochs=1", "progress=off", f"hydra.run.dir={run}", "resume=auto", cwd=tmp_path)
+    assert again.returncode == 0 and "already completed" in again.stdout + again.stderr

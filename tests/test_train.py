@@ -1,0 +1,90 @@
+"""A scratch run on digits: accuracy, every file of the run directory, metrics lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_cfg
+from safetensors import safe_open
+
+from stagetrain import checkpoint as ckpt
+from stagetrain.models import StagedModel
+from stagetrain.rundir import read_metrics
+from stagetrain.run import train
+
+
+@pytest.fixture(scope="module")
+def scratch_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("scratch") / "run"
+    info = train(make_cfg("strategy=scratch"), run)
+    return run, info
+
+
+def test_scratch_on_digits_reaches_095_test_accuracy(scratch_run):
+    _, info = scratch_run
+    assert info["status"] == "completed"
+    assert info["final"]["test/acc"] >= 0.95
+
+
+def test_run_directory_has_every_file(scratch_run):
+    run, _ = scratch_run
+    for name in ("run.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "checkpoints/stage-1-train.pt", "model.safetensors"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    for key in ("status", "strategy", "plan", "stages", "final", "versions", "seed", "config"):
+        assert key in info
+    (stage,) = info["stages"]
+    assert stage["stop_reason"] == "epochs" and stage["flops"] > 0 and stage["epochs"] == 20
+
+
+def test_metrics_lines_parse_and_carry_stage_epoch_split(scratch_run):
+    run, _ = scratch_run
+    events = read_metrics(run / "metrics.jsonl")
+    epochs = [e for e in events if "split" in e]
+    assert {e["split"] for e in epochs} == {"train", "val"}
+    for e in epochs:
+        assert {"stage", "stage_name", "epoch", "step", "loss", "flops", "time"} <= set(e)
+    assert [e["epoch"] for e in epochs if e["split"] == "val"] == list(range(1, 21))
+    flops = [e["flops"] for e in epochs]
+    assert flops == sorted(flops), "cumulative FLOPs must not decrease"
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(scratch_run):
+    run, _ = scratch_run
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["format"] == ckpt.FORMAT
+    assert isinstance(state["config_yaml"], str) and "scratch" in state["config_yaml"]
+    model = StagedModel(state["arch"])
+    model.load_state_dict(state["model"])
+
+
+def test_safetensors_carries_weights_and_arch(scratch_run):
+    run, _ = scratch_run
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        arch = json.loads(f.metadata()["arch"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model = StagedModel(arch)
+    model.load_state_dict(tensors)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for k, v in last["model"].items():
+        assert torch.equal(v, tensors[k])
+
+
+def test_patience_stops_a_stage_and_records_why(tmp_path):
+    info = train(make_cfg("strategy=scratch", "train.epochs=60", "train.patience=2", "optim.lr=0.01",
+                          "sched.name=constant"), tmp_path / "run")
+    (stage,) = info["stages"]
+    assert stage["stop_reason"] == "patience" and stage["epochs"] < 60
+
+
+def test_nonfinite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    from stagetrain.errors import StagetrainError
+
+    with pytest.raises(StagetrainError, match="non-finite"):
+        train(make_cfg("strategy=scratch", "optim.name=sgd", "optim.lr=1e6", "sched.name=constant",
+                       "train.epochs=3"), tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "failed" and "lower learning rate" in info["error"].replace("a lower", "lower")
