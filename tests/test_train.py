@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from stagetrain import checkpoint as ckpt
 from stagetrain.models import StagedModel
-from stagetrain.rundir import read_metrics
 from stagetrain.run import train
+from stagetrain.rundir import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +80,12 @@ def test_patience_stops_a_stage_and_records_why(tmp_path):
     assert stage["stop_reason"] == "patience" and stage["epochs"] < 60
 
 
-def test_nonfinite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nonfinite_loss_fails_the_run_with_stage_step_and_hint(tmp_path):
     from stagetrain.errors import StagetrainError
 
     with pytest.raises(StagetrainError, match="non-finite"):
         train(make_cfg("strategy=scratch", "optim.name=sgd", "optim.lr=1e6", "sched.name=constant",
                        "train.epochs=3"), tmp_path / "run")
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["status"] == "failed" and "lower learning rate" in info["error"].replace("a lower", "lower")
+    assert info["status"] == "failed"
+    assert "stage 1" in info["error"] and "global step" in info["error"] and "lower learning rate" in info["error"]
