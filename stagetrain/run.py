@@ -125,9 +125,11 @@ def _config_for_resume(cfg: DictConfig, rundir: RunDir) -> DictConfig:
     saved = OmegaConf.create(rundir.read_run_json()["config"])
     current = OmegaConf.to_container(cfg, resolve=True)
     changed = sorted(k for k in _diff_keys(current, OmegaConf.to_container(saved)) if k.split(".")[0] not in RESUME_FREE_KEYS)
-    if changed:
+    if changed and cfg.resume == "auto":  # the same command line again: differences are news
         log.warning("Resuming %s with its saved config; ignoring the differing values of: %s",
                     rundir.path, ", ".join(changed))
+    else:
+        log.info("Resuming %s with its saved config.", rundir.path)
     for key in RESUME_FREE_KEYS:
         saved[key] = cfg[key]
     return saved
@@ -159,12 +161,10 @@ def _load_resume_checkpoint(rundir: RunDir) -> dict[str, Any] | None:
 def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     """Run one configured job; returns run.json's content (or the plan rows for a dry run)."""
     validate(cfg)
-    device = pick_device(cfg.device)
-    strategy = STRATEGIES[cfg.strategy.name]
     if cfg.dry_run:
         shape, classes, n_train, n_labeled = dataset_meta(cfg.dataset)
         spec = build_spec(cfg.model, shape, classes)
-        plan = strategy.build(cfg, spec)
+        plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
         rows = estimate_plan(cfg, plan, spec, n_train, n_labeled)
         print_plan(cfg, plan, rows, count_parameters(StagedModel(spec)))
         return {"dry_run": True, "plan": plan.to_dict(), "estimates": [
@@ -182,17 +182,19 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
             log.info("Run %s already completed; nothing to do (resume=%s).", rundir.path, cfg.resume)
             return info
         cfg = _config_for_resume(cfg, rundir)
+        validate(cfg)
         resumed = _load_resume_checkpoint(rundir)
         (rundir.path / ".hydra").mkdir(exist_ok=True)
         (rundir.path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     elif cfg.resume not in ("never", "auto"):
         raise StagetrainError(f"resume={cfg.resume}: that directory holds no stagetrain run (no run.json).")
 
+    device = pick_device(cfg.device)
     data = load_data(cfg.dataset, cfg.seed).to(device)
     spec = build_spec(cfg.model, data.in_shape, data.num_classes)
     seed_everything(cfg.seed)
     model = StagedModel(spec).to(device)
-    plan = strategy.build(cfg, spec)
+    plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
     rundir.checkpoints.mkdir(parents=True, exist_ok=True)
     config_yaml = to_yaml(cfg)
     reporter = Reporter(cfg.progress)

@@ -43,6 +43,16 @@ CPU = torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """These models are tiny: one intra-op thread is faster, and it does not spin against
+    other processes on a small CI machine. The previous setting is restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def build_engine(cfg, run_dir: Path | None = None) -> Engine:
     """The engine exactly as ``stagetrain.run.train`` builds it (CPU, no progress output)."""
     validate(cfg)

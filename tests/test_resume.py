@@ -90,3 +90,30 @@ def test_layerwise_killed_in_stage_2_of_3_resumes_to_identical_weights(tmp_path)
     ref, got = _final_weights(reference), _final_weights(run)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     _assert_epochs_exactly_once(run)
+
+
+def test_sigterm_checkpoints_marks_stopped_and_resume_dir_continues(tmp_path):
+    args = ["strategy=scratch", "train.epochs=3", *SLOW]
+    reference = tmp_path / "reference"
+    assert run_cli(*args, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    run = tmp_path / "stopped"
+    exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
+    proc = subprocess.Popen([exe, *args, f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    while not ((run / "metrics.jsonl").exists() and "val" in (run / "metrics.jsonl").read_text()):
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        time.sleep(0.02)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert time.time() - sent < 10
+    assert proc.returncode == 3, out
+    assert "Traceback" not in out and "resume=auto" in out
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped"
+    # resume=<run dir> alone: the run's saved config is used, nothing else needs repeating
+    done = run_cli(f"resume={run}", "progress=off", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref, got = _final_weights(reference), _final_weights(run)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    _assert_epochs_exactly_once(run)
