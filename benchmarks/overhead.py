@@ -26,7 +26,6 @@ building the model, validation, the final evaluation.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -152,13 +151,11 @@ def identical(a: Weights, b: Weights) -> bool:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                 .splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
+    return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(),
             "platform": platform.platform(), "cuda": torch.cuda.is_available(),
             "loadavg_start": os.getloadavg()}
 
@@ -187,30 +184,23 @@ def main() -> None:
     print(f"{len(data.train)} training samples, {epochs} epochs, {args.repeats} repeats, "
           f"{info['torch_threads']} threads, load average {info['loadavg_start']}", flush=True)
 
-    runners: dict[str, Callable[[], Result]] = {
+    runners: dict[str, Callable[[], Result]] = {  # see the module docstring
         "engine": lambda: run_engine(cfg, False), "hand": lambda: run_hand(cfg, data, False),
         "loader": lambda: run_hand(cfg, data, True), "engine_fix": lambda: run_engine(cfg, True)}
     order = list(runners)
-    wall: dict[str, list[float]] = {name: [] for name in order}
-    cpu: dict[str, list[float]] = {name: [] for name in order}
-    weights: dict[str, list[Weights]] = {name: [] for name in order}
-    details: dict[str, list[dict[str, float]]] = {name: [] for name in order}
+    runs: dict[str, list[Result]] = {name: [] for name in order}
     for r in range(args.repeats):
         for name in order[r % len(order):] + order[:r % len(order)]:  # rotate every repeat
-            (t, c), w, d = runners[name]()
-            wall[name].append(t)
-            cpu[name].append(c)
-            weights[name].append(w)
-            details[name].append(d)
-            print(f"repeat {r + 1}/{args.repeats} {name:10s} {t:.4f} s/epoch "
-                  f"({c:.4f} s CPU)", flush=True)
+            runs[name].append(runners[name]())
+            (t, c), _, _ = runs[name][-1]
+            print(f"repeat {r + 1}/{args.repeats} {name:10s} {t:.4f} s/epoch ({c:.4f} s CPU)",
+                  flush=True)
 
-    reference = weights["hand"][0]
-    same = {name: all(identical(w, reference) for w in ws) for name, ws in weights.items()}
-    best = {name: min(ts) for name, ts in wall.items()}
-    best_cpu = {name: min(ts) for name, ts in cpu.items()}
-    ratios = {f"{a}_vs_{b}": best[a] / best[b] for a, b in (
-        ("engine", "hand"), ("engine", "loader"), ("loader", "hand"), ("engine_fix", "hand"))}
+    wall = {name: [t for (t, _), _, _ in rs] for name, rs in runs.items()}
+    cpu = {name: [c for (_, c), _, _ in rs] for name, rs in runs.items()}
+    best, best_cpu = ({k: min(v) for k, v in d.items()} for d in (wall, cpu))
+    pairs = (("engine", "hand"), ("engine", "loader"), ("loader", "hand"), ("engine_fix", "hand"))
+    engine_runs = {name: [d for _, _, d in runs[name]] for name in ("engine", "engine_fix")}
     result = {
         "machine": {**info, "loadavg_end": os.getloadavg()},
         "settings": {"overrides": overrides, "train_samples": len(data.train), "epochs": epochs,
@@ -218,16 +208,16 @@ def main() -> None:
                      "timed": "per variant, the best over repeats of its mean seconds per epoch;"
                               " engine: steps + end-of-epoch logging/checkpoints, no validation"},
         "target_ratio": 1.05,
-        "meets_target": ratios["engine_vs_hand"] <= 1.05,
-        "ratio": ratios,
-        "cpu_ratio": {f"{a}_vs_{b}": best_cpu[a] / best_cpu[b] for a, b in (
-            ("engine", "hand"), ("loader", "hand"), ("engine_fix", "hand"))},
-        "ratio_steps_only": {name: min(d["steps"] for d in details[name]) / best["hand"]
-                             for name in ("engine", "engine_fix")},
-        "bit_identical": same,
+        "meets_target": best["engine"] / best["hand"] <= 1.05,
+        "ratio": {f"{a}_vs_{b}": best[a] / best[b] for a, b in pairs},
+        "cpu_ratio": {f"{a}_vs_{b}": best_cpu[a] / best_cpu[b] for a, b in pairs},
+        "ratio_steps_only": {name: min(d["steps"] for d in ds) / best["hand"]
+                             for name, ds in engine_runs.items()},
+        "bit_identical": {name: all(identical(w, runs["hand"][0][1]) for _, w, _ in rs)
+                          for name, rs in runs.items()},
         "seconds_per_epoch": {"best": best, "all": wall},
         "cpu_seconds_per_epoch": {"best": best_cpu, "all": cpu},
-        "engine_details_best_run": details["engine"][wall["engine"].index(best["engine"])],
+        "engine_details_best_run": engine_runs["engine"][wall["engine"].index(best["engine"])],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

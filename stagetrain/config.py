@@ -142,6 +142,30 @@ class LayerwiseConfig(StrategyConfig):
 
 
 @dataclass
+class GrowConfig(StrategyConfig):
+    name: str = "grow"
+    widths: Any = field(default_factory=lambda: [[16], [64], [256]])
+    width_factor: float | None = None
+    stages: int | None = None
+    depths: list[int] | None = None
+    data_fractions: list[float] | None = None
+    trigger: str = "epochs"
+    epochs_per_stage: int = 5
+    final_epochs: int | None = None
+    plateau_patience: int = 2
+    flops_shares: list[float] | None = None
+    op: str = "net2net"
+    noise: float = 0.0
+    deepen: str = "identity"
+    target: str | None = None
+    flop_budget: float | None = None
+    max_stages: int | None = None
+    complexity_penalty: float | None = None
+    optimizer_state: str = "reset"
+    lr_after_growth: float = 1.0
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -168,6 +192,7 @@ def register_configs() -> None:
     cs.store(group="schema/device", name="device", node=DeviceConfig)
     cs.store(group="schema/strategy", name="scratch", node=ScratchConfig)
     cs.store(group="schema/strategy", name="layerwise", node=LayerwiseConfig)
+    cs.store(group="schema/strategy", name="grow", node=GrowConfig)
 
 
 def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:

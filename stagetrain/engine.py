@@ -22,10 +22,11 @@ from stagetrain import checkpoint as ckpt
 from stagetrain.data import DataBundle, epoch_permutation
 from stagetrain.errors import StagetrainError
 from stagetrain.flops import PROBE_BATCH, measure_step_flops
+from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.objectives import build_helper, stage_loss
 from stagetrain.optim import build_optimizer, build_scheduler, param_groups
-from stagetrain.plan import Plan, Stage, StopReason
+from stagetrain.plan import Plan, Stage, StopReason, target_met
 from stagetrain.progress import Reporter
 from stagetrain.rundir import MetricsLog, RunDir
 
@@ -75,6 +76,9 @@ class RunState:
     stage_best_metrics: dict[str, float] = field(default_factory=dict)
     epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
     summaries: list[dict[str, Any]] = field(default_factory=list)
+    run_stop: str | None = None  # set when the whole run stops early (target, budget, complexity)
+    prev_score: float | None = None  # complexity-penalised score of the previous stage
+    prev_optim: dict[str, Any] = field(default_factory=dict)  # Adam moments by parameter name
 
 
 class Engine:
@@ -120,17 +124,44 @@ class Engine:
         if self.helper is not None:
             self.helper.train()
 
-    def _enter_stage(self, k: int, stage: Stage) -> None:
+    def _grow(self, k: int, stage: Stage) -> None:
+        """Apply the stage's growth ops; log the probe-batch loss just before and after."""
+        probe = self.evaluate(None, "val", limit=256)
+        params = count_parameters(self.model)
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + k)
+        mappings = []
+        for op in stage.ops:
+            self.model, info = apply_op(self.model, op, g)
+            mappings.append(info)
+        after = self.evaluate(None, "val", limit=256)
+        self._log({"event": "growth", "stage": k + 1, "stage_name": stage.name, "ops": stage.ops,
+                   "probe_loss_before": probe["loss"], "probe_loss_after": after["loss"],
+                   "params_before": params, "params_after": count_parameters(self.model),
+                   "step": self.state.global_step, "flops": self.state.flops})
+        self._growth_mappings = mappings
+
+    def _stage_indices(self, stage: Stage) -> torch.Tensor:
+        base = self.data.labeled if stage.data == "labeled" else torch.arange(len(self.data.train), device=self.device)
+        if stage.data_fraction < 1.0:  # nested subsets: a fixed seeded order, growing prefix
+            order = torch.randperm(len(base), generator=torch.Generator().manual_seed(self.cfg.seed + 17))
+            base = base[order[: max(1, round(stage.data_fraction * len(base)))].to(base.device)]
+        return base
+
+    def _enter_stage(self, k: int, stage: Stage, fresh: bool) -> None:
+        self._growth_mappings = []
+        if fresh and stage.ops:
+            self._grow(k, stage)
         self.helper = build_helper(stage.helper)
         if self.helper is not None:
             self.helper.to(self.device)
         freeze(self.model, stage)
         self.prefix = prefix_len(self.model, stage)
-        self.indices = self.data.labeled if stage.data == "labeled" else torch.arange(
-            len(self.data.train), device=self.device)
+        self.indices = self._stage_indices(stage)
         n, bs = len(self.indices), self.cfg.train.batch_size
         self.steps_per_epoch = max(1, n // bs if n % bs == 1 and n > bs else math.ceil(n / bs))
         self.optimizer = build_optimizer(stage, param_groups(stage, self._groups(stage)))
+        if fresh and self.plan.optimizer_state == "map" and self.state.prev_optim:
+            map_optimizer_state(self.optimizer, self.model, self.state.prev_optim, self._growth_mappings)
         self.scheduler = build_scheduler(self.optimizer, stage.sched, self.cfg.sched,
                                          stage.epochs * self.steps_per_epoch, self.steps_per_epoch)
         self.cache, self.cache_note = None, "off"
@@ -188,6 +219,8 @@ class Engine:
             self.metrics = MetricsLog(self.rundir.metrics, recorded)
         try:
             for k in range(self.state.stage, len(self.plan.stages)):
+                if self.state.run_stop is not None:
+                    break
                 self._run_stage(k, self.plan.stages[k])
             return self._finish()
         finally:
@@ -199,7 +232,7 @@ class Engine:
         pending = getattr(self, "_pending", None)
         if pending is not None and not st.in_stage:
             ckpt.set_rng_state(pending["rng"])  # stage-start checkpoint: RNG before entry
-        self._enter_stage(k, stage)
+        self._enter_stage(k, stage, fresh=not st.in_stage)
         if pending is not None and st.in_stage:
             if self.helper is not None and pending.get("helper") is not None:
                 self.helper.load_state_dict(pending["helper"])
@@ -265,6 +298,10 @@ class Engine:
             st.flops += cost
             st.stage_flops += cost
             self.reporter.step(f"epoch {st.epoch + 1}/{stage.epochs}")
+            if self.plan.flop_budget is not None and st.flops >= self.plan.flop_budget:
+                st.stage_stop = st.run_stop = StopReason.BUDGET.value
+            elif stage.max_flops is not None and st.stage_flops >= stage.max_flops:
+                st.stage_stop = StopReason.STAGE_BUDGET.value
             stop = self.stop_flag.get("signal")
             if stop or (every and st.global_step % every == 0):
                 elapsed = time.perf_counter() - start
@@ -274,6 +311,8 @@ class Engine:
                 self._save_last(k, stage)
                 if stop:
                     raise StopRequested(stop)
+            if st.stage_stop is not None:
+                break
         elapsed = time.perf_counter() - start
         st.seconds += elapsed
         st.stage_seconds += elapsed
@@ -313,8 +352,12 @@ class Engine:
         st.epoch += 1
         st.batch = 0
         st.epoch_sums = [0.0, 0.0, 0.0]
-        patience = self.cfg.train.patience
-        if st.epoch >= stage.epochs:
+        patience = stage.patience or self.cfg.train.patience
+        if st.stage_stop is not None:
+            pass  # a budget stopped the epoch early
+        elif self.plan.target and stage.uses_head and target_met(self.plan.target, st.stage_metrics):
+            st.stage_stop = st.run_stop = StopReason.TARGET.value
+        elif st.epoch >= stage.epochs:
             st.stage_stop = StopReason.EPOCHS.value
         elif patience and st.bad_epochs >= patience:
             st.stage_stop = StopReason.PATIENCE.value
@@ -332,13 +375,22 @@ class Engine:
         if stage.helper_to_head and self.helper is not None:
             self.model.head.layer.load_state_dict(self.helper.layer.state_dict())
         reason = StopReason(st.stage_stop or StopReason.EPOCHS.value)
+        lam = self.plan.complexity_penalty
+        score = None
+        if lam is not None and stage.uses_head and "val/loss" in st.stage_metrics:
+            score = st.stage_metrics["val/loss"] + lam * count_parameters(self.model)
+            if st.prev_score is not None and score >= st.prev_score and st.run_stop is None:
+                st.run_stop = StopReason.COMPLEXITY.value
+            st.prev_score = score if st.prev_score is None else min(score, st.prev_score)
+        st.prev_optim = (optimizer_state_by_name(self.optimizer, self.model)
+                         if self.plan.optimizer_state == "map" else {})
         st.summaries.append({
             "stage": k + 1, "name": stage.name, "objective": stage.objective,
             "trainable": list(stage.trainable), "epochs": st.epoch, "steps": st.stage_steps,
             "samples": st.stage_samples, "flops": st.stage_flops, "seconds": round(st.stage_seconds, 3),
             "params": count_parameters(self.model), "cache": self.cache_note,
             "final": dict(st.stage_metrics), "best": dict(st.stage_best_metrics),
-            "stop_reason": reason.value, "stop_message": reason.message,
+            "stop_reason": reason.value, "stop_message": reason.message, "complexity_score": score,
         })
         self._log({"event": "stage_end", "stage": k + 1, "stage_name": stage.name,
                    "stop_reason": reason.value, "flops": st.flops, "time": round(st.seconds, 4)})
@@ -356,12 +408,14 @@ class Engine:
 
     # ----------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self, stage: Stage | None, split: str) -> dict[str, float]:
+    def evaluate(self, stage: Stage | None, split: str, limit: int | None = None) -> dict[str, float]:
         """Loss (and accuracy for supervised stages) of the stage's path on a split.
 
         ``stage=None`` evaluates the model itself (blocks + head).
         """
         data = getattr(self.data, split)
+        if limit is not None:
+            data = data.subset(torch.arange(min(limit, len(data)), device=data.y.device))
         stage = stage or Stage(name="final", epochs=0, trainable=[])
         self.model.eval()
         if self.helper is not None:

@@ -44,6 +44,8 @@ class Block(nn.Module):
         self.act = ACTIVATIONS[spec.get("act", "relu")]()
         self.pool = nn.MaxPool2d(spec["pool"]) if spec.get("pool") else None
         self.dropout = nn.Dropout(spec["dropout"]) if spec.get("dropout") else None
+        # residual blocks (inserted by growth): x + gate * act(...), gate zero at insertion
+        self.gate = nn.Parameter(torch.ones(spec["out"])) if spec.get("residual") else None
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec["type"] == "linear" and x.ndim > 2:
@@ -52,6 +54,9 @@ class Block(nn.Module):
         return self.bn(x) if self.bn is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            gate = self.gate.view(1, -1, *([1] * (x.dim() - 2)))
+            return x + gate * self.act(self.pre_activation(x))
         x = self.act(self.pre_activation(x))
         if self.pool is not None:
             x = self.pool(x)

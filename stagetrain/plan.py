@@ -21,6 +21,8 @@ class StopReason(str, enum.Enum):
     TARGET = "target"
     BUDGET = "budget"
     SIGNAL = "signal"
+    STAGE_BUDGET = "stage_budget"
+    COMPLEXITY = "complexity"
 
     @property
     def message(self) -> str:
@@ -30,6 +32,8 @@ class StopReason(str, enum.Enum):
             "target": "reached the target metric",
             "budget": "compute budget spent",
             "signal": "stopped by a signal; resume with resume=auto",
+            "stage_budget": "spent its share of the compute budget",
+            "complexity": "val loss + lambda * parameters stopped improving (complexity penalty)",
         }[self.value]
 
 
@@ -54,6 +58,10 @@ class Stage:
     cache: str = "off"  # auto | on | off: reuse the frozen prefix's outputs in this stage
     noise: float = 0.0  # denoising masking level
     cd_k: int = 1  # rbm Gibbs steps
+    ops: list[dict[str, Any]] = field(default_factory=list)  # growth ops applied at stage start
+    data_fraction: float = 1.0  # use this leading fraction of a fixed seeded order of the data
+    patience: int | None = None  # stage-level early stop (default: train.patience)
+    max_flops: float | None = None  # stage compute budget (the flops_share trigger)
     description: str = ""
 
     @property
@@ -67,6 +75,27 @@ class Plan:
     strategy: str
     stages: list[Stage]
     input_norm: str = "standardize"  # standardize | unit ([0, 1], for RBMs)
+    target: str | None = None  # run-level stop, e.g. "val/acc>=0.97"
+    flop_budget: float | None = None  # run-level stop on cumulative training FLOPs
+    complexity_penalty: float | None = None  # stop when val loss + lambda * params stops improving
+    optimizer_state: str = "reset"  # across growth: reset, or map Adam moments through the op
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+TARGET_OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
+
+
+def parse_target(text: str) -> tuple[str, str, float]:
+    """'val/acc>=0.97' -> ('val/acc', '>=', 0.97); raises ValueError when malformed."""
+    for op in (">=", "<=", ">", "<"):
+        if op in text:
+            key, value = text.split(op, 1)
+            return key.strip(), op, float(value)
+    raise ValueError(text)
+
+
+def target_met(text: str, metrics: dict[str, float]) -> bool:
+    key, op, value = parse_target(text)
+    return key in metrics and TARGET_OPS[op](float(metrics[key]), value)

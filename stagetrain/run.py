@@ -29,6 +29,7 @@ from stagetrain.data import dataset_meta, load_data
 from stagetrain.engine import Engine, StopRequested, freeze, prefix_len
 from stagetrain.errors import StagetrainError
 from stagetrain.flops import measure_step_flops
+from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.objectives import build_helper
 from stagetrain.plan import Plan
@@ -78,7 +79,10 @@ def estimate_plan(cfg: DictConfig, plan: Plan, spec: dict[str, Any], n_train: in
         x = x.sigmoid()
     y = torch.zeros(2, dtype=torch.long)
     rows = []
+    g = torch.Generator().manual_seed(0)
     for stage in plan.stages:
+        for op in stage.ops:
+            model, _ = apply_op(model, op, g)
         freeze(model, stage)
         helper = build_helper(stage.helper)
         p = prefix_len(model, stage)
@@ -87,7 +91,8 @@ def estimate_plan(cfg: DictConfig, plan: Plan, spec: dict[str, Any], n_train: in
         plain = (step + pre) * n * stage.epochs
         cached = pre * n + step * n * stage.epochs
         use_cache = p > 0 and stage.cache == "on" or (stage.cache == "auto" and p > 0 and stage.epochs >= 2)
-        rows.append({"stage": stage, "samples": n, "flops": cached if use_cache else plain,
+        n = max(1, round(n * stage.data_fraction))
+        rows.append({"stage": stage, "samples": n, "params": count_parameters(model), "flops": cached if use_cache else plain,
                      "flops_no_cache": plain, "flops_cache": cached if p > 0 else None})
     return rows
 
@@ -109,6 +114,14 @@ def print_plan(cfg: DictConfig, plan: Plan, rows: list[dict[str, Any]], params: 
     console.print(table)
     total = sum(r["flops"] for r in rows)
     console.print(f"Total estimated training FLOPs: {total:.3g}. Dry run: nothing was trained or written.")
+
+
+def initial_spec(cfg: DictConfig, shape: tuple[int, ...], classes: int) -> dict[str, Any]:
+    """The architecture the run starts from: the strategy's own, or the one ``model=`` gives."""
+    strategy = STRATEGIES[cfg.strategy.name]
+    if hasattr(strategy, "initial_spec"):
+        return strategy.initial_spec(cfg, shape, classes)
+    return build_spec(cfg.model, shape, classes)
 
 
 def _versions() -> dict[str, str]:
@@ -163,7 +176,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     validate(cfg)
     if cfg.dry_run:
         shape, classes, n_train, n_labeled = dataset_meta(cfg.dataset)
-        spec = build_spec(cfg.model, shape, classes)
+        spec = initial_spec(cfg, shape, classes)
         plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
         rows = estimate_plan(cfg, plan, spec, n_train, n_labeled)
         print_plan(cfg, plan, rows, count_parameters(StagedModel(spec)))
@@ -191,7 +204,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
 
     device = pick_device(cfg.device)
     data = load_data(cfg.dataset, cfg.seed).to(device)
-    spec = build_spec(cfg.model, data.in_shape, data.num_classes)
+    spec = initial_spec(cfg, data.in_shape, data.num_classes)
     seed_everything(cfg.seed)
     model = StagedModel(spec).to(device)
     plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
