@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stagetrain.config import register_configs
 from stagetrain.errors import StagetrainError
+from stagetrain.plan import StopReason
 from stagetrain.rundir import RunDir, new_run_dir_name
 
 log = logging.getLogger("stagetrain")
@@ -49,6 +50,9 @@ def print_summary(info: dict[str, Any]) -> None:
     final = "  ".join(f"{k}={v:.4f}" for k, v in info["final"].items())
     console.print(f"final: {final}")
     console.print(f"total: {info.get('flops', 0):.3g} FLOPs, {info.get('seconds', 0):.1f} s training")
+    reason = info.get("stop_reason")
+    if reason:
+        console.print(f"stopped: {reason} ({StopReason(reason).message})")
     console.print(f"run directory: {info['run_dir']}")
 
 

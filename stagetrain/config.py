@@ -151,7 +151,7 @@ class GrowConfig(StrategyConfig):
     data_fractions: list[float] | None = None
     trigger: str = "epochs"
     epochs_per_stage: int = 5
-    final_epochs: int | None = None
+    final_epochs: int | None = None  # null: train.epochs
     plateau_patience: int = 2
     flops_shares: list[float] | None = None
     op: str = "net2net"

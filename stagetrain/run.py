@@ -260,5 +260,5 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         state_dict, metadata={"format": "stagetrain", "arch": json.dumps(engine.model.spec),
                               "strategy": plan.strategy}))
     last_reason = engine.state.summaries[-1]["stop_reason"] if engine.state.summaries else None
-    update(engine, status="completed", final=final, stop_reason=last_reason)
+    update(engine, status="completed", final=final, stop_reason=engine.state.run_stop or last_reason)
     return info

@@ -122,8 +122,13 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All events of a metrics.jsonl; a half-written last line (a run being written) is left out."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     events = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
+    for i, line in enumerate(lines):
+        try:
             events.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
     return events

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
+from stagetrain.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("STAGETRAIN_DATA", REPO.parent / "shared" / "data"))
@@ -43,3 +49,45 @@ def data_root() -> Path:
         assert (DATA_ROOT / name / "raw" / "train-images-idx3-ubyte").exists(), (
             f"{DATA_ROOT / name / 'raw'} is missing: set STAGETRAIN_DATA to the folder holding MNIST/ and FashionMNIST/")
     return DATA_ROOT
+
+
+# ---------------------------------------------------------------- kill / resume harness
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def kill_when(run: Path, args: list[str], cwd: Path, ready) -> None:
+    """Start the CLI, SIGKILL it once ``ready(events)`` is true for metrics.jsonl."""
+    exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
+    proc = subprocess.Popen([exe, *args, f"hydra.run.dir={run}"], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)})
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and ready(read_metrics(metrics)):
+                time.sleep(0.15)  # land somewhere inside the next epoch
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def assert_epochs_exactly_once(run: Path) -> None:
+    events = read_metrics(run / "metrics.jsonl")
+    keys = Counter((e["stage"], e["epoch"], e["split"]) for e in events if "split" in e)
+    assert all(n == 1 for n in keys.values()), f"duplicated epoch lines: {keys}"
+    info = json.loads((run / "run.json").read_text())
+    for s in info["stages"]:
+        for split in ("train", "val"):
+            got = sorted(e for (st, e, sp) in keys if st == s["stage"] and sp == split)
+            assert got == list(range(1, s["epochs"] + 1)), f"missing epochs in stage {s['stage']}"
+
+
+def resume_until_done(run: Path, args: list[str], cwd: Path) -> None:
+    proc = run_cli(*args, f"hydra.run.dir={run}", "resume=auto", cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"

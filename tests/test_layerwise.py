@@ -31,8 +31,8 @@ from stagetrain.engine import Engine
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
-from stagetrain.rundir import RunDir
 from stagetrain.run import seed_everything, train
+from stagetrain.rundir import RunDir
 from stagetrain.strategies import STRATEGIES
 
 FAST = ("device=cpu", "train.epochs=2", "strategy.epochs_per_layer=2")

@@ -32,7 +32,7 @@ def schedule(cfg: Any) -> list[list[int]]:
     widths += [widths[-1]] * (n - len(widths))
     if s.depths:
         depths = list(s.depths) + [s.depths[-1]] * (n - len(s.depths))
-        widths = [(w + [w[-1]] * (d - len(w)))[:max(d, 1)] for w, d in zip(widths, depths)]
+        widths = [(w + [w[-1]] * (d - len(w)))[:max(d, 1)] for w, d in zip(widths, depths, strict=False)]
     if s.max_stages:
         widths = widths[: s.max_stages]
     return widths
@@ -72,7 +72,7 @@ def validate(cfg: Any) -> None:
         raise StagetrainError(f"strategy.widths={s.widths} is not valid: every stage needs positive widths.")
     for k in range(1, len(widths)):
         prev, cur = widths[k - 1], widths[k]
-        if len(cur) < len(prev) or any(c < p for c, p in zip(cur, prev)):
+        if len(cur) < len(prev) or any(c < p for c, p in zip(cur, prev, strict=False)):
             raise StagetrainError(
                 f"strategy.widths: stage {k + 1} {cur} is smaller than stage {k} {prev}; growth never shrinks.")
         deepens = len(cur) > len(prev)
@@ -101,7 +101,7 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
 def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
     method = "net2net" if s.op == "net2net" else "random"
     ops: list[dict[str, Any]] = []
-    for i, (p, c) in enumerate(zip(prev, cur)):
+    for i, (p, c) in enumerate(zip(prev, cur, strict=False)):
         if c > p:
             ops.append({"op": "widen", "block": f"block{i + 1}", "width": c, "method": method, "noise": float(s.noise)})
     for i in range(len(prev), len(cur)):
@@ -121,13 +121,13 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     stages: list[Stage] = []
     for k, w in enumerate(widths):
         last = k == len(widths) - 1
-        epochs = int(s.final_epochs if last and s.final_epochs else s.epochs_per_stage)
+        epochs = int((s.final_epochs or cfg.train.epochs) if last else s.epochs_per_stage)
         trigger: dict[str, Any] = {}
         if s.trigger == "plateau" and not last:
             trigger["patience"] = int(s.plateau_patience)
         if s.trigger == "flops_share":
             trigger["max_flops"] = float(s.flop_budget) * shares[min(k, len(shares) - 1)]
-            epochs = 10_000 if not (last and s.final_epochs) else epochs
+            epochs = 10_000  # the stage's FLOP share ends it
         fraction = float(fractions[min(k, len(fractions) - 1)])
         stages.append(stage_from_cfg(
             cfg, name=f"grow-{k + 1}", epochs=epochs,
