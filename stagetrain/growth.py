@@ -59,7 +59,7 @@ def widen(model: StagedModel, index: int, width: int, method: str = "net2net", n
         consumer["in"] = width * spatial
     else:
         consumer["in"] = width
-    new = StagedModel(spec).to(next(model.parameters()).device)
+    new = StagedModel(spec).to(next(model.parameters()))
     name = block["name"]
     src, dst = model.blocks[name], new.blocks[name]
     consumer_name = spec["blocks"][index + 1]["name"] if index + 1 < len(spec["blocks"]) else "head"
@@ -128,7 +128,7 @@ def deepen(model: StagedModel, index: int, kind: str = "identity") -> StagedMode
     new_block = {**prev, "name": _fresh_name(blocks), "in": width, "out": width, "pool": 0,
                  "dropout": 0.0, "residual": kind == "residual_zero"}
     blocks.insert(index + 1, new_block)
-    new = StagedModel(spec).to(next(model.parameters()).device)
+    new = StagedModel(spec).to(next(model.parameters()))
     with torch.no_grad():
         _copy_all_but(model, new, {new_block["name"]})
         b = new.blocks[new_block["name"]]

@@ -19,7 +19,7 @@ from conftest import (
 )
 
 # big enough that an epoch takes a noticeable fraction of a second on 2 cores
-SLOW = ["dataset=synthetic", "dataset.n_train=12000", "dataset.shape=[1,28,28]", "model.widths=[256,256]",
+SLOW = ["dataset=synthetic", "dataset.n_train=6000", "dataset.shape=[1,28,28]", "model.widths=[256,256]",
         "train.batch_size=32", "checkpoint.every_steps=25", "progress=off"]
 
 
