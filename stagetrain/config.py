@@ -166,6 +166,35 @@ class GrowConfig(StrategyConfig):
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 4
+    alpha: float = 8.0
+    merge: bool = True
+
+
+@dataclass
+class FinetuneConfig(StrategyConfig):
+    name: str = "finetune"
+    source: str | None = None
+    source_checkpoint: str = "best"
+    mode: str = "full"
+    epochs: int | None = None
+    lr: float | None = None
+    freeze_blocks: int = 1
+    new_layers: int = 1
+    unfreeze_every: int = 1
+    lr_decay: float | None = None
+    probe_epochs: int | None = None
+    ft_lr_factor: float = 0.1
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    bn: str = "eval"
+    head: str = "new"
+    cache: str = "auto"
+    cache_max_bytes: int = 2 * 1024**3
+    cache_dtype: str = "fp32"
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -193,6 +222,7 @@ def register_configs() -> None:
     cs.store(group="schema/strategy", name="scratch", node=ScratchConfig)
     cs.store(group="schema/strategy", name="layerwise", node=LayerwiseConfig)
     cs.store(group="schema/strategy", name="grow", node=GrowConfig)
+    cs.store(group="schema/strategy", name="finetune", node=FinetuneConfig)
 
 
 def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:

@@ -36,6 +36,8 @@ log = logging.getLogger("stagetrain")
 def prefix_len(model: StagedModel, stage: Stage) -> int:
     """Number of leading blocks of the stage's path that are frozen: their output is the
     stage's input, computed without gradients (and cached when that pays)."""
+    if stage.bn != "eval":  # frozen BN layers that update statistics are not a fixed function
+        return 0
     stop = len(model.block_names) if stage.stop_block is None else stage.stop_block
     p = 0
     while p < stop and model.block_names[p] not in stage.trainable:
@@ -44,9 +46,25 @@ def prefix_len(model: StagedModel, stage: Stage) -> int:
 
 
 def freeze(model: StagedModel, stage: Stage) -> None:
-    """requires_grad True exactly for the groups the stage trains."""
+    """requires_grad True exactly for what the stage trains.
+
+    A trainable group trains whole unless ``stage.partial`` names the parameter-name
+    prefixes that train in it (BitFit: biases; LoRA: adapters). ``stage.bn=train_affine``
+    also trains the BatchNorm scale and shift of frozen groups.
+    """
+    for p in model.parameters():  # no stale gradient from the previous stage stays behind
+        p.grad = None
     for name in [*model.block_names, "head"]:
-        model.group(name).requires_grad_(name in stage.trainable)
+        group = model.group(name)
+        if name in stage.trainable and name in stage.partial:
+            for pname, p in group.named_parameters():
+                p.requires_grad_(any(pname.startswith(prefix) for prefix in stage.partial[name]))
+        else:
+            group.requires_grad_(name in stage.trainable)
+            if name not in stage.trainable and stage.bn == "train_affine":
+                for m in group.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.requires_grad_(True)
 
 
 class StopRequested(Exception):
@@ -110,10 +128,11 @@ class Engine:
 
     # ----------------------------------------------------------------- stages
     def _groups(self, stage: Stage) -> dict[str, nn.Module]:
+        """Every group with parameters to optimize (param_groups keeps those with requires_grad)."""
         groups = {name: self.model.group(name) for name in [*self.model.block_names, "head"]}
         if self.helper is not None:
             groups["helper"] = self.helper
-        return {n: m for n, m in groups.items() if n in stage.trainable}
+        return groups
 
     def _set_train_mode(self, stage: Stage) -> None:
         """Train mode for what trains; frozen groups stay in eval (BN stats, dropout frozen)."""
@@ -121,6 +140,10 @@ class Engine:
         for name in [*self.model.block_names, "head"]:
             if name not in stage.trainable:
                 self.model.group(name).eval()
+                if stage.bn != "eval":  # train_stats / train_affine: frozen BN keeps updating statistics
+                    for m in self.model.group(name).modules():
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.train()
         if self.helper is not None:
             self.helper.train()
 
@@ -441,6 +464,9 @@ class Engine:
         return out
 
     def _finish(self) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        for op in self.plan.final_ops:  # e.g. merge LoRA adapters into the weights
+            self.model, _ = apply_op(self.model, op, g)
         final = {}
         for split in ("val", "test"):
             for key, value in self.evaluate(None, split).items():

@@ -160,7 +160,8 @@ def _fresh_name(blocks: list[dict[str, Any]]) -> str:
 
 
 def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
-    """Apply one growth op from a stage; returns the model and what optimizer mapping needs."""
+    """Apply one model op of a stage (widen, deepen, add_lora, merge_lora); returns the model
+    and what optimizer-state mapping needs to know."""
     names = model.block_names
     if op["op"] == "widen":
         index = names.index(op["block"])
@@ -172,7 +173,12 @@ def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator)
     if op["op"] == "deepen":
         index = names.index(op["after"])
         return deepen(model, index, op.get("kind", "identity")), {"op": "deepen"}
-    raise ValueError(f"unknown growth op {op['op']!r}")
+    if op["op"] in ("add_lora", "merge_lora"):
+        from stagetrain.adapters import add_lora, merge_lora
+
+        new = add_lora(model, op["rank"], op["alpha"]) if op["op"] == "add_lora" else merge_lora(model)
+        return new, {"op": op["op"]}
+    raise ValueError(f"unknown model op {op['op']!r}")
 
 
 # ---------------------------------------------------------------- optimizer state across growth

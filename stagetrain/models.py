@@ -44,14 +44,25 @@ class Block(nn.Module):
         self.act = ACTIVATIONS[spec.get("act", "relu")]()
         self.pool = nn.MaxPool2d(spec["pool"]) if spec.get("pool") else None
         self.dropout = nn.Dropout(spec["dropout"]) if spec.get("dropout") else None
+        # LoRA adapters (finetune mode lora): layer(x) + alpha/rank * B(A(x)), B zero at insertion
+        lora = spec.get("lora")
+        if lora and spec["type"] == "linear":
+            self.lora_a = nn.Parameter(torch.empty(lora["rank"], spec["in"]))
+            self.lora_b = nn.Parameter(torch.zeros(spec["out"], lora["rank"]))
+            nn.init.kaiming_uniform_(self.lora_a, a=5**0.5)
+            self.lora_scale = lora["alpha"] / lora["rank"]
+        else:
+            self.lora_a = self.lora_b = None
         # residual blocks (inserted by growth): x + gate * act(...), gate zero at insertion
         self.gate = nn.Parameter(torch.ones(spec["out"])) if spec.get("residual") else None
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec["type"] == "linear" and x.ndim > 2:
             x = x.flatten(1)
-        x = self.layer(x)
-        return self.bn(x) if self.bn is not None else x
+        out = self.layer(x)
+        if self.lora_a is not None:
+            out = out + self.lora_scale * nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
+        return self.bn(out) if self.bn is not None else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:

@@ -16,7 +16,7 @@ from stagetrain.plan import Stage
 
 
 def param_groups(stage: Stage, groups: dict[str, nn.Module]) -> list[dict[str, Any]]:
-    """One optimizer group per trainable group with its LR (stage.lr * lr_scale[name])."""
+    """One optimizer group per group with trainable parameters, LR stage.lr * lr_scale[name]."""
     out = []
     for name, module in groups.items():
         params = [p for p in module.parameters() if p.requires_grad]

@@ -62,6 +62,8 @@ class Stage:
     data_fraction: float = 1.0  # use this leading fraction of a fixed seeded order of the data
     patience: int | None = None  # stage-level early stop (default: train.patience)
     max_flops: float | None = None  # stage compute budget (the flops_share trigger)
+    partial: dict[str, list[str]] = field(default_factory=dict)  # group -> parameter prefixes that train
+    bn: str = "eval"  # BatchNorm of frozen groups: eval | train_stats | train_affine
     description: str = ""
 
     @property
@@ -79,6 +81,7 @@ class Plan:
     flop_budget: float | None = None  # run-level stop on cumulative training FLOPs
     complexity_penalty: float | None = None  # stop when val loss + lambda * params stops improving
     optimizer_state: str = "reset"  # across growth: reset, or map Adam moments through the op
+    final_ops: list[dict[str, Any]] = field(default_factory=list)  # model ops after the last stage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

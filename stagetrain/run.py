@@ -207,7 +207,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     spec = initial_spec(cfg, data.in_shape, data.num_classes)
     seed_everything(cfg.seed)
     model = StagedModel(spec).to(device)
-    plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
+    strategy = STRATEGIES[cfg.strategy.name]
+    plan = strategy.build(cfg, spec)
+    previous_info = rundir.read_run_json() if rundir.has_run() else {}
+    source = previous_info.get("source")
+    if resumed is None and hasattr(strategy, "init_model"):
+        source = strategy.init_model(cfg, model)
     rundir.checkpoints.mkdir(parents=True, exist_ok=True)
     config_yaml = to_yaml(cfg)
     reporter = Reporter(cfg.progress)
@@ -220,10 +225,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         "status": "running", "strategy": plan.strategy, "run_dir": str(rundir.path.resolve()),
         "seed": cfg.seed, "device": str(device), "started": started, "plan": plan.to_dict(),
         "stages": [], "final": {}, "versions": _versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True), "error": None,
+        "config": OmegaConf.to_container(cfg, resolve=True), "error": None, "source": source,
     }
-    if resumed is not None or rundir.has_run():
-        info["started"] = rundir.read_run_json().get("started", started)
+    info["started"] = previous_info.get("started", started)
 
     def update(eng: Engine, **extra: Any) -> None:
         st = eng.state

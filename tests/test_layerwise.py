@@ -288,7 +288,9 @@ def test_denoising_masked_fraction_is_within_binomial_tolerance_of_nu(nu):
 
 
 def test_denoising_noise_levels_follow_the_configured_schedule_per_layer():
-    for noise, expected in (("[0.1,0.2,0.3]", [0.1, 0.2, 0.3]), ("0.25", [0.25] * 3), ("[0.1,0.4]", [0.1, 0.4, 0.4])):
+    """One level per layer; a single value for all; a short list repeats its last level."""
+    cases = (("[0.1,0.2,0.3]", [0.1, 0.2, 0.3]), ("0.25", [0.25] * 3), ("[0.1,0.4]", [0.1, 0.4, 0.4]))
+    for noise, expected in cases:
         engine = build_engine(make_cfg(*FAST, "strategy.objective=denoising", f"strategy.noise={noise}"))
         levels = [engine.plan.stages[k].noise for k in greedy_indices(engine)]
         assert levels == expected
@@ -299,7 +301,8 @@ def test_denoising_noise_levels_follow_the_configured_schedule_per_layer():
 def test_denoising_with_nu_zero_loss_equals_the_plain_autoencoders(arch, tied):
     """Per stage and batch (training mode, where the noise would apply): identical loss."""
     extra = ("model=cnn",) if arch == "cnn" else ()
-    cfg = make_cfg(*FAST, *extra, "strategy.objective=denoising", "strategy.noise=0.0", f"strategy.tied={tied}")
+    cfg = make_cfg(*FAST, *extra, "strategy.objective=denoising", "strategy.noise=0.0",
+                   f"strategy.tied={tied}")
     engine = build_engine(cfg)
     x = engine.data.normalize(engine.data.train.x[:64], engine.plan.input_norm)
     y = engine.data.train.y[:64]
@@ -459,7 +462,8 @@ def test_each_objective_runs_to_completion_on_digits(objective, tmp_path):
     extra = RBM if objective == "rbm" else (f"strategy.objective={objective}",)
     info = train(make_cfg(*FAST, *extra), tmp_path)
     assert info["status"] == "completed", info["error"]
-    assert [s["name"] for s in info["stages"]] == ["greedy-block1", "greedy-block2", "greedy-block3", "finetune"]
+    names = ["greedy-block1", "greedy-block2", "greedy-block3", "finetune"]
+    assert [s["name"] for s in info["stages"]] == names
     assert all(s["objective"] == objective for s in info["stages"][:3])
     assert all(s["stop_reason"] == "epochs" for s in info["stages"])
     assert all(math.isfinite(v) for s in info["stages"] for v in s["final"].values())

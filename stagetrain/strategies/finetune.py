@@ -1,0 +1,152 @@
+"""finetune: start from a source model and adapt it to this run's data.
+
+The source (``strategy.source``: a run directory, a ``.pt`` checkpoint or a
+``model.safetensors``) gives the architecture and the weights, so no model settings are
+repeated. The head is new (sized for this run's classes) unless ``strategy.head=reuse``.
+
+| mode             | stages                                                            |
+|------------------|-------------------------------------------------------------------|
+| full             | everything trains                                                 |
+| linear_probe     | head only; the backbone is frozen (eval) and its features cached   |
+| partial          | blocks after the first ``freeze_blocks``, and the head            |
+| add_layers       | ``new_layers`` fresh blocks inserted before the head, and the head |
+| gradual_unfreeze | one stage per group, top down (head first), then everything       |
+| lp_ft            | linear probe, then everything at ``ft_lr_factor`` x the LR        |
+| bitfit           | biases (Linear and BN shift) of every block, and the head         |
+| lora             | low-rank adapters on the Linear blocks, and the head; merged at the end |
+
+``strategy.lr_decay=d`` gives group i (block1 = 1 ... head = K+1) the LR lr * d^(K+1-i) in
+any mode (discriminative learning rates).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.models import StagedModel
+from stagetrain.plan import Plan, Stage
+from stagetrain.source import Source, load_source
+from stagetrain.strategies.common import stage_from_cfg
+
+MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
+
+
+@functools.lru_cache(maxsize=4)
+def _source(path: str, which: str) -> Source:
+    return load_source(path, which)
+
+
+def validate(cfg: Any) -> None:
+    s = cfg.strategy
+    check_choice("strategy.mode", s.mode, MODES)
+    check_choice("strategy.bn", s.bn, ("eval", "train_stats", "train_affine"))
+    check_choice("strategy.head", s.head, ("new", "reuse"))
+    check_choice("strategy.cache", s.cache, ("auto", "on", "off"))
+    if s.source is None:
+        raise StagetrainError(
+            "strategy=finetune needs strategy.source=<a run directory, a .pt checkpoint or a model.safetensors>, "
+            "e.g. strategy.source=outputs/2026-11-23/12-00-00_scratch_ab12cd.")
+    if not Path(str(s.source)).expanduser().exists():
+        raise StagetrainError(f"strategy.source={s.source} does not exist. Give a stagetrain run directory, "
+                              "a checkpoint (.pt) or a model.safetensors file.")
+    if not re.fullmatch(r"best|last|stage-\d+", s.source_checkpoint):
+        raise StagetrainError(f"strategy.source_checkpoint={s.source_checkpoint!r} is not valid: use best, last or stage-<k>.")
+    for key in ("epochs", "lr", "new_layers", "unfreeze_every", "probe_epochs", "ft_lr_factor", "lr_decay"):
+        value = s[key]
+        if value is not None and not value > 0:
+            raise StagetrainError(f"strategy.{key}={value} is out of range: it must be > 0.")
+    if s.freeze_blocks < 0 or s.lora.rank < 1 or s.lora.alpha <= 0:
+        raise StagetrainError("strategy.freeze_blocks must be >= 0, strategy.lora.rank >= 1 and strategy.lora.alpha > 0.")
+
+
+def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The source's architecture, with a head for this run's classes."""
+    s = cfg.strategy
+    src = _source(str(s.source), s.source_checkpoint)
+    arch = copy.deepcopy(src.arch)
+    if tuple(arch["in_shape"]) != tuple(in_shape):
+        raise StagetrainError(
+            f"The source {src.path} takes inputs of shape {tuple(arch['in_shape'])}, but dataset={cfg.dataset.name} "
+            f"gives {tuple(in_shape)}. Fine-tune on a dataset with the source's input shape.")
+    if s.head == "reuse":
+        if arch["num_classes"] != num_classes:
+            raise StagetrainError(
+                f"strategy.head=reuse needs the same number of classes, but the source {src.path} has "
+                f"{arch['num_classes']} and this run's data has {num_classes}. Use strategy.head=new.")
+    else:
+        arch["head"]["out"] = arch["num_classes"] = int(num_classes)
+    if s.freeze_blocks > len(arch["blocks"]) and s.mode == "partial":
+        raise StagetrainError(f"strategy.freeze_blocks={s.freeze_blocks} exceeds the source's {len(arch['blocks'])} blocks.")
+    return arch
+
+
+def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
+    """Load the source weights (all but a new head); returns what run.json records."""
+    s = cfg.strategy
+    src = _source(str(s.source), s.source_checkpoint)
+    state = {k: v for k, v in src.state.items() if s.head == "reuse" or not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+    if bad:
+        raise StagetrainError(f"The source {src.path} does not match its own architecture spec ({bad[:3]}...).")
+    return {"path": str(src.path.resolve()), "sha256": src.sha256, "checkpoint": s.source_checkpoint}
+
+
+def build(cfg: Any, spec: dict[str, Any]) -> Plan:
+    s = cfg.strategy
+    blocks = [b["name"] for b in spec["blocks"]]
+    epochs = int(s.epochs or cfg.train.epochs)
+    lr = float(s.lr or cfg.optim.lr)
+    ops: list[dict[str, Any]] = []
+    if s.mode == "add_layers":
+        for i in range(int(s.new_layers)):
+            ops.append({"op": "deepen", "after": f"block{len(blocks) + i}", "kind": "random"})
+        new_blocks = [f"block{len(blocks) + i + 1}" for i in range(int(s.new_layers))]
+        blocks = blocks + new_blocks
+    if s.mode == "lora":
+        ops.append({"op": "add_lora", "rank": int(s.lora.rank), "alpha": float(s.lora.alpha)})
+    groups = blocks + ["head"]  # bottom to top
+    lr_scale = ({g: float(s.lr_decay) ** (len(groups) - i) for i, g in enumerate(groups, 1)}
+                if s.lr_decay else {})
+
+    def stage(name: str, trainable: list[str], n: int, **kw: Any) -> Stage:
+        return stage_from_cfg(cfg, name=name, epochs=max(1, n), trainable=trainable, lr=kw.pop("lr", lr),
+                              lr_scale=lr_scale, bn=s.bn, cache=s.cache, **kw)
+
+    plan = Plan("finetune", [])
+    mode = s.mode
+    if mode == "full":
+        plan.stages = [stage("finetune-full", groups, epochs)]
+    elif mode == "linear_probe":
+        plan.stages = [stage("linear-probe", ["head"], epochs)]
+    elif mode == "partial":
+        plan.stages = [stage(f"partial-{s.freeze_blocks}", groups[s.freeze_blocks:], epochs)]
+    elif mode == "add_layers":
+        plan.stages = [stage("add-layers", new_blocks + ["head"], epochs, ops=ops)]
+    elif mode == "gradual_unfreeze":
+        every = int(s.unfreeze_every)
+        top_down = groups[::-1]
+        for j in range(1, len(top_down)):
+            plan.stages.append(stage(f"unfreeze-{j}", top_down[:j], every))
+        plan.stages.append(stage("unfreeze-all", groups, epochs - every * (len(top_down) - 1)))
+        plan.optimizer_state = "map"  # moments of already-trainable groups carry over
+    elif mode == "lp_ft":
+        probe = int(s.probe_epochs or max(1, epochs // 2))
+        plan.stages = [stage("lp", ["head"], probe),
+                       stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
+    elif mode == "bitfit":
+        partial = {b: ["layer.bias", "bn.bias"] for b in blocks}
+        plan.stages = [stage("bitfit", groups, epochs, partial=partial)]
+    elif mode == "lora":
+        partial = {b["name"]: ["lora_"] for b in spec["blocks"]}
+        plan.stages = [stage("lora", groups, epochs, ops=ops, partial=partial)]
+        if s.lora.merge:
+            plan.final_ops = [{"op": "merge_lora"}]
+    for st in plan.stages:
+        st.description = f"{mode}: trains {', '.join(st.trainable)}"
+    return plan
