@@ -117,6 +117,7 @@ class Engine:
         self.autocast = cfg.device.precision == "bf16"
         self.loss_fn = torch.compile(stage_loss) if cfg.device.compile else stage_loss
         self.on_update: Any = None  # callback(run_state) after each epoch, for run.json
+        self.source: dict[str, Any] | None = None  # what the strategy's init_model loaded, if anything
 
     # ----------------------------------------------------------------- resume
     def restore(self, state: dict[str, Any]) -> None:

@@ -171,6 +171,28 @@ def _load_resume_checkpoint(rundir: RunDir) -> dict[str, Any] | None:
     return None
 
 
+def build_engine(cfg: DictConfig, device: torch.device, rundir: RunDir | None, reporter: Reporter,
+                 resumed: dict[str, Any] | None = None) -> Engine:
+    """Data, model (from the strategy's initial architecture and weights), plan and engine.
+
+    ``engine.source`` holds what the strategy's ``init_model`` reported (finetune's source).
+    """
+    data = load_data(cfg.dataset, cfg.seed).to(device)
+    spec = initial_spec(cfg, data.in_shape, data.num_classes)
+    seed_everything(cfg.seed)
+    model = StagedModel(spec).to(device)
+    strategy = STRATEGIES[cfg.strategy.name]
+    plan = strategy.build(cfg, spec)
+    source = None
+    if resumed is None and hasattr(strategy, "init_model"):
+        source = strategy.init_model(cfg, model)
+    engine = Engine(cfg, plan, data, model, device, rundir, reporter, to_yaml(cfg))
+    engine.source = source
+    if resumed is not None:
+        engine.restore(resumed)
+    return engine
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     """Run one configured job; returns run.json's content (or the plan rows for a dry run)."""
     validate(cfg)
@@ -203,22 +225,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         raise StagetrainError(f"resume={cfg.resume}: that directory holds no stagetrain run (no run.json).")
 
     device = pick_device(cfg.device)
-    data = load_data(cfg.dataset, cfg.seed).to(device)
-    spec = initial_spec(cfg, data.in_shape, data.num_classes)
-    seed_everything(cfg.seed)
-    model = StagedModel(spec).to(device)
-    strategy = STRATEGIES[cfg.strategy.name]
-    plan = strategy.build(cfg, spec)
     previous_info = rundir.read_run_json() if rundir.has_run() else {}
-    source = previous_info.get("source")
-    if resumed is None and hasattr(strategy, "init_model"):
-        source = strategy.init_model(cfg, model)
-    rundir.checkpoints.mkdir(parents=True, exist_ok=True)
-    config_yaml = to_yaml(cfg)
     reporter = Reporter(cfg.progress)
-    engine = Engine(cfg, plan, data, model, device, rundir, reporter, config_yaml)
-    if resumed is not None:
-        engine.restore(resumed)
+    engine = build_engine(cfg, device, rundir, reporter, resumed)
+    rundir.checkpoints.mkdir(parents=True, exist_ok=True)
+    plan = engine.plan
+    source = previous_info.get("source") if resumed is not None else engine.source
 
     started = time.time()
     info = {

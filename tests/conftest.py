@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
 from stagetrain.rundir import read_metrics
@@ -91,3 +94,27 @@ def resume_until_done(run: Path, args: list[str], cwd: Path) -> None:
     proc = run_cli(*args, f"hydra.run.dir={run}", "resume=auto", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+# ---------------------------------------------------------------- looking inside a running engine
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters AND buffers (BN running_mean, running_var, num_batches_tracked), cloned."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+def assert_bit_identical(before: dict[str, torch.Tensor], module: torch.nn.Module, what: str) -> None:
+    now = module.state_dict()
+    assert now.keys() == before.keys(), what
+    changed = [k for k in before if not torch.equal(before[k], now[k])]
+    assert not changed, f"{what}: {changed} changed"
+
+@contextmanager
+def after_each_backward(fn: Callable[[torch.optim.Optimizer], None]) -> Iterator[None]:
+    """Call ``fn(optimizer)`` after every backward, just before the optimizer steps."""
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: fn(opt))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in opt.param_groups for p in group["params"]]

@@ -7,14 +7,21 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_epochs_exactly_once, final_weights, kill_when, make_cfg, resume_until_done, run_cli
+from conftest import (
+    assert_epochs_exactly_once,
+    final_weights,
+    kill_when,
+    make_cfg,
+    resume_until_done,
+    run_cli,
+)
 from safetensors import safe_open
 
 from stagetrain.errors import StagetrainError
 from stagetrain.growth import deepen, map_optimizer_state, optimizer_state_by_name, widen
 from stagetrain.models import StagedModel, build_spec, count_parameters
-from stagetrain.rundir import read_metrics
 from stagetrain.run import train
+from stagetrain.rundir import read_metrics
 
 
 def _model(name="mlp", dtype=torch.float64, **over) -> StagedModel:

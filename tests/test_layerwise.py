@@ -12,26 +12,24 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_cfg
+from conftest import after_each_backward, assert_bit_identical, make_cfg, optimizer_params, snapshot
 from safetensors.torch import load_file
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.config import to_yaml, validate
+from stagetrain.config import validate
 from stagetrain.data import load_data
 from stagetrain.engine import Engine
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
-from stagetrain.run import seed_everything, train
+from stagetrain.run import build_engine as run_build_engine
+from stagetrain.run import train
 from stagetrain.rundir import RunDir
 from stagetrain.strategies import STRATEGIES
 
@@ -56,16 +54,11 @@ def one_cpu_thread():
 def build_engine(cfg, run_dir: Path | None = None) -> Engine:
     """The engine exactly as ``stagetrain.run.train`` builds it (CPU, no progress output)."""
     validate(cfg)
-    data = load_data(cfg.dataset, cfg.seed).to(CPU)
-    spec = build_spec(cfg.model, data.in_shape, data.num_classes)
-    seed_everything(cfg.seed)
-    model = StagedModel(spec).to(CPU)
-    plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
     rundir = None
     if run_dir is not None:
         rundir = RunDir(run_dir)
         rundir.checkpoints.mkdir(parents=True, exist_ok=True)
-    return Engine(cfg, plan, data, model, CPU, rundir, Reporter("off"), to_yaml(cfg))
+    return run_build_engine(cfg, CPU, rundir, Reporter("off"))
 
 
 def greedy_indices(engine: Engine) -> list[int]:
@@ -77,32 +70,6 @@ def trained_block(engine: Engine, k: int) -> str:
     stage = engine.plan.stages[k]
     (name,) = [g for g in stage.trainable if g in engine.model.block_names]
     return name
-
-
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters AND buffers (BN running_mean, running_var, num_batches_tracked), cloned."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_bit_identical(before: dict[str, torch.Tensor], module: torch.nn.Module, what: str) -> None:
-    now = module.state_dict()
-    assert now.keys() == before.keys(), what
-    changed = [k for k in before if not torch.equal(before[k], now[k])]
-    assert not changed, f"{what}: {changed} changed"
-
-
-@contextmanager
-def after_each_backward(fn: Callable[[torch.optim.Optimizer], None]) -> Iterator[None]:
-    """Call ``fn(optimizer)`` after every backward, just before the optimizer steps."""
-    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: fn(opt))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in opt.param_groups for p in group["params"]]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
