@@ -173,6 +173,18 @@ class LoraConfig:
 
 
 @dataclass
+class PretrainConfig:
+    enabled: bool = False
+    dataset: str | None = None
+    classes: list[int] | None = None
+    objective: str = "supervised"
+    epochs: int = 5
+    lr: float | None = None
+    noise: float = 0.2
+    tied: bool = True
+
+
+@dataclass
 class FinetuneConfig(StrategyConfig):
     name: str = "finetune"
     source: str | None = None
@@ -187,6 +199,7 @@ class FinetuneConfig(StrategyConfig):
     probe_epochs: int | None = None
     ft_lr_factor: float = 0.1
     lora: LoraConfig = field(default_factory=LoraConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     bn: str = "eval"
     head: str = "new"
     cache: str = "auto"

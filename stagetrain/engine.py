@@ -104,6 +104,8 @@ class Engine:
                  device: torch.device, rundir: RunDir | None, reporter: Reporter,
                  config_yaml: str, stop_flag: dict[str, Any] | None = None):
         self.cfg, self.plan, self.data, self.model = cfg, plan, data, model
+        self.datasets = {"target": data}  # strategies may add more (finetune: "source")
+        self.stage_data = data
         self.device, self.rundir, self.reporter = device, rundir, reporter
         self.config_yaml = config_yaml
         self.stop_flag = stop_flag if stop_flag is not None else {}
@@ -165,13 +167,14 @@ class Engine:
         self._growth_mappings = mappings
 
     def _stage_indices(self, stage: Stage) -> torch.Tensor:
-        base = self.data.labeled if stage.data == "labeled" else torch.arange(len(self.data.train), device=self.device)
+        base = self.stage_data.labeled if stage.data == "labeled" else torch.arange(len(self.stage_data.train), device=self.device)
         if stage.data_fraction < 1.0:  # nested subsets: a fixed seeded order, growing prefix
             order = torch.randperm(len(base), generator=torch.Generator().manual_seed(self.cfg.seed + 17))
             base = base[order[: max(1, round(stage.data_fraction * len(base)))].to(base.device)]
         return base
 
     def _enter_stage(self, k: int, stage: Stage, fresh: bool) -> None:
+        self.stage_data = self.datasets[stage.dataset]
         self._growth_mappings = []
         if fresh and stage.ops:
             self._grow(k, stage)
@@ -190,9 +193,9 @@ class Engine:
                                          stage.epochs * self.steps_per_epoch, self.steps_per_epoch)
         self.cache, self.cache_note = None, "off"
         probe = self.indices[:PROBE_BATCH]
-        x = self.data.normalize(self.data.train.x[probe], self.plan.input_norm)
+        x = self.stage_data.normalize(self.stage_data.train.x[probe], self.plan.input_norm)
         self.step_flops, self.prefix_flops = measure_step_flops(
-            stage, self.model, self.helper, x, self.data.train.y[probe], self.prefix)
+            stage, self.model, self.helper, x, self.stage_data.train.y[probe], self.prefix)
         if self.prefix > 0 and stage.cache != "off":
             self.cache_note = "pending"
         self._set_train_mode(stage)
@@ -215,7 +218,7 @@ class Engine:
         with torch.no_grad():
             for i in range(0, n, bs):
                 idx = self.indices[i:i + bs]
-                x = self.data.normalize(self.data.train.x[idx], self.plan.input_norm)
+                x = self.stage_data.normalize(self.stage_data.train.x[idx], self.plan.input_norm)
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                     out[i:i + bs] = self.model.features(x, 0, self.prefix).to(dtype)
         self.cache = out
@@ -281,10 +284,10 @@ class Engine:
 
     def _batch_input(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices[positions]
-        y = self.data.train.y[idx]
+        y = self.stage_data.train.y[idx]
         if self.cache is not None:
             return self.cache[positions].float(), y
-        x = self.data.normalize(self.data.train.x[idx], self.plan.input_norm)
+        x = self.stage_data.normalize(self.stage_data.train.x[idx], self.plan.input_norm)
         if self.prefix > 0:
             with torch.no_grad():
                 x = self.model.features(x, 0, self.prefix)
@@ -437,7 +440,8 @@ class Engine:
 
         ``stage=None`` evaluates the model itself (blocks + head).
         """
-        data = getattr(self.data, split)
+        bundle = self.data if stage is None else self.datasets[stage.dataset]
+        data = getattr(bundle, split)
         if limit is not None:
             data = data.subset(torch.arange(min(limit, len(data)), device=data.y.device))
         stage = stage or Stage(name="final", epochs=0, trainable=[])
@@ -447,7 +451,7 @@ class Engine:
         prefix = prefix_len(self.model, stage) if stage.trainable else 0
         loss_sum, correct, n = 0.0, 0, 0
         for i in range(0, len(data), self.cfg.train.eval_batch_size):
-            x = self.data.normalize(data.x[i:i + self.cfg.train.eval_batch_size], self.plan.input_norm)
+            x = bundle.normalize(data.x[i:i + self.cfg.train.eval_batch_size], self.plan.input_norm)
             y = data.y[i:i + self.cfg.train.eval_batch_size]
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 h = self.model.features(x, 0, prefix)

@@ -49,6 +49,7 @@ class Stage:
     helper: dict[str, Any] | None = None  # auxiliary head / decoder spec, dropped at stage end
     helper_to_head: bool = False  # at stage end, the helper becomes the model's head
     data: str = "labeled"  # labeled: the labelled subset; all: every training input
+    dataset: str = "target"  # target: the run's dataset; source: finetune's in-run pretraining data
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -188,6 +188,9 @@ def build_engine(cfg: DictConfig, device: torch.device, rundir: RunDir | None, r
         source = strategy.init_model(cfg, model)
     engine = Engine(cfg, plan, data, model, device, rundir, reporter, to_yaml(cfg))
     engine.source = source
+    if hasattr(strategy, "datasets"):
+        for name, dataset_cfg in strategy.datasets(cfg).items():
+            engine.datasets[name] = load_data(dataset_cfg, cfg.seed).to(device)
     if resumed is not None:
         engine.restore(resumed)
     return engine

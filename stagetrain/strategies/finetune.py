@@ -2,7 +2,8 @@
 
 The source (``strategy.source``: a run directory, a ``.pt`` checkpoint or a
 ``model.safetensors``) gives the architecture and the weights, so no model settings are
-repeated. The head is new (sized for this run's classes) unless ``strategy.head=reuse``.
+repeated. Or ``strategy.pretrain.enabled=true`` pretrains inside the run on a source
+dataset / class subset (supervised, autoencoder or denoising) before the mode's stages. The head is new (sized for this run's classes) unless ``strategy.head=reuse``.
 
 | mode             | stages                                                            |
 |------------------|-------------------------------------------------------------------|
@@ -24,14 +25,19 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from stagetrain.config import DATASETS
+from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.models import StagedModel
+from stagetrain.models import StagedModel, build_spec
 from stagetrain.plan import Plan, Stage
 from stagetrain.source import Source, load_source
 from stagetrain.strategies.common import stage_from_cfg
+from stagetrain.strategies.layerwise import greedy_stages
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
 
@@ -47,15 +53,38 @@ def validate(cfg: Any) -> None:
     check_choice("strategy.bn", s.bn, ("eval", "train_stats", "train_affine"))
     check_choice("strategy.head", s.head, ("new", "reuse"))
     check_choice("strategy.cache", s.cache, ("auto", "on", "off"))
+    p = s.pretrain
+    if p.enabled:
+        if s.source is not None:
+            raise StagetrainError("strategy.source and strategy.pretrain.enabled=true exclude each other: "
+                                  "transfer from a source run, or pretrain inside this run.")
+        check_choice("strategy.pretrain.objective", p.objective, ("supervised", "autoencoder", "denoising"))
+        if p.dataset is not None:
+            check_choice("strategy.pretrain.dataset", p.dataset, DATASETS)
+        if p.epochs <= 0 or (p.lr is not None and p.lr <= 0) or not 0 <= p.noise < 1:
+            raise StagetrainError("strategy.pretrain: epochs and lr must be > 0 and noise in [0, 1).")
+        if s.head == "reuse":
+            raise StagetrainError("strategy.head=reuse needs a source run; in-run pretraining always gets a new head.")
+        src_shape = dataset_meta(source_dataset_cfg(cfg))[0]
+        if tuple(src_shape) != tuple(dataset_meta(cfg.dataset)[0]):
+            raise StagetrainError(
+                f"strategy.pretrain.dataset={p.dataset} has inputs of shape {tuple(src_shape)}, but dataset="
+                f"{cfg.dataset.name} has {tuple(dataset_meta(cfg.dataset)[0])}; they must match.")
+        return _validate_numbers(s)
     if s.source is None:
         raise StagetrainError(
             "strategy=finetune needs strategy.source=<a run directory, a .pt checkpoint or a model.safetensors>, "
-            "e.g. strategy.source=outputs/2026-11-23/12-00-00_scratch_ab12cd.")
+            "e.g. strategy.source=outputs/2026-11-23/12-00-00_scratch_ab12cd, or strategy.pretrain.enabled=true "
+            "to pretrain inside this run.")
     if not Path(str(s.source)).expanduser().exists():
         raise StagetrainError(f"strategy.source={s.source} does not exist. Give a stagetrain run directory, "
                               "a checkpoint (.pt) or a model.safetensors file.")
     if not re.fullmatch(r"best|last|stage-\d+", s.source_checkpoint):
         raise StagetrainError(f"strategy.source_checkpoint={s.source_checkpoint!r} is not valid: use best, last or stage-<k>.")
+    _validate_numbers(s)
+
+
+def _validate_numbers(s: Any) -> None:
     for key in ("epochs", "lr", "new_layers", "unfreeze_every", "probe_epochs", "ft_lr_factor", "lr_decay"):
         value = s[key]
         if value is not None and not value > 0:
@@ -64,9 +93,28 @@ def validate(cfg: Any) -> None:
         raise StagetrainError("strategy.freeze_blocks must be >= 0, strategy.lora.rank >= 1 and strategy.lora.alpha > 0.")
 
 
+def source_dataset_cfg(cfg: Any) -> Any:
+    """The dataset config of in-run pretraining: the run's, with the pretrain dataset/classes."""
+    p, ds = cfg.strategy.pretrain, cfg.dataset.copy()
+    if p.dataset is not None and p.dataset != ds.name:
+        ds.name = p.dataset
+        ds.classes = None
+    ds.classes = list(p.classes) if p.classes is not None else ds.classes
+    ds.labeled_fraction = 1.0
+    return ds
+
+
+def datasets(cfg: Any) -> dict[str, Any]:
+    """Extra datasets this strategy trains on: the in-run pretraining data."""
+    return {"source": source_dataset_cfg(cfg)} if cfg.strategy.pretrain.enabled else {}
+
+
 def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    """The source's architecture, with a head for this run's classes."""
+    """The source's architecture, with a head for this run's classes (or, with in-run
+    pretraining, the architecture ``model=`` describes)."""
     s = cfg.strategy
+    if s.pretrain.enabled:
+        return build_spec(cfg.model, in_shape, num_classes)
     src = _source(str(s.source), s.source_checkpoint)
     arch = copy.deepcopy(src.arch)
     if tuple(arch["in_shape"]) != tuple(in_shape):
@@ -88,6 +136,9 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
 def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     """Load the source weights (all but a new head); returns what run.json records."""
     s = cfg.strategy
+    if s.pretrain.enabled:
+        p = s.pretrain
+        return {"pretrain": {"dataset": p.dataset or cfg.dataset.name, "classes": p.classes, "objective": p.objective}}
     src = _source(str(s.source), s.source_checkpoint)
     state = {k: v for k, v in src.state.items() if s.head == "reuse" or not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -118,16 +169,16 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         return stage_from_cfg(cfg, name=name, epochs=max(1, n), trainable=trainable, lr=kw.pop("lr", lr),
                               lr_scale=lr_scale, bn=s.bn, cache=s.cache, **kw)
 
-    plan = Plan("finetune", [])
+    plan = Plan("finetune", _pretrain_stages(cfg, spec) if s.pretrain.enabled else [])
     mode = s.mode
     if mode == "full":
-        plan.stages = [stage("finetune-full", groups, epochs)]
+        plan.stages += [stage("finetune-full", groups, epochs)]
     elif mode == "linear_probe":
-        plan.stages = [stage("linear-probe", ["head"], epochs)]
+        plan.stages += [stage("linear-probe", ["head"], epochs)]
     elif mode == "partial":
-        plan.stages = [stage(f"partial-{s.freeze_blocks}", groups[s.freeze_blocks:], epochs)]
+        plan.stages += [stage(f"partial-{s.freeze_blocks}", groups[s.freeze_blocks:], epochs)]
     elif mode == "add_layers":
-        plan.stages = [stage("add-layers", new_blocks + ["head"], epochs, ops=ops)]
+        plan.stages += [stage("add-layers", new_blocks + ["head"], epochs, ops=ops)]
     elif mode == "gradual_unfreeze":
         every = int(s.unfreeze_every)
         top_down = groups[::-1]
@@ -137,16 +188,35 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         plan.optimizer_state = "map"  # moments of already-trainable groups carry over
     elif mode == "lp_ft":
         probe = int(s.probe_epochs or max(1, epochs // 2))
-        plan.stages = [stage("lp", ["head"], probe),
-                       stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
+        plan.stages += [stage("lp", ["head"], probe),
+                        stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
     elif mode == "bitfit":
         partial = {b: ["layer.bias", "bn.bias"] for b in blocks}
-        plan.stages = [stage("bitfit", groups, epochs, partial=partial)]
+        plan.stages += [stage("bitfit", groups, epochs, partial=partial)]
     elif mode == "lora":
         partial = {b["name"]: ["lora_"] for b in spec["blocks"]}
-        plan.stages = [stage("lora", groups, epochs, ops=ops, partial=partial)]
+        plan.stages += [stage("lora", groups, epochs, ops=ops, partial=partial)]
         if s.lora.merge:
             plan.final_ops = [{"op": "merge_lora"}]
     for st in plan.stages:
-        st.description = f"{mode}: trains {', '.join(st.trainable)}"
+        if st.dataset == "target":
+            st.description = f"{mode}: trains {', '.join(st.trainable)}"
     return plan
+
+
+def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
+    """In-run pretraining on the source data: one supervised stage with its own head (a
+    helper sized for the source classes, dropped afterwards), or greedy layer-wise
+    autoencoder/denoising stages."""
+    p = cfg.strategy.pretrain
+    if p.objective == "supervised":
+        classes = dataset_meta(source_dataset_cfg(cfg))[1]
+        blocks = [b["name"] for b in spec["blocks"]]
+        return [stage_from_cfg(
+            cfg, name="pretrain", epochs=int(p.epochs), trainable=[*blocks, "helper"], dataset="source",
+            helper={"kind": "aux_head", "in_shape": [spec["head"]["in"]], "out": classes},
+            lr=float(p.lr or cfg.optim.lr), description="every block, with a source head, on the source data")]
+    settings = SimpleNamespace(objective=p.objective, epochs_per_layer=p.epochs, lr=p.lr, optimizer=None,
+                               noise=p.noise, tied=p.tied, aux_head="linear", cd_k=1, rbm_lr=0.05,
+                               cache=cfg.strategy.cache)
+    return [replace(st, name=f"pretrain-{st.name}") for st in greedy_stages(cfg, spec, settings, dataset="source")]

@@ -50,42 +50,50 @@ def validate(cfg: Any) -> None:
             )
 
 
-def _helper(cfg: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
-    s, block = cfg.strategy, spec["blocks"][index]
-    if s.objective == "supervised":
+def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
+    block = spec["blocks"][index]
+    if g.objective == "supervised":
         helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": spec["num_classes"]}
         if last_to_head:  # same shape as the model's head, so it can become the head
             helper["in_shape"] = [spec["head"]["in"]]
-        elif block["type"] == "conv" and s.aux_head != "linear":
-            helper["extra_layers"] = int(s.aux_head)
+        elif block["type"] == "conv" and g.aux_head != "linear":
+            helper["extra_layers"] = int(g.aux_head)
         return helper
-    if s.objective == "rbm":
+    if g.objective == "rbm":
         return {"kind": "rbm", "in": block["in"]}
     return {"kind": "decoder", "type": block["type"], "in": block["in"], "out": block["out"],
-            "tied": bool(s.tied), "kernel": block.get("kernel"), "pool": block.get("pool", 0)}
+            "tied": bool(g.tied), "kernel": block.get("kernel"), "pool": block.get("pool", 0)}
+
+
+def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = False,
+                  dataset: str = "target") -> list[Stage]:
+    """One greedy stage per block. ``g`` holds the greedy settings (objective,
+    epochs_per_layer, lr, optimizer, noise, tied, aux_head, cd_k, rbm_lr, cache); finetune's
+    in-run pretraining reuses this with its own settings and ``dataset="source"``."""
+    blocks = [b["name"] for b in spec["blocks"]]
+    noise = as_list(g.noise)
+    supervised = g.objective == "supervised"
+    stages: list[Stage] = []
+    for i, name in enumerate(blocks):
+        greedy = {"optimizer": g.optimizer or cfg.optim.name, "lr": float(g.lr or cfg.optim.lr)}
+        if g.objective == "rbm":
+            greedy = {"optimizer": "sgd", "lr": float(g.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
+        to_head = last_to_head and i == len(blocks) - 1
+        stages.append(stage_from_cfg(
+            cfg, name=f"greedy-{name}", epochs=int(g.epochs_per_layer), trainable=[name, "helper"],
+            objective=g.objective, stop_block=i + 1, helper=_helper(g, spec, i, to_head),
+            helper_to_head=to_head, data="labeled" if supervised else "all", cache=g.cache,
+            noise=float(noise[min(i, len(noise) - 1)]) if g.objective == "denoising" else 0.0,
+            cd_k=int(g.cd_k), dataset=dataset,
+            description=f"{name} on the frozen blocks below it ({g.objective})", **greedy,
+        ))
+    return stages
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
-    blocks = [b["name"] for b in spec["blocks"]]
-    noise = as_list(s.noise)
-    supervised = s.objective == "supervised"
-    stages: list[Stage] = []
-    for i, name in enumerate(blocks):
-        last_to_head = supervised and not s.finetune.enabled and i == len(blocks) - 1
-        greedy = {
-            "optimizer": s.optimizer or cfg.optim.name, "lr": float(s.lr or cfg.optim.lr),
-        }
-        if s.objective == "rbm":
-            greedy = {"optimizer": "sgd", "lr": float(s.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
-        stages.append(stage_from_cfg(
-            cfg, name=f"greedy-{name}", epochs=int(s.epochs_per_layer), trainable=[name, "helper"],
-            objective=s.objective, stop_block=i + 1, helper=_helper(cfg, spec, i, last_to_head),
-            helper_to_head=last_to_head, data="labeled" if supervised else "all", cache=s.cache,
-            noise=float(noise[min(i, len(noise) - 1)]) if s.objective == "denoising" else 0.0,
-            cd_k=int(s.cd_k), description=f"{name} on the frozen blocks below it ({s.objective})",
-            **greedy,
-        ))
+    last_to_head = s.objective == "supervised" and not s.finetune.enabled
+    stages = greedy_stages(cfg, spec, s, last_to_head)
     ft = s.finetune
     if ft.enabled:
         lr = float(ft.lr) if ft.lr is not None else float(cfg.optim.lr)
