@@ -265,3 +265,25 @@ def test_resume_mid_gradual_unfreeze_restores_trainable_sets(mlp_source, tmp_pat
 def test_digits_0_4_to_5_9_transfer_reaches_090(mlp_source, tmp_path, mode, extra):
     info = train(ft_cfg(mlp_source, mode, *extra), tmp_path / "run")
     assert info["final"]["test/acc"] >= 0.90
+
+
+def test_in_run_supervised_pretraining_on_a_class_subset_then_fine_tune(tmp_path):
+    info = train(make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.classes=[0,1,2,3,4]",
+                          TARGET, "strategy.mode=gradual_unfreeze", "train.epochs=10"), tmp_path / "run")
+    pretrain, *rest = info["stages"]
+    assert pretrain["name"] == "pretrain" and pretrain["final"]["val/acc"] > 0.9  # on digits 0-4
+    assert [s["name"] for s in rest] == ["unfreeze-1", "unfreeze-2", "unfreeze-3", "unfreeze-all"]
+    arch = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["arch"]
+    assert arch["head"]["out"] == 5 and info["source"]["pretrain"]["classes"] == [0, 1, 2, 3, 4]
+    assert info["final"]["test/acc"] > 0.8
+
+
+def test_mnist_to_fashion_mnist_in_one_run(data_root, tmp_path):
+    info = train(make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=mnist",
+                          "strategy.pretrain.objective=denoising", "strategy.pretrain.epochs=1", "dataset=fashion_mnist",
+                          f"dataset.root={data_root}", "dataset.max_train=2000", "model.widths=[128,64]",
+                          "strategy.mode=full", "train.epochs=2"), tmp_path / "run")
+    names = [s["name"] for s in info["stages"]]
+    assert names == ["pretrain-greedy-block1", "pretrain-greedy-block2", "finetune-full"]
+    assert info["stages"][0]["samples"] == 2000 and "val/loss" in info["stages"][0]["final"]
+    assert info["final"]["test/acc"] > 0.6  # Fashion-MNIST, 2,000 images, 2 epochs
