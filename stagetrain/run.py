@@ -196,6 +196,16 @@ def build_engine(cfg: DictConfig, device: torch.device, rundir: RunDir | None, r
     return engine
 
 
+def _write_plots(rundir: RunDir) -> None:
+    """Learning-curve PNGs at the end of a run, also a failed one; a plot never fails a run."""
+    try:
+        from stagetrain.plots import plot_run
+
+        plot_run(rundir.path)
+    except Exception as e:  # noqa: BLE001 - plotting is a convenience
+        log.warning("Could not draw the plots for %s: %s", rundir.path, e)
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     """Run one configured job; returns run.json's content (or the plan rows for a dry run)."""
     validate(cfg)
@@ -273,6 +283,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         reporter.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _write_plots(rundir)
 
     state_dict = {k: v.detach().cpu().contiguous() for k, v in engine.model.state_dict().items()}
     atomic_write(rundir.safetensors, safetensors_bytes(

@@ -87,3 +87,12 @@ def test_existing_run_dir_needs_resume(tmp_path):
     assert proc.returncode != 0 and "resume=auto" in proc.stdout + proc.stderr
     again = run_cli("strategy=scratch", "train.epochs=1", "progress=off", f"hydra.run.dir={run}", "resume=auto", cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stdout + again.stderr
+
+
+def test_rich_progress_and_bf16_autocast_run_to_completion(tmp_path):
+    proc = run_cli("strategy=scratch", "train.epochs=2", "progress=rich", "device.precision=bf16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "test/acc=" in proc.stdout
+    (run,) = run_dirs(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["config"]["device"]["precision"] == "bf16"

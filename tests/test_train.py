@@ -89,3 +89,10 @@ def test_nonfinite_loss_fails_the_run_with_stage_step_and_hint(tmp_path):
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "failed"
     assert "stage 1" in info["error"] and "global step" in info["error"] and "lower learning rate" in info["error"]
+
+
+def test_run_writes_learning_curve_plots(scratch_run):
+    run, _ = scratch_run
+    for name in ("learning_curves.png", "learning_curves_flops.png"):
+        data = (run / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
