@@ -1,0 +1,201 @@
+"""``stagetrain-report``: compare runs (and sweeps) from their run directories alone.
+
+    stagetrain-report outputs/multirun/2026-11-23/12-00-00_ab12cd [more dirs...]
+        [--group-by strategy] [--csv out.csv] [--markdown out.md] [--plot out.png]
+
+One row per run: strategy, the overrides that differ between the runs, final val/test
+metrics, FLOPs, wall time, status and stop reason. Failed and unfinished runs are listed
+with their error line, never dropped. ``--group-by KEY[,KEY]`` aggregates runs that differ
+only in seed: mean and standard deviation per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+METRICS = ("val/acc", "test/acc", "test/loss")
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (holding run.json) at or below each path."""
+    runs: list[Path] = []
+    for path in paths:
+        if (path / "run.json").is_file():
+            runs.append(path)
+        elif path.is_dir():
+            runs += sorted(p.parent for p in path.rglob("run.json"))
+    return sorted(set(runs))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per run, plus the config keys whose values differ between the runs."""
+    infos = []
+    for run in runs:
+        try:
+            infos.append((run, json.loads((run / "run.json").read_text())))
+        except (OSError, json.JSONDecodeError) as e:
+            infos.append((run, {"status": "unreadable", "error": f"run.json: {e}", "config": {}}))
+    configs = [_flatten(info.get("config", {})) for _, info in infos]
+    keys = sorted({k for c in configs for k in c})
+    ignore = ("dataset.root", "progress", "resume", "dry_run")
+    varying = [k for k in keys if k not in ignore and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    rows = []
+    for (run, info), config in zip(infos, configs, strict=True):
+        row: dict[str, Any] = {"run": str(run), "strategy": info.get("strategy", "?"), "status": info.get("status", "?")}
+        row.update({k: config.get(k) for k in varying if k != "strategy.name"})
+        final = info.get("final") or {}
+        row.update({m: final.get(m) for m in METRICS})
+        row["flops"] = info.get("flops")
+        row["seconds"] = info.get("seconds")
+        row["stop_reason"] = info.get("stop_reason")
+        error = info.get("error") or ""
+        row["error"] = error.splitlines()[0][:160] if error else ""
+        rows.append(row)
+    return rows, [k for k in varying if k != "strategy.name"]
+
+
+def group_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]]:
+    """Mean and std of the numeric columns over completed runs with equal ``by`` values."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "completed":
+            groups.setdefault(tuple(row.get(k) for k in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        g: dict[str, Any] = dict(zip(by, key, strict=True))
+        g["runs"] = len(members)
+        for col in (*METRICS, "flops", "seconds"):
+            values = [m[col] for m in members if isinstance(m.get(col), int | float)]
+            g[f"{col} mean"] = statistics.fmean(values) if values else None
+            g[f"{col} std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+        out.append(g)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    from stagetrain.progress import make_console
+
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "run"]
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        style = None if r.get("status", "completed") == "completed" else "red"
+        table.add_row(*(_fmt(r.get(c)) for c in cols), style=style)
+    make_console().print(table)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another with fewer-or-equal FLOPs and higher-or-equal metric."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc") -> None:
+    """Final metric against training FLOPs for every completed run, with the Pareto front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "completed" and r.get(metric) is not None and r.get("flops")]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for strategy in sorted({r["strategy"] for r in done}):
+        pts = [(r["flops"], r[metric]) for r in done if r["strategy"] == strategy]
+        ax.scatter(*zip(*pts, strict=True), label=strategy, alpha=0.8)
+    front = pareto_front([(r["flops"], r[metric]) for r in done])
+    if front:
+        ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against compute ({len(done)} runs)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stagetrain-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories and/or sweep directories")
+    parser.add_argument("--group-by", default=None, help="comma-separated columns, e.g. strategy or strategy,strategy.mode")
+    parser.add_argument("--csv", type=Path, help="write the table as CSV")
+    parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    parser.add_argument("--plot", type=Path, help="write metric-vs-FLOPs PNG (default: none)")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"stagetrain-report: no runs found under {', '.join(map(str, args.paths))} "
+              "(a run directory holds a run.json). Give run directories or a sweep directory.", file=sys.stderr)
+        return 2
+    rows, varying = load_rows(runs)
+    table = rows
+    if args.group_by:
+        by = [k.strip() for k in args.group_by.split(",")]
+        unknown = [k for k in by if k not in rows[0]]
+        if unknown:
+            print(f"stagetrain-report: --group-by {', '.join(unknown)} is not a column; columns: "
+                  f"{', '.join(k for k in rows[0] if k != 'run')}.", file=sys.stderr)
+            return 2
+        table = group_rows(rows, by)
+    print_table(table, f"{len(runs)} runs" + (f", grouped by {args.group_by}" if args.group_by else ""))
+    failed = [r for r in rows if r["status"] != "completed"]
+    for r in failed:
+        print(f"{r['status']}: {r['run']}: {r['error']}")
+    if args.csv:
+        args.csv.write_text(to_csv(table))
+    if args.markdown:
+        args.markdown.write_text(to_markdown(table))
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""stagetrain-report over a real small sweep: rows, groups, CSV, Markdown, plot, failures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from stagetrain.report import pareto_front
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("-m", "strategy=scratch,grow", "seed=0,1", "train.epochs=2", "progress=off",
+                   f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    failed = run_cli("strategy=scratch", "optim.name=sgd", "optim.lr=1e6", "sched.name=constant", "progress=off",
+                     f"hydra.run.dir={root / 'diverged'}", cwd=root)
+    assert failed.returncode != 0
+    return root
+
+
+def report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "stagetrain-report"
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_report_table_csv_markdown_and_plot(sweep):
+    proc = report(str(sweep / "sweep"), "--csv", "t.csv", "--markdown", "t.md", "--plot", "p.png", cwd=sweep)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO((sweep / "t.csv").read_text())))
+    assert len(rows) == 4 and sorted(r["strategy"] for r in rows) == ["grow", "grow", "scratch", "scratch"]
+    assert {r["seed"] for r in rows} == {"0", "1"}, "the overrides that differ are columns"
+    assert all(0 < float(r["test/acc"]) <= 1 for r in rows)
+    assert (sweep / "t.md").read_text().startswith("| run | strategy |")
+    png = (sweep / "p.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+
+
+def test_group_by_strategy_gives_mean_and_std_over_seeds(sweep):
+    assert report(str(sweep / "sweep"), "--csv", "all.csv", cwd=sweep).returncode == 0
+    proc = report(str(sweep / "sweep"), "--group-by", "strategy", "--csv", "g.csv", cwd=sweep)
+    assert proc.returncode == 0, proc.stderr
+    groups = {r["strategy"]: r for r in csv.DictReader(io.StringIO((sweep / "g.csv").read_text()))}
+    assert set(groups) == {"scratch", "grow"} and all(g["runs"] == "2" for g in groups.values())
+    rows = list(csv.DictReader(io.StringIO((sweep / "all.csv").read_text())))
+    accs = [float(r["test/acc"]) for r in rows if r["strategy"] == "scratch"]
+    assert float(groups["scratch"]["test/acc mean"]) == pytest.approx(sum(accs) / 2)
+    assert float(groups["scratch"]["test/acc std"]) == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+
+
+def test_failed_runs_are_listed_with_their_error(sweep):
+    proc = report(str(sweep), cwd=sweep)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed:" in proc.stdout and "non-finite" in proc.stdout
+
+
+def test_path_without_runs_exits_nonzero_with_a_message(tmp_path):
+    proc = report(str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "no runs found" in proc.stderr
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    assert pareto_front([(1, 0.5), (2, 0.4), (3, 0.9), (4, 0.8), (5, 0.95)]) == [(1, 0.5), (3, 0.9), (5, 0.95)]
