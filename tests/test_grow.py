@@ -217,8 +217,8 @@ def test_optimizer_state_map_runs_end_to_end(tmp_path):
 
 def test_kill_right_after_growth_then_resume_gives_identical_weights(tmp_path):
     args = ["strategy=grow", "strategy.widths=[[32],[128]]", "strategy.epochs_per_stage=2", "train.epochs=2",
-            "dataset=synthetic", "dataset.n_train=6000", "dataset.shape=[1,28,28]", "train.batch_size=32",
-            "checkpoint.every_steps=25", "progress=off"]
+            "dataset=synthetic", "dataset.n_train=4000", "dataset.shape=[1,28,28]", "train.batch_size=32",
+            "checkpoint.every_steps=40", "progress=off"]
     reference = tmp_path / "reference"
     assert run_cli(*args, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
     run = tmp_path / "killed"

@@ -19,8 +19,8 @@ from conftest import (
 )
 
 # big enough that an epoch takes a noticeable fraction of a second on 2 cores
-SLOW = ["dataset=synthetic", "dataset.n_train=6000", "dataset.shape=[1,28,28]", "model.widths=[256,256]",
-        "train.batch_size=32", "checkpoint.every_steps=25", "progress=off"]
+SLOW = ["dataset=synthetic", "dataset.n_train=4000", "dataset.shape=[1,28,28]", "model.widths=[256,256]",
+        "train.batch_size=32", "checkpoint.every_steps=40", "progress=off"]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
