@@ -221,6 +221,7 @@ class RunConfig:
     resume: str = "never"
     dry_run: bool = False
     progress: str = "auto"
+    plots: bool = True
 
 
 def register_configs() -> None:

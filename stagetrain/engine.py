@@ -214,7 +214,7 @@ class Engine:
             return
         start = time.perf_counter()
         out = torch.empty((n, *shape), dtype=dtype, device=self.device)
-        bs = self.cfg.train.eval_batch_size
+        bs = self.cfg.train.batch_size  # training-sized chunks: large conv chunks run 2-4x slower per sample
         with torch.no_grad():
             for i in range(0, n, bs):
                 idx = self.indices[i:i + bs]

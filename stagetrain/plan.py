@@ -88,6 +88,7 @@ class Plan:
         return asdict(self)
 
 
+TARGET_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss")
 TARGET_OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
 
 
@@ -96,6 +97,8 @@ def parse_target(text: str) -> tuple[str, str, float]:
     for op in (">=", "<=", ">", "<"):
         if op in text:
             key, value = text.split(op, 1)
+            if key.strip() not in TARGET_KEYS:
+                raise ValueError(text)
             return key.strip(), op, float(value)
     raise ValueError(text)
 

@@ -40,7 +40,7 @@ from stagetrain.strategies import STRATEGIES
 log = logging.getLogger("stagetrain")
 
 # keys that may differ between an interrupted run and its resumption
-RESUME_FREE_KEYS = {"resume", "progress", "dry_run"}
+RESUME_FREE_KEYS = {"resume", "progress", "dry_run", "plots"}
 
 
 def pick_device(dcfg: DictConfig) -> torch.device:
@@ -283,7 +283,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         reporter.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _write_plots(rundir)
+        if cfg.plots:
+            _write_plots(rundir)
 
     state_dict = {k: v.detach().cpu().contiguous() for k, v in engine.model.state_dict().items()}
     atomic_write(rundir.safetensors, safetensors_bytes(

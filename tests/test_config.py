@@ -54,6 +54,8 @@ BAD_VALUES = [
     (["strategy.noise=[0.1,1.5]"], "strategy.noise"),
     (["strategy.objective=rbm"], "model.activation=sigmoid"),
     (["strategy=scratch", "strategy.epochs=0"], "strategy.epochs"),
+    (["strategy=grow", "strategy.target='val/accuracy>=0.5'"], "strategy.target"),
+    (["strategy=grow", "strategy.target='val/acc=>0.5'"], "strategy.target"),
 ]
 
 

@@ -42,8 +42,15 @@ from stagetrain.strategies.layerwise import greedy_stages
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
 
 
-@functools.lru_cache(maxsize=4)
 def _source(path: str, which: str) -> Source:
+    """The source, read once per process while its files are unchanged."""
+    target = Path(path).expanduser()
+    stamp = max((p.stat().st_mtime_ns for p in [target, *target.glob("checkpoints/*")] if p.exists()), default=0)
+    return _cached_source(path, which, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_source(path: str, which: str, stamp: int) -> Source:
     return load_source(path, which)
 
 

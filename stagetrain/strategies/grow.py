@@ -57,7 +57,7 @@ def validate(cfg: Any) -> None:
         except ValueError:
             raise StagetrainError(
                 f"strategy.target={s.target!r} is not valid: write it as <metric><op><value>, "
-                "e.g. 'val/acc>=0.97' or 'val/loss<=0.1'.") from None
+                "e.g. 'val/acc>=0.97' or 'val/loss<=0.1'; metrics: val/acc, val/loss, train/acc, train/loss.") from None
     if s.trigger == "flops_share" and s.flop_budget is None:
         raise StagetrainError("strategy.trigger=flops_share needs strategy.flop_budget (total training FLOPs).")
     for f in s.data_fractions or []:
