@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,3 +90,14 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"wrote {path}")
+
+
+def finish(result: dict[str, Any], args: Any, start: float, plot: Any) -> None:
+    """Close a benchmark: load average and total time, JSON (``_quick`` in quick mode), plot."""
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["total_seconds"] = time.perf_counter() - start
+    out = args.out if not args.quick else args.out.with_name(args.out.stem + "_quick.json")
+    write_json(out, result)
+    if not args.no_plot:
+        plot(result, out.with_suffix(".png"))
+    print(f"total {result['total_seconds']:.0f} s")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -40,11 +39,11 @@ from benchutil import (
     RUN_ROOT,
     dataset_overrides,
     events,
+    finish,
     machine,
     make_cfg,
     no_run_plots,
     val_curve,
-    write_json,
 )
 from safetensors.torch import load_file
 
@@ -246,13 +245,7 @@ def main() -> None:
                                   for t, v in row["to_target"].items())
                 print(f"  {variant:13s} test {row['mean_test_acc']:.4f} acc@budget "
                       f"{row['mean_acc_at_budget'] or float('nan'):.4f} | {reach}")
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    result["total_seconds"] = time.perf_counter() - start
-    out = args.out if not args.quick else args.out.with_name(args.out.stem + "_quick.json")
-    write_json(out, result)
-    if not args.no_plot:
-        plot(result, out.with_suffix(".png"))
-    print(f"total {result['total_seconds']:.0f} s")
+    finish(result, args, start, plot)
 
 
 if __name__ == "__main__":

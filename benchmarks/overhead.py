@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from benchutil import machine
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
@@ -137,15 +137,6 @@ def run_hand(cfg: DictConfig, data: DataBundle, use_loader: bool) -> Result:
 
 def identical(a: Weights, b: Weights) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def machine() -> dict[str, Any]:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
-    return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.is_available(), "loadavg_start": os.getloadavg()}
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ measured).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
@@ -45,11 +44,11 @@ from benchutil import (
     RESULTS,
     RUN_ROOT,
     dataset_overrides,
+    finish,
     machine,
     make_cfg,
     mean_std,
     no_run_plots,
-    write_json,
 )
 
 from stagetrain.run import train
@@ -211,13 +210,7 @@ def main() -> None:
                 for runs in variants.values():
                     for r in runs:
                         r.pop("run_dir", None)
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    result["total_seconds"] = time.perf_counter() - start
-    out = args.out if not args.quick else args.out.with_name(args.out.stem + "_quick.json")
-    write_json(out, result)
-    if not args.no_plot:
-        plot(result, out.with_suffix(".png"))
-    print(f"total {result['total_seconds']:.0f} s")
+    finish(result, args, start, plot)
 
 
 if __name__ == "__main__":
