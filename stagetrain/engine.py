@@ -120,6 +120,7 @@ class Engine:
         self.loss_fn = torch.compile(stage_loss) if cfg.device.compile else stage_loss
         self.on_update: Any = None  # callback(run_state) after each epoch, for run.json
         self.source: dict[str, Any] | None = None  # what the strategy's init_model loaded, if anything
+        self._pending: dict[str, Any] | None = None  # a checkpoint being resumed, until its stage is entered
 
     # ----------------------------------------------------------------- resume
     def restore(self, state: dict[str, Any]) -> None:
@@ -241,7 +242,7 @@ class Engine:
     # ----------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
         """Run the plan from the current state to the end; returns the final metrics."""
-        recorded = self._pending["metrics_lines"] if getattr(self, "_pending", None) else None
+        recorded = self._pending["metrics_lines"] if self._pending is not None else None
         if self.rundir is not None:
             self.metrics = MetricsLog(self.rundir.metrics, recorded)
         try:
@@ -256,7 +257,7 @@ class Engine:
 
     def _run_stage(self, k: int, stage: Stage) -> None:
         st = self.state
-        pending = getattr(self, "_pending", None)
+        pending = self._pending
         if pending is not None and not st.in_stage:
             ckpt.set_rng_state(pending["rng"])  # stage-start checkpoint: RNG before entry
         self._enter_stage(k, stage, fresh=not st.in_stage)

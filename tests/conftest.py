@@ -69,7 +69,7 @@ def kill_when(run: Path, args: list[str], cwd: Path, ready) -> None:
         while time.time() < deadline and proc.poll() is None:
             metrics = run / "metrics.jsonl"
             if metrics.exists() and ready(read_metrics(metrics)):
-                time.sleep(0.15)  # land somewhere inside the next epoch
+                time.sleep(0.05)  # land inside the next epoch, well before the run can end
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
