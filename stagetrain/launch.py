@@ -1,0 +1,161 @@
+"""How one run cooperates with the Hydra launcher that started it (joblib, SLURM via submitit).
+
+* **Threads.** Jobs of a sweep share a machine: under the joblib launcher each job gets
+  ``cpus // n_jobs`` torch threads, in a SLURM job the cores it was given
+  (``cpus_per_task``, split between torchrun's processes); ``device.threads`` set to a
+  number always wins.
+* **Preemption.** The run's own signal handler only sets a flag (no I/O); the engine then
+  checkpoints at the next step, ``run.json`` says ``stopped`` and ``StopRequested`` is raised.
+  Under submitit, SIGUSR1 and submitit's preemption signal (USR2 unless
+  ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise, sent by SLURM ``signal_delay_s`` before the time
+  limit) then hand the job to submitit's own checkpoint-and-requeue: the job is requeued under
+  the same job id, reruns in the same sweep job directory and continues the run. SIGTERM
+  (``scancel``, or SLURM's own preemption, which requeues by itself) stops without a requeue,
+  as submitit itself does: a cancelled job must stay cancelled.
+* **resume=auto on requeue.** A requeued job reruns the sweep job's overrides. Once the run
+  directory holds a run, the job's submission is rewritten with ``resume=auto``, so whatever
+  requeues it (submitit, SLURM preemption, an admin's ``scontrol requeue``) continues the run
+  instead of refusing an occupied directory; a fresh sweep never sees the change.
+
+submitit is imported only inside a submitit job; nothing here is needed for a plain run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from typing import Any
+
+log = logging.getLogger("stagetrain")
+
+RESUME_ON_REQUEUE = "resume=auto"
+
+
+def _in_submitit_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+
+
+def _under_submitit() -> bool:
+    """In a submitit SLURM job, as its first process (SLURM task 0, torchrun rank 0): the one
+    process that rewrites the job's submission and asks for the requeue."""
+    return (_in_submitit_job() and os.environ.get("SLURM_PROCID", "0") == "0"
+            and os.environ.get("RANK", "0") == "0")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def job_threads() -> tuple[int, str] | None:
+    """The torch thread count this job's launcher leaves it, and why; None when it has the machine."""
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm_cpus and slurm_cpus.isdigit() and int(slurm_cpus) > 0:
+        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun inside the job
+        return max(1, int(slurm_cpus) // procs), f"SLURM job with cpus_per_task={slurm_cpus}"
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra context (tests calling train() directly)
+        launcher = None
+    if launcher is None or "JoblibLauncher" not in str(launcher.get("_target_", "")):
+        return None
+    cpus = _cpu_count()
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    if n_jobs < 0:  # joblib's convention: -1 is every CPU, -2 all but one, ...
+        n_jobs = max(1, cpus + 1 + n_jobs)
+    return max(1, cpus // n_jobs), f"joblib launcher, n_jobs={n_jobs} on {cpus} CPUs"
+
+
+def limit_job_threads(threads: int) -> None:
+    """With ``device.threads=0`` (automatic), use this job's share of the CPU cores."""
+    share = None if threads else job_threads()
+    if share is not None:
+        import torch
+
+        torch.set_num_threads(share[0])
+        log.info("torch threads: %d (%s)", share[0], share[1])
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """Signals that stop a run at the next step with a checkpoint (handled without I/O)."""
+    sigs = [signal.SIGTERM, signal.SIGUSR1]
+    if _in_submitit_job():
+        sigs.append(_submitit_signal())
+    return tuple(dict.fromkeys(sigs))
+
+
+def _submitit_signal() -> signal.Signals:
+    from submitit.core.job_environment import JobEnvironment
+
+    return signal.Signals(JobEnvironment._usr_sig())
+
+
+def _submitit_handler() -> tuple[Any, Any] | None:
+    """(submitit's installed checkpoint-and-requeue handler, its job's DelayedSubmission)."""
+    from submitit.core.job_environment import SignalHandler
+
+    handler = signal.getsignal(_submitit_signal())
+    owner = getattr(handler, "__self__", None)
+    if not isinstance(owner, SignalHandler):
+        return None
+    return handler, getattr(owner, "_delayed", None)
+
+
+def continue_on_requeue() -> None:
+    """Under submitit: make every later requeue of this job continue its run (``resume=auto``).
+
+    Called when the run directory holds a run. Hydra's submitit launcher submits each sweep
+    job as ``launcher(overrides, ...)``; the overrides are updated in submitit's in-memory
+    submission (what its checkpoint-and-requeue dumps) and in the submitted pickle (what a
+    requeue by SLURM itself reruns).
+    """
+    if not _under_submitit():
+        return
+    from submitit.core.job_environment import JobEnvironment
+    from submitit.core.utils import temporary_save_path
+
+    found = _submitit_handler()
+    delayed = found[1] if found else None
+    args = getattr(delayed, "args", None)
+    if not args or not isinstance(args[0], (list, tuple)):
+        log.warning("This submitit job is not a Hydra sweep job as expected; a requeue may not "
+                    "continue the run (add resume=auto to the sweep to be sure).")
+        return
+    overrides = [o for o in args[0] if o.lstrip("+").split("=", 1)[0] != "resume"]
+    if RESUME_ON_REQUEUE in args[0] and len(overrides) == len(args[0]) - 1:
+        return
+    delayed.args = (overrides + [RESUME_ON_REQUEUE], *args[1:])
+    with temporary_save_path(JobEnvironment().paths.submitted_pickle) as tmp:
+        delayed.dump(tmp)
+
+
+def requeue_after_stop(stopped_by: str) -> None:
+    """After a signal stop (checkpoint written, run.json ``stopped``): requeue a submitit job.
+
+    Only SIGUSR1 and submitit's preemption signal requeue; SIGTERM means cancel (or SLURM
+    requeues by itself) and returns, as does anything outside submitit. Submitit's handler
+    dumps the submission, runs ``scontrol requeue`` and exits the process, so on success this
+    does not return.
+    """
+    if not _under_submitit():
+        return
+    if stopped_by not in (signal.SIGUSR1.name, _submitit_signal().name):
+        log.info("Not requeued by stagetrain: %s means cancel (scancel), or SLURM requeues the job "
+                 "itself; SIGUSR1 or %s asks for a requeue.", stopped_by, _submitit_signal().name)
+        return
+    found = _submitit_handler()
+    if found is None:
+        log.warning("Not requeued: submitit's signal handler is not installed in this job.")
+        return
+    log.info("Requeueing SLURM job %s through submitit; the requeued job continues this run.",
+             os.environ.get("SLURM_JOB_ID"))
+    try:
+        found[0](signal.Signals[stopped_by], None)  # submitit logs it, then requeues and exits
+    except subprocess.SubprocessError as e:
+        log.error("Could not requeue the job (%s); the run is stopped and resumable with resume=auto.", e)

@@ -1,0 +1,198 @@
+"""Sweeps through real launchers: joblib in local processes, and SLURM through Hydra's submitit
+launcher on a real single-node cluster (``.ci/slurm-up``), including preemption and requeue.
+
+No mocks: every job runs the ``stagetrain`` console script's engine on the digits dataset. The
+SLURM tests need the cluster; when it does not answer (and cannot be started here) they fail,
+they are never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA_ROOT, REPO, assert_epochs_exactly_once, final_weights, run_cli, run_dirs
+
+from stagetrain.rundir import read_metrics
+
+SLURM_UP = REPO / ".ci" / "slurm-up"
+TINY = ["train.epochs=1", "plots=false"]
+# the shipped preset, shrunk to this machine: 1 core and 1 GB per job
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _assert_complete(run: Path) -> dict:
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed", f"{run}: {info['status']} {info.get('error')}"
+    assert (run / "model.safetensors").exists() and (run / "checkpoints" / "last.pt").exists(), run
+    return info
+
+
+# ---------------------------------------------------------------- joblib
+def test_joblib_sweep_runs_each_job_with_its_share_of_threads(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "strategy=scratch,layerwise",
+                   "progress=off", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    runs = run_dirs(sweep)
+    assert runs == [sweep / "0", sweep / "1"]
+    assert {_assert_complete(r)["strategy"] for r in runs} == {"scratch", "layerwise"}
+    threads = max(1, _cpus() // 2)
+    for run in runs:
+        assert f"torch threads: {threads} (joblib launcher, n_jobs=2" in (run / "stagetrain.log").read_text()
+
+
+# ---------------------------------------------------------------- SLURM
+def _slurm_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return proc.returncode == 0 and bool({"idle", "mix", "alloc"} & set(proc.stdout.split()))
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A SLURM cluster that answers; ``.ci/slurm-up`` starts one (as root) if none does."""
+    if not _slurm_answers() and os.geteuid() == 0:
+        subprocess.run([str(SLURM_UP)], capture_output=True, timeout=900)
+    assert _slurm_answers(), (
+        "No SLURM cluster answers here (sinfo shows no idle node). Run .ci/slurm-up as root to "
+        "install and start a single-node cluster; the SLURM launcher tests need a real one.")
+
+
+def _job_ids(sweep: Path) -> list[str]:
+    """SLURM job ids the submitit launcher recorded: one folder per job under .submitit/."""
+    folder = sweep / ".submitit"
+    return sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)) if folder.is_dir() else []
+
+
+def _cancel(sweep: Path) -> None:
+    """Leave no job of a failed test behind on the cluster."""
+    ids = {j.split("_")[0] for j in _job_ids(sweep)}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True, timeout=30)
+
+
+def test_slurm_sweep_jobs_are_scheduled_by_slurm_and_complete(tmp_path, slurm):
+    sweep = tmp_path / "sweep"
+    try:
+        proc = run_cli("-m", *SLURM, "strategy=scratch,layerwise,grow", *TINY, f"hydra.sweep.dir={sweep}",
+                       cwd=tmp_path, timeout=240)
+    finally:
+        _cancel(sweep)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = run_dirs(sweep)
+    assert runs == [sweep / str(k) for k in range(3)]
+    assert [_assert_complete(r)["strategy"] for r in runs] == ["scratch", "layerwise", "grow"]
+
+    # one SLURM job array, one task per sweep job, each with its own submitit logs
+    ids = _job_ids(sweep)
+    array = {j.split("_")[0] for j in ids if "_" in j}
+    assert len(array) == 1, ids
+    (array_id,) = array
+    assert sorted(j for j in ids if "_" in j) == [f"{array_id}_{k}" for k in range(3)]
+    script = (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --cpus-per-task=1" in script
+    for k in range(3):
+        job = f"{array_id}_{k}"
+        out = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+        assert f"Starting with JobEnvironment(job_id={job}," in out and "Job completed successfully" in out
+        assert "torch threads: 1 (SLURM job with cpus_per_task=1)" in out  # SLURM's own environment
+        # progress=auto off a terminal: periodic plain lines, no live bar's control sequences
+        assert "epoch 1/" in out and "\x1b[" not in out
+    shown = subprocess.run(["scontrol", "show", "job", array_id], capture_output=True, text=True).stdout
+    assert shown.count("JobState=COMPLETED") == 3, shown
+
+
+def _train_epochs(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return sum(e.get("split") == "train" for e in read_metrics(metrics)) if metrics.exists() else 0
+
+
+def _status(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text())["status"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_slurm_preempted_job_checkpoints_is_requeued_and_ends_bit_identical(tmp_path, slurm):
+    """Two interruptions of one running SLURM job, each at a random step:
+
+    1. SIGUSR1 (what SLURM's ``--signal`` or an admin sends): the run checkpoints at the next
+       step, run.json says ``stopped``, submitit requeues the same job id;
+    2. ``scontrol requeue`` (SLURM's own requeue, by SIGTERM): checkpoint, ``stopped``, and
+       SLURM reruns the job.
+
+    Each time the job reruns in the same run directory and resumes (resume=auto); it ends with
+    the final weights of an uninterrupted run and every epoch logged once.
+    """
+    args = ["strategy=scratch", "train.epochs=60", "device.threads=1", "plots=false", "progress=off"]
+    sweep, env = tmp_path / "sweep", {**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)}
+    run = sweep / "0"
+    exe = Path(sys.executable).parent / "stagetrain"
+    proc = subprocess.Popen([str(exe), "-m", *SLURM, *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    reference = None
+    deadline = time.time() + 200
+    seen: list[str] = []
+
+    def wait_for(what: str, ready) -> None:  # and record each status run.json goes through
+        while True:
+            status = _status(run)
+            if status and (not seen or seen[-1] != status):
+                seen.append(status)
+            if ready():
+                return
+            assert proc.poll() is None and time.time() < deadline, f"the sweep ended or timed out before {what}"
+            time.sleep(0.05)
+
+    try:
+        wait_for("two epochs", lambda: _train_epochs(run) >= 2)
+        (job,) = _job_ids(sweep)
+        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+        # the uninterrupted run, here while the job is stopped and requeued
+        reference = subprocess.Popen([str(exe), *args, f"hydra.run.dir={tmp_path / 'reference'}"],
+                                     cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_for("the first stop", lambda: _status(run) == "stopped")
+        epochs = _train_epochs(run)
+        wait_for("the resumed job's progress", lambda: _status(run) == "running" and _train_epochs(run) >= epochs + 2)
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+        wait_for("the second stop", lambda: _status(run) == "stopped")
+        output, _ = proc.communicate(timeout=max(10, deadline - time.time()))
+        assert reference.wait(timeout=max(10, deadline - time.time())) == 0, "the reference run failed"
+    finally:
+        for p in (proc, reference):
+            if p is not None and p.poll() is None:
+                p.kill()
+        _cancel(sweep)
+    assert proc.returncode == 0, output
+    assert seen[:4] == ["running", "stopped", "running", "stopped"], seen
+
+    log = (run / "stagetrain.log").read_text()
+    assert "Stopped by SIGUSR1 after writing a checkpoint" in log and "Stopped by SIGTERM after" in log
+    assert log.count("Resuming from") == 2, log
+    out = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+    requeued = re.findall(rf"^submitit INFO .* - Requeued job {job} ", out, re.M)
+    assert len(requeued) == 1, out  # by submitit after USR1; SLURM requeued the job the second time
+    assert out.count(f"Starting with JobEnvironment(job_id={job},") == 3, out
+    assert "resume=auto" in (run / ".hydra" / "overrides.yaml").read_text()
+
+    _assert_complete(run)
+    assert_epochs_exactly_once(run)
+    ours, theirs = final_weights(run), final_weights(tmp_path / "reference")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed weights differ from the uninterrupted run"
