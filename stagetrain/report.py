@@ -2,6 +2,7 @@
 
     stagetrain-report outputs/multirun/2026-11-23/12-00-00_ab12cd [more dirs...]
         [--group-by strategy] [--csv out.csv] [--markdown out.md] [--plot out.png]
+        [--curves curves.png]
 
 One row per run: strategy, the overrides that differ between the runs, final val/test
 metrics, FLOPs, wall time, status and stop reason. Failed and unfinished runs are listed
@@ -44,6 +45,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _varies(key: str, configs: list[dict[str, Any]]) -> bool:
+    """Whether ``key`` differs between runs. A strategy option (``strategy.*``) counts only
+    when it differs between runs of the same strategy: the strategy column already says
+    that a layerwise run has a ``strategy.objective`` and a scratch run has none."""
+    if not key.startswith("strategy.") or key == "strategy.name":
+        return len({json.dumps(c.get(key)) for c in configs}) > 1
+    by_strategy: dict[Any, set[str]] = {}
+    for c in configs:
+        by_strategy.setdefault(c.get("strategy.name"), set()).add(json.dumps(c.get(key)))
+    return any(len(values) > 1 for values in by_strategy.values())
+
+
 def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per run, plus the config keys whose values differ between the runs."""
     infos = []
@@ -55,7 +68,7 @@ def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     configs = [_flatten(info.get("config", {})) for _, info in infos]
     keys = sorted({k for c in configs for k in c})
     ignore = ("dataset.root", "progress", "resume", "dry_run")
-    varying = [k for k in keys if k not in ignore and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    varying = [k for k in keys if k not in ignore and _varies(k, configs)]
     rows = []
     for (run, info), config in zip(infos, configs, strict=True):
         row: dict[str, Any] = {"run": str(run), "strategy": info.get("strategy", "?"), "status": info.get("status", "?")}
@@ -161,6 +174,42 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc") -> No
     plt.close(fig)
 
 
+def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = None) -> None:
+    """Validation accuracy against cumulative training FLOPs, one line per run, one colour per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stagetrain.rundir import read_metrics
+
+    by = by or ["strategy"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours: dict[str, Any] = {}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row in rows:
+        metrics = Path(row["run"]) / "metrics.jsonl"
+        if row["status"] != "completed" or not metrics.is_file():
+            continue
+        pts = [(e["flops"], e["acc"]) for e in read_metrics(metrics)
+               if e.get("split") == "val" and "acc" in e and e.get("flops")]
+        if not pts:
+            continue
+        group = ", ".join(f"{k}={row.get(k)}" if k != "strategy" else str(row.get(k)) for k in by)
+        first = group not in colours
+        colours.setdefault(group, cycle[len(colours) % len(cycle)])
+        ax.plot(*zip(*pts, strict=True), color=colours[group], alpha=0.7, lw=1.2,
+                label=group if first else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative training FLOPs")
+    ax.set_ylabel("val/acc")
+    ax.set_title("validation accuracy against compute, one line per run")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stagetrain-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories and/or sweep directories")
@@ -168,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="write the table as CSV")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
     parser.add_argument("--plot", type=Path, help="write metric-vs-FLOPs PNG (default: none)")
+    parser.add_argument("--curves", type=Path, help="write val-accuracy curves (against FLOPs) PNG, "
+                        "one colour per --group-by group")
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
@@ -194,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(to_markdown(table))
     if args.plot:
         plot(rows, args.plot)
+    if args.curves:
+        plot_curves(rows, args.curves, [k.strip() for k in args.group_by.split(",")] if args.group_by else None)
     return 0
 
 

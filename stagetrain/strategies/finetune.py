@@ -3,7 +3,11 @@
 The source (``strategy.source``: a run directory, a ``.pt`` checkpoint or a
 ``model.safetensors``) gives the architecture and the weights, so no model settings are
 repeated. Or ``strategy.pretrain.enabled=true`` pretrains inside the run on a source
-dataset / class subset (supervised, autoencoder or denoising) before the mode's stages. The head is new (sized for this run's classes) unless ``strategy.head=reuse``.
+dataset / class subset (supervised, autoencoder or denoising) before the mode's stages.
+``strategy.source=random`` starts from random weights of the ``model=`` architecture (no
+transfer: the control run of a transfer comparison, same stages, same budget; with
+pretraining enabled it is pretrained first). The head is new (sized for this run's
+classes) unless ``strategy.head=reuse``.
 
 | mode             | stages                                                            |
 |------------------|-------------------------------------------------------------------|
@@ -54,6 +58,9 @@ def _cached_source(path: str, which: str, stamp: int) -> Source:
     return load_source(path, which)
 
 
+RANDOM = "random"  # strategy.source=random: no transfer, the control run of a transfer sweep
+
+
 def validate(cfg: Any) -> None:
     s = cfg.strategy
     check_choice("strategy.mode", s.mode, MODES)
@@ -61,8 +68,10 @@ def validate(cfg: Any) -> None:
     check_choice("strategy.head", s.head, ("new", "reuse"))
     check_choice("strategy.cache", s.cache, ("auto", "on", "off"))
     p = s.pretrain
+    if s.source == RANDOM and s.head == "reuse":
+        raise StagetrainError("strategy.head=reuse needs a source run; strategy.source=random has no head to reuse.")
     if p.enabled:
-        if s.source is not None:
+        if s.source not in (None, RANDOM):
             raise StagetrainError("strategy.source and strategy.pretrain.enabled=true exclude each other: "
                                   "transfer from a source run, or pretrain inside this run.")
         check_choice("strategy.pretrain.objective", p.objective, ("supervised", "autoencoder", "denoising"))
@@ -78,11 +87,13 @@ def validate(cfg: Any) -> None:
                 f"strategy.pretrain.dataset={p.dataset} has inputs of shape {tuple(src_shape)}, but dataset="
                 f"{cfg.dataset.name} has {tuple(dataset_meta(cfg.dataset)[0])}; they must match.")
         return _validate_numbers(s)
+    if s.source == RANDOM:  # the no-transfer control: the same stages from random weights
+        return _validate_numbers(s)
     if s.source is None:
         raise StagetrainError(
             "strategy=finetune needs strategy.source=<a run directory, a .pt checkpoint or a model.safetensors>, "
             "e.g. strategy.source=outputs/2026-11-23/12-00-00_scratch_ab12cd, or strategy.pretrain.enabled=true "
-            "to pretrain inside this run.")
+            "to pretrain inside this run, or strategy.source=random for the no-transfer control.")
     if not Path(str(s.source)).expanduser().exists():
         raise StagetrainError(f"strategy.source={s.source} does not exist. Give a stagetrain run directory, "
                               "a checkpoint (.pt) or a model.safetensors file.")
@@ -120,7 +131,7 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
     """The source's architecture, with a head for this run's classes (or, with in-run
     pretraining, the architecture ``model=`` describes)."""
     s = cfg.strategy
-    if s.pretrain.enabled:
+    if s.pretrain.enabled or s.source == RANDOM:
         return build_spec(cfg.model, in_shape, num_classes)
     src = _source(str(s.source), s.source_checkpoint)
     arch = copy.deepcopy(src.arch)
@@ -146,6 +157,8 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     if s.pretrain.enabled:
         p = s.pretrain
         return {"pretrain": {"dataset": p.dataset or cfg.dataset.name, "classes": p.classes, "objective": p.objective}}
+    if s.source == RANDOM:
+        return {"random": "no transfer: the model= architecture from random initial weights (control)"}
     src = _source(str(s.source), s.source_checkpoint)
     state = {k: v for k, v in src.state.items() if s.head == "reuse" or not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

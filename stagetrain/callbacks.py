@@ -1,0 +1,76 @@
+"""Hydra callbacks: the sweep summary written when a multirun ends.
+
+Registered in conf/config.yaml under ``hydra.callbacks``. After the last job of
+``stagetrain -m ...`` the sweep directory gets ``summary.csv`` (one row per job),
+``summary.md`` (the same, plus means and standard deviations over seeds when seeds vary),
+``summary.png`` (final test accuracy against training FLOPs, Pareto front) and
+``curves.png`` (validation curves against FLOPs); the terminal gets a short table and the
+list of failed jobs with their error lines. A sweep with a failed job exits with status 1
+after writing all of this; the other jobs ran to completion.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from stagetrain import report
+
+log = logging.getLogger("stagetrain")
+SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows."""
+    runs = report.find_runs([sweep_dir])
+    if not runs:
+        return []
+    rows, varying = report.load_rows(runs)
+    for row in rows:
+        row["job"] = Path(row["run"]).relative_to(sweep_dir).as_posix()
+    rows = [{"job": r.pop("job"), **r} for r in rows]
+    rows.sort(key=lambda r: [int(p) if p.isdigit() else p for p in r["job"].split("/")])
+    (sweep_dir / "summary.csv").write_text(report.to_csv(rows))
+    markdown = f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + report.to_markdown(
+        [{k: v for k, v in r.items() if k != "run"} for r in rows])
+    by = ["strategy", *[k for k in varying if k != "seed"]]
+    if "seed" in varying:
+        groups = report.group_rows(rows, by)
+        markdown += f"\n## Mean and std over seeds, grouped by {', '.join(by)}\n\n" + report.to_markdown(groups)
+    (sweep_dir / "summary.md").write_text(markdown)
+    try:
+        report.plot(rows, sweep_dir / "summary.png")
+        report.plot_curves(rows, sweep_dir / "curves.png", by)
+    except Exception as e:  # noqa: BLE001 - a plot never hides the table
+        log.warning("Could not draw the sweep plots: %s", e)
+    return rows
+
+
+class SweepSummary(Callback):
+    """``on_multirun_end``: summarise the sweep directory and report failed jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("dry_run"):  # dry runs write nothing, so there is nothing to summarise
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        if not rows:
+            log.warning("Sweep %s: no job wrote a run.json; nothing to summarise.", sweep_dir)
+            return
+        cols = ["job", *[c for c in rows[0] if c not in ("run", "job", "error", *SHORT)
+                         and c not in report.METRICS], *SHORT]
+        report.print_table([{c: r.get(c) for c in cols} for r in rows], f"sweep {sweep_dir}")
+        failed = [r for r in rows if r["status"] != "completed"]
+        print(f"summary: {sweep_dir / 'summary.md'} (also summary.csv, summary.png, curves.png)")
+        if failed:
+            print(f"{len(failed)} of {len(rows)} jobs did not complete:")
+            for r in failed:
+                print(f"  {r['status']}: {r['run']}: {r['error']}")
+            print(f"Re-run the same command with hydra.sweep.dir={sweep_dir} resume=auto to retry "
+                  "them; completed jobs are skipped.")
+            sys.exit(1)

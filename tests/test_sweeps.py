@@ -1,0 +1,174 @@
+"""Multirun sweeps: the end-of-sweep summary, failed jobs, ``resume=auto`` over a sweep,
+TensorBoard event files, and the shipped ``experiment=`` configs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_cli
+
+from stagetrain.rundir import read_metrics
+from stagetrain.run import train
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+TINY = ["train.epochs=1", "progress=off", "plots=false"]
+
+
+def summary_rows(sweep: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO((sweep / "summary.csv").read_text())))
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, f"{path} is not a real plot"
+
+
+def test_sweep_writes_summary_table_groups_and_plots(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "strategy=scratch,grow", "seed=0,1", "train.epochs=2", "progress=off",
+                   "plots=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = summary_rows(sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    assert sorted(r["strategy"] for r in rows) == ["grow", "grow", "scratch", "scratch"]
+    assert all(r["status"] == "completed" and 0 < float(r["test/acc"]) <= 1 for r in rows)
+    markdown = (sweep / "summary.md").read_text()
+    assert "Mean and std over seeds, grouped by strategy" in markdown
+    scratch = [float(r["test/acc"]) for r in rows if r["strategy"] == "scratch"]
+    group_line = next(line for line in markdown.splitlines() if line.startswith("| scratch | 2 |"))
+    assert f"{sum(scratch) / 2:.4g}" in group_line, "the grouped row holds the mean over the seeds"
+    assert_png(sweep / "summary.png")
+    assert_png(sweep / "curves.png")
+    assert "summary.md" in proc.stdout and "scratch" in proc.stdout, "a short table is printed"
+
+
+def test_one_failed_job_does_not_stop_the_others_and_is_listed(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "strategy=scratch", "train.batch_size=32,0", "train.epochs=1,2", *TINY[1:],
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1, "a sweep with a failed job exits non-zero"
+    rows = {r["job"]: r for r in summary_rows(sweep)}
+    assert {j: r["status"] for j, r in rows.items()} == {
+        "0": "completed", "1": "completed", "2": "failed", "3": "failed"}, "jobs after the failure ran"
+    assert "train.batch_size" in rows["2"]["error"]
+    assert "2 of 4 jobs did not complete" in proc.stdout
+    assert "failed:" in proc.stdout and "train.batch_size" in proc.stdout
+
+
+def _sweep_args(sweep: Path) -> list[str]:
+    # job 0 is short and completes; job 1 is long enough to be stopped in the middle
+    return ["-m", "strategy=scratch", "train.epochs=2,30", *TINY[1:], f"hydra.sweep.dir={sweep}"]
+
+
+def test_sweep_resume_skips_completed_jobs_and_continues_the_interrupted_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    exe = Path(sys.executable).parent / "stagetrain"
+    log = (tmp_path / "sweep.log").open("w")
+    proc = subprocess.Popen([str(exe), *_sweep_args(sweep)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            second = sweep / "1" / "metrics.jsonl"
+            if second.exists() and sum("split" in e for e in read_metrics(second)) >= 2:
+                proc.send_signal(signal.SIGTERM)  # the whole sweep is stopped, mid job 1
+                break
+            time.sleep(0.02)
+        assert proc.wait(timeout=60) == 3, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "completed"
+    assert json.loads((sweep / "1" / "run.json").read_text())["status"] == "stopped"
+    done = sweep / "0"
+    before = {p: p.stat().st_mtime_ns for p in [done / "run.json", done / "metrics.jsonl",
+                                                 *(done / "checkpoints").iterdir()]}
+
+    again = run_cli(*_sweep_args(sweep), "resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before, "the completed job was not touched"
+    assert "already completed" in again.stdout + again.stderr
+    assert json.loads((sweep / "1" / "run.json").read_text())["status"] == "completed"
+    assert_epochs_exactly_once(sweep / "1")
+    assert [r["status"] for r in summary_rows(sweep)] == ["completed", "completed"]
+
+
+def test_tensorboard_event_files_mirror_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg("strategy=grow", "strategy.epochs_per_stage=1", "train.epochs=1", "plots=false",
+                   "logger.tensorboard=true")
+    info = train(cfg, tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    val = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("split") == "val"]
+    curve = events.Scalars("val/acc")
+    assert [(s.step, round(s.value, 5)) for s in curve] == [(e["step"], round(e["acc"], 5)) for e in val]
+    assert len(events.Scalars("stage3/val/acc")) == 1, "each stage has its own curve"
+    assert len(events.Scalars("growth/params")) == 2, "both growth events"
+    assert events.Scalars("final/test/acc")[0].value == pytest.approx(info["final"]["test/acc"], abs=1e-6)
+    assert any(f.name.startswith("events.out.tfevents") for f in (tmp_path / "run" / "tensorboard").rglob("*"))
+
+
+def test_tensorboard_is_off_by_default(tmp_path):
+    train(make_cfg("strategy=scratch", *TINY), tmp_path / "run")
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+# ---------------------------------------------------------------- shipped experiments
+def _sweep_size(name: str) -> int:
+    params = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    size = 1
+    for values in params.values():
+        size *= len(str(values).split(","))
+    return size
+
+
+def test_experiments_are_documented_sweeps():
+    assert {"layerwise_vs_scratch", "grow_vs_scratch", "transfer_digits", "transfer_mnist_fashion"} <= set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        text = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
+        assert "# Question:" in text and f"stagetrain -m experiment={name}" in text, name
+        assert _sweep_size(name) >= 2, name
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_job_composes_and_plans(name, tmp_path):
+    proc = run_cli("-m", f"experiment={name}", "dry_run=true", f"hydra.sweep.dir={tmp_path / 'dry'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("Dry run: nothing was trained") == _sweep_size(name)
+    assert "ERROR" not in proc.stderr
+
+
+# One job of each experiment with its budget cut to a minimum: a real run on real data.
+# A command-line value of a swept key replaces the experiment's list (one job).
+SMALL = {
+    "strategies_digits": ["arm=layerwise_autoencoder", "seed=0", "strategy.epochs_per_layer=1"],
+    "layerwise_vs_scratch": ["arm=layerwise_rbm", "dataset.labeled_fraction=0.1", "strategy.epochs_per_layer=1"],
+    "grow_vs_scratch": ["arm=grow_net2net", "seed=0", "strategy.epochs_per_stage=1"],
+    "transfer_digits": ["strategy.mode=gradual_unfreeze", "strategy.pretrain.enabled=true",
+                        "strategy.pretrain.epochs=1"],
+    "transfer_mnist_fashion": ["strategy.mode=lp_ft", "strategy.pretrain.enabled=true",
+                               "strategy.pretrain.epochs=1"],
+}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_one_tiny_job(name, tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", f"experiment={name}", *SMALL[name], "train.epochs=1", "dataset.max_train=400",
+                   "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = summary_rows(sweep)
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and float(rows[0]["test/acc"]) > 0
