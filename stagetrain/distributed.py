@@ -1,0 +1,140 @@
+"""Data-parallel training under ``torchrun``: process group, rank-0 agreement, reductions.
+
+``torchrun --nproc-per-node N $(which stagetrain) ...`` starts N copies of the same run.
+Every rank composes the same config, loads the same data onto its device, builds the same
+plan and model, and walks the plan in lockstep. In each step rank r trains on its slice of
+the global batch (a slice of the same epoch permutation) and DDP averages the gradients,
+so the global batch is ``train.batch_size`` as in one process. Decisions that end a stage
+or the run come from all-reduced numbers (or from an all-reduced flag), so ranks never
+diverge; only rank 0 writes the run directory.
+
+Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) every function here is a
+no-op and a run is exactly the single-process one.
+
+What is counted: ``flops`` (run.json, metrics.jsonl) is the global training cost of all
+ranks together -- the measured per-sample cost of the stage times the samples of the
+global batch -- so it equals the single-process count of the same run; gradient
+communication is not counted. A feature cache is built by every rank (each needs the
+whole stage's features) and counted once. ``seconds`` is rank 0's wall time.
+
+Backend: ``gloo`` for CPU tensors and, when CUDA exists, ``nccl`` for CUDA tensors (one
+process group, ``cpu:gloo,cuda:nccl``): gradients of a CUDA run go through NCCL, while
+the small per-step and per-epoch agreements travel on the CPU through gloo and never make
+the GPU wait.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+
+def launched() -> bool:
+    """True when torchrun (or another launcher setting WORLD_SIZE > 1) started this process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """True once this process has joined a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Rank 0: the only process that writes the run directory."""
+    return rank() == 0
+
+
+def init() -> bool:
+    """Join torchrun's process group (env:// rendezvous), once; False when not launched."""
+    if not launched():
+        return False
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        atexit.register(_shutdown)
+    return True
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def agree(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. the run directory name drawn from the clock)."""
+    if not init():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_sum(values: list[Any]) -> list[float]:
+    """Element-wise sum over ranks of a few numbers (Python floats or 0-d tensors), in float64."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if active():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(*flags: bool) -> list[bool]:
+    """For each flag: is it set on any rank? One small CPU all-reduce for all of them."""
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def shard(positions: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+    if not active():
+        return positions
+    return positions.tensor_split(world_size())[rank()]
+
+
+def shard_range(n: int) -> tuple[int, int]:
+    """This rank's contiguous [start, stop) of n items, for sharded evaluation."""
+    if not active():
+        return 0, n
+    r, w = rank(), world_size()
+    return n * r // w, n * (r + 1) // w
+
+
+@contextmanager
+def rank_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside: the global RNGs seeded with ``seed``; on exit they are back where they were."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _rank0_only(value: Any) -> Any:
+    """Hydra config value that only rank 0 sees (``hydra.output_subdir``: .hydra/ by rank 0)."""
+    return value if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+OmegaConf.register_new_resolver("stagetrain_rank0", _rank0_only, replace=True)
