@@ -44,7 +44,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         markdown += f"\n## Mean and std over seeds, grouped by {', '.join(by)}\n\n" + report.to_markdown(groups)
     (sweep_dir / "summary.md").write_text(markdown)
     try:
-        report.plot(rows, sweep_dir / "summary.png")
+        report.plot(rows, sweep_dir / "summary.png", by=by)
         report.plot_curves(rows, sweep_dir / "curves.png", by)
     except Exception as e:  # noqa: BLE001 - a plot never hides the table
         log.warning("Could not draw the sweep plots: %s", e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,20 +16,35 @@ from omegaconf import DictConfig, OmegaConf
 from stagetrain.config import register_configs
 from stagetrain.errors import StagetrainError
 from stagetrain.plan import StopReason
-from stagetrain.rundir import RunDir, new_run_dir_name
 
 log = logging.getLogger("stagetrain")
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: resumable, requeue me
 
 
+# stagetrain.rundir imports torch (2+ s): imported on first use, so that a malformed
+# command line is refused (main()) without paying for it.
+def RunDir(path: Path) -> Any:  # noqa: N802 - stands in for the class
+    from stagetrain.rundir import RunDir as _RunDir
+
+    return _RunDir(path)
+
+
 def _run_dir(resume: str, strategy: str) -> str:
-    """hydra.run.dir: the directory given by resume=<dir>, else a new unique one."""
-    return new_run_dir_name(strategy) if resume in ("never", "auto") else resume
+    """hydra.run.dir: the directory given by resume=<dir>, else a new one, created here
+    (exclusively: concurrent launches never share it; removed again if nothing runs)."""
+    from stagetrain.rundir import reserve_run_dir
+
+    return reserve_run_dir(strategy) if resume in ("never", "auto") else resume
+
+
+def _uid() -> str:
+    from stagetrain.rundir import new_run_dir_name
+
+    return new_run_dir_name("x").rsplit("_", 1)[1]
 
 
 OmegaConf.register_new_resolver("stagetrain_run_dir", _run_dir, replace=True, use_cache=True)
-OmegaConf.register_new_resolver(
-    "stagetrain_uid", lambda: new_run_dir_name("x").rsplit("_", 1)[1], replace=True, use_cache=True)
+OmegaConf.register_new_resolver("stagetrain_uid", _uid, replace=True, use_cache=True)
 register_configs()
 
 
@@ -56,9 +72,34 @@ def print_summary(info: dict[str, Any]) -> None:
     console.print(f"run directory: {info['run_dir']}")
 
 
+def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, Any]:
+    """A sweep job that failed: make sure its directory says so (run.json), for the summary.
+
+    A job that failed before training started (bad value, missing data) has no run.json yet;
+    it gets a minimal one with status ``failed``, its error and its config, so the sweep
+    summary and ``stagetrain-report`` list it. Re-running the sweep with ``resume=auto``
+    starts such a job again from scratch.
+    """
+    rundir = RunDir(run_dir)
+    if rundir.has_run():  # train() recorded it, or the directory holds an earlier run: keep that
+        info = rundir.read_run_json()
+        if not (info.get("status") == "failed" and not info.get("stages")):
+            return info
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an unresolvable value may be the failure itself
+        config = OmegaConf.to_container(cfg, resolve=False)
+    info = {"status": "failed", "strategy": OmegaConf.select(cfg, "strategy.name", default="?"),
+            "run_dir": str(Path(run_dir).resolve()), "error": message, "config": config,
+            "stages": [], "final": {}}
+    rundir.write_run_json(info)
+    return info
+
+
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     from stagetrain.engine import StopRequested
+    from stagetrain.launch import requeue_after_stop
     from stagetrain.run import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -66,26 +107,64 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     try:
         info = train(cfg, run_dir)
     except (StagetrainError, StopRequested) as e:
-        RunDir(run_dir).remove_if_unused()
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
                    f"hydra.run.dir={run_dir}") if stopped else str(e)
         log.error("%s", message)
-        if multirun:
-            raise
+        if multirun and not stopped:  # one failed job must not stop the sweep
+            return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
+        if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
+            requeue_after_stop(str(e))
+        RunDir(run_dir).remove_if_unused()
+        # A signal stops the whole sweep too (SystemExit passes through Hydra's launchers);
+        # re-running it with resume=auto continues this job and skips the completed ones.
         sys.exit(EXIT_STOPPED if stopped else 1)
+    except Exception as e:
+        if multirun:
+            log.exception("Job %s failed", run_dir)
+            return record_failure(run_dir, cfg, f"{type(e).__name__}: {e}")
+        RunDir(run_dir).remove_if_unused()
+        raise
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise
     if info.get("dry_run"):
         RunDir(run_dir).remove_if_unused()
     elif not multirun:
-        print_summary(info)
+        from stagetrain import distributed
+
+        if distributed.is_main():  # under torchrun: once, by rank 0
+            print_summary(info)
     return info
 
 
-def main() -> None:
-    hydra_main()
+def main(argv: list[str] | None = None) -> None:
+    """The console script: check the command line, then hand it to Hydra.
+
+    Malformed input (unknown key, bad group option, wrong type, bad value, broken YAML, a
+    run directory that must not be touched) is refused here with one short message and
+    exit code 1, before Hydra creates or rewrites anything. ``HYDRA_FULL_ERROR=1`` shows
+    the traceback of an unexpected failure of this check; otherwise Hydra reports it.
+    """
+    from stagetrain.overrides import check_command_line
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        extra = check_command_line(argv)
+    except StagetrainError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        extra = []  # Hydra's own handling is the fallback
+    import stagetrain.rundir  # noqa: F401 - torch, and the resolvers of stagetrain.distributed
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "stagetrain", *argv, *extra]
+    try:
+        hydra_main()
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class TrainConfig:
     batch_size: int = 64
     patience: int | None = None
     eval_batch_size: int = 1024
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -208,6 +209,11 @@ class FinetuneConfig(StrategyConfig):
 
 
 @dataclass
+class LoggerConfig:
+    tensorboard: bool = False
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -217,6 +223,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     resume: str = "never"
     dry_run: bool = False
@@ -300,6 +307,7 @@ def validate(cfg: DictConfig) -> None:
     _positive("train.batch_size", train.batch_size)
     _positive("train.eval_batch_size", train.eval_batch_size)
     _positive("train.patience", train.patience)
+    check_choice("train.on_nonfinite", train.on_nonfinite, ("stop", "skip_batch"))
     check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _positive("optim.lr", cfg.optim.lr)
     _positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)

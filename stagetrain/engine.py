@@ -9,9 +9,12 @@ evaluates, logs, checkpoints, and decides whether the stage stops (and why).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,7 +22,8 @@ import torch
 from torch import nn
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.data import DataBundle, epoch_permutation
+from stagetrain import distributed
+from stagetrain.data import DataBundle, Split, epoch_permutation
 from stagetrain.errors import StagetrainError
 from stagetrain.flops import PROBE_BATCH, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
@@ -31,6 +35,8 @@ from stagetrain.progress import Reporter
 from stagetrain.rundir import MetricsLog, RunDir
 
 log = logging.getLogger("stagetrain")
+NONFINITE_MAX_IN_A_ROW = 10  # train.on_nonfinite=skip_batch stops at this many skipped batches in a row
+NONFINITE_LOOK_EVERY = 100  # GPU, on_nonfinite=stop: steps between reads of the non-finite flag (at most)
 
 
 def prefix_len(model: StagedModel, stage: Stage) -> int:
@@ -71,6 +77,23 @@ class StopRequested(Exception):
     """Raised after a signal-triggered checkpoint; the run is marked ``stopped``."""
 
 
+class StageStep(nn.Module):
+    """A stage's training forward as one module: the loss of a batch that enters block ``prefix``.
+
+    It is what DDP wraps (so a stage's helper -- auxiliary head, decoder, visible bias --
+    has its gradients averaged with the blocks it trains) and what ``device.compile``
+    compiles. The engine builds a new one at every stage entry, because the model (growth),
+    the helper and what trains change between stages.
+    """
+
+    def __init__(self, stage: Stage, model: StagedModel, helper: nn.Module | None, prefix: int):
+        super().__init__()
+        self.stage, self.model, self.helper, self.prefix = stage, model, helper, prefix
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return stage_loss(self.stage, self.model, self.helper, h, y, self.prefix, True)
+
+
 @dataclass
 class RunState:
     """Where the run is and what it has counted; everything a checkpoint restores."""
@@ -97,6 +120,8 @@ class RunState:
     run_stop: str | None = None  # set when the whole run stops early (target, budget, complexity)
     prev_score: float | None = None  # complexity-penalised score of the previous stage
     prev_optim: dict[str, Any] = field(default_factory=dict)  # Adam moments by parameter name
+    skipped_batches: int = 0  # train.on_nonfinite=skip_batch: batches skipped so far
+    nonfinite_streak: int = 0  # ... and how many of the latest in a row
 
 
 class Engine:
@@ -111,13 +136,16 @@ class Engine:
         self.stop_flag = stop_flag if stop_flag is not None else {}
         self.state = RunState()
         self.metrics: MetricsLog | None = None
+        self.sinks: list[Callable[[dict[str, Any]], None]] = []
         self.helper: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.cache: torch.Tensor | None = None
         self.cache_note = "off"
         self.autocast = cfg.device.precision == "bf16"
-        self.loss_fn = torch.compile(stage_loss) if cfg.device.compile else stage_loss
+        self.world = distributed.world_size()  # processes under torchrun; 1 otherwise
+        self.step: Any = None  # the stage's StageStep (DDP-wrapped, compiled), built at stage entry
+        self._agreed_stop = False  # under torchrun: a signal reached some rank (agreed each step)
         self.on_update: Any = None  # callback(run_state) after each epoch, for run.json
         self.source: dict[str, Any] | None = None  # what the strategy's init_model loaded, if anything
         self._pending: dict[str, Any] | None = None  # a checkpoint being resumed, until its stage is entered
@@ -128,6 +156,8 @@ class Engine:
         self.model = StagedModel(state["arch"]).to(self.device)
         self.model.load_state_dict(state["model"])
         self.state = RunState(**state["run_state"])
+        if distributed.rank() != 0:  # the saved epoch sums are global: rank 0 carries them on
+            self.state.epoch_sums = [0.0, 0.0, 0.0]
         self._pending = state
 
     # ----------------------------------------------------------------- stages
@@ -200,6 +230,38 @@ class Engine:
         if self.prefix > 0 and stage.cache != "off":
             self.cache_note = "pending"
         self._set_train_mode(stage)
+        self.step = self._build_step(stage, x, self.stage_data.train.y[probe])
+
+    def _build_step(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+        """The stage's StageStep; under torchrun wrapped in DDP, with ``device.compile`` compiled.
+
+        DDP is rebuilt for every stage, so it registers exactly the parameters this stage
+        trains (frozen ones have requires_grad False and are not synchronised). A trainable
+        parameter the stage's loss does not reach is found by one probe step on a copy (all
+        RNGs restored) and then declared (``find_unused_parameters``); otherwise DDP runs
+        without that per-step graph search.
+        """
+        step: nn.Module = StageStep(stage, self.model, self.helper, self.prefix)
+        trainable = any(p.requires_grad for p in step.parameters())
+        if self.world > 1 and trainable:
+            from torch.nn.parallel import DistributedDataParallel
+
+            probe = copy.deepcopy(step)
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                with torch.no_grad():
+                    h = probe.model.features(x, 0, self.prefix)
+                loss, _ = probe(h, y)
+                loss.backward()
+            unused = [n for n, p in probe.named_parameters() if p.requires_grad and p.grad is None]
+            step = DistributedDataParallel(
+                step, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(unused))
+        if self.cfg.device.compile:
+            torch._dynamo.reset()  # the previous stage's graphs are dead: a fresh cache per stage
+            cudagraphs = self.device.type == "cuda" and self.world == 1  # launch-bound small models
+            step = torch.compile(step, mode="reduce-overhead" if cudagraphs else None)
+        return step
 
     def _build_cache(self, stage: Stage) -> None:
         """Frozen prefix output over the stage's data, computed once (exact: prefix in eval)."""
@@ -207,7 +269,8 @@ class Engine:
         shape = self.model.feature_shape(self.prefix - 1)
         dtype = torch.bfloat16 if self._cache_dtype == "bf16" else torch.float32
         nbytes = n * math.prod(shape) * (2 if dtype == torch.bfloat16 else 4)
-        if stage.cache == "auto" and (stage.epochs - self.state.epoch) < 2:
+        # the stage's epochs, not those left: a resumed stage must decide as the uninterrupted one did
+        if stage.cache == "auto" and stage.epochs < 2:
             self.cache_note = "off (fewer than 2 epochs)"
             return
         if nbytes > self._cache_max_bytes:
@@ -225,8 +288,9 @@ class Engine:
         self.cache = out
         self.cache_note = f"on ({nbytes / 2**20:.1f} MiB)"
         cost = self.prefix_flops * n
-        self.state.flops += cost
-        self.state.stage_flops += cost
+        if self.state.epoch == 0 and self.state.batch == 0:  # a resumed stage counted its build already
+            self.state.flops += cost
+            self.state.stage_flops += cost
         elapsed = time.perf_counter() - start
         self.state.seconds += elapsed
         self.state.stage_seconds += elapsed
@@ -299,25 +363,37 @@ class Engine:
         n = len(self.indices)
         perm = epoch_permutation(n, self.cfg.seed, k, st.epoch, self.device)
         every = self.cfg.checkpoint.every_steps
-        check_each_step = self.device.type == "cpu"
+        # CPU, or skip_batch (which must decide per batch): look at every step; else batched
+        check_each_step = self.device.type == "cpu" or self.cfg.train.on_nonfinite == "skip_batch"
         start = time.perf_counter()
         for b in range(st.batch, self.steps_per_epoch):
             positions = perm[b * bs:(b + 1) * bs] if b < self.steps_per_epoch - 1 else perm[b * bs:]
-            h, y = self._batch_input(positions)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-                loss, logits = self.loss_fn(stage, self.model, self.helper, h, y, self.prefix, True)
-            if check_each_step and not math.isfinite(loss.item()):
-                self._nonfinite(k, stage)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
             m = len(positions)
-            sums = st.epoch_sums
-            sums[0] += loss.detach() * m
-            if logits is not None:
-                sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += m
+            if m < self.world:  # a last batch smaller than the number of ranks: skipped by all
+                st.batch = b + 1
+                continue
+            mine = distributed.shard(positions)  # this rank's slice of the global batch
+            h, y = self._batch_input(mine)
+            with self._noise(st.global_step), torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                loss, logits = self.step(h, y)
+            if self.world > 1:
+                loss = self._agree_step(loss, check_each_step)
+            skip = check_each_step and not math.isfinite(loss.item()) and self._nonfinite(k, stage, "loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            if not skip:
+                # DDP averages over ranks; slices of unequal size are weighted to the global mean
+                (loss if len(mine) * self.world == m else loss * (len(mine) * self.world / m)).backward()
+                skip = self._nonfinite_grads(k, stage, loss, check_each_step, self._save_due(b, stage))
+            if not skip:
+                self.optimizer.step()
+                st.nonfinite_streak = 0
+            self.scheduler.step()
+            sums = st.epoch_sums  # this rank's share; summed over ranks at the epoch end
+            if not skip:  # a skipped batch counts in neither the epoch's loss nor its accuracy
+                sums[0] += loss.detach() * len(mine)
+                if logits is not None:
+                    sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += len(mine)
             st.batch = b + 1
             st.global_step += 1
             st.stage_steps += 1
@@ -330,7 +406,7 @@ class Engine:
                 st.stage_stop = st.run_stop = StopReason.BUDGET.value
             elif stage.max_flops is not None and st.stage_flops >= stage.max_flops:
                 st.stage_stop = StopReason.STAGE_BUDGET.value
-            stop = self.stop_flag.get("signal")
+            stop = self.stop_flag.get("signal") if self.world == 1 else self._agreed_stop
             if stop or (every and st.global_step % every == 0):
                 elapsed = time.perf_counter() - start
                 st.seconds += elapsed
@@ -338,23 +414,91 @@ class Engine:
                 start = time.perf_counter()
                 self._save_last(k, stage)
                 if stop:
-                    raise StopRequested(stop)
+                    raise StopRequested(self.stop_flag.get("signal") or "a signal to another rank")
             if st.stage_stop is not None:
                 break
         elapsed = time.perf_counter() - start
         st.seconds += elapsed
         st.stage_seconds += elapsed
 
-    def _nonfinite(self, k: int, stage: Stage) -> None:
+    def _noise(self, step: int) -> contextlib.AbstractContextManager[Any]:
+        """Under torchrun each rank draws its own training noise (dropout, masks, CD-k samples)
+        from RNGs seeded by (seed, step, rank) -- a function of the step, so resume stays exact
+        -- and the run's RNG streams outside the step are left as one process leaves them."""
+        if self.world == 1:
+            return contextlib.nullcontext()
+        return distributed.rank_rng((self.cfg.seed * 1_000_003 + step) * 1_009 + distributed.rank(), self.device)
+
+    def _agree_step(self, loss: torch.Tensor, check_loss: bool) -> torch.Tensor:
+        """Under torchrun, one small CPU all-reduce per step so that every rank acts alike:
+        a signal that reached any rank stops all of them at this step, and a non-finite loss
+        on any rank is made non-finite on every rank (each then takes the same decision,
+        instead of one leaving while the others wait in backward's all-reduce)."""
+        bad, self._agreed_stop = distributed.any_rank(
+            check_loss and not math.isfinite(loss.item()), bool(self.stop_flag.get("signal")))
+        return loss * float("nan") if bad else loss
+
+    def _save_due(self, b: int, stage: Stage) -> bool:
+        """Whether a checkpoint may be written after this batch (the batched check looks then)."""
+        st, every = self.state, self.cfg.checkpoint.every_steps
+        return (b == self.steps_per_epoch - 1 or bool(every and (st.global_step + 1) % every == 0)
+                or bool(self.stop_flag.get("signal")) or self.world > 1
+                or self.plan.flop_budget is not None or stage.max_flops is not None
+                or (st.global_step + 1) % NONFINITE_LOOK_EVERY == 0)
+
+    def _nonfinite_grads(self, k: int, stage: Stage, loss: torch.Tensor, exact: bool, look: bool) -> bool:
+        """After backward: True when this batch's step is to be skipped (skip_batch); raises
+        for stop. ``exact`` (CPU, skip_batch): decided now, before the optimizer steps. Else
+        (GPU, stop) a device-side flag collects non-finite losses and gradients without a
+        sync and is read whenever a checkpoint may follow (``look``), so no post-NaN state
+        is ever saved."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        # max |g| per tensor: no overflow of a norm, and NaN propagates
+        bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all() if grads else None
+        if exact:
+            return bool(bad) and self._nonfinite(k, stage, "gradient")
+        flag = ~torch.isfinite(loss.detach()) if bad is None else bad | ~torch.isfinite(loss.detach())
+        self._nonfinite_flag = flag if getattr(self, "_nonfinite_flag", None) is None else self._nonfinite_flag | flag
+        if look:
+            seen, self._nonfinite_flag = bool(self._nonfinite_flag), None
+            if seen:
+                self._nonfinite(k, stage, f"loss or gradient (checked every {NONFINITE_LOOK_EVERY} steps on "
+                                f"{self.device.type}, so at or before)")
+        return False
+
+    def _nonfinite(self, k: int, stage: Stage, what: str | None = None) -> bool:
+        """train.on_nonfinite=stop: raise. skip_batch: count and log the skipped batch and
+        return True, unless NONFINITE_MAX_IN_A_ROW batches in a row were skipped: raise.
+        ``what=None`` (the epoch's summed loss) always raises."""
+        st = self.state
+        where = f"in stage {k + 1} ({stage.name}) at global step {st.global_step + 1}"
+        if what is None:
+            what, where = "loss summed over the epoch", f"in stage {k + 1} ({stage.name}) by global step {st.global_step}"
+        elif self.cfg.train.on_nonfinite == "skip_batch":
+            st.skipped_batches += 1
+            st.nonfinite_streak += 1
+            self._log({"event": "skipped_batch", "stage": k + 1, "stage_name": stage.name,
+                       "epoch": st.epoch + 1, "step": st.global_step + 1, "nonfinite": what.split()[0],
+                       "skipped_batches": st.skipped_batches, "in_a_row": st.nonfinite_streak})
+            if st.nonfinite_streak < NONFINITE_MAX_IN_A_ROW:
+                log.warning("Non-finite %s %s: batch skipped (train.on_nonfinite=skip_batch).", what, where)
+                return True
+            raise StagetrainError(
+                f"{st.nonfinite_streak} batches in a row gave a non-finite loss or gradient and were "
+                f"skipped (train.on_nonfinite=skip_batch allows {NONFINITE_MAX_IN_A_ROW - 1}); the run "
+                f"stopped {where}, LR {stage.lr:g}. The last good checkpoint is kept unchanged. Try a "
+                "lower learning rate (optim.lr or the strategy's lr).")
         raise StagetrainError(
-            f"The training loss became non-finite (NaN or inf) in stage {k + 1} ({stage.name}) at "
-            f"global step {self.state.global_step + 1}, LR {stage.lr:g}. The last good checkpoint "
-            "is kept unchanged. Try a lower learning rate (optim.lr or the strategy's lr)."
+            f"The training {what} became non-finite (NaN or inf) {where}, LR {stage.lr:g}. The run "
+            "stopped before that step changed the weights; the last good checkpoint is kept "
+            "unchanged. Try a lower learning rate (optim.lr or the strategy's lr), or "
+            "train.on_nonfinite=skip_batch to skip such batches."
         )
 
     def _end_epoch(self, k: int, stage: Stage) -> None:
         st = self.state
-        loss_sum, correct, n = (float(v) for v in st.epoch_sums)
+        sums = distributed.all_sum(st.epoch_sums) if self.world > 1 else st.epoch_sums
+        loss_sum, correct, n = (float(v) for v in sums)
         if not math.isfinite(loss_sum):
             self._nonfinite(k, stage)
         train = {"loss": loss_sum / max(n, 1)}
@@ -422,7 +566,7 @@ class Engine:
         })
         self._log({"event": "stage_end", "stage": k + 1, "stage_name": stage.name,
                    "stop_reason": reason.value, "flops": st.flops, "time": round(st.seconds, 4)})
-        self.helper, self.cache, self.optimizer, self.scheduler = None, None, None, None
+        self.helper, self.cache, self.optimizer, self.scheduler, self.step = None, None, None, None, None
         st.stage, st.epoch, st.batch, st.in_stage = k + 1, 0, 0, False
         st.stage_best, st.bad_epochs, st.stage_stop = None, 0, None
         st.stage_steps = st.stage_samples = 0
@@ -445,6 +589,9 @@ class Engine:
         data = getattr(bundle, split)
         if limit is not None:
             data = data.subset(torch.arange(min(limit, len(data)), device=data.y.device))
+        if self.world > 1:  # each rank evaluates its slice; the sums are all-reduced below
+            lo, hi = distributed.shard_range(len(data))
+            data = Split(data.x[lo:hi], data.y[lo:hi])
         stage = stage or Stage(name="final", epochs=0, trainable=[])
         self.model.eval()
         if self.helper is not None:
@@ -462,6 +609,8 @@ class Engine:
             if logits is not None:
                 correct += int((logits.argmax(1) == y).sum())
             n += len(y)
+        if self.world > 1:
+            loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n])
         if stage.trainable:
             self._set_train_mode(stage)
         out = {"loss": loss_sum / n}
@@ -483,8 +632,9 @@ class Engine:
 
     # ----------------------------------------------------------------- I/O
     def _log(self, event: dict[str, Any]) -> None:
-        if self.metrics is not None:
-            self.metrics.log(event)
+        if self.metrics is not None and self.metrics.log(event):
+            for sink in self.sinks:  # e.g. TensorBoard; sees each event once, as the file does
+                sink(event)
 
     def _checkpoint_state(self, k: int, stage: Stage | None) -> dict[str, Any]:
         """Everything needed to continue exactly from here (stage=None: stage k not entered)."""
@@ -509,8 +659,11 @@ class Engine:
         }
 
     def _save_last(self, k: int, stage: Stage) -> None:
+        sums = self.state.epoch_sums
+        if self.world > 1:  # every rank joins; rank 0 saves the global sums
+            sums = distributed.all_sum(sums)
         if self.rundir is None:
             return
         state = self._checkpoint_state(k, stage)
-        state["run_state"]["epoch_sums"] = [float(v) for v in self.state.epoch_sums]
+        state["run_state"]["epoch_sums"] = [float(v) for v in sums]
         ckpt.save(state, self.rundir.last, keep_previous=self.rundir.last_prev)

@@ -149,18 +149,27 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc") -> None:
-    """Final metric against training FLOPs for every completed run, with the Pareto front."""
+def group_label(row: dict[str, Any], by: list[str] | None) -> str:
+    """A legend label: the strategy, then ``key=value`` of the other grouping columns."""
+    by = by or ["strategy"]
+    parts = [str(row.get(k)) if k == "strategy" else f"{k.removeprefix('strategy.')}={_fmt(row.get(k))}"
+             for k in by if row.get(k) is not None]
+    return " ".join(parts)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: list[str] | None = None) -> None:
+    """Final metric against training FLOPs for every completed run, with the Pareto front;
+    one colour per group (``by`` columns, default the strategy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["status"] == "completed" and r.get(metric) is not None and r.get("flops")]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for strategy in sorted({r["strategy"] for r in done}):
-        pts = [(r["flops"], r[metric]) for r in done if r["strategy"] == strategy]
-        ax.scatter(*zip(*pts, strict=True), label=strategy, alpha=0.8)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label in sorted({group_label(r, by) for r in done}):
+        pts = [(r["flops"], r[metric]) for r in done if group_label(r, by) == label]
+        ax.scatter(*zip(*pts, strict=True), label=label, alpha=0.8)
     front = pareto_front([(r["flops"], r[metric]) for r in done])
     if front:
         ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", label="Pareto front")
@@ -185,21 +194,22 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
 
     by = by or ["strategy"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours: dict[str, Any] = {}
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    curves = []
     for row in rows:
         metrics = Path(row["run"]) / "metrics.jsonl"
         if row["status"] != "completed" or not metrics.is_file():
             continue
         pts = [(e["flops"], e["acc"]) for e in read_metrics(metrics)
                if e.get("split") == "val" and "acc" in e and e.get("flops")]
-        if not pts:
-            continue
-        group = ", ".join(f"{k}={row.get(k)}" if k != "strategy" else str(row.get(k)) for k in by)
-        first = group not in colours
-        colours.setdefault(group, cycle[len(colours) % len(cycle)])
+        if pts:
+            curves.append((group_label(row, by), pts))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {g: cycle[i % len(cycle)] for i, g in enumerate(sorted({g for g, _ in curves}))}
+    labelled: set[str] = set()
+    for group, pts in curves:  # colours in the same order as plot()'s
         ax.plot(*zip(*pts, strict=True), color=colours[group], alpha=0.7, lw=1.2,
-                label=group if first else None)
+                label=None if group in labelled else group)
+        labelled.add(group)
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training FLOPs")
     ax.set_ylabel("val/acc")
@@ -244,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(to_markdown(table))
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, by=[k.strip() for k in args.group_by.split(",")] if args.group_by else None)
     if args.curves:
         plot_curves(rows, args.curves, [k.strip() for k in args.group_by.split(",")] if args.group_by else None)
     return 0

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
-from stagetrain import __version__
+from stagetrain import __version__, distributed
 from stagetrain import checkpoint as ckpt
 from stagetrain.checkpoint import atomic_write
 from stagetrain.config import to_yaml, validate
@@ -30,6 +30,7 @@ from stagetrain.engine import Engine, StopRequested, freeze, prefix_len
 from stagetrain.errors import StagetrainError
 from stagetrain.flops import measure_step_flops
 from stagetrain.growth import apply_op
+from stagetrain.launch import continue_on_requeue, limit_job_threads, stop_signals
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.objectives import build_helper
 from stagetrain.plan import Plan
@@ -44,12 +45,31 @@ RESUME_FREE_KEYS = {"resume", "progress", "dry_run", "plots"}
 
 
 def pick_device(dcfg: DictConfig) -> torch.device:
+    """The training device; under torchrun a CUDA run uses GPU ``LOCAL_RANK``.
+
+    ``deterministic``: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its handle, so
+    it is set here, before anything touches CUDA (data and model move to the device later).
+    """
     if dcfg.deterministic:
+        if torch.cuda.is_available() and torch.cuda.is_initialized() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+            log.warning("device.deterministic=true: CUDA was already initialised in this process, so "
+                        "CUBLAS_WORKSPACE_CONFIG may come too late; export CUBLAS_WORKSPACE_CONFIG=:4096:8.")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     if dcfg.threads:
         torch.set_num_threads(int(dcfg.threads))
+    limit_job_threads(dcfg.threads)  # a joblib / SLURM job: its share of the cores
     name = dcfg.name
+    if distributed.active():
+        mps = name == "mps" or (name == "auto" and not torch.cuda.is_available()
+                                and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        if mps:
+            raise StagetrainError("torchrun with Apple MPS is not supported (no MPS backend for torch.distributed). "
+                                  "Use device=cpu (gloo) or CUDA GPUs (NCCL).")
+        if name in ("auto", "cuda") and torch.cuda.is_available():
+            torch.cuda.set_device(distributed.local_rank())
+            return torch.device("cuda", distributed.local_rank())
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -125,12 +145,19 @@ def initial_spec(cfg: DictConfig, shape: tuple[int, ...], classes: int) -> dict[
 
 
 def _versions() -> dict[str, str]:
-    import hydra
-    import sklearn
-    import torchvision
+    """Package versions for run.json, read from the installed metadata (importing
+    torchvision or scikit-learn just for this would cost seconds per run)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"stagetrain": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "hydra": hydra.__version__, "sklearn": sklearn.__version__, "python": platform.python_version()}
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"stagetrain": __version__, "torch": torch.__version__, "torchvision": installed("torchvision"),
+            "hydra": installed("hydra-core"), "sklearn": installed("scikit-learn"),
+            "python": platform.python_version()}
 
 
 def _config_for_resume(cfg: DictConfig, rundir: RunDir) -> DictConfig:
@@ -168,6 +195,11 @@ def _load_resume_checkpoint(rundir: RunDir) -> dict[str, Any] | None:
         log.info("Resuming from %s (stage %d, epoch %d, batch %d)", path, state["position"]["stage"] + 1,
                  state["position"]["epoch"], state["position"]["batch"])
         return state
+    if rundir.resume_candidates():
+        log.warning("No checkpoint in %s could be read (see above); the run starts again from the "
+                    "beginning in the same directory.", rundir.checkpoints)
+    else:
+        log.info("%s holds no checkpoint yet; the run starts from the beginning.", rundir.path)
     return None
 
 
@@ -214,10 +246,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         spec = initial_spec(cfg, shape, classes)
         plan = STRATEGIES[cfg.strategy.name].build(cfg, spec)
         rows = estimate_plan(cfg, plan, spec, n_train, n_labeled)
-        print_plan(cfg, plan, rows, count_parameters(StagedModel(spec)))
+        if distributed.is_main():
+            print_plan(cfg, plan, rows, count_parameters(StagedModel(spec)))
         return {"dry_run": True, "plan": plan.to_dict(), "estimates": [
             {k: v for k, v in r.items() if k != "stage"} for r in rows]}
 
+    world = distributed.world_size() if distributed.init() else 1
+    main = distributed.is_main()  # only rank 0 writes the run directory
+    if world > 1:
+        _check_world(cfg, world)
+        if not main:  # rank 0's log speaks for the run; other ranks add warnings and errors
+            log.setLevel(logging.WARNING)
     rundir = RunDir(Path(run_dir))
     resumed: dict[str, Any] | None = None
     if rundir.has_run():
@@ -229,19 +268,26 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         if info.get("status") == "completed":
             log.info("Run %s already completed; nothing to do (resume=%s).", rundir.path, cfg.resume)
             return info
-        cfg = _config_for_resume(cfg, rundir)
-        validate(cfg)
-        resumed = _load_resume_checkpoint(rundir)
-        (rundir.path / ".hydra").mkdir(exist_ok=True)
-        (rundir.path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        if info.get("status") == "failed" and not rundir.resume_candidates():
+            log.info("%s failed before its first checkpoint; starting it again.", rundir.path)
+        else:
+            cfg = _config_for_resume(cfg, rundir)
+            validate(cfg)
+            resumed = _load_resume_checkpoint(rundir)
+        if main:
+            (rundir.path / ".hydra").mkdir(exist_ok=True)
+            (rundir.path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     elif cfg.resume not in ("never", "auto"):
         raise StagetrainError(f"resume={cfg.resume}: that directory holds no stagetrain run (no run.json).")
 
     device = pick_device(cfg.device)
     previous_info = rundir.read_run_json() if rundir.has_run() else {}
-    reporter = Reporter(cfg.progress)
-    engine = build_engine(cfg, device, rundir, reporter, resumed)
-    rundir.checkpoints.mkdir(parents=True, exist_ok=True)
+    reporter = Reporter(cfg.progress if main else "off")
+    engine = build_engine(cfg, device, rundir if main else None, reporter, resumed)
+    distributed.barrier()  # every rank has read the run directory before rank 0 writes to it
+    if main:
+        rundir.checkpoints.mkdir(parents=True, exist_ok=True)
+        ckpt.preflight_disk(rundir.checkpoints, count_parameters(engine.model), cfg.optim, len(engine.plan.stages))
     plan = engine.plan
     source = previous_info.get("source") if resumed is not None else engine.source
 
@@ -253,43 +299,81 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True), "error": None, "source": source,
     }
     info["started"] = previous_info.get("started", started)
+    if world > 1:
+        info["distributed"] = {"world_size": world, "backend": str(torch.distributed.get_backend()),
+                               "batch_per_rank": cfg.train.batch_size // world}
 
     def update(eng: Engine, **extra: Any) -> None:
         st = eng.state
         info.update({"stages": st.summaries, "flops": st.flops, "seconds": round(st.seconds, 3),
                      "global_step": st.global_step, "updated": time.time(),
                      "params": count_parameters(eng.model), **extra})
-        rundir.write_run_json(info)
+        if main:
+            rundir.write_run_json(info)
 
     engine.on_update = update
+    if cfg.logger.tensorboard and main:
+        from stagetrain.tensorboard import TensorBoardSink
+
+        engine.sinks.append(TensorBoardSink(rundir.path, info["config"]))
     update(engine)
     stop_flag: dict[str, Any] = {}
     engine.stop_flag = stop_flag
+    continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     previous = {sig: signal.signal(sig, lambda s, f: stop_flag.__setitem__("signal", signal.Signals(s).name))
-                for sig in (signal.SIGTERM, signal.SIGUSR1)}
+                for sig in stop_signals()}
+    stopped = False
     try:
         final = engine.run()
     except StopRequested as e:
+        stopped = True
         update(engine, status="stopped", stop_reason="signal",
                error=f"stopped by {e}; continue with resume=auto (hydra.run.dir={rundir.path})")
         raise
     except StagetrainError as e:
         update(engine, status="failed", error=str(e))
         raise
+    except RuntimeError as e:
+        if "does not have a deterministic implementation" not in str(e):
+            update(engine, status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        err = StagetrainError(
+            f"device.deterministic=true, but this run needs an operation PyTorch cannot run "
+            f"deterministically on {device.type.upper()} ({str(e).splitlines()[0][:120]}...). CNN auxiliary "
+            "heads (adaptive pooling) and CNN decoders (upsampling) are such cases. Run it with "
+            "device.deterministic=false.")
+        update(engine, status="failed", error=str(err))
+        raise err from None
     except BaseException as e:
         update(engine, status="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
         reporter.close()
+        for sink in engine.sinks:
+            sink.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if cfg.plots:
+        if cfg.plots and main:
             _write_plots(rundir)
+        if stopped:  # all ranks stopped at the same step: leave together, once rank 0 has written
+            distributed.barrier()
 
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in engine.model.state_dict().items()}
-    atomic_write(rundir.safetensors, safetensors_bytes(
-        state_dict, metadata={"format": "stagetrain", "arch": json.dumps(engine.model.spec),
-                              "strategy": plan.strategy}))
+    if main:
+        state_dict = {k: v.detach().cpu().contiguous() for k, v in engine.model.state_dict().items()}
+        atomic_write(rundir.safetensors, safetensors_bytes(
+            state_dict, metadata={"format": "stagetrain", "arch": json.dumps(engine.model.spec),
+                                  "strategy": plan.strategy}))
     last_reason = engine.state.summaries[-1]["stop_reason"] if engine.state.summaries else None
     update(engine, status="completed", final=final, stop_reason=engine.state.run_stop or last_reason)
+    distributed.barrier()
     return info
+
+
+def _check_world(cfg: DictConfig, world: int) -> None:
+    """Under torchrun the global batch stays ``train.batch_size``: each rank takes 1/world of it."""
+    bs = cfg.train.batch_size
+    if bs % world:
+        raise StagetrainError(
+            f"train.batch_size={bs} cannot be split over the {world} torchrun processes: the global "
+            f"batch stays train.batch_size and each process takes batch_size / {world}. Use a "
+            f"multiple of {world}, e.g. train.batch_size={max(world, bs // world * world)}.")

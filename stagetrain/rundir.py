@@ -12,20 +12,45 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stagetrain.checkpoint import atomic_write
+from stagetrain import distributed
+from stagetrain.checkpoint import atomic_write, write_error
 
 HYDRA_FILES = {".hydra", "stagetrain.log"}
 
 
-def new_run_dir_name(strategy: str) -> str:
-    """outputs/<date>/<time>_<strategy>_<random>: two runs in the same second never collide."""
+def _draw_run_dir_name(strategy: str) -> str:
     now = datetime.now()
     return f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}_{strategy}_{secrets.token_hex(3)}"
+
+
+def new_run_dir_name(strategy: str) -> str:
+    """outputs/<date>/<time>_<strategy>_<random>: two runs in the same second never collide."""
+    name = _draw_run_dir_name(strategy)
+    return distributed.agree(name)  # under torchrun: rank 0's name, so all ranks share one directory
+
+
+def reserve_run_dir(strategy: str) -> str:
+    """A new run directory, created here with an exclusive mkdir: if another process took
+    the same name (same second, same random part), a new name is drawn, so concurrent
+    launches never share a directory. Under torchrun rank 0 creates it and every rank
+    gets its name."""
+    name = None
+    if distributed.rank() == 0:
+        while name is None:
+            candidate = Path(_draw_run_dir_name(strategy))
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                candidate.mkdir()
+                name = str(candidate)
+            except FileExistsError:
+                continue
+    return distributed.agree(name)
 
 
 class RunDir:
@@ -49,19 +74,49 @@ class RunDir:
         return json.loads(self.run_json.read_text())
 
     def write_run_json(self, info: dict[str, Any]) -> None:
-        atomic_write(self.run_json, (json.dumps(info, indent=2, default=str) + "\n").encode())
+        try:
+            atomic_write(self.run_json, (json.dumps(info, indent=2, default=str) + "\n").encode())
+        except OSError as e:
+            raise write_error(self.run_json, "the run status", e) from None
 
     def resume_candidates(self) -> list[Path]:
-        """Checkpoints to resume from, newest first: last, its predecessor, stage ends."""
+        """Checkpoints to resume from, newest first: last, its predecessor, stage ends.
+
+        Only a resuming run asks, so this is also where the temp files of writes that a
+        kill interrupted are cleared away (``remove_stale_temp_files``).
+        """
+        self.remove_stale_temp_files()
         stages = sorted(self.checkpoints.glob("stage-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
         return [p for p in (self.last, self.last_prev, *stages) if p.exists()]
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete ``.<name>.<host>.<pid>.*.tmp`` files whose writer (on this host) is dead.
+
+        A write killed before its rename leaves one behind; it is never read, only its
+        space is lost. A live writer's file, or another host's, is left alone.
+        """
+        host = socket.gethostname()
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+                parts = tmp.name.split(".")  # ['', name..., host..., pid, random, 'tmp']
+                try:
+                    pid = int(parts[-3])
+                except (ValueError, IndexError):
+                    continue
+                if f".{host}.{pid}." not in tmp.name or _alive(pid):
+                    continue
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
 
     def remove_if_unused(self) -> None:
         """Delete a directory Hydra made for a run that never started (bad input, dry run).
 
         Only Hydra's own files may be in it; anything else means it is not ours to delete.
+        Under torchrun only rank 0 deletes (the ranks share the directory).
         """
-        if not self.path.is_dir() or self.has_run():
+        if not distributed.is_main() or not self.path.is_dir() or self.has_run():
             return
         if {p.name for p in self.path.iterdir()} - HYDRA_FILES:
             return
@@ -71,6 +126,16 @@ class RunDir:
             if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
                 break
             parent.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class MetricsLog:
@@ -85,7 +150,8 @@ class MetricsLog:
         self.path = Path(path)
         self._repair_partial_line()
         self.lines = self._count()
-        self.skip = 0 if recorded_lines is None else max(0, self.lines - recorded_lines)
+        # no checkpoint (None): the run restarts from nothing and replays every line there is
+        self.skip = max(0, self.lines - (recorded_lines or 0))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _count(self) -> int:
@@ -109,13 +175,18 @@ class MetricsLog:
         """Events logged so far by this run, replayed ones included (what checkpoints record)."""
         return self.lines - self.skip
 
-    def log(self, event: dict[str, Any]) -> None:
+    def log(self, event: dict[str, Any]) -> bool:
+        """Append ``event``; False when it was a replayed event already in the file."""
         if self.skip > 0:
             self.skip -= 1
-            return
+            return False
         event = {**event, "wall": round(time.time(), 3)}
-        os.write(self._fd, (json.dumps(event, default=float) + "\n").encode())
+        try:
+            os.write(self._fd, (json.dumps(event, default=float) + "\n").encode())
+        except OSError as e:
+            raise write_error(self.path, "the metrics log", e) from None
         self.lines += 1
+        return True
 
     def close(self) -> None:
         os.close(self._fd)

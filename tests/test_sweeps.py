@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_cli
 
-from stagetrain.rundir import read_metrics
 from stagetrain.run import train
+from stagetrain.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
