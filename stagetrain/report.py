@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 METRICS = ("val/acc", "test/acc", "test/loss")
+MARKERS = ("o", "s", "^", "D")  # past matplotlib's 10 colours, groups differ by marker / line style
+LINES = ("-", "--", ":", "-.")
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -166,10 +168,10 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: l
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["status"] == "completed" and r.get(metric) is not None and r.get("flops")]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label in sorted({group_label(r, by) for r in done}):
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for i, label in enumerate(sorted({group_label(r, by) for r in done})):
         pts = [(r["flops"], r[metric]) for r in done if group_label(r, by) == label]
-        ax.scatter(*zip(*pts, strict=True), label=label, alpha=0.8)
+        ax.scatter(*zip(*pts, strict=True), label=label, alpha=0.8, marker=MARKERS[i // 10 % len(MARKERS)])
     front = pareto_front([(r["flops"], r[metric]) for r in done])
     if front:
         ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", label="Pareto front")
@@ -177,7 +179,7 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: l
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} against compute ({len(done)} runs)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -193,7 +195,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
     from stagetrain.rundir import read_metrics
 
     by = by or ["strategy"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     curves = []
     for row in rows:
         metrics = Path(row["run"]) / "metrics.jsonl"
@@ -204,17 +206,18 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
         if pts:
             curves.append((group_label(row, by), pts))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {g: cycle[i % len(cycle)] for i, g in enumerate(sorted({g for g, _ in curves}))}
+    order = {g: i for i, g in enumerate(sorted({g for g, _ in curves}))}
     labelled: set[str] = set()
-    for group, pts in curves:  # colours in the same order as plot()'s
-        ax.plot(*zip(*pts, strict=True), color=colours[group], alpha=0.7, lw=1.2,
-                label=None if group in labelled else group)
+    for group, pts in curves:  # colours in the same order as plot()'s; past 10 groups, new line styles
+        i = order[group]
+        ax.plot(*zip(*pts, strict=True), color=cycle[i % len(cycle)], ls=LINES[i // len(cycle) % len(LINES)],
+                alpha=0.7, lw=1.2, label=None if group in labelled else group)
         labelled.add(group)
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training FLOPs")
     ax.set_ylabel("val/acc")
     ax.set_title("validation accuracy against compute, one line per run")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -118,3 +118,21 @@ def after_each_backward(fn: Callable[[torch.optim.Optimizer], None]) -> Iterator
 
 def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in opt.param_groups for p in group["params"]]
+
+
+@pytest.fixture
+def built_steps(monkeypatch) -> list:
+    """The training steps ``Engine._build_step`` returns, in order (one per stage); the
+    engine runs unchanged, this only records what it built."""
+    from stagetrain.engine import Engine
+
+    built: list = []
+    original = Engine._build_step
+
+    def record(self, *args):
+        step = original(self, *args)
+        built.append(step)
+        return step
+
+    monkeypatch.setattr(Engine, "_build_step", record)
+    return built

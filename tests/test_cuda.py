@@ -60,16 +60,8 @@ def test_bf16_autocast_on_gpu():
 
 
 @pytest.mark.parametrize("strategy", ["scratch", "grow"])
-def test_compile_on_gpu_compiles_each_stage_and_trains(strategy, monkeypatch):
-    built = []
-    original = Engine._build_step
-
-    def record(self, *args):
-        step = original(self, *args)
-        built.append(step)
-        return step
-
-    monkeypatch.setattr(Engine, "_build_step", record)
+def test_compile_on_gpu_compiles_each_stage_and_trains(strategy, built_steps):
+    built = built_steps
     extra = ["strategy.widths=[[32],[64]]", "strategy.epochs_per_stage=3"] if strategy == "grow" else []
     engine = cuda_engine(f"strategy={strategy}", "train.epochs=5", "device.compile=true", *extra)
     final = engine.run()

@@ -37,16 +37,8 @@ def test_bf16_autocast_runs_the_training_forward_in_bf16_on_cpu():
     assert final["val/acc"] >= 0.85 and abs(final["val/acc"] - fp32["val/acc"]) <= 0.05
 
 
-def test_compile_compiles_the_stage_forward_and_matches_eager_on_cpu(monkeypatch):
-    built = []
-    original = Engine._build_step
-
-    def record(self, *args):
-        step = original(self, *args)
-        built.append(step)
-        return step
-
-    monkeypatch.setattr(Engine, "_build_step", record)
+def test_compile_compiles_the_stage_forward_and_matches_eager_on_cpu(built_steps):
+    built = built_steps
     _, eager = run_engine(make_cfg(*SMALL))
     _, compiled = run_engine(make_cfg(*SMALL, "device.compile=true"))
     assert not isinstance(built[0], torch._dynamo.eval_frame.OptimizedModule)
