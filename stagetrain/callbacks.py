@@ -12,6 +12,7 @@ after writing all of this; the other jobs ran to completion.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,39 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _remove_dry_sweep_dir(sweep_dir: Path) -> None:
+    """A dry-run sweep leaves only Hydra's multirun.yaml and empty job folders: remove them
+    (and the date folders Hydra made for them, when empty)."""
+    if not sweep_dir.is_dir() or any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
+        return
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in sweep_dir.resolve().parents:
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 class SweepSummary(Callback):
-    """``on_multirun_end``: summarise the sweep directory and report failed jobs."""
+    """``on_multirun_start``: refuse to sweep over an earlier sweep's runs without ``resume``.
+    ``on_multirun_end``: summarise the sweep directory and report failed jobs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if config.get("dry_run") or config.get("resume") != "never" or not sweep_dir.is_dir():
+            return
+        if report.find_runs([sweep_dir]):
+            print(f"Error: the sweep directory {sweep_dir} already holds the runs of an earlier sweep. "
+                  "Add resume=auto to continue that sweep (completed jobs are skipped, the others "
+                  "continue), or leave hydra.sweep.dir at its default for a new sweep directory. "
+                  "Nothing was run or changed.", file=sys.stderr)
+            sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("dry_run"):  # dry runs write nothing, so there is nothing to summarise
-            return
         sweep_dir = Path(config.hydra.sweep.dir)
+        if config.get("dry_run"):  # dry runs write nothing, so there is nothing to summarise
+            _remove_dry_sweep_dir(sweep_dir)
+            return
         rows = write_summary(sweep_dir)
         if not rows:
             log.warning("Sweep %s: no job wrote a run.json; nothing to summarise.", sweep_dir)

@@ -45,6 +45,20 @@ def _uid() -> str:
 
 OmegaConf.register_new_resolver("stagetrain_run_dir", _run_dir, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("stagetrain_uid", _uid, replace=True, use_cache=True)
+
+
+def _hydra_subdir(output_dir: str | None) -> str | None:
+    """hydra.output_subdir: Hydra writes .hydra/ into a job's directory before the job runs;
+    not into one that already holds a run (a sweep re-run: that run's files stay as they
+    are), and only on rank 0 under torchrun."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    if output_dir and (Path(output_dir) / "run.json").exists():
+        return None
+    return ".hydra"
+
+
+OmegaConf.register_new_resolver("stagetrain_hydra_subdir", _hydra_subdir, replace=True)
 register_configs()
 
 

@@ -8,13 +8,13 @@ still before any data is loaded or a run directory is used.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.errors import StagetrainError, check_choice, did_you_mean
 
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 DATASETS = (*IMAGE_DATASETS, "synthetic")
@@ -263,6 +263,11 @@ def _fraction(key: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations that the type schema cannot; raise StagetrainError."""
+    known = [f.name for f in fields(RunConfig)]
+    for key in cfg:  # `+key=value` adds a top-level key Hydra's schema does not guard
+        if key not in known and key != "hydra":
+            raise StagetrainError(f"Unknown config key '{key}' (added with +{key}=...): stagetrain reads "
+                                  f"only {', '.join(known)}.{did_you_mean(str(key), known)}")
     ds, model, train = cfg.dataset, cfg.model, cfg.train
     check_choice("dataset.name", ds.name, DATASETS)
     _fraction("dataset.labeled_fraction", ds.labeled_fraction)

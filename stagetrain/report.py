@@ -174,7 +174,8 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: l
         ax.scatter(*zip(*pts, strict=True), label=label, alpha=0.8, marker=MARKERS[i // 10 % len(MARKERS)])
     front = pareto_front([(r["flops"], r[metric]) for r in done])
     if front:
-        ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", label="Pareto front")
+        ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", marker="o", mfc="none",
+                ms=11, label="Pareto front (circled)")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel(metric)
@@ -201,10 +202,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
         metrics = Path(row["run"]) / "metrics.jsonl"
         if row["status"] != "completed" or not metrics.is_file():
             continue
-        pts = [(e["flops"], e["acc"]) for e in read_metrics(metrics)
-               if e.get("split") == "val" and "acc" in e and e.get("flops")]
-        if pts:
-            curves.append((group_label(row, by), pts))
+        stages: dict[int, list[tuple[float, float]]] = {}  # one segment per stage: greedy
+        for e in read_metrics(metrics):                    # stages score an auxiliary head
+            if e.get("split") == "val" and "acc" in e and e.get("flops"):
+                stages.setdefault(e["stage"], []).append((e["flops"], e["acc"]))
+        curves += [(group_label(row, by), pts) for pts in stages.values()]
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order = {g: i for i, g in enumerate(sorted({g for g, _ in curves}))}
     labelled: set[str] = set()
@@ -216,7 +218,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training FLOPs")
     ax.set_ylabel("val/acc")
-    ax.set_title("validation accuracy against compute, one line per run")
+    ax.set_title("validation accuracy against compute, one line per run and stage")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -100,6 +100,8 @@ def estimate_plan(cfg: DictConfig, plan: Plan, spec: dict[str, Any], n_train: in
     y = torch.zeros(2, dtype=torch.long)
     rows = []
     g = torch.Generator().manual_seed(0)
+    extra = getattr(STRATEGIES[cfg.strategy.name], "datasets", lambda c: {})(cfg)  # e.g. in-run pretraining
+    sizes = {"target": (n_train, n_labeled), **{k: tuple(dataset_meta(v)[2:4]) for k, v in extra.items()}}
     for stage in plan.stages:
         for op in stage.ops:
             model, _ = apply_op(model, op, g)
@@ -107,11 +109,11 @@ def estimate_plan(cfg: DictConfig, plan: Plan, spec: dict[str, Any], n_train: in
         helper = build_helper(stage.helper)
         p = prefix_len(model, stage)
         step, pre = measure_step_flops(stage, model, helper, x, y, p)
-        n = n_labeled if stage.data == "labeled" else n_train
+        n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
+        n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
         plain = (step + pre) * n * stage.epochs
         cached = pre * n + step * n * stage.epochs
         use_cache = p > 0 and stage.cache == "on" or (stage.cache == "auto" and p > 0 and stage.epochs >= 2)
-        n = max(1, round(n * stage.data_fraction))
         rows.append({"stage": stage, "samples": n, "params": count_parameters(model), "flops": cached if use_cache else plain,
                      "flops_no_cache": plain, "flops_cache": cached if p > 0 else None})
     return rows

@@ -93,7 +93,7 @@ def test_sweep_resume_skips_completed_jobs_and_continues_the_interrupted_one(tmp
     assert json.loads((sweep / "1" / "run.json").read_text())["status"] == "stopped"
     done = sweep / "0"
     before = {p: p.stat().st_mtime_ns for p in [done / "run.json", done / "metrics.jsonl",
-                                                 *(done / "checkpoints").iterdir()]}
+                                                 *(done / "checkpoints").iterdir(), *(done / ".hydra").iterdir()]}
 
     again = run_cli(*_sweep_args(sweep), "resume=auto", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -172,3 +172,36 @@ def test_every_experiment_runs_one_tiny_job(name, tmp_path, data_root):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = summary_rows(sweep)
     assert len(rows) == 1 and rows[0]["status"] == "completed" and float(rows[0]["test/acc"]) > 0
+
+
+def test_a_sweep_over_an_earlier_sweeps_runs_needs_resume_and_touches_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "strategy=scratch", *TINY, f"hydra.sweep.dir={sweep}"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    files = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    again = run_cli(*args[:-2], "train.epochs=2", "plots=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert again.returncode == 1 and "already holds the runs of an earlier sweep" in again.stderr
+    assert "resume=auto" in again.stderr
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == files, "not a byte changed"
+
+
+def test_a_dry_run_sweep_writes_nothing(tmp_path):
+    proc = run_cli("-m", "strategy=scratch,grow", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Dry run: nothing was trained") == 2
+    assert not (tmp_path / "outputs").exists(), [str(p) for p in tmp_path.rglob("*")]
+
+
+def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data(data_root):
+    from stagetrain.data import dataset_meta
+    from stagetrain.run import estimate_plan, initial_spec
+    from stagetrain.strategies import STRATEGIES
+
+    cfg = make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=mnist",
+                   "dataset=fashion_mnist", "dataset.labeled_fraction=0.1", "model.widths=[32]")
+    shape, classes, n_train, n_labeled = dataset_meta(cfg.dataset)
+    spec = initial_spec(cfg, shape, classes)
+    rows = estimate_plan(cfg, STRATEGIES["finetune"].build(cfg, spec), spec, n_train, n_labeled)
+    pretrain, finetune = rows[0], rows[-1]
+    assert pretrain["stage"].dataset == "source" and pretrain["samples"] == n_train, "all of MNIST"
+    assert finetune["samples"] == n_labeled and n_labeled < n_train / 5, "10% of Fashion-MNIST"
