@@ -124,11 +124,11 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
                    f"hydra.run.dir={run_dir}") if stopped else str(e)
-        log.error("%s", message)
-        if multirun and not stopped:  # one failed job must not stop the sweep
-            return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
+        log.error("%s", message)  # not requeued: the user continues the run
+        if multirun and not stopped:  # one failed job must not stop the sweep
+            return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
         RunDir(run_dir).remove_if_unused()
         # A signal stops the whole sweep too (SystemExit passes through Hydra's launchers);
         # re-running it with resume=auto continues this job and skips the completed ones.

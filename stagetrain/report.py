@@ -81,7 +81,7 @@ def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
         row["seconds"] = info.get("seconds")
         row["stop_reason"] = info.get("stop_reason")
         error = info.get("error") or ""
-        row["error"] = error.splitlines()[0][:160] if error else ""
+        row["error"] = error.splitlines()[0][:300] if error else ""
         rows.append(row)
     return rows, [k for k in varying if k != "strategy.name"]
 

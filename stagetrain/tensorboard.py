@@ -61,8 +61,8 @@ class TensorBoardSink:
                 if name not in SKIP and isinstance(value, int | float):
                     self.writer.add_scalar(f"{split}/{name}", value, step)
                     self.writer.add_scalar(f"stage{stage}/{split}/{name}", value, step)
-            self.writer.add_scalar("compute/flops", event.get("flops", 0), step)
-            if split == "val":
+            if split == "val":  # once per epoch
+                self.writer.add_scalar("compute/flops", event.get("flops", 0), step)
                 self.writer.flush()  # once per epoch: a killed run keeps what metrics.jsonl has
         elif kind == "growth":
             self.writer.add_scalar("growth/params", event["params_after"], step)

@@ -183,13 +183,12 @@ def test_slurm_preempted_job_checkpoints_is_requeued_and_ends_bit_identical(tmp_
     assert seen[:4] == ["running", "stopped", "running", "stopped"], seen
 
     log = (run / "stagetrain.log").read_text()
-    assert "Stopped by SIGUSR1 after writing a checkpoint" in log and "Stopped by SIGTERM after" in log
+    assert "Requeueing SLURM job" in log and "Stopped by SIGTERM after" in log  # USR1: requeued, no error
     assert log.count("Resuming from") == 2, log
     out = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
     requeued = re.findall(rf"^submitit INFO .* - Requeued job {job} ", out, re.M)
     assert len(requeued) == 1, out  # by submitit after USR1; SLURM requeued the job the second time
     assert out.count(f"Starting with JobEnvironment(job_id={job},") == 3, out
-    assert "resume=auto" in (run / ".hydra" / "overrides.yaml").read_text()
 
     _assert_complete(run)
     assert_epochs_exactly_once(run)
