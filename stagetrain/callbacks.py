@@ -12,7 +12,6 @@ after writing all of this; the other jobs ran to completion.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,12 +56,9 @@ def _remove_dry_sweep_dir(sweep_dir: Path) -> None:
     (and the date folders Hydra made for them, when empty)."""
     if not sweep_dir.is_dir() or any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
         return
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-    cwd = Path.cwd().resolve()
-    for parent in sweep_dir.resolve().parents:
-        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
-            break
-        parent.rmdir()
+    from stagetrain.rundir import remove_tree_and_empty_parents
+
+    remove_tree_and_empty_parents(sweep_dir)
 
 
 class SweepSummary(Callback):

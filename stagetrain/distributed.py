@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
 
 def launched() -> bool:
@@ -130,11 +129,3 @@ def rank_rng(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
-
-
-def _rank0_only(value: Any) -> Any:
-    """Hydra config value that only rank 0 sees (``hydra.output_subdir``: .hydra/ by rank 0)."""
-    return value if int(os.environ.get("RANK", "0")) == 0 else None
-
-
-OmegaConf.register_new_resolver("stagetrain_rank0", _rank0_only, replace=True)

@@ -120,12 +120,7 @@ class RunDir:
             return
         if {p.name for p in self.path.iterdir()} - HYDRA_FILES:
             return
-        shutil.rmtree(self.path, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        for parent in self.path.resolve().parents:  # outputs/<date>/ if that run made them
-            if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        remove_tree_and_empty_parents(self.path)
 
 
 def _alive(pid: int) -> bool:
@@ -136,6 +131,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_tree_and_empty_parents(path: Path) -> None:
+    """Delete ``path`` and then its parents below the cwd that it leaves empty (the
+    outputs/<date>/ folders Hydra made for a run or sweep that never ran)."""
+    resolved = Path(path).resolve()
+    shutil.rmtree(resolved, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in resolved.parents:
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 class MetricsLog:
