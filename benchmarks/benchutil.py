@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts (not a benchmark itself).
 
 Configs are composed through Hydra's compose API exactly as the CLI and
-``tests/conftest.py`` do; runs go through ``stagetrain.run.train``.
+``tests/conftest.py`` do; runs go through ``stagetrain.runner.train``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
-import stagetrain.run as run_module
+import stagetrain.runner as run_module
 from stagetrain.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

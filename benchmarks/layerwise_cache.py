@@ -67,7 +67,7 @@ from stagetrain.engine import Engine
 from stagetrain.models import StagedModel
 from stagetrain.objectives import build_helper
 from stagetrain.optim import lr_factor
-from stagetrain.run import seed_everything, train
+from stagetrain.runner import seed_everything, train
 
 Weights = dict[str, torch.Tensor]
 

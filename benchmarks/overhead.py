@@ -2,7 +2,7 @@
 
 The same MLP, data, seed, data order, batches, optimizer and LR schedule are trained by
 
-* ``engine`` -- ``stagetrain.run.train`` (strategy=scratch; metrics.jsonl, run.json and
+* ``engine`` -- ``stagetrain.runner.train`` (strategy=scratch; metrics.jsonl, run.json and
   checkpoints at their defaults), its config composed through Hydra as the CLI does;
 * ``engine_fix`` -- the same, with the LR schedule's config values read once instead of
   from the DictConfig at every step (a what-if for the overhead named in the README);
@@ -51,7 +51,7 @@ from stagetrain.data import DataBundle, epoch_permutation, load_data
 from stagetrain.engine import Engine
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.optim import build_scheduler, lr_factor
-from stagetrain.run import seed_everything, train
+from stagetrain.runner import seed_everything, train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("STAGETRAIN_DATA", REPO.parent / "shared" / "data"))

@@ -52,7 +52,7 @@ import torch
 from benchutil import DATA_ROOT, RESULTS, RUN_ROOT, machine, make_cfg, no_run_plots, write_json
 
 import stagetrain.engine as engine_module
-from stagetrain.run import train
+from stagetrain.runner import train
 from stagetrain.rundir import read_metrics
 
 BIN = Path(sys.executable).parent

@@ -51,7 +51,7 @@ from benchutil import (
     no_run_plots,
 )
 
-from stagetrain.run import train
+from stagetrain.runner import train
 
 MODES = ("full", "linear_probe", "partial", "lp_ft", "bitfit", "lora", "gradual_unfreeze", "add_layers")
 VARIANTS = ("scratch", *MODES)

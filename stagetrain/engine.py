@@ -24,7 +24,7 @@ from torch import nn
 from stagetrain import checkpoint as ckpt
 from stagetrain import distributed
 from stagetrain.data import DataBundle, Split, epoch_permutation
-from stagetrain.errors import StagetrainError
+from stagetrain.errors import StagetrainError, StopRequested
 from stagetrain.flops import PROBE_BATCH, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
 from stagetrain.models import StagedModel, count_parameters
@@ -71,10 +71,6 @@ def freeze(model: StagedModel, stage: Stage) -> None:
                 for m in group.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.requires_grad_(True)
-
-
-class StopRequested(Exception):
-    """Raised after a signal-triggered checkpoint; the run is marked ``stopped``."""
 
 
 class StageStep(nn.Module):

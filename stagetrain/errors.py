@@ -28,3 +28,7 @@ def check_choice(key: str, value: str, options: Iterable[str]) -> None:
             f"{key}={value!r} is not valid: choose one of {', '.join(options)}."
             + did_you_mean(value, options)
         )
+
+
+class StopRequested(Exception):
+    """Raised after a signal-triggered checkpoint; the run is marked ``stopped``."""

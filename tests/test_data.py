@@ -7,7 +7,7 @@ import torch
 from conftest import make_cfg
 
 from stagetrain.data import dataset_meta, epoch_permutation, load_data
-from stagetrain.run import train
+from stagetrain.runner import train
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])

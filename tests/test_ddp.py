@@ -29,7 +29,7 @@ import torch
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_dirs
 
 from stagetrain.errors import StagetrainError
-from stagetrain.run import _check_world, train
+from stagetrain.runner import _check_world, train
 from stagetrain.rundir import read_metrics
 
 COMMON = ["device=cpu", "progress=off", "plots=false"]

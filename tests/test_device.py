@@ -15,7 +15,7 @@ from conftest import make_cfg
 
 from stagetrain.engine import Engine
 from stagetrain.progress import Reporter
-from stagetrain.run import build_engine, pick_device
+from stagetrain.runner import build_engine, pick_device
 
 SMALL = ["strategy=scratch", "device=cpu", "model.widths=[32]", "train.epochs=3", "optim.lr=0.01"]
 

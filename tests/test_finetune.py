@@ -25,7 +25,7 @@ from stagetrain.config import validate
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
 from stagetrain.progress import Reporter
-from stagetrain.run import build_engine, train
+from stagetrain.runner import build_engine, train
 
 CPU = torch.device("cpu")
 TARGET = "dataset.classes=[5,6,7,8,9]"

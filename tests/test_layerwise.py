@@ -3,7 +3,7 @@
 Everything runs real code on real small data (sklearn digits, or an in-memory synthetic
 set). To look inside a stage (what the optimizer holds, which tensors have gradients, what
 a frozen block looks like between steps) the tests build the same ``Engine`` that
-``stagetrain.run.train`` builds and drive it, observing it only through PyTorch's own
+``stagetrain.runner.train`` builds and drive it, observing it only through PyTorch's own
 hooks (global optimizer step hooks, forward pre-hooks); nothing of the engine is mocked.
 """
 
@@ -28,8 +28,8 @@ from stagetrain.engine import Engine
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
-from stagetrain.run import build_engine as run_build_engine
-from stagetrain.run import train
+from stagetrain.runner import build_engine as run_build_engine
+from stagetrain.runner import train
 from stagetrain.rundir import RunDir
 from stagetrain.strategies import STRATEGIES
 
@@ -52,7 +52,7 @@ def one_cpu_thread():
 
 
 def build_engine(cfg, run_dir: Path | None = None) -> Engine:
-    """The engine exactly as ``stagetrain.run.train`` builds it (CPU, no progress output)."""
+    """The engine exactly as ``stagetrain.runner.train`` builds it (CPU, no progress output)."""
     validate(cfg)
     rundir = None
     if run_dir is not None:

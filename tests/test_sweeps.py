@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_cli
 
-from stagetrain.run import train
+from stagetrain.runner import train
 from stagetrain.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_a_dry_run_sweep_writes_nothing(tmp_path):
 
 def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data(data_root):
     from stagetrain.data import dataset_meta
-    from stagetrain.run import estimate_plan, initial_spec
+    from stagetrain.runner import estimate_plan, initial_spec
     from stagetrain.strategies import STRATEGIES
 
     cfg = make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=mnist",

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from stagetrain import checkpoint as ckpt
 from stagetrain.models import StagedModel
-from stagetrain.run import train
+from stagetrain.runner import train
 from stagetrain.rundir import read_metrics
 
 

@@ -50,7 +50,7 @@ EVERY = 7  # checkpoint.every_steps above: the most work a kill may lose
 
 _CTX: Any = None
 PRELOAD = ["torch", "torchvision", "sklearn.datasets", "safetensors.torch", "hydra", "stagetrain.cli",
-           "stagetrain.run", "stagetrain.engine"]
+           "stagetrain.runner", "stagetrain.engine"]
 
 
 def context() -> Any:

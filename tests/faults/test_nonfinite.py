@@ -19,7 +19,7 @@ from stagetrain import checkpoint as ckpt
 from stagetrain.engine import NONFINITE_MAX_IN_A_ROW
 from stagetrain.errors import StagetrainError
 from stagetrain.progress import Reporter
-from stagetrain.run import build_engine, train
+from stagetrain.runner import build_engine, train
 from stagetrain.rundir import read_metrics
 
 BASE = ["strategy=scratch", "model.widths=[32,16]", "train.epochs=3", "device=cpu", "plots=false",

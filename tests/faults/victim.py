@@ -35,7 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import stagetrain.checkpoint as ckpt_module
 import stagetrain.cli
 import stagetrain.engine as engine_module
-import stagetrain.run as run_module
+import stagetrain.runner as run_module
 import stagetrain.rundir as rundir_module
 
 RECORD = struct.Struct("<qqqq")  # started, resumed_step, completed_steps, fired

@@ -26,8 +26,8 @@ from stagetrain import checkpoint as ckpt
 from stagetrain.checkpoint import atomic_write
 from stagetrain.config import to_yaml, validate
 from stagetrain.data import dataset_meta, load_data
-from stagetrain.engine import Engine, StopRequested, freeze, prefix_len
-from stagetrain.errors import StagetrainError
+from stagetrain.engine import Engine, freeze, prefix_len
+from stagetrain.errors import StagetrainError, StopRequested
 from stagetrain.flops import measure_step_flops
 from stagetrain.growth import apply_op
 from stagetrain.launch import continue_on_requeue, limit_job_threads, stop_signals
