@@ -1,234 +1,39 @@
-"""Structured config schema (registered in Hydra's ConfigStore) and cross-field validation.
+"""The config layer: Hydra's schema registration, the composed config as typed settings,
+cross-field validation, and the engine's options.
 
 Hydra checks key names and types when it composes the config (unknown keys and wrong
 types fail there, before anything runs). ``validate`` then checks values and combinations,
-still before any data is loaded or a run directory is used.
+still before any data is loaded or a run directory is used, and returns the typed
+``RunConfig`` (plain dataclasses, ``schema.py``) that everything below the run layer gets:
+only this module and the run layer (runner, resume, record, cli) touch OmegaConf.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from stagetrain.engine.options import EngineOptions
 from stagetrain.errors import StagetrainError, check_choice, did_you_mean
-
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-DATASETS = (*IMAGE_DATASETS, "synthetic")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "onecycle", "step")
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
-OBJECTIVES = ("supervised", "autoencoder", "denoising", "rbm")
-
-
-@dataclass
-class DatasetConfig:
-    name: str = MISSING
-    root: str = "${oc.env:STAGETRAIN_DATA,'~/.cache/stagetrain'}"
-    download: bool = False
-    val_fraction: float = 0.1
-    labeled_fraction: float = 1.0
-    classes: list[int] | None = None
-    max_train: int | None = None
-
-
-@dataclass
-class SyntheticDatasetConfig(DatasetConfig):
-    name: str = "synthetic"
-    n_train: int = 2000
-    n_test: int = 500
-    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
-    num_classes: int = 10
-    noise: float = 2.0
-
-
-@dataclass
-class MLPConfig:
-    name: str = "mlp"
-    widths: list[int] = field(default_factory=lambda: [256, 128, 64])
-    activation: str = "relu"
-    bn: bool = False
-    dropout: float = 0.0
-
-
-@dataclass
-class CNNConfig:
-    name: str = "cnn"
-    channels: list[int] = field(default_factory=lambda: [16, 32])
-    kernel: int = 3
-    pool: int = 2
-    bn: bool = True
-    activation: str = "relu"
-    dropout: float = 0.0
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 64
-    patience: int | None = None
-    eval_batch_size: int = 1024
-    on_nonfinite: str = "stop"
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-
-
-@dataclass
-class SchedConfig:
-    name: str = "cosine"
-    step_size: int = 10
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 0
-    stage_checkpoints: bool = True
-
-
-@dataclass
-class DeviceConfig:
-    name: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    threads: int = 0
-    deterministic: bool = False
-
-
-@dataclass
-class StrategyConfig:
-    name: str = MISSING
-
-
-@dataclass
-class ScratchConfig(StrategyConfig):
-    name: str = "scratch"
-    epochs: int | None = None
-
-
-@dataclass
-class FinetuneStageConfig:
-    enabled: bool = True
-    epochs: int | None = None
-    lr: float | None = None
-    head_warmup_epochs: int = 0
-
-
-@dataclass
-class LayerwiseConfig(StrategyConfig):
-    name: str = "layerwise"
-    objective: str = "supervised"
-    epochs_per_layer: int = 5
-    lr: float | None = None
-    optimizer: str | None = None
-    noise: Any = field(default_factory=lambda: [0.1, 0.2, 0.3])
-    tied: bool = True
-    aux_head: Any = "linear"
-    cd_k: int = 1
-    rbm_lr: float = 0.05
-    cache: str = "auto"
-    cache_max_bytes: int = 2 * 1024**3
-    cache_dtype: str = "fp32"
-    finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
-
-
-@dataclass
-class GrowConfig(StrategyConfig):
-    name: str = "grow"
-    widths: Any = field(default_factory=lambda: [[16], [64], [256]])
-    width_factor: float | None = None
-    stages: int | None = None
-    depths: list[int] | None = None
-    data_fractions: list[float] | None = None
-    trigger: str = "epochs"
-    epochs_per_stage: int = 5
-    final_epochs: int | None = None  # null: train.epochs
-    plateau_patience: int = 2
-    flops_shares: list[float] | None = None
-    op: str = "net2net"
-    noise: float = 0.0
-    deepen: str = "identity"
-    target: str | None = None
-    flop_budget: float | None = None
-    max_stages: int | None = None
-    complexity_penalty: float | None = None
-    optimizer_state: str = "reset"
-    lr_after_growth: float = 1.0
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 4
-    alpha: float = 8.0
-    merge: bool = True
-
-
-@dataclass
-class PretrainConfig:
-    enabled: bool = False
-    dataset: str | None = None
-    classes: list[int] | None = None
-    objective: str = "supervised"
-    epochs: int = 5
-    lr: float | None = None
-    noise: float = 0.2
-    tied: bool = True
-
-
-@dataclass
-class FinetuneConfig(StrategyConfig):
-    name: str = "finetune"
-    source: str | None = None
-    source_checkpoint: str = "best"
-    mode: str = "full"
-    epochs: int | None = None
-    lr: float | None = None
-    freeze_blocks: int = 1
-    new_layers: int = 1
-    unfreeze_every: int = 1
-    lr_decay: float | None = None
-    probe_epochs: int | None = None
-    ft_lr_factor: float = 0.1
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    bn: str = "eval"
-    head: str = "new"
-    cache: str = "auto"
-    cache_max_bytes: int = 2 * 1024**3
-    cache_dtype: str = "fp32"
-
-
-@dataclass
-class LoggerConfig:
-    tensorboard: bool = False
-
-
-@dataclass
-class RunConfig:
-    dataset: DatasetConfig = MISSING
-    model: Any = MISSING
-    strategy: StrategyConfig = MISSING
-    device: DeviceConfig = MISSING
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sched: SchedConfig = field(default_factory=SchedConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
-    resume: str = "never"
-    dry_run: bool = False
-    progress: str = "auto"
-    plots: bool = True
+from stagetrain.schema import (
+    ACTIVATIONS,
+    CACHE_MAX_BYTES,
+    DATASETS,
+    IMAGE_DATASETS,
+    OPTIMIZERS,
+    SCHEDULES,
+    CNNConfig,
+    DatasetConfig,
+    DeviceConfig,
+    MLPConfig,
+    RunConfig,
+    SyntheticDatasetConfig,
+)
+from stagetrain.strategies import STRATEGIES
 
 
 def register_configs() -> None:
@@ -240,10 +45,47 @@ def register_configs() -> None:
     cs.store(group="schema/model", name="mlp", node=MLPConfig)
     cs.store(group="schema/model", name="cnn", node=CNNConfig)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
-    cs.store(group="schema/strategy", name="scratch", node=ScratchConfig)
-    cs.store(group="schema/strategy", name="layerwise", node=LayerwiseConfig)
-    cs.store(group="schema/strategy", name="grow", node=GrowConfig)
-    cs.store(group="schema/strategy", name="finetune", node=FinetuneConfig)
+    for name, strategy in STRATEGIES.items():
+        cs.store(group="schema/strategy", name=name, node=strategy.Config)
+
+
+def settings(cfg: DictConfig) -> RunConfig:
+    """The composed config as typed dataclasses (interpolations resolved, ``hydra`` dropped).
+
+    An untyped config (a saved run's, read back from run.json) is first merged into the
+    schemas its names select, which also checks its types."""
+    node = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    if OmegaConf.get_type(node) is not RunConfig:
+        node = OmegaConf.merge(_schema_for(node), node)
+    return OmegaConf.to_object(node)
+
+
+def _schema_for(plain: DictConfig) -> DictConfig:
+    schema = OmegaConf.structured(RunConfig)
+    dataset = OmegaConf.select(plain, "dataset.name")
+    schema.dataset = OmegaConf.structured(SyntheticDatasetConfig if dataset == "synthetic" else DatasetConfig)
+    model = OmegaConf.select(plain, "model.name")
+    schema.model = OmegaConf.structured(CNNConfig if model == "cnn" else MLPConfig)
+    strategy = OmegaConf.select(plain, "strategy.name")
+    if strategy in STRATEGIES:
+        schema.strategy = OmegaConf.structured(STRATEGIES[strategy].Config)
+    schema.device = OmegaConf.structured(DeviceConfig)
+    return schema
+
+
+def engine_options(cfg: RunConfig, config_yaml: str) -> EngineOptions:
+    """Everything the engine reads besides the plan, from the validated settings."""
+    return EngineOptions(
+        seed=int(cfg.seed), batch_size=int(cfg.train.batch_size),
+        eval_batch_size=int(cfg.train.eval_batch_size), patience=cfg.train.patience,
+        on_nonfinite=cfg.train.on_nonfinite, every_steps=int(cfg.checkpoint.every_steps),
+        stage_checkpoints=bool(cfg.checkpoint.stage_checkpoints),
+        bf16=cfg.device.precision == "bf16", compile=bool(cfg.device.compile),
+        cache_max_bytes=int(getattr(cfg.strategy, "cache_max_bytes", CACHE_MAX_BYTES)),
+        cache_dtype=str(getattr(cfg.strategy, "cache_dtype", "fp32")),
+        warmup_epochs=int(cfg.sched.warmup_epochs), step_size=int(cfg.sched.step_size),
+        gamma=float(cfg.sched.gamma), config_yaml=config_yaml,
+    )
 
 
 def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
@@ -261,14 +103,27 @@ def _fraction(key: str, value: float, allow_zero: bool = False) -> None:
         raise StagetrainError(f"{key}={value} is out of range: it must be in (0, 1].")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values and combinations that the type schema cannot; raise StagetrainError."""
-    known = [f.name for f in fields(RunConfig)]
-    for key in cfg:  # `+key=value` adds a top-level key Hydra's schema does not guard
-        if key not in known and key != "hydra":
-            raise StagetrainError(f"Unknown config key '{key}' (added with +{key}=...): stagetrain reads "
-                                  f"only {', '.join(known)}.{did_you_mean(str(key), known)}")
-    ds, model, train = cfg.dataset, cfg.model, cfg.train
+def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+    """Check values and combinations that the type schema cannot; raise StagetrainError.
+
+    Returns the typed settings (``settings``) that the run hands to strategies and the engine.
+    """
+    if isinstance(cfg, DictConfig):
+        known = [f.name for f in fields(RunConfig)]
+        for key in cfg:  # `+key=value` adds a top-level key Hydra's schema does not guard
+            if key not in known and key != "hydra":
+                raise StagetrainError(f"Unknown config key '{key}' (added with +{key}=...): stagetrain reads "
+                                      f"only {', '.join(known)}.{did_you_mean(str(key), known)}")
+        cfg = settings(cfg)
+    _validate_dataset(cfg.dataset)
+    _validate_model(cfg.model, cfg.dataset)
+    _validate_run(cfg)
+    check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
+    STRATEGIES[cfg.strategy.name].validate(cfg)
+    return cfg
+
+
+def _validate_dataset(ds: DatasetConfig) -> None:
     check_choice("dataset.name", ds.name, DATASETS)
     _fraction("dataset.labeled_fraction", ds.labeled_fraction)
     if not 0 < ds.val_fraction < 1:
@@ -288,6 +143,8 @@ def validate(cfg: DictConfig) -> None:
         if ds.num_classes < 2:
             raise StagetrainError(f"dataset.num_classes={ds.num_classes} is out of range: it must be >= 2.")
 
+
+def _validate_model(model: Any, ds: DatasetConfig) -> None:
     check_choice("model.name", model.name, ("mlp", "cnn"))
     check_choice("model.activation", model.activation, ACTIVATIONS)
     _fraction("model.dropout", model.dropout, allow_zero=True)
@@ -308,6 +165,9 @@ def validate(cfg: DictConfig) -> None:
                 "Use model=mlp, or give dataset.shape=[channels,height,width]."
             )
 
+
+def _validate_run(cfg: RunConfig) -> None:
+    train = cfg.train
     _positive("train.epochs", train.epochs)
     _positive("train.batch_size", train.batch_size)
     _positive("train.eval_batch_size", train.eval_batch_size)
@@ -325,18 +185,6 @@ def validate(cfg: DictConfig) -> None:
     _positive("device.threads", cfg.device.threads, allow_zero=True)
     check_choice("progress", cfg.progress, ("auto", "rich", "plain", "off"))
     _positive("seed", cfg.seed, allow_zero=True)
-
-    from stagetrain.strategies import STRATEGIES  # local: strategies import this module
-
-    check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
-    STRATEGIES[cfg.strategy.name].validate(cfg)
-
-
-def as_list(value: Any) -> list:
-    """A config value that may be a scalar or a list, as a plain list."""
-    if isinstance(value, ListConfig | list | tuple):
-        return list(value)
-    return [value]
 
 
 def to_yaml(cfg: DictConfig) -> str:

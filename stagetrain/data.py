@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from stagetrain.errors import StagetrainError
 
@@ -73,7 +73,7 @@ META = {
 }
 
 
-def dataset_meta(cfg: DictConfig) -> tuple[tuple[int, ...], int, int, int]:
+def dataset_meta(cfg: Any) -> tuple[tuple[int, ...], int, int, int]:
     """(input shape, classes, training samples, labelled samples) that ``load_data`` will give."""
     if cfg.name == "synthetic":
         shape, classes, n = tuple(cfg.shape), int(cfg.num_classes), int(cfg.n_train)
@@ -134,7 +134,7 @@ def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Spli
     return splits[0], splits[1], 255.0
 
 
-def _make_synthetic(cfg: DictConfig, seed: int) -> tuple[Split, Split, float]:
+def _make_synthetic(cfg: Any, seed: int) -> tuple[Split, Split, float]:
     """Gaussian class prototypes plus isotropic noise; a smooth prototype makes images."""
     g = torch.Generator().manual_seed(1_000_003 + seed)
     shape = tuple(cfg.shape)
@@ -171,7 +171,7 @@ def _stratified_subset(y: torch.Tensor, fraction: float, g: torch.Generator) -> 
     return torch.sort(torch.cat(picked)).values
 
 
-def load_data(cfg: DictConfig, seed: int) -> DataBundle:
+def load_data(cfg: Any, seed: int) -> DataBundle:
     """Read the dataset named by ``cfg`` (the ``dataset`` node) and split it, on the CPU."""
     name = cfg.name
     if name == "digits":

@@ -32,3 +32,16 @@ def check_choice(key: str, value: str, options: Iterable[str]) -> None:
 
 class StopRequested(Exception):
     """Raised after a signal-triggered checkpoint; the run is marked ``stopped``."""
+
+
+def run_exists_error(path: object) -> StagetrainError:
+    """A new run was asked for in a directory that already holds one."""
+    return StagetrainError(
+        f"The run directory {path} already holds a run. Add resume=auto to continue it, "
+        "or leave hydra.run.dir at its default to start a new run directory.")
+
+
+def no_run_error(resume: object) -> StagetrainError:
+    """``resume=<dir>`` names a directory without a run."""
+    return StagetrainError(f"resume={resume}: that directory holds no stagetrain run (no run.json). "
+                           "Give a run directory, or use hydra.run.dir=<dir> resume=auto to start one there.")

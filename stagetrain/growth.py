@@ -43,8 +43,7 @@ def widen(model: StagedModel, index: int, width: int, method: str = "net2net", n
     old = block["out"]
     if width < old:
         raise StagetrainError(f"cannot shrink {block['name']} from {old} to {width} units: growth only widens.")
-    nxt = spec["blocks"][index + 1] if index + 1 < len(spec["blocks"]) else {}
-    if block.get("residual") or nxt.get("residual"):
+    if block.get("residual") or (spec["blocks"][index + 1:] or [{}])[0].get("residual"):
         raise StagetrainError(
             f"cannot widen {block['name']}: it is or feeds a residual block, whose input and output "
             "widths must stay equal. Widen before deepening with residual_zero, or use strategy.deepen=identity.")
@@ -64,7 +63,6 @@ def widen(model: StagedModel, index: int, width: int, method: str = "net2net", n
     src, dst = model.blocks[name], new.blocks[name]
     consumer_name = spec["blocks"][index + 1]["name"] if index + 1 < len(spec["blocks"]) else "head"
     src_c, dst_c = model.group(consumer_name), new.group(consumer_name)
-
     with torch.no_grad():
         _copy_all_but(model, new, {name, consumer_name})
         if method == "random":

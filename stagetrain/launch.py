@@ -22,10 +22,12 @@ submitit is imported only inside a submitit job; nothing here is needed for a pl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("stagetrain")
@@ -159,3 +161,23 @@ def requeue_after_stop(stopped_by: str) -> None:
         found[0](signal.Signals[stopped_by], None)  # submitit logs it, then requeues and exits
     except subprocess.SubprocessError as e:
         log.error("Could not requeue the job (%s); the run is stopped and resumable with resume=auto.", e)
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: dict[str, Any]) -> Iterator[None]:
+    """While training: a stop signal (and Ctrl-C) only sets ``flag["signal"]``; the engine
+    then checkpoints at the next step and raises StopRequested. A second Ctrl-C aborts at
+    once (KeyboardInterrupt), for a step that never ends."""
+
+    def handler(sig: int, frame: Any) -> None:
+        if sig == signal.SIGINT and flag.get("signal") == signal.SIGINT.name:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(sig).name
+
+    sigs = (*stop_signals(), signal.SIGINT)
+    previous = {sig: signal.signal(sig, handler) for sig in dict.fromkeys(sigs)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

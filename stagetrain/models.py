@@ -17,7 +17,6 @@ import math
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 ACTIVATIONS = {
@@ -122,7 +121,7 @@ class StagedModel(nn.Module):
         return tuple(b["out_shape"])
 
 
-def build_spec(model_cfg: DictConfig, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+def build_spec(model_cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """The architecture spec for ``model=mlp|cnn`` on inputs of ``in_shape``."""
     blocks: list[dict[str, Any]] = []
     if model_cfg.name == "mlp":

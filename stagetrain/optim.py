@@ -51,13 +51,12 @@ def lr_factor(name: str, step: int, total: int, steps_per_epoch: int, warmup_epo
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, sched_cfg: Any, total: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    # plain numbers: the factor runs once per parameter group per step, and reading an
-    # OmegaConf node there costs ~40 us a call (benchmarks/README.md)
-    warmup, step_size, gamma = int(sched_cfg.warmup_epochs), int(sched_cfg.step_size), float(sched_cfg.gamma)
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total: int, steps_per_epoch: int,
+                    warmup_epochs: int, step_size: int, gamma: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """The stage's LR schedule over ``total`` optimizer steps (plain numbers: the factor runs
+    once per parameter group per step)."""
 
     def factor(step: int) -> float:
-        return lr_factor(name, step, total, steps_per_epoch, warmup, step_size, gamma)
+        return lr_factor(name, step, total, steps_per_epoch, warmup_epochs, step_size, gamma)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stagetrain.errors import StagetrainError, did_you_mean
+from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 
 CONFIG_MODULE = "pkg://stagetrain.conf"
 TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
@@ -245,8 +245,7 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
                               "run directory under outputs/.")
     if resume not in ("never", "auto"):
         if not (Path(resume).expanduser() / "run.json").is_file():
-            raise StagetrainError(f"resume={resume}: that directory holds no stagetrain run (no run.json). "
-                                  "Give a run directory, or use hydra.run.dir=<dir> resume=auto to start one there.")
+            raise no_run_error(resume)
         target: str | None = explicit or resume
     else:
         target = explicit
@@ -256,9 +255,7 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
     if not (path / "run.json").is_file():
         return [], path
     if resume == "never":
-        raise StagetrainError(
-            f"The run directory {target} already holds a run. Add resume=auto to continue it, "
-            "or leave hydra.run.dir at its default to start a new run directory.")
+        raise run_exists_error(target)
     return ["hydra.output_subdir=null"], path  # keep the run's own .hydra/ as it is
 
 

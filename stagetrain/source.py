@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from stagetrain import checkpoint as ckpt
+from stagetrain.checkpoint.schema import weights
 from stagetrain.errors import StagetrainError
 
 
@@ -70,5 +71,5 @@ def load_source(source: str, which: str = "best") -> Source:
             raise StagetrainError(
                 f"strategy.source={path} is not a stagetrain model.safetensors (no readable 'arch' metadata: {e}).") from None
         return Source(path, digest, arch, state)
-    state = ckpt.load(path)
-    return Source(path, digest, state["arch"], state["model"])
+    arch, model = weights(ckpt.load(path))
+    return Source(path, digest, arch, model)

@@ -97,7 +97,7 @@ def test_failed_write_leaves_previous_checkpoint_and_no_temp_file(finished_run, 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt.os, "fsync", full_disk)
+    monkeypatch.setattr(ckpt.io.os, "fsync", full_disk)
     with pytest.raises(StagetrainError, match="No space left"):
         ckpt.save({"x": torch.zeros(3)}, target)
     assert target.read_bytes() == before

@@ -25,7 +25,7 @@ CUDA = ["device=cuda", "progress=off", "plots=false"]
 
 def cuda_engine(*overrides: str) -> Engine:
     cfg = make_cfg(*CUDA, *overrides)
-    return build_engine(cfg, pick_device(cfg.device), None, Reporter("off"))
+    return build_engine(cfg, pick_device(cfg.device), None, Reporter("off"))[0]
 
 
 def test_dataset_lives_on_the_gpu_and_batches_never_leave_it(monkeypatch):

@@ -29,8 +29,8 @@ import torch
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_dirs
 
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import _check_world, train
 from stagetrain.rundir import read_metrics
+from stagetrain.runner import check_world, train
 
 COMMON = ["device=cpu", "progress=off", "plots=false"]
 # slow enough (9 epochs of 125 steps) to be signalled mid-run, small enough for 2 cores
@@ -147,8 +147,8 @@ def test_ddp_sigterm_checkpoints_and_resume_auto_under_torchrun_is_exact(ddp_lay
 
 def test_batch_size_not_divisible_by_world_size_is_refused():
     with pytest.raises(StagetrainError, match=r"train.batch_size=63 .* 2 torchrun processes.*train.batch_size=62"):
-        _check_world(make_cfg("train.batch_size=63"), 2)
-    _check_world(make_cfg("train.batch_size=64"), 2)
+        check_world(63, 2)
+    check_world(64, 2)
 
 
 def _events(run: Path) -> list[dict]:

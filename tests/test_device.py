@@ -21,13 +21,13 @@ SMALL = ["strategy=scratch", "device=cpu", "model.widths=[32]", "train.epochs=3"
 
 
 def run_engine(cfg) -> tuple[Engine, dict[str, float]]:
-    engine = build_engine(cfg, torch.device("cpu"), None, Reporter("off"))
+    engine = build_engine(cfg, torch.device("cpu"), None, Reporter("off"))[0]
     return engine, engine.run()
 
 
 def test_bf16_autocast_runs_the_training_forward_in_bf16_on_cpu():
     cfg = make_cfg(*SMALL, "device.precision=bf16")
-    engine = build_engine(cfg, torch.device("cpu"), None, Reporter("off"))
+    engine = build_engine(cfg, torch.device("cpu"), None, Reporter("off"))[0]
     dtypes = set()
     engine.model.blocks["block1"].layer.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
     final = engine.run()

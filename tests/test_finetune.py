@@ -52,7 +52,7 @@ def ft_cfg(source, mode, *extra):
 
 def engine_for(cfg):
     validate(cfg)
-    return build_engine(cfg, CPU, None, Reporter("off"))
+    return build_engine(cfg, CPU, None, Reporter("off"))[0]
 
 
 def source_state(run) -> dict[str, torch.Tensor]:
@@ -95,7 +95,7 @@ def test_invariant2_gradual_unfreeze_trains_the_scheduled_groups_each_epoch(mlp_
     def check(opt):
         groups = sorted(g for g in ["block1", "block2", "head"]
                         if any(p.requires_grad for p in engine.model.group(g).parameters()))
-        observed.append((engine.state.stage, engine.state.epoch, tuple(groups)))
+        observed.append((engine.state.stage, engine.state.cur.epoch, tuple(groups)))
 
     with after_each_backward(check):
         engine.run()
@@ -123,7 +123,7 @@ def test_invariant4_lp_ft_stage2_starts_with_the_probes_predictions(mlp_source, 
 
     rundir = RunDir(tmp_path / "run")
     rundir.checkpoints.mkdir(parents=True)
-    engine = build_engine(cfg, CPU, rundir, Reporter("off"))
+    engine = build_engine(cfg, CPU, rundir, Reporter("off"))[0]
     x = engine.data.normalize(engine.data.val.x)
     first = {}
 

@@ -20,8 +20,8 @@ from safetensors import safe_open
 from stagetrain.errors import StagetrainError
 from stagetrain.growth import deepen, map_optimizer_state, optimizer_state_by_name, widen
 from stagetrain.models import StagedModel, build_spec, count_parameters
-from stagetrain.runner import train
 from stagetrain.rundir import read_metrics
+from stagetrain.runner import train
 
 
 def _model(name="mlp", dtype=torch.float64, **over) -> StagedModel:

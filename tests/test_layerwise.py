@@ -28,9 +28,9 @@ from stagetrain.engine import Engine
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
+from stagetrain.rundir import RunDir
 from stagetrain.runner import build_engine as run_build_engine
 from stagetrain.runner import train
-from stagetrain.rundir import RunDir
 from stagetrain.strategies import STRATEGIES
 
 FAST = ("device=cpu", "train.epochs=2", "strategy.epochs_per_layer=2")
@@ -58,7 +58,7 @@ def build_engine(cfg, run_dir: Path | None = None) -> Engine:
     if run_dir is not None:
         rundir = RunDir(run_dir)
         rundir.checkpoints.mkdir(parents=True, exist_ok=True)
-    return run_build_engine(cfg, CPU, rundir, Reporter("off"))
+    return run_build_engine(cfg, CPU, rundir, Reporter("off"))[0]
 
 
 def greedy_indices(engine: Engine) -> list[int]:

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_cli
 
-from stagetrain.runner import train
 from stagetrain.rundir import read_metrics
+from stagetrain.runner import train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -193,15 +193,18 @@ def test_a_dry_run_sweep_writes_nothing(tmp_path):
 
 
 def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data(data_root):
+    from stagetrain.config import validate
     from stagetrain.data import dataset_meta
-    from stagetrain.runner import estimate_plan, initial_spec
+    from stagetrain.dryrun import estimate_plan
+    from stagetrain.runner import initial_spec
     from stagetrain.strategies import STRATEGIES
 
     cfg = make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=mnist",
                    "dataset=fashion_mnist", "dataset.labeled_fraction=0.1", "model.widths=[32]")
-    shape, classes, n_train, n_labeled = dataset_meta(cfg.dataset)
-    spec = initial_spec(cfg, shape, classes)
-    rows = estimate_plan(cfg, STRATEGIES["finetune"].build(cfg, spec), spec, n_train, n_labeled)
+    settings = validate(cfg)
+    shape, classes, n_train, n_labeled = dataset_meta(settings.dataset)
+    spec = initial_spec(settings, shape, classes)
+    rows = estimate_plan(settings, STRATEGIES["finetune"].build(settings, spec), spec, n_train, n_labeled)
     pretrain, finetune = rows[0], rows[-1]
     assert pretrain["stage"].dataset == "source" and pretrain["samples"] == n_train, "all of MNIST"
     assert finetune["samples"] == n_labeled and n_labeled < n_train / 5, "10% of Fashion-MNIST"

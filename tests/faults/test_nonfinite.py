@@ -17,10 +17,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from stagetrain import checkpoint as ckpt
 from stagetrain.engine import NONFINITE_MAX_IN_A_ROW
+from stagetrain.engine.nonfinite import NonFiniteGuard
 from stagetrain.errors import StagetrainError
 from stagetrain.progress import Reporter
-from stagetrain.runner import build_engine, train
 from stagetrain.rundir import read_metrics
+from stagetrain.runner import build_engine, train
 
 BASE = ["strategy=scratch", "model.widths=[32,16]", "train.epochs=3", "device=cpu", "plots=false",
         "checkpoint.every_steps=1"]
@@ -108,15 +109,17 @@ def test_batched_check_off_cpu_reads_its_flag_before_a_checkpoint():
     """The GPU path (no sync per step): a NaN gradient only sets a device-side flag; the
     flag is read when a checkpoint may follow, and then the run stops."""
     cfg = make_cfg(*BASE)
-    engine = build_engine(cfg, torch.device("cpu"), None, Reporter("off"))
+    engine = build_engine(cfg, torch.device("cpu"), None, Reporter("off"))[0]
     stage = engine.plan.stages[0]
-    engine.optimizer = torch.optim.SGD(engine.model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(engine.model.parameters(), lr=0.1)
+    guard = NonFiniteGuard("stop", "cuda", engine.state, lambda event: None)  # the GPU path's batched mode
+    assert not guard.exact
     for i, p in enumerate(engine.model.parameters()):
         p.grad = torch.full_like(p, float("nan") if i == 1 else 1.0)
     loss = torch.tensor(0.5)
-    assert engine._nonfinite_grads(0, stage, loss, exact=False, look=False) is False
+    assert guard.grads(0, stage, optimizer, loss, look=False) is False
     with pytest.raises(StagetrainError, match="non-finite"):
-        engine._nonfinite_grads(0, stage, loss, exact=False, look=True)
+        guard.grads(0, stage, optimizer, loss, look=True)
     for p in engine.model.parameters():
         p.grad = torch.ones_like(p)
-    assert engine._nonfinite_grads(0, stage, loss, exact=False, look=True) is False  # flag cleared
+    assert guard.grads(0, stage, optimizer, loss, look=True) is False  # flag cleared

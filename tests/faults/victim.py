@@ -33,9 +33,10 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import stagetrain.checkpoint as ckpt_module
+import stagetrain.checkpoint.io as ckpt_io_module
 import stagetrain.cli
 import stagetrain.engine as engine_module
-import stagetrain.runner as run_module
+import stagetrain.record as record_module
 import stagetrain.rundir as rundir_module
 
 RECORD = struct.Struct("<qqqq")  # started, resumed_step, completed_steps, fired
@@ -165,5 +166,6 @@ def _arm_write(plan: dict[str, Any], at: int, rec: _Record, done: Any) -> None:
 
     os.fsync, os.replace = fsync, replace
     ckpt_module.atomic_write = atomic_write
+    ckpt_io_module.atomic_write = atomic_write
     rundir_module.atomic_write = atomic_write
-    run_module.atomic_write = atomic_write
+    record_module.atomic_write = atomic_write

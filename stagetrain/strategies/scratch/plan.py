@@ -8,14 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagetrain.errors import StagetrainError
 from stagetrain.plan import Plan
 from stagetrain.strategies.common import all_groups, stage_from_cfg
-
-
-def validate(cfg: Any) -> None:
-    if cfg.strategy.epochs is not None and cfg.strategy.epochs <= 0:
-        raise StagetrainError(f"strategy.epochs={cfg.strategy.epochs} is out of range: it must be > 0.")
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:

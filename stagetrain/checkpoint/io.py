@@ -1,4 +1,4 @@
-"""Checkpoints: plain dicts of tensors and primitives, written atomically, read safely.
+"""Checkpoint files: atomic writes, the content digest, and safe loading.
 
 A checkpoint never holds a pickled object of ours (no DictConfig, no module): it loads
 with ``torch.load(weights_only=True)``, which refuses anything that could execute code.
@@ -17,17 +17,16 @@ import io
 import json
 import logging
 import os
-import random
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
+from stagetrain.checkpoint.schema import CONFIG_KEY, REQUIRED
 from stagetrain.errors import StagetrainError
 
 log = logging.getLogger("stagetrain")
@@ -35,7 +34,6 @@ log = logging.getLogger("stagetrain")
 FORMAT = "stagetrain-checkpoint"
 FORMAT_VERSION = 2  # 2: adds the sha256 content digest; version 1 files (no digest) still load
 READABLE_VERSIONS = (1, 2)
-REQUIRED = ("format", "version", "arch", "model", "position", "config_yaml")
 # config keys that make a run what it is: a checkpoint in a run directory must agree on them
 IDENTITY_KEYS = ("seed", "dataset", "model", "strategy", "train", "optim", "sched")
 NOT_IDENTITY = {"dataset.root", "dataset.download"}
@@ -134,7 +132,8 @@ def digest(state: dict[str, Any]) -> str:
 
 
 def save(state: dict[str, Any], path: Path, keep_previous: Path | None = None) -> None:
-    """Write a checkpoint atomically, with its content digest added."""
+    """Write a checkpoint atomically, with format marker, version and content digest added."""
+    state = {"format": FORMAT, "version": FORMAT_VERSION, **state}
     buf = io.BytesIO()
     torch.save({**state, "sha256": digest(state)}, buf)
     try:
@@ -192,7 +191,8 @@ def load(path: Path) -> dict[str, Any]:
             f"Checkpoint {path} has format version {state.get('version')!r}; this stagetrain "
             f"reads versions {', '.join(map(str, READABLE_VERSIONS))}."
         )
-    missing = [k for k in REQUIRED + (("sha256",) if state["version"] >= 2 else ()) if k not in state]
+    missing = [k for k in ("format", "version", *REQUIRED) + (("sha256",) if state["version"] >= 2 else ())
+               if k not in state]
     if missing:
         raise StagetrainError(f"Checkpoint {path} is incomplete: it lacks {', '.join(missing)}.")
     if "sha256" in state and digest(state) != state["sha256"]:
@@ -220,7 +220,7 @@ def _check_belongs_to_run(path: Path, state: dict[str, Any]) -> None:
         return
     try:
         run_cfg = json.loads(run_json.read_text()).get("config") or {}
-        ckpt_cfg = yaml.safe_load(state["config_yaml"]) or {}
+        ckpt_cfg = yaml.safe_load(state[CONFIG_KEY]) or {}
     except (OSError, ValueError, yaml.YAMLError):
         return  # run.json being rewritten or not ours to judge: the other checks stand
     ours = _leaves({k: run_cfg.get(k) for k in IDENTITY_KEYS if k in run_cfg})
@@ -258,28 +258,3 @@ def preflight_disk(folder: Path, n_params: int, optim: Any, stages: int) -> str 
                f"({_human(need)}). A checkpoint write may fail with a full disk.")
     log.warning("%s", message)
     return message
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the run draws from, as tensors and lists (safe to load)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

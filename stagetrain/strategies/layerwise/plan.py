@@ -16,38 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagetrain.config import OBJECTIVES, as_list
-from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.plan import Plan, Stage
+from stagetrain.schema import as_list
 from stagetrain.strategies.common import all_groups, stage_from_cfg
-
-
-def validate(cfg: Any) -> None:
-    s = cfg.strategy
-    check_choice("strategy.objective", s.objective, OBJECTIVES)
-    check_choice("strategy.cache", s.cache, ("auto", "on", "off"))
-    check_choice("strategy.cache_dtype", s.cache_dtype, ("fp32", "bf16"))
-    if s.optimizer is not None:
-        check_choice("strategy.optimizer", s.optimizer, ("sgd", "adam", "adamw"))
-    for key, value in (("strategy.epochs_per_layer", s.epochs_per_layer), ("strategy.cd_k", s.cd_k),
-                       ("strategy.lr", s.lr), ("strategy.rbm_lr", s.rbm_lr),
-                       ("strategy.finetune.epochs", s.finetune.epochs), ("strategy.finetune.lr", s.finetune.lr)):
-        if value is not None and not value > 0:
-            raise StagetrainError(f"{key}={value} is out of range: it must be > 0.")
-    if s.finetune.head_warmup_epochs < 0:
-        raise StagetrainError(f"strategy.finetune.head_warmup_epochs={s.finetune.head_warmup_epochs} must be >= 0.")
-    for level in as_list(s.noise):
-        if not isinstance(level, int | float) or not 0 <= level < 1:
-            raise StagetrainError(f"strategy.noise={as_list(s.noise)} is not valid: give masking levels in [0, 1), one value or one per layer.")
-    if s.aux_head != "linear" and not (isinstance(s.aux_head, int) and s.aux_head >= 0):
-        raise StagetrainError(f"strategy.aux_head={s.aux_head!r} is not valid: use 'linear' or a number of extra conv layers (>= 0).")
-    if s.objective == "rbm":
-        m = cfg.model
-        if m.name != "mlp" or m.activation != "sigmoid" or m.bn:
-            raise StagetrainError(
-                "strategy.objective=rbm trains each block as a restricted Boltzmann machine, which needs "
-                "sigmoid MLP blocks without BatchNorm: add model=mlp model.activation=sigmoid model.bn=false."
-            )
 
 
 def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:

@@ -1,0 +1,32 @@
+"""Resume: pick the newest readable checkpoint of a run directory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stagetrain.checkpoint.io import load
+from stagetrain.checkpoint.schema import describe
+from stagetrain.errors import StagetrainError
+
+log = logging.getLogger("stagetrain")
+
+
+def latest_state(rundir: Any) -> dict[str, Any] | None:
+    """Newest readable checkpoint (last, its predecessor, stage ends); a bad one is reported
+    and the previous good one used. None: start the run again in the same directory."""
+    candidates = rundir.resume_candidates()
+    for path in candidates:
+        try:
+            state = load(path)
+        except StagetrainError as e:
+            log.warning("%s Falling back to the previous checkpoint.", e)
+            continue
+        log.info("Resuming from %s (%s)", path, describe(state))
+        return state
+    if candidates:
+        log.warning("No checkpoint in %s could be read (see above); the run starts again from the "
+                    "beginning in the same directory.", rundir.checkpoints)
+    else:
+        log.info("%s holds no checkpoint yet; the run starts from the beginning.", rundir.path)
+    return None

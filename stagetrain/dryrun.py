@@ -1,0 +1,83 @@
+"""``dry_run=true``: the plan as a table -- stages, growth operations, what trains, budget,
+estimated FLOPs -- computed with the engine's own stage entry (``runtime.prepare``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stagetrain.data import dataset_meta
+from stagetrain.engine.runtime import planned_length, prepare
+from stagetrain.growth import apply_op
+from stagetrain.models import StagedModel, count_parameters
+from stagetrain.plan import Plan, Stage
+from stagetrain.schema import RunConfig
+from stagetrain.strategies import hook
+
+
+def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int,
+                  n_labeled: int) -> list[dict[str, Any]]:
+    """Per stage: samples per epoch, planned epochs and estimated training FLOPs with and
+    without caching (a FLOP-bounded stage: what its budget buys)."""
+    model = StagedModel(spec)
+    x = torch.randn(2, *spec["in_shape"])
+    if plan.input_norm == "unit":
+        x = x.sigmoid()
+    y = torch.zeros(2, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    extra = (hook(cfg.strategy.name, "datasets") or (lambda c: {}))(cfg)  # e.g. in-run pretraining
+    sizes = {"target": (n_train, n_labeled), **{k: tuple(dataset_meta(v)[2:4]) for k, v in extra.items()}}
+    bs = int(cfg.train.batch_size)
+    rows = []
+    for stage in plan.stages:
+        for op in stage.ops:
+            model, _ = apply_op(model, op, g)
+        _, p, step, pre = prepare(model, stage, x, y)
+        n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
+        n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
+        spe = max(1, -(-n // bs))
+        cacheable = p > 0 and stage.cache != "off"
+        epochs, steps = planned_length(stage, n, bs, spe, step + (0.0 if cacheable else pre))
+        samples = min(n * epochs, steps * bs)
+        plain = (step + pre) * samples
+        cached = pre * n + step * samples
+        use_cache = cacheable and (stage.cache == "on" or epochs >= 2)
+        rows.append({"stage": stage, "samples": n, "epochs": epochs, "params": count_parameters(model),
+                     "flops": cached if use_cache else plain, "flops_no_cache": plain,
+                     "flops_cache": cached if p > 0 else None, "growth": describe_ops(stage)})
+    return rows
+
+
+def describe_ops(stage: Stage) -> str:
+    """'widen block1 16->64 (net2net, noise 0)' etc., one per growth op of the stage."""
+    out = []
+    for op in stage.ops:
+        if op["op"] == "widen":
+            out.append(f"widen {op['block']} to {op['width']} ({op['method']}, noise {op['noise']:g})")
+        elif op["op"] == "deepen":
+            out.append(f"deepen after {op['after']} ({op['kind']})")
+        else:
+            out.append(op["op"])
+    return "; ".join(out)
+
+
+def print_plan(plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
+    from rich.table import Table
+
+    from stagetrain.progress import make_console
+
+    table = Table(title=f"stagetrain plan: strategy={plan.strategy} ({params:,} parameters at the start)")
+    for col in ("stage", "name", "growth", "objective", "trains", "data", "epochs", "params",
+                "est. FLOPs", "FLOPs no cache"):
+        table.add_column(col)
+    for k, row in enumerate(rows):
+        s = row["stage"]
+        budget = str(row["epochs"]) if s.epochs is not None else f"{row['epochs']} ({s.max_flops:.3g} FLOPs)"
+        table.add_row(str(k + 1), s.name, row["growth"] or "-", s.objective, ", ".join(s.trainable),
+                      f"{s.data} ({row['samples']:,}/epoch)", budget, f"{row['params']:,}", f"{row['flops']:.3g}",
+                      f"{row['flops_no_cache']:.3g}" if row["flops_cache"] is not None else "-")
+    console = make_console()
+    console.print(table)
+    total = sum(r["flops"] for r in rows)
+    console.print(f"Total estimated training FLOPs: {total:.3g}. Dry run: nothing was trained or written.")

@@ -1,0 +1,302 @@
+"""The engine: the one training loop, which runs any plan. Per stage: grow, enter
+(``runtime.enter_stage``), then epochs of steps -- a batch is a slice of a seeded
+permutation; forward, backward, optimizer step; FLOPs and time counted -- each followed by
+evaluation, logs, a checkpoint and the stop decision (with its reason)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from stagetrain import distributed
+from stagetrain.checkpoint import save, set_rng_state, snapshot
+from stagetrain.checkpoint.schema import restore
+from stagetrain.data import DataBundle, epoch_permutation
+from stagetrain.engine import ranks, stopping
+from stagetrain.engine.cache import build_cache
+from stagetrain.engine.evaluate import evaluate
+from stagetrain.engine.nonfinite import NONFINITE_LOOK_EVERY, NonFiniteGuard
+from stagetrain.engine.options import EngineOptions
+from stagetrain.engine.runtime import StageRuntime, enter_stage, set_train_mode
+from stagetrain.engine.state import RunState, StageState
+from stagetrain.errors import StopRequested
+from stagetrain.growth import apply_op, optimizer_state_by_name
+from stagetrain.models import StagedModel, count_parameters
+from stagetrain.plan import Plan, Stage, StopReason
+from stagetrain.progress import Reporter
+from stagetrain.rundir import MetricsLog, RunDir
+
+Event = dict[str, Any]
+
+
+class Engine:
+    """Runs a Plan with EngineOptions on a model and its datasets; everything it talks to
+    (run directory, progress reporter, signal flag, metric sinks, run.json updater) is
+    given here."""
+
+    def __init__(self, plan: Plan, options: EngineOptions, datasets: dict[str, DataBundle], model: StagedModel,
+                 device: torch.device, reporter: Reporter, rundir: RunDir | None = None,
+                 stop_flag: dict[str, Any] | None = None, sinks: list[Callable[[Event], None]] | None = None,
+                 on_update: Callable[[Engine], None] | None = None):
+        self.plan, self.opts, self.datasets, self.model = plan, options, datasets, model
+        self.device, self.reporter, self.rundir = device, reporter, rundir
+        self.stop_flag = stop_flag if stop_flag is not None else {}
+        self.sinks, self.on_update = sinks or [], on_update
+        self.world = distributed.world_size()  # processes under torchrun; 1 otherwise
+        self.state = RunState()
+        self.rt: StageRuntime | None = None  # the stage in progress
+        self.metrics: MetricsLog | None = None
+        self.nonfinite = NonFiniteGuard(options.on_nonfinite, device.type, self.state, self._log)
+        self._pending: dict[str, Any] | None = None  # a checkpoint being resumed, until its stage is entered
+        self._agreed_stop = False  # under torchrun: a signal reached some rank (agreed each step)
+
+    @property
+    def data(self) -> DataBundle:
+        return self.datasets["target"]
+
+    @property
+    def helper(self) -> nn.Module | None:
+        return self.rt.helper if self.rt is not None else None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self.rt.optimizer if self.rt is not None else None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's model and position; stage objects are restored on entry."""
+        saved = restore(state)
+        self.model = StagedModel(saved.arch).to(self.device)
+        self.model.load_state_dict(saved.model)
+        self.state = self.nonfinite.state = RunState.from_flat(saved.run_state)
+        if distributed.rank() != 0:  # the saved epoch sums are global: rank 0 carries them on
+            self.state.cur.epoch_sums = [0.0, 0.0, 0.0]
+        self._pending = state
+
+    def run(self) -> dict[str, float]:
+        """Run the plan from the current state to the end; returns the final metrics."""
+        recorded = restore(self._pending).metrics_lines if self._pending is not None else None
+        if self.rundir is not None:
+            self.metrics = MetricsLog(self.rundir.metrics, recorded)
+        try:
+            for k in range(self.state.stage, len(self.plan.stages)):
+                if self.state.run_stop is not None:
+                    break
+                self._run_stage(k, self.plan.stages[k])
+            return self._finish()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run_stage(self, k: int, stage: Stage) -> None:
+        st, pending = self.state, self._pending
+        resuming_inside = pending is not None and st.in_stage
+        if pending is not None and not st.in_stage:
+            set_rng_state(restore(pending).rng)  # stage-start checkpoint: RNG before entry
+        mappings = self._grow(k, stage) if stage.ops and not st.in_stage else []
+        prev = st.prev_optim if self.plan.optimizer_state == "map" and not st.in_stage else None
+        self.rt = rt = enter_stage(self.model, stage, self.datasets[stage.dataset], self.plan, self.opts,
+                                   self.world, prev, mappings)
+        if resuming_inside:
+            saved = restore(pending)
+            if rt.helper is not None and saved.helper is not None:
+                rt.helper.load_state_dict(saved.helper)
+            rt.optimizer.load_state_dict(saved.optimizer)
+            rt.scheduler.load_state_dict(saved.scheduler)
+            set_rng_state(saved.rng)
+        else:
+            self._log({"event": "stage_start", "stage": k + 1, "stage_name": stage.name,
+                       "trainable": list(stage.trainable), "objective": stage.objective,
+                       "params": count_parameters(self.model)})
+        self._pending, st.in_stage = None, True
+        self.reporter.stage_start(f"stage {k + 1}/{len(self.plan.stages)} {stage.name}", rt.total_steps,
+                                  st.cur.epoch * rt.steps_per_epoch + st.cur.batch)
+        while st.cur.stop is None and st.cur.epoch < rt.epochs:
+            if rt.cache_note == "pending":
+                build_cache(rt, self.model, stage, self.opts, self.plan.input_norm, st)
+            self._train_epoch(k, stage, rt)
+            self._end_epoch(k, stage, rt)
+        self._end_stage(k, stage, rt)
+
+    def _grow(self, k: int, stage: Stage) -> list[dict[str, Any]]:
+        """Apply the stage's growth ops; log the probe-batch loss just before and after."""
+        before, params = self._evaluate(None, "val", limit=256), count_parameters(self.model)
+        g = torch.Generator().manual_seed(self.opts.seed * 7919 + k)
+        mappings = []
+        for op in stage.ops:
+            self.model, info = apply_op(self.model, op, g)
+            mappings.append(info)
+        after = self._evaluate(None, "val", limit=256)
+        self._log({"event": "growth", "stage": k + 1, "stage_name": stage.name, "ops": stage.ops,
+                   "probe_loss_before": before["loss"], "probe_loss_after": after["loss"],
+                   "params_before": params, "params_after": count_parameters(self.model),
+                   "step": self.state.global_step, "flops": self.state.flops})
+        return mappings
+
+    def _train_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
+        st, cur, bs = self.state, self.state.cur, self.opts.batch_size
+        perm = epoch_permutation(len(rt.indices), self.opts.seed, k, cur.epoch, self.device)
+        per_sample = rt.step_flops + (rt.prefix_flops if rt.cache is None else 0.0)
+        start = time.perf_counter()
+        for b in range(cur.batch, rt.steps_per_epoch):
+            positions = perm[b * bs:(b + 1) * bs] if b < rt.steps_per_epoch - 1 else perm[b * bs:]
+            m = len(positions)
+            if m >= self.world:  # a last batch smaller than the number of ranks: skipped by all
+                self._step(k, stage, rt, positions, b)
+                st.global_step += 1
+                cur.steps += 1
+                cur.samples += m
+                st.charge(flops=per_sample * m)
+                self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}")
+                stopping.after_step(self.plan, stage, st)
+            cur.batch = b + 1
+            signal = self.stop_flag.get("signal") if self.world == 1 else self._agreed_stop
+            if signal or (self.opts.every_steps and st.global_step % self.opts.every_steps == 0):
+                st.charge(seconds=time.perf_counter() - start)
+                start = time.perf_counter()
+                self._save_last(k, stage)
+                if signal:
+                    raise StopRequested(self.stop_flag.get("signal") or "a signal to another rank")
+            if cur.stop is not None:
+                break
+        st.charge(seconds=time.perf_counter() - start)
+
+    def _step(self, k: int, stage: Stage, rt: StageRuntime, positions: torch.Tensor, b: int) -> None:
+        """One batch: forward, non-finite checks, backward, optimizer and schedule step."""
+        mine = distributed.shard(positions) if self.world > 1 else positions  # this rank's slice
+        idx = rt.indices[mine]
+        y = rt.data.train.y[idx]
+        if rt.cache is not None:
+            h = rt.cache[mine].float()
+        else:
+            h = rt.data.normalize(rt.data.train.x[idx], self.plan.input_norm)
+            if rt.prefix > 0:
+                with torch.no_grad():
+                    h = self.model.features(h, 0, rt.prefix)
+        with ranks.noise(self.opts.seed, self.state.global_step, self.device, self.world), torch.autocast(self.device.type, torch.bfloat16, enabled=self.opts.bf16):
+            loss, logits = rt.step(h, y)
+        guard = self.nonfinite
+        if self.world > 1:
+            loss, self._agreed_stop = ranks.agree_step(loss, guard.exact, bool(self.stop_flag.get("signal")))
+        skip = guard.exact and not math.isfinite(loss.item()) and guard.found(k, stage, "loss")
+        rt.optimizer.zero_grad(set_to_none=True)
+        if not skip:
+            # DDP averages over ranks; slices of unequal size are weighted to the global mean
+            share = len(mine) * self.world / len(positions)
+            (loss if share == 1 else loss * share).backward()
+            skip = guard.grads(k, stage, rt.optimizer, loss, self._save_due(b, stage, rt))
+        if not skip:
+            rt.optimizer.step()
+            self.state.nonfinite_streak = 0
+        rt.scheduler.step()
+        if not skip:  # a skipped batch counts in neither the epoch's loss nor its accuracy
+            sums = self.state.cur.epoch_sums  # this rank's share; summed over ranks at the epoch end
+            sums[0] += loss.detach() * len(mine)
+            if logits is not None:
+                sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(mine)
+
+    def _save_due(self, b: int, stage: Stage, rt: StageRuntime) -> bool:
+        """Whether a checkpoint may be written after this batch (the batched check looks then)."""
+        step, every = self.state.global_step + 1, self.opts.every_steps
+        return (b == rt.steps_per_epoch - 1 or bool(every and step % every == 0)
+                or bool(self.stop_flag.get("signal")) or self.world > 1
+                or self.plan.flop_budget is not None or stage.max_flops is not None
+                or step % NONFINITE_LOOK_EVERY == 0)
+
+    def _end_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
+        st, cur = self.state, self.state.cur
+        sums = distributed.all_sum(cur.epoch_sums) if self.world > 1 else cur.epoch_sums
+        loss_sum, correct, n = (float(v) for v in sums)
+        if not math.isfinite(loss_sum):
+            self.nonfinite.found(k, stage)
+        train = {"loss": loss_sum / max(n, 1)}
+        if stage.objective == "supervised":
+            train["acc"] = correct / max(n, 1)
+        val = self._evaluate(stage, "val")
+        base = {"stage": k + 1, "stage_name": stage.name, "epoch": cur.epoch + 1,
+                "step": st.global_step, "flops": st.flops, "time": round(st.seconds, 4)}
+        self._log({**base, "split": "train", "lr": rt.optimizer.param_groups[-1]["lr"], **train})
+        self._log({**base, "split": "val", **val})
+        cur.metrics = {**{f"train/{m}": v for m, v in train.items()}, **{f"val/{m}": v for m, v in val.items()}}
+        stopping.update_best(st, val)
+        is_best = stage.uses_head and (st.best is None or val["acc"] > st.best)
+        if is_best:
+            st.best = val["acc"]
+        cur.epoch, cur.batch, cur.epoch_sums = cur.epoch + 1, 0, [0.0, 0.0, 0.0]
+        stopping.after_epoch(self.plan, stage, st, rt.epochs, self.opts.patience)
+        self.reporter.epoch_end(f"stage {k + 1} {stage.name} epoch {cur.epoch}/{rt.epochs}: "
+                                + " ".join(f"{m}={v:.4f}" for m, v in cur.metrics.items()))
+        self._save_last(k, stage)
+        if is_best and self.rundir is not None:
+            save(self._snapshot(k, stage), self.rundir.best)
+        if self.on_update is not None:
+            self.on_update(self)
+
+    def _end_stage(self, k: int, stage: Stage, rt: StageRuntime) -> None:
+        st, cur = self.state, self.state.cur
+        if stage.helper_to_head and rt.helper is not None:
+            self.model.head.layer.load_state_dict(rt.helper.layer.state_dict())
+        reason = StopReason(cur.stop or StopReason.EPOCHS.value)
+        score = stopping.complexity(self.plan, stage, st, count_parameters(self.model))
+        st.prev_optim = optimizer_state_by_name(rt.optimizer, self.model) if self.plan.optimizer_state == "map" else {}
+        st.summaries.append({
+            "stage": k + 1, "name": stage.name, "objective": stage.objective,
+            "trainable": list(stage.trainable), "epochs": cur.epoch, "steps": cur.steps,
+            "samples": cur.samples, "flops": cur.flops, "seconds": round(cur.seconds, 3),
+            "params": count_parameters(self.model), "cache": rt.cache_note,
+            "final": dict(cur.metrics), "best": dict(cur.best_metrics),
+            "stop_reason": reason.value, "stop_message": reason.message, "complexity_score": score,
+        })
+        self._log({"event": "stage_end", "stage": k + 1, "stage_name": stage.name,
+                   "stop_reason": reason.value, "flops": st.flops, "time": round(st.seconds, 4)})
+        self.rt = None
+        st.stage, st.in_stage, st.cur = k + 1, False, StageState()
+        if self.rundir is not None:
+            state = self._snapshot(k + 1, None)
+            if self.opts.stage_checkpoints:
+                save(state, self.rundir.stage_checkpoint(k, stage.name))
+            save(state, self.rundir.last, keep_previous=self.rundir.last_prev)
+
+    def _evaluate(self, stage: Stage | None, split: str, limit: int | None = None) -> dict[str, float]:
+        bundle = self.data if stage is None else self.datasets[stage.dataset]
+        out = evaluate(self.model, self.helper, bundle, split, stage, self.plan.input_norm,
+                       self.opts.eval_batch_size, self.opts.bf16, limit)
+        if stage is not None and stage.trainable:
+            set_train_mode(self.model, self.helper, stage)
+        return out
+
+    def _finish(self) -> dict[str, float]:
+        g = torch.Generator().manual_seed(self.opts.seed)
+        for op in self.plan.final_ops:  # e.g. merge LoRA adapters into the weights
+            self.model, _ = apply_op(self.model, op, g)
+        final = {f"{split}/{m}": v for split in ("val", "test") for m, v in self._evaluate(None, split).items()}
+        self._log({"event": "final", "step": self.state.global_step, "flops": self.state.flops,
+                   "time": round(self.state.seconds, 4), **final})
+        return final
+
+    def _log(self, event: Event) -> None:
+        if self.metrics is not None and self.metrics.log(event):
+            for sink in self.sinks:  # e.g. TensorBoard; sees each event once, as the file does
+                sink(event)
+
+    def _snapshot(self, k: int, stage: Stage | None, run_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        rt = self.rt if stage is not None else None
+        return snapshot(self.model, rt.helper if rt else None, rt.optimizer if rt else None,
+                        rt.scheduler if rt else None, k, stage.name if stage else None,
+                        run_state or self.state.flat(), self.opts.config_yaml,
+                        list(stage.trainable) if stage else [], self.metrics.position if self.metrics else 0)
+
+    def _save_last(self, k: int, stage: Stage) -> None:
+        sums = self.state.cur.epoch_sums
+        if self.world > 1:  # every rank joins; rank 0 saves the global sums
+            sums = distributed.all_sum(sums)
+        if self.rundir is None:
+            return
+        flat = self.state.flat()
+        flat["epoch_sums"] = [float(v) for v in sums]
+        save(self._snapshot(k, stage, flat), self.rundir.last, keep_previous=self.rundir.last_prev)

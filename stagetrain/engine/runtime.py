@@ -1,0 +1,195 @@
+"""Entering a stage: what trains, in which mode, with which optimizer, schedule and cache.
+
+``enter_stage`` returns a small ``StageRuntime`` that the loop uses until the stage ends.
+``prepare`` is its model-only part (helper, freezing, FLOPs per sample), which the dry
+run shares, so a dry-run estimate is computed exactly as the run will count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from stagetrain.data import DataBundle
+from stagetrain.engine.options import EngineOptions
+from stagetrain.flops import PROBE_BATCH, measure_step_flops
+from stagetrain.growth import map_optimizer_state
+from stagetrain.models import StagedModel
+from stagetrain.objectives import build_helper, stage_loss
+from stagetrain.optim import build_optimizer, build_scheduler, param_groups
+from stagetrain.plan import Plan, Stage
+
+
+def prefix_len(model: StagedModel, stage: Stage) -> int:
+    """Number of leading blocks of the stage's path that are frozen: their output is the
+    stage's input, computed without gradients (and cached when that pays)."""
+    if stage.bn != "eval":  # frozen BN layers that update statistics are not a fixed function
+        return 0
+    stop = len(model.block_names) if stage.stop_block is None else stage.stop_block
+    p = 0
+    while p < stop and model.block_names[p] not in stage.trainable:
+        p += 1
+    return p
+
+
+def freeze(model: StagedModel, stage: Stage) -> None:
+    """requires_grad True exactly for what the stage trains.
+
+    A trainable group trains whole unless ``stage.partial`` names the parameter-name
+    prefixes that train in it (BitFit: biases; LoRA: adapters). ``stage.bn=train_affine``
+    also trains the BatchNorm scale and shift of frozen groups.
+    """
+    for p in model.parameters():  # no stale gradient from the previous stage stays behind
+        p.grad = None
+    for name in [*model.block_names, "head"]:
+        group = model.group(name)
+        if name in stage.trainable and name in stage.partial:
+            for pname, p in group.named_parameters():
+                p.requires_grad_(any(pname.startswith(prefix) for prefix in stage.partial[name]))
+        else:
+            group.requires_grad_(name in stage.trainable)
+            if name not in stage.trainable and stage.bn == "train_affine":
+                for m in group.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.requires_grad_(True)
+
+
+def set_train_mode(model: StagedModel, helper: nn.Module | None, stage: Stage) -> None:
+    """Train mode for what trains; frozen groups stay in eval (BN stats, dropout frozen)."""
+    model.train()
+    for name in [*model.block_names, "head"]:
+        if name not in stage.trainable:
+            model.group(name).eval()
+            if stage.bn != "eval":  # train_stats / train_affine: frozen BN keeps updating statistics
+                for m in model.group(name).modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.train()
+    if helper is not None:
+        helper.train()
+
+
+class StageStep(nn.Module):
+    """A stage's training forward as one module: the loss of a batch that enters block ``prefix``.
+
+    It is what DDP wraps (so a stage's helper -- auxiliary head, decoder, visible bias --
+    has its gradients averaged with the blocks it trains) and what ``device.compile``
+    compiles; a new one is built at every stage entry.
+    """
+
+    def __init__(self, stage: Stage, model: StagedModel, helper: nn.Module | None, prefix: int):
+        super().__init__()
+        self.stage, self.model, self.helper, self.prefix = stage, model, helper, prefix
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return stage_loss(self.stage, self.model, self.helper, h, y, self.prefix, True)
+
+
+@dataclass
+class StageRuntime:
+    """What the loop needs while a stage runs; dropped when it ends."""
+
+    data: DataBundle
+    helper: nn.Module | None
+    prefix: int  # frozen leading blocks whose output is the stage's input
+    indices: torch.Tensor  # the training samples the stage uses
+    steps_per_epoch: int
+    epochs: int  # planned epochs (stage.epochs, or what its FLOP budget buys)
+    total_steps: int  # planned optimizer steps (the schedule's length)
+    step_flops: float  # training FLOPs per sample, blocks after the prefix
+    prefix_flops: float  # forward FLOPs per sample of the frozen prefix
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: nn.Module  # StageStep, DDP-wrapped and/or compiled
+    cache: torch.Tensor | None = None
+    cache_note: str = "off"  # off | pending | on (...) | off (why)
+
+
+def prepare(model: StagedModel, stage: Stage, x: torch.Tensor, y: torch.Tensor
+            ) -> tuple[nn.Module | None, int, float, float]:
+    """The stage's helper, its frozen prefix and FLOPs per sample, with freezing applied."""
+    helper = build_helper(stage.helper)
+    if helper is not None:
+        helper.to(x.device)
+    freeze(model, stage)
+    prefix = prefix_len(model, stage)
+    step_flops, prefix_flops = measure_step_flops(stage, model, helper, x, y, prefix)
+    return helper, prefix, step_flops, prefix_flops
+
+
+def stage_indices(data: DataBundle, stage: Stage, seed: int) -> torch.Tensor:
+    base = data.labeled if stage.data == "labeled" else torch.arange(len(data.train), device=data.labeled.device)
+    if stage.data_fraction < 1.0:  # nested subsets: a fixed seeded order, growing prefix
+        order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed + 17))
+        base = base[order[: max(1, round(stage.data_fraction * len(base)))].to(base.device)]
+    return base
+
+
+def planned_length(stage: Stage, n: int, batch_size: int, steps_per_epoch: int,
+                   flops_per_sample: float) -> tuple[int, int]:
+    """(epochs, optimizer steps) the stage plans for: its epochs, or what ``max_flops`` buys."""
+    if stage.epochs is not None:
+        return stage.epochs, stage.epochs * steps_per_epoch
+    samples = stage.max_flops / max(flops_per_sample, 1e-12)
+    steps = max(1, math.ceil(samples / batch_size))
+    return max(1, math.ceil(steps / steps_per_epoch)), steps
+
+
+def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, opts: EngineOptions,
+                world: int, prev_optim: dict[str, Any] | None, mappings: list[dict[str, Any]]) -> StageRuntime:
+    """Helper, freezing, optimizer (Adam moments mapped through growth when asked), schedule,
+    cache decision, train/eval modes and the stage's step module."""
+    indices = stage_indices(data, stage, opts.seed)
+    probe = indices[:PROBE_BATCH]
+    x, y = data.normalize(data.train.x[probe], plan.input_norm), data.train.y[probe]
+    helper, prefix, step_flops, prefix_flops = prepare(model, stage, x, y)
+    n, bs = len(indices), opts.batch_size
+    spe = max(1, n // bs if n % bs == 1 and n > bs else math.ceil(n / bs))
+    groups = {name: model.group(name) for name in [*model.block_names, "head"]}
+    if helper is not None:
+        groups["helper"] = helper
+    optimizer = build_optimizer(stage, param_groups(stage, groups))
+    if prev_optim:
+        map_optimizer_state(optimizer, model, prev_optim, mappings)
+    cacheable = prefix > 0 and stage.cache != "off"
+    epochs, total = planned_length(stage, n, bs, spe, step_flops + (0.0 if cacheable else prefix_flops))
+    scheduler = build_scheduler(optimizer, stage.sched, total, spe, opts.warmup_epochs, opts.step_size, opts.gamma)
+    set_train_mode(model, helper, stage)
+    step = build_step(StageStep(stage, model, helper, prefix), opts, world, x, y)
+    return StageRuntime(data, helper, prefix, indices, spe, epochs, total, step_flops, prefix_flops,
+                        optimizer, scheduler, step, cache_note="pending" if cacheable else "off")
+
+
+def build_step(step: nn.Module, opts: EngineOptions, world: int, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """Under torchrun wrapped in DDP, with ``device.compile`` compiled.
+
+    DDP is rebuilt for every stage, so it registers exactly the parameters this stage
+    trains (frozen ones have requires_grad False and are not synchronised). A trainable
+    parameter the stage's loss does not reach is found by one probe step on a copy (all
+    RNGs restored) and then declared (``find_unused_parameters``); otherwise DDP runs
+    without that per-step graph search.
+    """
+    trainable = any(p.requires_grad for p in step.parameters())
+    if world > 1 and trainable:
+        from torch.nn.parallel import DistributedDataParallel
+
+        probe = copy.deepcopy(step)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            with torch.no_grad():
+                h = probe.model.features(x, 0, probe.prefix)
+            loss, _ = probe(h, y)
+            loss.backward()
+        unused = [n for n, p in probe.named_parameters() if p.requires_grad and p.grad is None]
+        step = DistributedDataParallel(
+            step, device_ids=[x.device] if x.device.type == "cuda" else None,
+            find_unused_parameters=bool(unused))
+    if opts.compile:
+        torch._dynamo.reset()  # the previous stage's graphs are dead: a fresh cache per stage
+        cudagraphs = x.device.type == "cuda" and world == 1  # launch-bound small models
+        step = torch.compile(step, mode="reduce-overhead" if cudagraphs else None)
+    return step

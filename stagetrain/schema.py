@@ -1,0 +1,138 @@
+"""The config schema as plain dataclasses: what a composed config holds, typed.
+
+Hydra builds the config from these (``config.register_configs`` puts them in its
+ConfigStore) and ``config.settings`` turns a composed config into instances of them,
+so nothing below the run layer ever sees an OmegaConf object. A strategy's own options
+live in its folder (``strategies/<name>/config.py``) as a subclass of ``StrategyConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING: Any = "???"  # OmegaConf's marker for a value the config must set
+
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+DATASETS = (*IMAGE_DATASETS, "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle", "step")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
+OBJECTIVES = ("supervised", "autoencoder", "denoising", "rbm")
+CACHE_MAX_BYTES = 2 * 1024**3  # default budget of a frozen-prefix feature cache
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = "${oc.env:STAGETRAIN_DATA,'~/.cache/stagetrain'}"
+    download: bool = False
+    val_fraction: float = 0.1
+    labeled_fraction: float = 1.0
+    classes: list[int] | None = None
+    max_train: int | None = None
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetConfig):
+    name: str = "synthetic"
+    n_train: int = 2000
+    n_test: int = 500
+    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    num_classes: int = 10
+    noise: float = 2.0
+
+
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    widths: list[int] = field(default_factory=lambda: [256, 128, 64])
+    activation: str = "relu"
+    bn: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class CNNConfig:
+    name: str = "cnn"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    kernel: int = 3
+    pool: int = 2
+    bn: bool = True
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    patience: int | None = None
+    eval_batch_size: int = 1024
+    on_nonfinite: str = "stop"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"
+    step_size: int = 10
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    stage_checkpoints: bool = True
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    threads: int = 0
+    deterministic: bool = False
+
+
+@dataclass
+class StrategyConfig:
+    name: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = False
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = MISSING
+    model: Any = MISSING
+    strategy: StrategyConfig = MISSING
+    device: DeviceConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    resume: str = "never"
+    dry_run: bool = False
+    progress: str = "auto"
+    plots: bool = True
+
+
+def as_list(value: Any) -> list:
+    """A config value that may be a scalar or a list, as a plain list."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]

@@ -1,0 +1,116 @@
+"""finetune's options and their checks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from stagetrain.data import dataset_meta
+from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.schema import CACHE_MAX_BYTES, DATASETS, StrategyConfig
+
+MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
+RANDOM = "random"  # strategy.source=random: no transfer, the control run of a transfer sweep
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 4
+    alpha: float = 8.0
+    merge: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    enabled: bool = False
+    dataset: str | None = None
+    classes: list[int] | None = None
+    objective: str = "supervised"
+    epochs: int = 5
+    lr: float | None = None
+    noise: float = 0.2
+    tied: bool = True
+
+
+@dataclass
+class Config(StrategyConfig):
+    name: str = "finetune"
+    source: str | None = None
+    source_checkpoint: str = "best"
+    mode: str = "full"
+    epochs: int | None = None
+    lr: float | None = None
+    freeze_blocks: int = 1
+    new_layers: int = 1
+    unfreeze_every: int = 1
+    lr_decay: float | None = None
+    probe_epochs: int | None = None
+    ft_lr_factor: float = 0.1
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    bn: str = "eval"
+    head: str = "new"
+    cache: str = "auto"
+    cache_max_bytes: int = CACHE_MAX_BYTES
+    cache_dtype: str = "fp32"
+
+
+def validate(cfg: Any) -> None:
+    s = cfg.strategy
+    check_choice("strategy.mode", s.mode, MODES)
+    check_choice("strategy.bn", s.bn, ("eval", "train_stats", "train_affine"))
+    check_choice("strategy.head", s.head, ("new", "reuse"))
+    check_choice("strategy.cache", s.cache, ("auto", "on", "off"))
+    p = s.pretrain
+    if s.source == RANDOM and s.head == "reuse":
+        raise StagetrainError("strategy.head=reuse needs a source run; strategy.source=random has no head to reuse.")
+    if p.enabled:
+        if s.source not in (None, RANDOM):
+            raise StagetrainError("strategy.source and strategy.pretrain.enabled=true exclude each other: "
+                                  "transfer from a source run, or pretrain inside this run.")
+        check_choice("strategy.pretrain.objective", p.objective, ("supervised", "autoencoder", "denoising"))
+        if p.dataset is not None:
+            check_choice("strategy.pretrain.dataset", p.dataset, DATASETS)
+        if p.epochs <= 0 or (p.lr is not None and p.lr <= 0) or not 0 <= p.noise < 1:
+            raise StagetrainError("strategy.pretrain: epochs and lr must be > 0 and noise in [0, 1).")
+        if s.head == "reuse":
+            raise StagetrainError("strategy.head=reuse needs a source run; in-run pretraining always gets a new head.")
+        src_shape = dataset_meta(source_dataset_cfg(cfg))[0]
+        if tuple(src_shape) != tuple(dataset_meta(cfg.dataset)[0]):
+            raise StagetrainError(
+                f"strategy.pretrain.dataset={p.dataset} has inputs of shape {tuple(src_shape)}, but dataset="
+                f"{cfg.dataset.name} has {tuple(dataset_meta(cfg.dataset)[0])}; they must match.")
+        return _validate_numbers(s)
+    if s.source == RANDOM:  # the no-transfer control: the same stages from random weights
+        return _validate_numbers(s)
+    if s.source is None:
+        raise StagetrainError(
+            "strategy=finetune needs strategy.source=<a run directory, a .pt checkpoint or a model.safetensors>, "
+            "e.g. strategy.source=outputs/2026-11-23/12-00-00_scratch_ab12cd, or strategy.pretrain.enabled=true "
+            "to pretrain inside this run, or strategy.source=random for the no-transfer control.")
+    if not Path(str(s.source)).expanduser().exists():
+        raise StagetrainError(f"strategy.source={s.source} does not exist. Give a stagetrain run directory, "
+                              "a checkpoint (.pt) or a model.safetensors file.")
+    if not re.fullmatch(r"best|last|stage-\d+", s.source_checkpoint):
+        raise StagetrainError(f"strategy.source_checkpoint={s.source_checkpoint!r} is not valid: use best, last or stage-<k>.")
+    _validate_numbers(s)
+
+
+def _validate_numbers(s: Any) -> None:
+    for key in ("epochs", "lr", "new_layers", "unfreeze_every", "probe_epochs", "ft_lr_factor", "lr_decay"):
+        value = getattr(s, key)
+        if value is not None and not value > 0:
+            raise StagetrainError(f"strategy.{key}={value} is out of range: it must be > 0.")
+    if s.freeze_blocks < 0 or s.lora.rank < 1 or s.lora.alpha <= 0:
+        raise StagetrainError("strategy.freeze_blocks must be >= 0, strategy.lora.rank >= 1 and strategy.lora.alpha > 0.")
+
+
+def source_dataset_cfg(cfg: Any) -> Any:
+    """The dataset config of in-run pretraining: the run's, with the pretrain dataset/classes."""
+    p, ds = cfg.strategy.pretrain, cfg.dataset
+    if p.dataset is not None and p.dataset != ds.name:
+        ds = replace(ds, name=p.dataset, classes=None)
+    classes = list(p.classes) if p.classes is not None else ds.classes
+    return replace(ds, classes=classes, labeled_fraction=1.0)

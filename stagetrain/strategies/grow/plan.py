@@ -1,0 +1,68 @@
+"""grow: start with a small model, train, grow at each trigger, keep training.
+
+The schedule is a list of per-stage block widths (``strategy.widths``; a longer list adds
+blocks on top) and/or data fractions. Stage k > 0 starts with growth ops (widen /
+deepen) that the engine applies; Net2Net operators keep the function unchanged, so the
+loss right after growth equals the loss right before (logged as a ``growth`` event).
+Triggers: fixed epochs per stage, a validation plateau, or a share of the FLOP budget.
+Run-level stops: ``target``, ``flop_budget``, ``complexity_penalty``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from stagetrain.models import build_spec
+from stagetrain.plan import Plan, Stage
+from stagetrain.strategies.common import stage_from_cfg
+from stagetrain.strategies.grow.config import schedule
+
+
+def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The architecture of the first stage."""
+    first = schedule(cfg)[0]
+    key = "widths" if cfg.model.name == "mlp" else "channels"
+    return build_spec(replace(cfg.model, **{key: first}), in_shape, num_classes)
+
+
+def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
+    method = "net2net" if s.op == "net2net" else "random"
+    ops: list[dict[str, Any]] = []
+    for i, (p, c) in enumerate(zip(prev, cur, strict=False)):
+        if c > p:
+            ops.append({"op": "widen", "block": f"block{i + 1}", "width": c, "method": method, "noise": float(s.noise)})
+    for i in range(len(prev), len(cur)):
+        kind = "random" if s.op == "random" else s.deepen
+        ops.append({"op": "deepen", "after": f"block{i}", "kind": kind})
+        if cur[i] > cur[i - 1]:
+            ops.append({"op": "widen", "block": f"block{i + 1}", "width": cur[i], "method": method,
+                        "noise": float(s.noise)})
+    return ops
+
+
+def build(cfg: Any, spec: dict[str, Any]) -> Plan:
+    s = cfg.strategy
+    widths = schedule(cfg)
+    fractions = list(s.data_fractions or [1.0])
+    shares = list(s.flops_shares or [1.0 / len(widths)] * len(widths))
+    stages: list[Stage] = []
+    for k, w in enumerate(widths):
+        last = k == len(widths) - 1
+        epochs: int | None = int((s.final_epochs or cfg.train.epochs) if last else s.epochs_per_stage)
+        trigger: dict[str, Any] = {}
+        if s.trigger == "plateau" and not last:
+            trigger["patience"] = int(s.plateau_patience)
+        if s.trigger == "flops_share":  # the stage's FLOP share bounds it; its schedule spans that share
+            trigger["max_flops"] = float(s.flop_budget) * shares[min(k, len(shares) - 1)]
+            epochs = None
+        fraction = float(fractions[min(k, len(fractions) - 1)])
+        stages.append(stage_from_cfg(
+            cfg, name=f"grow-{k + 1}", epochs=epochs,
+            trainable=[f"block{i + 1}" for i in range(len(w))] + ["head"],
+            ops=_ops(widths[k - 1], w, s) if k else [], data_fraction=fraction,
+            lr=float(cfg.optim.lr) * (float(s.lr_after_growth) if k else 1.0),
+            description=f"widths {w}, {fraction:.0%} of the data", **trigger,
+        ))
+    return Plan("grow", stages, target=s.target, flop_budget=s.flop_budget,
+                complexity_penalty=s.complexity_penalty, optimizer_state=s.optimizer_state)
