@@ -4,19 +4,22 @@ The same MLP, data, seed, data order, batches, optimizer and LR schedule are tra
 
 * ``engine`` -- ``stagetrain.runner.train`` (strategy=scratch; metrics.jsonl, run.json and
   checkpoints at their defaults), its config composed through Hydra as the CLI does;
-* ``engine_fix`` -- the same, with the LR schedule's config values read once instead of
-  from the DictConfig at every step (a what-if for the overhead named in the README);
 * ``hand`` -- a minimal loop over the same in-memory tensors: slice the epoch's
   permutation, normalise the batch, forward, cross-entropy, backward, Adam, LambdaLR;
 * ``loader`` -- that loop fed by a ``torch.utils.data.DataLoader`` over a TensorDataset
-  (per-sample indexing + collate, as most tutorials do), same batches in the same order.
+  (per-sample indexing + collate, as most tutorials do), same batches in the same order;
+* ``lightning`` -- PyTorch Lightning (``pip install -e ".[bench]"``): a LightningModule with
+  the same model, Adam and schedule, ``Trainer.fit`` over a DataLoader of a TensorDataset of
+  the normalised tensors (shuffled), the way its docs do it, logger, progress bar, model
+  summary and checkpointing off. Skipped when lightning is not installed.
 
 Runs are interleaved (the order rotates every repeat); each variant keeps its best mean
 epoch time (wall clock) over the repeats. Timed per epoch: for the engine,
 ``Engine._train_epoch`` + ``Engine._end_epoch`` minus the validation pass inside it, i.e.
 the steps plus the epoch's metrics lines, run.json, last.pt and best.pt (the methods are
 wrapped with a timer here; the engine is unchanged); for the loops, the epoch's
-permutation and its steps. Not timed: reading data, building the model, validation.
+permutation and its steps; for Lightning, from its train-epoch start to its end hook.
+Not timed: reading data, building the model, validation.
 
     python benchmarks/overhead.py             # MNIST, MLP [256,128], 2 epochs, best of 7
     python benchmarks/overhead.py --quick     # scikit-learn digits: a smoke test
@@ -25,6 +28,7 @@ permutation and its steps. Not timed: reading data, building the model, validati
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import tempfile
@@ -41,28 +45,28 @@ import torch
 import torch.nn.functional as F
 from benchutil import machine
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
-import stagetrain.engine as engine_module
 from stagetrain.data import DataBundle, epoch_permutation, load_data
+from stagetrain.device import seed_everything
 from stagetrain.engine import Engine
 from stagetrain.models import StagedModel, build_spec
-from stagetrain.optim import build_scheduler, lr_factor
-from stagetrain.runner import seed_everything, train
+from stagetrain.optim import lr_factor
+from stagetrain.runner import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("STAGETRAIN_DATA", REPO.parent / "shared" / "data"))
 Weights = dict[str, torch.Tensor]
-TIMED = ("_train_epoch", "_end_epoch", "evaluate")  # Engine methods timed, in that order
+TIMED = ("_train_epoch", "_end_epoch", "_evaluate")  # Engine methods timed, in that order
 Result = tuple[float, Weights, dict[str, float]]  # seconds per epoch, final weights, details
 
 
 @contextmanager
-def engine_clock(fix: bool) -> Iterator[dict[str, float]]:
-    """Seconds spent in the engine's epoch methods; ``fix``: plain schedule values."""
+def engine_clock() -> Iterator[dict[str, float]]:
+    """Seconds spent in the engine's epoch methods."""
     acc = dict.fromkeys((*TIMED, "epochs"), 0.0)
 
     def timed(name: str) -> Callable[..., Any]:
@@ -72,28 +76,22 @@ def engine_clock(fix: bool) -> Iterator[dict[str, float]]:
             start = time.perf_counter()
             try:
                 return fn(self, *args, **kwargs)
-            finally:  # evaluate(None, split) is the final evaluation, outside the epochs
-                if name != "evaluate" or (args[0] if args else kwargs.get("stage")) is not None:
+            finally:  # _evaluate(None, split) is the final evaluation, outside the epochs
+                if name != "_evaluate" or (args[0] if args else kwargs.get("stage")) is not None:
                     acc[name] += time.perf_counter() - start
                 acc["epochs"] += name == "_end_epoch"
 
         return wrapper
 
-    def plain_sched(opt: Any, name: str, sched_cfg: Any, total: int, per_epoch: int) -> Any:
-        values = SimpleNamespace(**OmegaConf.to_container(sched_cfg))
-        return build_scheduler(opt, name, values, total, per_epoch)
-
     with ExitStack() as stack:
         for name in TIMED:
             stack.enter_context(mock.patch.object(Engine, name, timed(name)))
-        if fix:
-            stack.enter_context(mock.patch.object(engine_module, "build_scheduler", plain_sched))
         yield acc
 
 
-def run_engine(cfg: DictConfig, fix: bool) -> Result:
+def run_engine(cfg: DictConfig) -> Result:
     """One ``train()`` call, timed per epoch as the module docstring says."""
-    with tempfile.TemporaryDirectory() as tmp, engine_clock(fix) as acc:
+    with tempfile.TemporaryDirectory() as tmp, engine_clock() as acc:
         start = time.perf_counter()
         info = train(cfg, tmp)
         wall = time.perf_counter() - start
@@ -135,6 +133,50 @@ def run_hand(cfg: DictConfig, data: DataBundle, use_loader: bool) -> Result:
     return seconds, {k: v.detach().clone() for k, v in model.state_dict().items()}, {}
 
 
+def run_lightning(cfg: DictConfig, data: DataBundle) -> Result:
+    """The same model, optimizer and schedule trained by Lightning's Trainer, as its docs do it."""
+    import lightning as L  # noqa: N812 - the name Lightning's docs use
+
+    seed_everything(cfg.seed)
+    model = StagedModel(build_spec(cfg.model, data.in_shape, data.num_classes))
+    n, bs, epochs = len(data.train), cfg.train.batch_size, cfg.train.epochs
+    steps = -(-n // bs)
+    s = SimpleNamespace(**cfg.sched)
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.Adam(self.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(
+                s.name, i, epochs * steps, steps, s.warmup_epochs, s.step_size, s.gamma))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    class EpochClock(L.Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            self.seconds.append(time.perf_counter() - self.start)
+
+    loader = DataLoader(TensorDataset(data.normalize(data.train.x), data.train.y), batch_size=bs, shuffle=True)
+    clock = EpochClock()
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[clock])
+    trainer.fit(Module(), loader)
+    return sum(clock.seconds) / len(clock.seconds), {k: v.detach().clone() for k, v in model.state_dict().items()}, {}
+
+
 def identical(a: Weights, b: Weights) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -164,8 +206,10 @@ def main() -> None:
           f"{info['torch_threads']} threads, load average {info['loadavg_start']}", flush=True)
 
     runners: dict[str, Callable[[], Result]] = {  # see the module docstring
-        "engine": lambda: run_engine(cfg, False), "hand": lambda: run_hand(cfg, data, False),
-        "loader": lambda: run_hand(cfg, data, True), "engine_fix": lambda: run_engine(cfg, True)}
+        "engine": lambda: run_engine(cfg), "hand": lambda: run_hand(cfg, data, False),
+        "loader": lambda: run_hand(cfg, data, True)}
+    if importlib.util.find_spec("lightning") is not None:
+        runners["lightning"] = lambda: run_lightning(cfg, data)
     order = list(runners)
     runs: dict[str, list[Result]] = {name: [] for name in order}
     for r in range(args.repeats):
@@ -176,8 +220,10 @@ def main() -> None:
 
     wall = {name: [t for t, _, _ in rs] for name, rs in runs.items()}
     best = {name: min(ts) for name, ts in wall.items()}
-    pairs = (("engine", "hand"), ("engine", "loader"), ("loader", "hand"), ("engine_fix", "hand"))
-    engine_runs = {name: [d for _, _, d in runs[name]] for name in ("engine", "engine_fix")}
+    pairs = [("engine", "hand"), ("engine", "loader"), ("loader", "hand")]
+    if "lightning" in runs:
+        pairs.append(("lightning", "engine"))
+    engine_runs = {"engine": [d for _, _, d in runs["engine"]]}
     result = {
         "machine": {**info, "loadavg_end": os.getloadavg()},
         "settings": {"overrides": overrides, "train_samples": len(data.train), "epochs": epochs,
@@ -186,6 +232,8 @@ def main() -> None:
                               " engine: steps + end-of-epoch logging/checkpoints, no validation"},
         "target_ratio": 1.05,
         "meets_target": best["engine"] / best["hand"] <= 1.05,
+        "lightning_target_ratio": 1.8,  # Lightning's time per epoch / the engine's
+        "meets_lightning_target": best["lightning"] / best["engine"] >= 1.8 if "lightning" in best else None,
         "ratio": {f"{a}_vs_{b}": best[a] / best[b] for a, b in pairs},
         "median_paired_ratio": {  # a and b timed in the same repeat: similar machine load
             f"{a}_vs_{b}": median(x / y for x, y in zip(wall[a], wall[b], strict=True))
@@ -193,7 +241,7 @@ def main() -> None:
         "ratio_steps_only": {name: min(d["steps"] for d in ds) / best["hand"]
                              for name, ds in engine_runs.items()},
         "bit_identical": {name: all(identical(w, runs["hand"][0][1]) for _, w, _ in rs)
-                          for name, rs in runs.items()},
+                          for name, rs in runs.items() if name != "lightning"},  # Lightning shuffles its own way
         "seconds_per_epoch": {"best": best, "all": wall},
         "engine_details_best_run": engine_runs["engine"][wall["engine"].index(best["engine"])],
     }
@@ -201,7 +249,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for key in ("ratio", "median_paired_ratio", "ratio_steps_only", "bit_identical"):
         print(f"{key}: {json.dumps(result[key])}")
-    print(f"engine/hand <= 1.05: {result['meets_target']}")
+    print(f"engine/hand <= 1.05: {result['meets_target']}; lightning/engine >= 1.8: "
+          f"{result['meets_lightning_target']}")
     print(f"wrote {args.out}")
 
 

@@ -19,6 +19,7 @@ from stagetrain.plan import StopReason
 
 log = logging.getLogger("stagetrain")
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: resumable, requeue me
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: checkpointed too, resumable
 
 
 # stagetrain.rundir imports torch (2+ s): imported on first use, so that a malformed
@@ -132,13 +133,21 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         RunDir(run_dir).remove_if_unused()
         # A signal stops the whole sweep too (SystemExit passes through Hydra's launchers);
         # re-running it with resume=auto continues this job and skips the completed ones.
-        sys.exit(EXIT_STOPPED if stopped else 1)
+        sys.exit((EXIT_INTERRUPTED if str(e) == "SIGINT" else EXIT_STOPPED) if stopped else 1)
     except Exception as e:
         if multirun:
             log.exception("Job %s failed", run_dir)
             return record_failure(run_dir, cfg, f"{type(e).__name__}: {e}")
         RunDir(run_dir).remove_if_unused()
         raise
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during a step
+        RunDir(run_dir).remove_if_unused()
+        if RunDir(run_dir).has_run():
+            log.error("Interrupted by Ctrl-C; the last checkpoint is kept: continue with resume=auto "
+                      "hydra.run.dir=%s", run_dir)
+        else:
+            log.error("Interrupted by Ctrl-C before training started; nothing was written.")
+        sys.exit(EXIT_INTERRUPTED)
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from stagetrain.data import dataset_meta
-from stagetrain.engine.runtime import planned_length, prepare
+from stagetrain.engine.runtime import planned_length, prepare, wants_cache
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.plan import Plan, Stage
@@ -42,7 +42,7 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         samples = min(n * epochs, steps * bs)
         plain = (step + pre) * samples
         cached = pre * n + step * samples
-        use_cache = cacheable and (stage.cache == "on" or epochs >= 2)
+        use_cache = wants_cache(stage, p, epochs)
         rows.append({"stage": stage, "samples": n, "epochs": epochs, "params": count_parameters(model),
                      "flops": cached if use_cache else plain, "flops_no_cache": plain,
                      "flops_cache": cached if p > 0 else None, "growth": describe_ops(stage)})

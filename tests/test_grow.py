@@ -229,3 +229,32 @@ def test_kill_right_after_growth_then_resume_gives_identical_weights(tmp_path):
     assert_epochs_exactly_once(run)
     growths = [e for e in read_metrics(run / "metrics.jsonl") if e.get("event") == "growth"]
     assert len(growths) == 1
+
+
+def test_flops_share_stages_are_bounded_by_flops_and_their_schedule_spans_the_share(tmp_path):
+    """trigger=flops_share: each stage stops on its FLOP share (not a stand-in epoch count),
+    its cosine schedule decays over the steps that share buys (LR near 0 at its end), and
+    the dry run estimates the budget, not a multiple of it."""
+    budget = 3e8
+    args = ["strategy=grow", "strategy.trigger=flops_share", f"strategy.flop_budget={budget}",
+            "plots=false", "device=cpu"]
+    dry = train(make_cfg(*args, "dry_run=true"), None)
+    estimate = sum(r["flops"] for r in dry["estimates"])
+    assert 0.9 * budget <= estimate <= 1.1 * budget, estimate
+    assert all(s["epochs"] is None and s["max_flops"] for s in dry["plan"]["stages"])
+    info = train(make_cfg(*args), tmp_path / "run")
+    shares = [s["flops"] for s in info["stages"]]
+    assert [s["stop_reason"] for s in info["stages"]][:-1] == ["stage_budget"] * (len(shares) - 1)
+    assert info["flops"] <= budget * 1.01
+    lr = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("split") == "train"]
+    for k in range(1, len(shares) + 1):
+        last = [e["lr"] for e in lr if e["stage"] == k][-1]
+        assert last < 0.1 * 1e-3, f"stage {k} ended at LR {last}: its schedule did not span its share"
+
+
+def test_dry_run_lists_each_stages_growth_operations():
+    dry = train(make_cfg("strategy=grow", "strategy.widths=[[16],[64],[64,64]]", "dry_run=true"), None)
+    growth = [r["growth"] for r in dry["estimates"]]
+    assert growth[0] == ""
+    assert growth[1] == "widen block1 to 64 (net2net, noise 0)"
+    assert growth[2] == "deepen after block1 (identity)"

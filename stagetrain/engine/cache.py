@@ -13,7 +13,7 @@ import time
 import torch
 
 from stagetrain.engine.options import EngineOptions
-from stagetrain.engine.runtime import StageRuntime
+from stagetrain.engine.runtime import StageRuntime, wants_cache
 from stagetrain.engine.state import RunState
 from stagetrain.models import StagedModel
 from stagetrain.plan import Stage
@@ -27,7 +27,7 @@ def build_cache(rt: StageRuntime, model: StagedModel, stage: Stage, opts: Engine
     dtype = torch.bfloat16 if opts.cache_dtype == "bf16" else torch.float32
     nbytes = n * math.prod(shape) * (2 if dtype == torch.bfloat16 else 4)
     # the stage's planned epochs, not those left: a resumed stage decides as the uninterrupted one did
-    if stage.cache == "auto" and rt.epochs < 2:
+    if not wants_cache(stage, rt.prefix, rt.epochs):
         rt.cache_note = "off (fewer than 2 epochs)"
         return
     if nbytes > opts.cache_max_bytes:

@@ -5,6 +5,8 @@ evaluation, logs, a checkpoint and the stop decision (with its reason)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +22,8 @@ from stagetrain.data import DataBundle, epoch_permutation
 from stagetrain.engine import ranks, stopping
 from stagetrain.engine.cache import build_cache
 from stagetrain.engine.evaluate import evaluate
-from stagetrain.engine.nonfinite import NONFINITE_LOOK_EVERY, NonFiniteGuard
+from stagetrain.engine.growing import PROBE_SAMPLES, grow
+from stagetrain.engine.nonfinite import NonFiniteGuard, checkpoint_may_follow
 from stagetrain.engine.options import EngineOptions
 from stagetrain.engine.runtime import StageRuntime, enter_stage, set_train_mode
 from stagetrain.engine.state import RunState, StageState
@@ -54,6 +57,9 @@ class Engine:
         self.nonfinite = NonFiniteGuard(options.on_nonfinite, device.type, self.state, self._log)
         self._pending: dict[str, Any] | None = None  # a checkpoint being resumed, until its stage is entered
         self._agreed_stop = False  # under torchrun: a signal reached some rank (agreed each step)
+        # bf16 autocast only when asked: entering a disabled autocast still costs ~10 us a step
+        self._amp = (functools.partial(torch.autocast, device.type, torch.bfloat16) if options.bf16
+                     else contextlib.nullcontext)
 
     @property
     def data(self) -> DataBundle:
@@ -97,7 +103,13 @@ class Engine:
         resuming_inside = pending is not None and st.in_stage
         if pending is not None and not st.in_stage:
             set_rng_state(restore(pending).rng)  # stage-start checkpoint: RNG before entry
-        mappings = self._grow(k, stage) if stage.ops and not st.in_stage else []
+        mappings = []
+        if stage.ops and not st.in_stage:
+            def probe(model: StagedModel) -> dict[str, float]:
+                return evaluate(model, None, self.data, "val", None, self.plan.input_norm,
+                                self.opts.eval_batch_size, self.opts.bf16, PROBE_SAMPLES)
+
+            self.model, mappings = grow(self.model, stage, k, self.opts.seed, probe, self._log, st)
         prev = st.prev_optim if self.plan.optimizer_state == "map" and not st.in_stage else None
         self.rt = rt = enter_stage(self.model, stage, self.datasets[stage.dataset], self.plan, self.opts,
                                    self.world, prev, mappings)
@@ -121,21 +133,6 @@ class Engine:
             self._train_epoch(k, stage, rt)
             self._end_epoch(k, stage, rt)
         self._end_stage(k, stage, rt)
-
-    def _grow(self, k: int, stage: Stage) -> list[dict[str, Any]]:
-        """Apply the stage's growth ops; log the probe-batch loss just before and after."""
-        before, params = self._evaluate(None, "val", limit=256), count_parameters(self.model)
-        g = torch.Generator().manual_seed(self.opts.seed * 7919 + k)
-        mappings = []
-        for op in stage.ops:
-            self.model, info = apply_op(self.model, op, g)
-            mappings.append(info)
-        after = self._evaluate(None, "val", limit=256)
-        self._log({"event": "growth", "stage": k + 1, "stage_name": stage.name, "ops": stage.ops,
-                   "probe_loss_before": before["loss"], "probe_loss_after": after["loss"],
-                   "params_before": params, "params_after": count_parameters(self.model),
-                   "step": self.state.global_step, "flops": self.state.flops})
-        return mappings
 
     def _train_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
         st, cur, bs = self.state, self.state.cur, self.opts.batch_size
@@ -168,7 +165,7 @@ class Engine:
     def _step(self, k: int, stage: Stage, rt: StageRuntime, positions: torch.Tensor, b: int) -> None:
         """One batch: forward, non-finite checks, backward, optimizer and schedule step."""
         mine = distributed.shard(positions) if self.world > 1 else positions  # this rank's slice
-        idx = rt.indices[mine]
+        idx = mine if rt.all_samples else rt.indices[mine]
         y = rt.data.train.y[idx]
         if rt.cache is not None:
             h = rt.cache[mine].float()
@@ -177,8 +174,12 @@ class Engine:
             if rt.prefix > 0:
                 with torch.no_grad():
                     h = self.model.features(h, 0, rt.prefix)
-        with ranks.noise(self.opts.seed, self.state.global_step, self.device, self.world), torch.autocast(self.device.type, torch.bfloat16, enabled=self.opts.bf16):
-            loss, logits = rt.step(h, y)
+        if self.world > 1:
+            with ranks.noise(self.opts.seed, self.state.global_step, self.device, self.world), self._amp():
+                loss, logits = rt.step(h, y)
+        else:
+            with self._amp():
+                loss, logits = rt.step(h, y)
         guard = self.nonfinite
         if self.world > 1:
             loss, self._agreed_stop = ranks.agree_step(loss, guard.exact, bool(self.stop_flag.get("signal")))
@@ -188,7 +189,10 @@ class Engine:
             # DDP averages over ranks; slices of unequal size are weighted to the global mean
             share = len(mine) * self.world / len(positions)
             (loss if share == 1 else loss * share).backward()
-            skip = guard.grads(k, stage, rt.optimizer, loss, self._save_due(b, stage, rt))
+            budgeted = self.plan.flop_budget is not None or stage.max_flops is not None
+            look = checkpoint_may_follow(b == rt.steps_per_epoch - 1, self.state.global_step + 1, self.opts.every_steps,
+                                         bool(self.stop_flag.get("signal")) or self.world > 1 or budgeted)
+            skip = guard.grads(k, stage, rt.optimizer, loss, look)
         if not skip:
             rt.optimizer.step()
             self.state.nonfinite_streak = 0
@@ -199,14 +203,6 @@ class Engine:
             if logits is not None:
                 sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += len(mine)
-
-    def _save_due(self, b: int, stage: Stage, rt: StageRuntime) -> bool:
-        """Whether a checkpoint may be written after this batch (the batched check looks then)."""
-        step, every = self.state.global_step + 1, self.opts.every_steps
-        return (b == rt.steps_per_epoch - 1 or bool(every and step % every == 0)
-                or bool(self.stop_flag.get("signal")) or self.world > 1
-                or self.plan.flop_budget is not None or stage.max_flops is not None
-                or step % NONFINITE_LOOK_EVERY == 0)
 
     def _end_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
         st, cur = self.state, self.state.cur

@@ -23,6 +23,14 @@ NONFINITE_MAX_IN_A_ROW = 10  # train.on_nonfinite=skip_batch stops at this many 
 NONFINITE_LOOK_EVERY = 100  # GPU, on_nonfinite=stop: steps between reads of the non-finite flag (at most)
 
 
+def checkpoint_may_follow(last_batch: bool, step: int, every_steps: int, always: bool) -> bool:
+    """Whether a checkpoint may be written after optimizer step ``step`` (1-based): the
+    batched check must look before then. ``always``: a signal, a FLOP budget or torchrun
+    may end the stage at any step."""
+    return (last_batch or always or bool(every_steps and step % every_steps == 0)
+            or step % NONFINITE_LOOK_EVERY == 0)
+
+
 class NonFiniteGuard:
     def __init__(self, policy: str, device_type: str, state: RunState, log_event: Callable[[dict[str, Any]], None]):
         self.policy, self.device_type, self.state, self.log_event = policy, device_type, state, log_event

@@ -107,6 +107,7 @@ class StageRuntime:
     step: nn.Module  # StageStep, DDP-wrapped and/or compiled
     cache: torch.Tensor | None = None
     cache_note: str = "off"  # off | pending | on (...) | off (why)
+    all_samples: bool = False  # indices are 0..n-1 of the training split: no gather per batch
 
 
 def prepare(model: StagedModel, stage: Stage, x: torch.Tensor, y: torch.Tensor
@@ -127,6 +128,12 @@ def stage_indices(data: DataBundle, stage: Stage, seed: int) -> torch.Tensor:
         order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed + 17))
         base = base[order[: max(1, round(stage.data_fraction * len(base)))].to(base.device)]
     return base
+
+
+def wants_cache(stage: Stage, prefix: int, epochs: int) -> bool:
+    """Whether the stage caches its frozen prefix's output (memory budget aside): ``on``, or
+    ``auto`` when it runs at least two epochs over the same features."""
+    return prefix > 0 and (stage.cache == "on" or (stage.cache == "auto" and epochs >= 2))
 
 
 def planned_length(stage: Stage, n: int, batch_size: int, steps_per_epoch: int,
@@ -160,8 +167,10 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     scheduler = build_scheduler(optimizer, stage.sched, total, spe, opts.warmup_epochs, opts.step_size, opts.gamma)
     set_train_mode(model, helper, stage)
     step = build_step(StageStep(stage, model, helper, prefix), opts, world, x, y)
+    everything = len(indices) == len(data.train) and bool(torch.equal(indices, torch.arange(n, device=indices.device)))
     return StageRuntime(data, helper, prefix, indices, spe, epochs, total, step_flops, prefix_flops,
-                        optimizer, scheduler, step, cache_note="pending" if cacheable else "off")
+                        optimizer, scheduler, step, cache_note="pending" if cacheable else "off",
+                        all_samples=everything)
 
 
 def build_step(step: nn.Module, opts: EngineOptions, world: int, x: torch.Tensor, y: torch.Tensor) -> nn.Module:

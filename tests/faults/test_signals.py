@@ -21,14 +21,15 @@ ARGS = ["dataset=mnist", "model.widths=[500,500,2000]", "strategy=scratch", "tra
         "device=cpu", "progress=off"]  # plots on (the default): drawn on the way out too
 
 
-def _signal_after_steps(run: Path, sig: signal.Signals, steps: int, tag: str, data_root: Path) -> tuple[int, float, dict]:
+def _signal_after_steps(run: Path, sig: signal.Signals, steps: int, tag: str, data_root: Path,
+                        args: list[str] = ARGS, repeat: int = 1) -> tuple[int, float, dict]:
     """Start the CLI on ``run``, send ``sig`` once it has done ``steps`` more optimizer
     steps; return its exit code, seconds from the signal to its exit, and its record."""
     logs = run.parent / "logs"
     logs.mkdir(exist_ok=True)
     rec = logs / f"{tag}.rec"
     proc = context().Process(target=child_main, args=(
-        [*ARGS, f"hydra.run.dir={run}", "resume=auto"], None, str(rec), str(logs / f"{tag}.log"),
+        [*args, f"hydra.run.dir={run}", "resume=auto"], None, str(rec), str(logs / f"{tag}.log"),
         {"STAGETRAIN_DATA": str(data_root)}))
     proc.start()
     deadline = time.time() + 300
@@ -42,7 +43,8 @@ def _signal_after_steps(run: Path, sig: signal.Signals, steps: int, tag: str, da
         time.sleep(0.05)
     assert proc.exitcode is None, f"the run ended before it could be signalled; see {logs}"
     sent = time.time()
-    os.kill(proc.pid, sig)
+    for _ in range(repeat):
+        os.kill(proc.pid, sig)
     proc.join(60)
     waited = time.time() - sent
     if proc.exitcode is None:
@@ -68,3 +70,29 @@ def test_sigterm_then_sigusr1_checkpoint_and_exit_within_10s_on_mnist(tmp_path, 
     second = read_record(tmp_path / "logs" / "usr1.rec")
     first = read_record(tmp_path / "logs" / "term.rec")
     assert second["resumed"] == first["completed"], "resume=auto continued from the signal's checkpoint"
+
+
+DIGITS = ["strategy=scratch", "train.epochs=200", "model.widths=[256,256]", "device=cpu", "progress=off",
+          "plots=false"]
+
+
+def test_ctrl_c_stops_like_sigterm_with_a_checkpoint_a_resume_hint_and_exit_130(tmp_path):
+    run = tmp_path / "run"
+    code, seconds, rec = _signal_after_steps(run, signal.SIGINT, 10, "int", tmp_path, DIGITS)
+    log = (tmp_path / "logs" / "int.log").read_text()
+    assert code == 130, f"exit code {code}\n{log}"
+    assert "Traceback" not in log and "resume=auto" in log and str(run) in log
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped" and "SIGINT" in info["error"]
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert state["position"]["global_step"] == rec["completed"]
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_run_resumable(tmp_path):
+    run = tmp_path / "run"
+    code, seconds, _ = _signal_after_steps(run, signal.SIGINT, 10, "int2", tmp_path, DIGITS, repeat=2)
+    log = (tmp_path / "logs" / "int2.log").read_text()
+    assert code == 130, f"exit code {code}\n{log}"
+    assert "Traceback" not in log and "resume=auto" in log
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped" and "second Ctrl-C" in info["error"]
