@@ -42,13 +42,13 @@ def make_cfg(*overrides: str) -> DictConfig:
 
 @contextmanager
 def no_run_plots() -> Iterator[None]:
-    """Skip the learning-curve PNGs ``train()`` draws after each run (``_write_plots``).
+    """Skip the learning-curve PNGs ``train()`` draws after each run (``write_plots``).
 
     They cost 1-3 s of matplotlib per run on a 2-core machine, after training: in none of
     the numbers measured, but they would take a large share of a benchmark's time budget.
     """
-    if hasattr(run_module, "_write_plots"):
-        with mock.patch.object(run_module, "_write_plots", lambda rundir: None):
+    if hasattr(run_module, "write_plots"):
+        with mock.patch.object(run_module, "write_plots", lambda rundir: None):
             yield
     else:
         yield

@@ -61,6 +61,7 @@ from benchutil import (
 from omegaconf import DictConfig
 from safetensors.torch import load_file
 
+import stagetrain.engine.loop as engine_loop
 from stagetrain import checkpoint as ckpt
 from stagetrain.data import DataBundle, epoch_permutation, load_data
 from stagetrain.engine import Engine
@@ -83,15 +84,15 @@ QUICK: dict[str, dict[str, Any]] = {  # digits: 8x8 inputs, 1,437 training sampl
 
 @contextmanager
 def engine_timers() -> Iterator[dict[str, Any]]:
-    """Seconds spent in ``Engine._build_cache`` and each ``Engine._train_epoch``, per stage."""
+    """Seconds spent in the engine's cache build and each ``Engine._train_epoch``, per stage."""
     acc: dict[str, Any] = {"build": {}, "epochs": {}}
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(self: Engine, *args: Any, **kwargs: Any) -> Any:
-            k = self.state.stage
+        def timed(*args: Any, **kwargs: Any) -> Any:  # (engine, ...) or build_cache(..., state)
+            k = args[0].state.stage if name == "_train_epoch" else args[-1].stage
             start = time.perf_counter()
             try:
-                return fn(self, *args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
                 dt = time.perf_counter() - start
                 if name == "_build_cache":
@@ -102,8 +103,8 @@ def engine_timers() -> Iterator[dict[str, Any]]:
         return timed
 
     with ExitStack() as stack:
-        for name in ("_build_cache", "_train_epoch"):
-            stack.enter_context(mock.patch.object(Engine, name, wrap(name, getattr(Engine, name))))
+        stack.enter_context(mock.patch.object(Engine, "_train_epoch", wrap("_train_epoch", Engine._train_epoch)))
+        stack.enter_context(mock.patch.object(engine_loop, "build_cache", wrap("_build_cache", engine_loop.build_cache)))
         yield acc
 
 

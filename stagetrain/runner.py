@@ -9,6 +9,7 @@ run starts (the CLI removes the directory Hydra made when nothing ran).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from stagetrain import checkpoint as ckpt
 from stagetrain import distributed
 from stagetrain.config import engine_options, to_yaml, validate
-from stagetrain.data import dataset_meta, load_data
+from stagetrain.data import DataBundle, dataset_meta, load_data
 from stagetrain.device import pick_device, seed_everything
 from stagetrain.dryrun import estimate_plan, print_plan
 from stagetrain.engine import Engine
 from stagetrain.errors import StagetrainError, StopRequested
 from stagetrain.launch import continue_on_requeue, stop_on_signals
 from stagetrain.models import StagedModel, build_spec, count_parameters
+from stagetrain.plan import Plan
 from stagetrain.progress import Reporter
 from stagetrain.record import RunRecord, write_plots
 from stagetrain.resume import open_run
@@ -48,18 +50,24 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     if start.cfg is not cfg:
         settings = validate(start.cfg)
     device = pick_device(settings.device)
-    reporter = Reporter(settings.progress if main else "off")
-    engine, source = build_engine(start.cfg, device, rundir if main else None, reporter, start.state, settings)
+    parts = build_parts(settings, device, fresh=start.state is None)
+    record = RunRecord.start(
+        rundir if main else None, str(rundir.path.resolve()), parts.plan.to_dict(),
+        OmegaConf.to_container(start.cfg, resolve=True), settings.seed, device,
+        start.previous.get("source") if start.state is not None else parts.source, start.previous)
+    engine = Engine(parts.plan, engine_options(settings, to_yaml(start.cfg)), parts.datasets, parts.model, device,
+                    Reporter(settings.progress if main else "off"), rundir if main else None, stop_flag={},
+                    sinks=_sinks(settings, rundir, record) if main else [], on_update=record.update)
+    if start.state is not None:
+        engine.restore(start.state)
     distributed.barrier()  # every rank has read the run directory before rank 0 writes to it
     if main:
         rundir.checkpoints.mkdir(parents=True, exist_ok=True)
         ckpt.preflight_disk(rundir.checkpoints, count_parameters(engine.model), settings.optim,
                             len(engine.plan.stages))
-    record = RunRecord.start(
-        rundir if main else None, str(rundir.path.resolve()), engine.plan.to_dict(),
-        OmegaConf.to_container(start.cfg, resolve=True), settings.seed, device,
-        start.previous.get("source") if start.state is not None else source, start.previous)
-    _attach(engine, record, settings, rundir, main)
+    _distributed_note(record, settings)
+    record.update(engine)
+    continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
     record.finish(engine, final)
     distributed.barrier()
@@ -83,26 +91,43 @@ def dry_run(settings: RunConfig) -> dict[str, Any]:
             "estimates": [{k: v for k, v in r.items() if k != "stage"} for r in rows]}
 
 
-def build_engine(cfg: DictConfig, device: torch.device, rundir: RunDir | None, reporter: Reporter,
-                 resumed: dict[str, Any] | None = None, settings: RunConfig | None = None
-                 ) -> tuple[Engine, dict[str, Any] | None]:
-    """Data, model (the strategy's initial architecture and weights), plan and engine; and
-    what the strategy's ``init_model`` loaded (finetune's source), for run.json."""
-    settings = settings or validate(cfg)
+@dataclass
+class Parts:
+    """What a run trains: its datasets (``target`` and any a strategy adds), the model it
+    starts from, the plan, and what the strategy's ``init_model`` loaded (for run.json)."""
+
+    datasets: dict[str, DataBundle]
+    model: StagedModel
+    plan: Plan
+    source: dict[str, Any] | None
+
+
+def build_parts(settings: RunConfig, device: torch.device, fresh: bool = True) -> Parts:
+    """Data, model (the strategy's initial architecture and, when ``fresh``, weights) and plan."""
     datasets = {"target": load_data(settings.dataset, settings.seed).to(device)}
     spec = initial_spec(settings, datasets["target"].in_shape, datasets["target"].num_classes)
     seed_everything(settings.seed)
     model = StagedModel(spec).to(device)
     plan = STRATEGIES[settings.strategy.name].build(settings, spec)
     init_model = hook(settings.strategy.name, "init_model")
-    source = init_model(settings, model) if resumed is None and init_model else None
+    source = init_model(settings, model) if fresh and init_model else None
     extra = hook(settings.strategy.name, "datasets")
     for name, dataset_cfg in (extra(settings) if extra else {}).items():
         datasets[name] = load_data(dataset_cfg, settings.seed).to(device)
-    engine = Engine(plan, engine_options(settings, to_yaml(cfg)), datasets, model, device, reporter, rundir)
+    return Parts(datasets, model, plan, source)
+
+
+def build_engine(cfg: DictConfig, device: torch.device, rundir: RunDir | None, reporter: Reporter,
+                 resumed: dict[str, Any] | None = None, **collaborators: Any) -> tuple[Engine, dict[str, Any] | None]:
+    """An engine exactly as ``train`` builds one (without run.json), and what
+    ``init_model`` loaded; tests drive it directly."""
+    settings = validate(cfg)
+    parts = build_parts(settings, device, fresh=resumed is None)
+    engine = Engine(parts.plan, engine_options(settings, to_yaml(cfg)), parts.datasets, parts.model, device,
+                    reporter, rundir, **collaborators)
     if resumed is not None:
         engine.restore(resumed)
-    return engine, source
+    return engine, parts.source
 
 
 def _join_ranks(settings: RunConfig) -> bool:
@@ -115,19 +140,20 @@ def _join_ranks(settings: RunConfig) -> bool:
     return distributed.is_main()
 
 
-def _attach(engine: Engine, record: RunRecord, settings: RunConfig, rundir: RunDir, main: bool) -> None:
-    """run.json updates after every epoch; TensorBoard; the distributed summary."""
+def _sinks(settings: RunConfig, rundir: RunDir, record: RunRecord) -> list[Any]:
+    """Where metric events go besides metrics.jsonl: TensorBoard when asked."""
+    if not settings.logger.tensorboard:
+        return []
+    from stagetrain.tensorboard import TensorBoardSink
+
+    return [TensorBoardSink(rundir.path, record.info["config"])]
+
+
+def _distributed_note(record: RunRecord, settings: RunConfig) -> None:
     world = distributed.world_size()
     if world > 1:
         record.info["distributed"] = {"world_size": world, "backend": str(torch.distributed.get_backend()),
                                       "batch_per_rank": settings.train.batch_size // world}
-    engine.on_update = record.update
-    if settings.logger.tensorboard and main:
-        from stagetrain.tensorboard import TensorBoardSink
-
-        engine.sinks.append(TensorBoardSink(rundir.path, record.info["config"]))
-    record.update(engine)
-    continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
 
 
 def _run(engine: Engine, record: RunRecord, settings: RunConfig, rundir: RunDir, main: bool) -> dict[str, float]:

@@ -122,17 +122,17 @@ def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 @pytest.fixture
 def built_steps(monkeypatch) -> list:
-    """The training steps ``Engine._build_step`` returns, in order (one per stage); the
-    engine runs unchanged, this only records what it built."""
-    from stagetrain.engine import Engine
+    """The training steps ``engine.runtime.build_step`` returns, in order (one per stage);
+    the engine runs unchanged, this only records what it built."""
+    from stagetrain.engine import runtime
 
     built: list = []
-    original = Engine._build_step
+    original = runtime.build_step
 
-    def record(self, *args):
-        step = original(self, *args)
+    def record(*args):
+        step = original(*args)
         built.append(step)
         return step
 
-    monkeypatch.setattr(Engine, "_build_step", record)
+    monkeypatch.setattr(runtime, "build_step", record)
     return built
