@@ -16,8 +16,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from stagetrain.engine.options import EngineOptions
 from stagetrain.errors import StagetrainError, check_choice, did_you_mean
 from stagetrain.schema import (
     ACTIVATIONS,
@@ -33,7 +33,7 @@ from stagetrain.schema import (
     RunConfig,
     SyntheticDatasetConfig,
 )
-from stagetrain.strategies import STRATEGIES
+from stagetrain.strategies import STRATEGIES, config_module
 
 
 def register_configs() -> None:
@@ -45,8 +45,8 @@ def register_configs() -> None:
     cs.store(group="schema/model", name="mlp", node=MLPConfig)
     cs.store(group="schema/model", name="cnn", node=CNNConfig)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
-    for name, strategy in STRATEGIES.items():
-        cs.store(group="schema/strategy", name=name, node=strategy.Config)
+    for name in STRATEGIES:
+        cs.store(group="schema/strategy", name=name, node=config_module(name).Config)
 
 
 def settings(cfg: DictConfig) -> RunConfig:
@@ -56,7 +56,15 @@ def settings(cfg: DictConfig) -> RunConfig:
     schemas its names select, which also checks its types."""
     node = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     if OmegaConf.get_type(node) is not RunConfig:
-        node = OmegaConf.merge(_schema_for(node), node)
+        for key, options in (("dataset.name", DATASETS), ("model.name", ("mlp", "cnn")), ("strategy.name", STRATEGIES)):
+            check_choice(key, OmegaConf.select(node, key), options)
+        try:
+            node = OmegaConf.merge(_schema_for(node), node)
+        except OmegaConfBaseException as e:
+            raise StagetrainError(
+                f"The saved config does not fit this stagetrain's schema at {getattr(e, 'full_key', '?')}: "
+                f"{str(e).splitlines()[0]}. It was written by another version; start a new run, or "
+                "resume it with the version that wrote it.") from None
     return OmegaConf.to_object(node)
 
 
@@ -67,14 +75,16 @@ def _schema_for(plain: DictConfig) -> DictConfig:
     model = OmegaConf.select(plain, "model.name")
     schema.model = OmegaConf.structured(CNNConfig if model == "cnn" else MLPConfig)
     strategy = OmegaConf.select(plain, "strategy.name")
-    if strategy in STRATEGIES:
-        schema.strategy = OmegaConf.structured(STRATEGIES[strategy].Config)
+    schema.strategy = OmegaConf.structured(config_module(strategy).Config)
     schema.device = OmegaConf.structured(DeviceConfig)
     return schema
 
 
-def engine_options(cfg: RunConfig, config_yaml: str) -> EngineOptions:
-    """Everything the engine reads besides the plan, from the validated settings."""
+def engine_options(cfg: RunConfig, config_yaml: str) -> Any:
+    """Everything the engine reads besides the plan (``EngineOptions``), from the validated settings."""
+    # not at import time: the command-line checks must not import torch
+    from stagetrain.engine.options import EngineOptions
+
     return EngineOptions(
         seed=int(cfg.seed), batch_size=int(cfg.train.batch_size),
         eval_batch_size=int(cfg.train.eval_batch_size), patience=cfg.train.patience,
@@ -119,7 +129,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     _validate_model(cfg.model, cfg.dataset)
     _validate_run(cfg)
     check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
-    STRATEGIES[cfg.strategy.name].validate(cfg)
+    config_module(cfg.strategy.name).validate(cfg)
     return cfg
 
 

@@ -36,10 +36,9 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         _, p, step, pre = prepare(model, stage, x, y)
         n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
         n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
-        spe = max(1, -(-n // bs))
         cacheable = p > 0 and stage.cache != "off"
-        epochs, steps = planned_length(stage, n, bs, spe, step + (0.0 if cacheable else pre))
-        samples = min(n * epochs, steps * bs)
+        epochs, steps = planned_length(stage, n, bs, step + (0.0 if cacheable else pre))
+        samples = n * epochs if stage.epochs is not None else min(n * epochs, stage.max_flops / (step + (0.0 if cacheable else pre)))
         plain = (step + pre) * samples
         cached = pre * n + step * samples
         use_cache = wants_cache(stage, p, epochs)

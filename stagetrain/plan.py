@@ -42,7 +42,7 @@ class Stage:
     """One phase of training. Group names: ``block1..blockL``, ``head``, ``helper``."""
 
     name: str
-    epochs: int
+    epochs: int | None  # None: bounded by max_flops instead (grow's flops_share trigger)
     trainable: list[str]
     objective: str = "supervised"  # supervised | autoencoder | denoising | rbm
     stop_block: int | None = None  # forward path is blocks[:stop_block] (None: all blocks)

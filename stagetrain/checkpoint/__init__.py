@@ -7,6 +7,7 @@ from stagetrain.checkpoint.io import (
     READABLE_VERSIONS,
     atomic_write,
     digest,
+    estimated_size,
     load,
     preflight_disk,
     save,
@@ -15,6 +16,6 @@ from stagetrain.checkpoint.io import (
 )
 from stagetrain.checkpoint.schema import rng_state, set_rng_state, snapshot
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "atomic_write", "digest", "load",
+__all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "atomic_write", "digest", "estimated_size", "load",
            "preflight_disk", "rng_state", "save", "set_rng_state", "snapshot", "temp_prefix",
            "write_error"]

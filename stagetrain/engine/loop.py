@@ -142,15 +142,17 @@ class Engine:
         for b in range(cur.batch, rt.steps_per_epoch):
             positions = perm[b * bs:(b + 1) * bs] if b < rt.steps_per_epoch - 1 else perm[b * bs:]
             m = len(positions)
-            if m >= self.world:  # a last batch smaller than the number of ranks: skipped by all
-                self._step(k, stage, rt, positions, b)
-                st.global_step += 1
-                cur.steps += 1
-                cur.samples += m
-                st.charge(flops=per_sample * m)
-                self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}")
-                stopping.after_step(self.plan, stage, st)
+            if m < self.world:  # a last batch smaller than the number of ranks: skipped by all
+                cur.batch = b + 1
+                continue
+            self._step(k, stage, rt, positions, b)
             cur.batch = b + 1
+            st.global_step += 1
+            cur.steps += 1
+            cur.samples += m
+            st.charge(flops=per_sample * m)
+            self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}")
+            stopping.after_step(self.plan, stage, st)
             signal = self.stop_flag.get("signal") if self.world == 1 else self._agreed_stop
             if signal or (self.opts.every_steps and st.global_step % self.opts.every_steps == 0):
                 st.charge(seconds=time.perf_counter() - start)

@@ -136,14 +136,22 @@ def wants_cache(stage: Stage, prefix: int, epochs: int) -> bool:
     return prefix > 0 and (stage.cache == "on" or (stage.cache == "auto" and epochs >= 2))
 
 
-def planned_length(stage: Stage, n: int, batch_size: int, steps_per_epoch: int,
-                   flops_per_sample: float) -> tuple[int, int]:
-    """(epochs, optimizer steps) the stage plans for: its epochs, or what ``max_flops`` buys."""
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches of an epoch over n samples: the last may be partial; a lone last sample is
+    merged into the batch before it (BatchNorm cannot train on one sample)."""
+    return max(1, n // batch_size if n % batch_size == 1 and n > batch_size else math.ceil(n / batch_size))
+
+
+def planned_length(stage: Stage, n: int, batch_size: int, flops_per_sample: float) -> tuple[int, int]:
+    """(epochs, optimizer steps) the stage plans for: its epochs, or what ``max_flops`` buys
+    (whole epochs of n samples, then the batches of a last partial epoch)."""
+    spe = steps_per_epoch(n, batch_size)
     if stage.epochs is not None:
-        return stage.epochs, stage.epochs * steps_per_epoch
-    samples = stage.max_flops / max(flops_per_sample, 1e-12)
-    steps = max(1, math.ceil(samples / batch_size))
-    return max(1, math.ceil(steps / steps_per_epoch)), steps
+        return stage.epochs, stage.epochs * spe
+    samples = math.ceil(stage.max_flops / max(flops_per_sample, 1e-12))
+    full, rest = divmod(samples, n)
+    steps = full * spe + min(spe, math.ceil(rest / batch_size))
+    return max(1, full + (rest > 0)), max(1, steps)
 
 
 def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, opts: EngineOptions,
@@ -155,7 +163,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     x, y = data.normalize(data.train.x[probe], plan.input_norm), data.train.y[probe]
     helper, prefix, step_flops, prefix_flops = prepare(model, stage, x, y)
     n, bs = len(indices), opts.batch_size
-    spe = max(1, n // bs if n % bs == 1 and n > bs else math.ceil(n / bs))
+    spe = steps_per_epoch(n, bs)
     groups = {name: model.group(name) for name in [*model.block_names, "head"]}
     if helper is not None:
         groups["helper"] = helper
@@ -163,7 +171,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     if prev_optim:
         map_optimizer_state(optimizer, model, prev_optim, mappings)
     cacheable = prefix > 0 and stage.cache != "off"
-    epochs, total = planned_length(stage, n, bs, spe, step_flops + (0.0 if cacheable else prefix_flops))
+    epochs, total = planned_length(stage, n, bs, step_flops + (0.0 if cacheable else prefix_flops))
     scheduler = build_scheduler(optimizer, stage.sched, total, spe, opts.warmup_epochs, opts.step_size, opts.gamma)
     set_train_mode(model, helper, stage)
     step = build_step(StageStep(stage, model, helper, prefix), opts, world, x, y)

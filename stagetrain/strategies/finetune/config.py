@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.schema import CACHE_MAX_BYTES, DATASETS, StrategyConfig
 
@@ -77,6 +76,8 @@ def validate(cfg: Any) -> None:
             raise StagetrainError("strategy.pretrain: epochs and lr must be > 0 and noise in [0, 1).")
         if s.head == "reuse":
             raise StagetrainError("strategy.head=reuse needs a source run; in-run pretraining always gets a new head.")
+        from stagetrain.data import dataset_meta  # torch: only when pretraining needs the shapes
+
         src_shape = dataset_meta(source_dataset_cfg(cfg))[0]
         if tuple(src_shape) != tuple(dataset_meta(cfg.dataset)[0]):
             raise StagetrainError(

@@ -40,7 +40,7 @@ from stagetrain.plan import Plan, Stage
 from stagetrain.source import Source, load_source
 from stagetrain.strategies.common import stage_from_cfg
 from stagetrain.strategies.finetune.config import RANDOM, source_dataset_cfg
-from stagetrain.strategies.layerwise import greedy_stages
+from stagetrain.strategies.layerwise.plan import greedy_stages
 
 
 def _source(path: str, which: str) -> Source:

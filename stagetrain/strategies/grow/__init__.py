@@ -1,7 +1,9 @@
 """grow: progressive growth, function-preserving by default (see README.md beside this file)."""
 
+from stagetrain.strategies import plan_exports
 from stagetrain.strategies.grow.config import Config, schedule, validate
-from stagetrain.strategies.grow.plan import build, initial_spec
+
+__all__ = ["Config", "name", "schedule", "validate"]
 
 name = "grow"
-__all__ = ["Config", "build", "initial_spec", "name", "schedule", "validate"]
+__getattr__ = plan_exports(__name__)  # build (and hooks) from plan.py, on first use

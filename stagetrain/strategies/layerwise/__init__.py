@@ -1,7 +1,9 @@
 """layerwise: greedy layer-wise pretraining, then fine-tuning (see README.md beside this file)."""
 
+from stagetrain.strategies import plan_exports
 from stagetrain.strategies.layerwise.config import Config, validate
-from stagetrain.strategies.layerwise.plan import build, greedy_stages
+
+__all__ = ["Config", "name", "validate"]
 
 name = "layerwise"
-__all__ = ["Config", "build", "greedy_stages", "name", "validate"]
+__getattr__ = plan_exports(__name__)  # build (and hooks) from plan.py, on first use

@@ -1,7 +1,9 @@
 """scratch: the baseline (see README.md beside this file)."""
 
+from stagetrain.strategies import plan_exports
 from stagetrain.strategies.scratch.config import Config, validate
-from stagetrain.strategies.scratch.plan import build
+
+__all__ = ["Config", "name", "validate"]
 
 name = "scratch"
-__all__ = ["Config", "build", "name", "validate"]
+__getattr__ = plan_exports(__name__)  # build (and hooks) from plan.py, on first use
