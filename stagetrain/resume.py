@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain.checkpoint.resume import latest_state
+from stagetrain.config import validate
 from stagetrain.errors import no_run_error, run_exists_error
 from stagetrain.rundir import RunDir
 
@@ -48,6 +49,7 @@ def open_run(cfg: DictConfig, rundir: RunDir, write_config: bool) -> Start:
         log.info("%s failed before its first checkpoint; starting it again.", rundir.path)
     else:
         start.cfg = _config_for_resume(cfg, info, rundir)
+        validate(start.cfg)  # before anything is read or rewritten for it
         start.state = latest_state(rundir)
     if write_config:
         (rundir.path / ".hydra").mkdir(exist_ok=True)

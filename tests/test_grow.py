@@ -245,7 +245,8 @@ def test_flops_share_stages_are_bounded_by_flops_and_their_schedule_spans_the_sh
     info = train(make_cfg(*args), tmp_path / "run")
     shares = [s["flops"] for s in info["stages"]]
     assert [s["stop_reason"] for s in info["stages"]][:-1] == ["stage_budget"] * (len(shares) - 1)
-    assert info["flops"] <= budget * 1.01
+    last = info["stages"][-1]
+    assert info["flops"] < budget + 1.5 * last["flops"] / last["steps"], "at most one step over the budget"
     lr = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("split") == "train"]
     for k in range(1, len(shares) + 1):
         last = [e["lr"] for e in lr if e["stage"] == k][-1]
