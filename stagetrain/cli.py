@@ -163,6 +163,16 @@ def main(argv: list[str] | None = None) -> None:
     from stagetrain.overrides import check_command_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in argv or "-V" in argv:
+        from stagetrain.helppage import version_text
+
+        print(version_text())
+        return
+    if "--help" in argv or "-h" in argv:  # Hydra's own page: --hydra-help
+        from stagetrain.helppage import help_text
+
+        print(help_text(), end="")
+        return
     try:
         extra = check_command_line(argv)
     except StagetrainError as e:
