@@ -19,6 +19,9 @@ from stagetrain.plan import StopReason
 
 log = logging.getLogger("stagetrain")
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: resumable, requeue me
+# What the last command of this process ended with, for the Python API (stagetrain.api.run):
+# the run record of the last job, and the message of a refusal or failure.
+last: dict[str, Any] = {"info": None, "error": None}
 
 
 # stagetrain.rundir imports torch (2+ s): imported on first use, so that a malformed
@@ -124,6 +127,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
                    f"hydra.run.dir={run_dir}") if stopped else str(e)
+        last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
         log.error("%s", message)  # not requeued: the user continues the run
@@ -134,6 +138,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         # re-running it with resume=auto continues this job and skips the completed ones.
         sys.exit(EXIT_STOPPED if stopped else 1)
     except Exception as e:
+        last["error"] = f"{type(e).__name__}: {e}"
         if multirun:
             log.exception("Job %s failed", run_dir)
             return record_failure(run_dir, cfg, f"{type(e).__name__}: {e}")
@@ -142,6 +147,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise
+    last["info"] = info
     if info.get("dry_run"):
         RunDir(run_dir).remove_if_unused()
     elif not multirun:
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     from stagetrain.overrides import check_command_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    last.update(info=None, error=None)
     if "--version" in argv or "-V" in argv:
         from stagetrain.helppage import version_text
 
@@ -176,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         extra = check_command_line(argv)
     except StagetrainError as e:
+        last["error"] = str(e)
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception:
