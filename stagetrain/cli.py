@@ -69,20 +69,21 @@ def print_summary(info: dict[str, Any]) -> None:
     from rich.table import Table
 
     from stagetrain.progress import make_console
+    from stagetrain.report import fmt
 
     table = Table(title=f"stagetrain: {info['strategy']} - {info['status']}")
     for col in ("stage", "name", "epochs", "params", "FLOPs", "seconds", "metric", "stop"):
-        table.add_column(col)
+        table.add_column(col, justify="right" if col in ("stage", "epochs", "params", "FLOPs", "seconds") else "left")
     for s in info["stages"]:
-        metric = s["final"].get("val/acc")
-        metric = f"val/acc {metric:.4f}" if metric is not None else f"val/loss {s['final'].get('val/loss', float('nan')):.4f}"
-        table.add_row(str(s["stage"]), s["name"], str(s["epochs"]), f"{s['params']:,}",
-                      f"{s['flops']:.3g}", f"{s['seconds']:.1f}", metric, s["stop_reason"])
+        key = "val/acc" if s["final"].get("val/acc") is not None else "val/loss"
+        metric = f"{key} {fmt(float(s['final'].get(key, float('nan'))))}"
+        table.add_row(str(s["stage"]), s["name"], fmt(s["epochs"]), fmt(s["params"]),
+                      fmt(float(s["flops"])), fmt(float(s["seconds"])), metric, s["stop_reason"])
     console = make_console()
     console.print(table)
-    final = "  ".join(f"{k}={v:.4f}" for k, v in info["final"].items())
+    final = "  ".join(f"{k}={fmt(float(v))}" for k, v in info["final"].items())
     console.print(f"final: {final}")
-    console.print(f"total: {info.get('flops', 0):.3g} FLOPs, {info.get('seconds', 0):.1f} s training")
+    console.print(f"total: {fmt(float(info.get('flops', 0)))} FLOPs, {fmt(float(info.get('seconds', 0)))} s training")
     reason = info.get("stop_reason")
     if reason:
         console.print(f"stopped: {reason} ({StopReason(reason).message})")

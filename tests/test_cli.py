@@ -130,3 +130,31 @@ def test_help_and_version_do_not_import_torch_and_hydra_help_stays():
     assert proc.stdout.startswith("stagetrain ")
     hydra_help = run_cli("--hydra-help", cwd=REPO)
     assert hydra_help.returncode == 0 and "Hydra (" in hydra_help.stdout and "--multirun" in hydra_help.stdout
+
+
+def test_a_terminal_shows_the_progress_display_and_the_table_and_the_log_gets_the_epochs(tmp_path):
+    import pty
+
+    exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([exe, "strategy=scratch", "train.epochs=3", "plots=false", "model.widths=[16]",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=secondary, stderr=secondary, env={**os.environ, "COLUMNS": "120"})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    os.close(primary)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "run directory:" in screen and "final:" in screen and "stagetrain: scratch - completed" in screen
+    assert "epoch 1/3:" not in screen and "epoch 3/3:" not in screen, "per-epoch lines stay off the terminal"
+    assert "epoch 1/3" in screen, "the progress display"
+    log = (tmp_path / "run" / "stagetrain.log").read_text()
+    assert all(f"stage 1 train epoch {e}/3: " in log for e in (1, 2, 3)), log
