@@ -198,3 +198,47 @@ def test_slurm_preempted_job_checkpoints_is_requeued_and_ends_bit_identical(tmp_
     ours, theirs = final_weights(run), final_weights(tmp_path / "reference")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed weights differ from the uninterrupted run"
+
+
+def readme_sbatch_script() -> str:
+    """The sbatch script of the README (the fenced block after its ``sbatch-example`` marker)."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index("<!-- sbatch-example"):]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.full
+def test_readme_sbatch_script_requeues_on_usr1_and_the_run_completes(tmp_path, slurm):
+    """The README's plain sbatch script on the local cluster: USR1 (what --signal=USR1@90 sends
+    before the time limit) checkpoints the run, the script requeues the job, the requeued job
+    continues the run with resume=auto and completes it, every epoch logged once."""
+    script = tmp_path / "job.sh"
+    script.write_text(readme_sbatch_script())
+    assert "#SBATCH --signal=USR1@90" in script.read_text() and "#SBATCH --requeue" in script.read_text()
+    run = tmp_path / "run"
+    env = {**os.environ, "RUN_DIR": str(run), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # the cluster's size instead of the script's 4 cores / 8 GB / 4 h (the command line wins)
+    submitted = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=1G", "--time=10",
+                                f"--output={tmp_path / 'slurm-%j.out'}", str(script), "strategy=scratch",
+                                "train.epochs=40", "device.threads=1", "plots=false", "progress=off"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    try:
+        deadline = time.time() + 240
+        while _train_epochs(run) < 2:
+            assert time.time() < deadline, "the job did not start training"
+            time.sleep(0.1)
+        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+        while _status(run) != "completed" or subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                                                             text=True).stdout.strip():
+            assert time.time() < deadline, f"the run did not complete: {_status(run)}"
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    log = (run / "stagetrain.log").read_text()
+    assert "Stopped by SIGUSR1" in log and log.count("Resuming from") == 1, log
+    out = (tmp_path / f"slurm-{job}.out").read_text()
+    assert "run directory:" in out, out
+    _assert_complete(run)
+    assert_epochs_exactly_once(run)
