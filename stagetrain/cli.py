@@ -131,7 +131,14 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
-        log.error("%s", message)  # not requeued: the user continues the run
+        if stopped or multirun:
+            log.error("%s", message)  # not requeued: the user continues the run
+        else:  # the console script's one-paragraph error; the run's log keeps it too
+            from stagetrain.progress import FILE_ONLY, keep_file_only_off_the_console
+
+            keep_file_only_off_the_console()
+            log.error("%s", message, extra=FILE_ONLY)
+            print(f"Error: {message}", file=sys.stderr)
         if multirun and not stopped:  # one failed job must not stop the sweep
             return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
         RunDir(run_dir).remove_if_unused()

@@ -114,9 +114,9 @@ def _load_digits() -> tuple[Split, Split, float]:
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte"]
 OFFLINE_SOURCES = {  # where to get the files without torchvision's download
-    "mnist": "copy them from a machine that has them (e.g. another user's ~/.cache/stagetrain/MNIST/raw)",
-    "fashion_mnist": ("on Debian/Ubuntu, `apt install dataset-fashion-mnist` puts them, gzipped, in "
-                      "/usr/share/datasets/fashion-mnist/: `gunzip -k` them into that folder"),
+    "mnist": "copy them there from a machine that has them (e.g. its ~/.cache/stagetrain/MNIST/raw/)",
+    "fashion_mnist": ("on Debian/Ubuntu, `apt install dataset-fashion-mnist` installs them gzipped in "
+                      "/usr/share/datasets/fashion-mnist/; gunzip each into {folder}/ (README, Data)"),
 }
 
 
@@ -130,7 +130,7 @@ def missing_data_message(name: str, root: Path) -> str:
     else:
         folder = folder / "raw"
         where = f"the four uncompressed IDX files in {folder}/ ({', '.join(IDX_FILES)})"
-        offline = OFFLINE_SOURCES[name]
+        offline = OFFLINE_SOURCES[name].format(folder=folder)
     return (f"dataset={name}: the files were not found (or failed torchvision's checks) under {root}. "
             f"stagetrain reads {where}. Offline: {offline}. Data somewhere else: set dataset.root=<folder> "
             f"or the STAGETRAIN_DATA environment variable to the folder that holds {RAW_FOLDERS[name]}/. "

@@ -32,6 +32,13 @@ def _is_console(handler: logging.Handler) -> bool:
         type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr))
 
 
+def keep_file_only_off_the_console() -> None:
+    """Add the SkipFileOnly filter to every console handler of the root logger (once)."""
+    for handler in logging.getLogger().handlers:
+        if _is_console(handler) and not any(isinstance(f, SkipFileOnly) for f in handler.filters):
+            handler.addFilter(SkipFileOnly())
+
+
 def make_console() -> Console:
     """A rich console; off a terminal (logs, pipes) it is wide enough not to wrap tables."""
     return Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
@@ -53,9 +60,7 @@ class Reporter:
         self.console = make_console()
         if self.mode == "rich":
             self._route_logging_through_rich()
-        for handler in logging.getLogger().handlers:
-            if _is_console(handler) and not any(isinstance(f, SkipFileOnly) for f in handler.filters):
-                handler.addFilter(SkipFileOnly())
+        keep_file_only_off_the_console()
         # the per-epoch lines: on stdout only when it is not a terminal (plain mode)
         self._epoch_extra = None if self.mode == "plain" else FILE_ONLY
 
