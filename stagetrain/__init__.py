@@ -1,3 +1,20 @@
-"""stagetrain: staged neural-network training (layer-wise, growth, fine-tuning) vs scratch."""
+"""stagetrain: staged neural-network training (layer-wise, growth, fine-tuning) vs scratch.
+
+Python API: ``stagetrain.run([...overrides], run_dir=...)`` runs one job as the command
+line would and returns its run record; ``stagetrain.load(run_dir)`` reads a finished run's
+model, config and metrics (see ``stagetrain.api``). Both are imported on first use, so
+``import stagetrain`` stays cheap.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["run", "load", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "load", "Run", "RunFailed"):
+        from stagetrain import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'stagetrain' has no attribute {name!r}")

@@ -20,6 +20,9 @@ from stagetrain.plan import StopReason
 log = logging.getLogger("stagetrain")
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: resumable, requeue me
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: checkpointed too, resumable
+# What the last command of this process ended with, for the Python API (stagetrain.api.run):
+# the run record of the last job, and the message of a refusal or failure.
+last: dict[str, Any] = {"info": None, "error": None}
 
 
 # stagetrain.rundir imports torch (2+ s): imported on first use, so that a malformed
@@ -67,20 +70,21 @@ def print_summary(info: dict[str, Any]) -> None:
     from rich.table import Table
 
     from stagetrain.progress import make_console
+    from stagetrain.report import fmt
 
     table = Table(title=f"stagetrain: {info['strategy']} - {info['status']}")
     for col in ("stage", "name", "epochs", "params", "FLOPs", "seconds", "metric", "stop"):
-        table.add_column(col)
+        table.add_column(col, justify="right" if col in ("stage", "epochs", "params", "FLOPs", "seconds") else "left")
     for s in info["stages"]:
-        metric = s["final"].get("val/acc")
-        metric = f"val/acc {metric:.4f}" if metric is not None else f"val/loss {s['final'].get('val/loss', float('nan')):.4f}"
-        table.add_row(str(s["stage"]), s["name"], str(s["epochs"]), f"{s['params']:,}",
-                      f"{s['flops']:.3g}", f"{s['seconds']:.1f}", metric, s["stop_reason"])
+        key = "val/acc" if s["final"].get("val/acc") is not None else "val/loss"
+        metric = f"{key} {fmt(float(s['final'].get(key, float('nan'))))}"
+        table.add_row(str(s["stage"]), s["name"], fmt(s["epochs"]), fmt(s["params"]),
+                      fmt(float(s["flops"])), fmt(float(s["seconds"])), metric, s["stop_reason"])
     console = make_console()
     console.print(table)
-    final = "  ".join(f"{k}={v:.4f}" for k, v in info["final"].items())
+    final = "  ".join(f"{k}={fmt(float(v))}" for k, v in info["final"].items())
     console.print(f"final: {final}")
-    console.print(f"total: {info.get('flops', 0):.3g} FLOPs, {info.get('seconds', 0):.1f} s training")
+    console.print(f"total: {fmt(float(info.get('flops', 0)))} FLOPs, {fmt(float(info.get('seconds', 0)))} s training")
     reason = info.get("stop_reason")
     if reason:
         console.print(f"stopped: {reason} ({StopReason(reason).message})")
@@ -125,9 +129,17 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
                    f"hydra.run.dir={run_dir}") if stopped else str(e)
+        last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
-        log.error("%s", message)  # not requeued: the user continues the run
+        if stopped or multirun:
+            log.error("%s", message)  # not requeued: the user continues the run
+        else:  # the console script's one-paragraph error; the run's log keeps it too
+            from stagetrain.progress import FILE_ONLY, keep_file_only_off_the_console
+
+            keep_file_only_off_the_console()
+            log.error("%s", message, extra=FILE_ONLY)
+            print(f"Error: {message}", file=sys.stderr)
         if multirun and not stopped:  # one failed job must not stop the sweep
             return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
         RunDir(run_dir).remove_if_unused()
@@ -135,6 +147,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         # re-running it with resume=auto continues this job and skips the completed ones.
         sys.exit((EXIT_INTERRUPTED if str(e) == "SIGINT" else EXIT_STOPPED) if stopped else 1)
     except Exception as e:
+        last["error"] = f"{type(e).__name__}: {e}"
         if multirun:
             log.exception("Job %s failed", run_dir)
             return record_failure(run_dir, cfg, f"{type(e).__name__}: {e}")
@@ -151,6 +164,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise
+    last["info"] = info
     if info.get("dry_run"):
         RunDir(run_dir).remove_if_unused()
     elif not multirun:
@@ -172,9 +186,21 @@ def main(argv: list[str] | None = None) -> None:
     from stagetrain.overrides import check_command_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    last.update(info=None, error=None)
+    if "--version" in argv or "-V" in argv:
+        from stagetrain.helppage import version_text
+
+        print(version_text())
+        return
+    if "--help" in argv or "-h" in argv:  # Hydra's own page: --hydra-help
+        from stagetrain.helppage import help_text
+
+        print(help_text(), end="")
+        return
     try:
         extra = check_command_line(argv)
     except StagetrainError as e:
+        last["error"] = str(e)
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception:

@@ -111,6 +111,32 @@ def _load_digits() -> tuple[Split, Split, float]:
     return Split(x[tr], y[tr]), Split(x[te], y[te]), 16.0
 
 
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte"]
+OFFLINE_SOURCES = {  # where to get the files without torchvision's download
+    "mnist": "copy them there from a machine that has them (e.g. its ~/.cache/stagetrain/MNIST/raw/)",
+    "fashion_mnist": ("on Debian/Ubuntu, `apt install dataset-fashion-mnist` installs them gzipped in "
+                      "/usr/share/datasets/fashion-mnist/; gunzip each into {folder}/ (README, Data)"),
+}
+
+
+def missing_data_message(name: str, root: Path) -> str:
+    """What to do when the dataset files are not under ``root``: where they go, how to get
+    them without a network, how to point stagetrain at another folder, how to download."""
+    folder = root / RAW_FOLDERS[name]
+    if name == "cifar10":
+        where = f"the extracted cifar-10-python.tar.gz, i.e. {folder}/data_batch_1 ... test_batch"
+        offline = "copy the extracted archive from a machine that has it"
+    else:
+        folder = folder / "raw"
+        where = f"the four uncompressed IDX files in {folder}/ ({', '.join(IDX_FILES)})"
+        offline = OFFLINE_SOURCES[name].format(folder=folder)
+    return (f"dataset={name}: the files were not found (or failed torchvision's checks) under {root}. "
+            f"stagetrain reads {where}. Offline: {offline}. Data somewhere else: set dataset.root=<folder> "
+            f"or the STAGETRAIN_DATA environment variable to the folder that holds {RAW_FOLDERS[name]}/. "
+            "With a network: add dataset.download=true to download and check them.")
+
+
 def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Split, float]:
     from torchvision import datasets
 
@@ -118,14 +144,8 @@ def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Spli
     root_path = Path(os.path.expanduser(root))
     try:
         parts = [cls(str(root_path), train=train, download=download) for train in (True, False)]
-    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        expected = root_path / RAW_FOLDERS[name]
-        raise StagetrainError(
-            f"dataset={name}: the files were not found or failed torchvision's check under "
-            f"{expected} ({e}). Point dataset.root (or the STAGETRAIN_DATA environment variable) "
-            f"at the folder that contains {RAW_FOLDERS[name]}/, or add dataset.download=true to "
-            "let torchvision download them (needs a network)."
-        ) from None
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        raise StagetrainError(missing_data_message(name, root_path)) from None
     splits = []
     for part in parts:
         x = torch.as_tensor(part.data)

@@ -46,6 +46,8 @@ def check_command_line(argv: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
+    _check_grammar(list(args.overrides))
+    _check_target_quoted(list(args.overrides))
     try:
         parsed = OverridesParser.create().parse_overrides(list(args.overrides))
         loader = _loader(args.config_dir)
@@ -162,6 +164,57 @@ def _variants(parsed: list[Any]) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------ checks
+QUOTE_HINT = ("quote it twice, Hydra's quotes inside the shell's: \"{key}='{value}'\" (the shell "
+              "removes the outer quotes, Hydra the inner ones)")
+
+
+def _check_grammar(overrides: list[str]) -> None:
+    """An override Hydra's grammar cannot read (``model.widths=[64``, ``lr=1e-3,``, a value
+    with ``=`` or ``>`` unquoted): which one, Hydra's reason, and how to write it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for line in overrides:
+        try:
+            parser.parse_overrides([line])
+        except OverrideParseException as e:
+            key, eq, value = line.partition("=")
+            reason = re.sub(r"^\w+Exception: ", "", _first_line(e)).split(" expecting ")[0]
+            reason = "" if line in reason else f" ({reason})"
+            if not eq:
+                raise StagetrainError(f"'{line}' is not an override: write key=value (e.g. train.epochs=5) "
+                                      f"or group=option (e.g. strategy=grow).") from None
+            unclosed = [f"'{o}'" for o, c in ("[]", "{}", "()") if value.count(o) > value.count(c)]
+            if unclosed:
+                fix = f"{' and '.join(unclosed)} opened but not closed: e.g. \"{key}=[64,32]\" for a list"
+            elif re.search(r"[=<>]", value):
+                fix = ("Hydra's grammar reserves '=', '<' and '>' inside a value: "
+                       + QUOTE_HINT.format(key=key, value=value))
+            else:
+                fix = ("check brackets, commas and quotes: a list is \"key=[a,b]\", a sweep key=a,b (with -m); "
+                       "for a value with spaces, commas, brackets or '=', "
+                       + QUOTE_HINT.format(key=key, value=value.strip("'\"")))
+            raise StagetrainError(f"Cannot read the override {line}{reason}: {fix}.") from None
+
+
+def _check_target_quoted(overrides: list[str]) -> None:
+    """``strategy.target=val/acc>=0.9`` typed without quotes: the shell takes ``>=0.9`` as a
+    redirection (writing stdout to a file ``=0.9``) and stagetrain sees ``val/acc`` alone."""
+    for line in overrides:
+        key, _, value = line.partition("=")
+        if key.lstrip("+~") != "strategy.target" or not value or value == "null" or re.search(r"[<>=]", value) \
+                or "," in value:
+            continue
+        made = sorted(f.name for f in Path.cwd().iterdir() if re.fullmatch(r"=?[0-9.eE+-]+", f.name) and f.is_file())
+        left = (f" (the shell has just created the file {', '.join(repr(m) for m in made)} here: delete it)"
+                if made else "")
+        raise StagetrainError(
+            f"strategy.target={value} has no comparison. Without quotes the shell reads '>' and '<' as "
+            f"redirections: strategy.target={value}>=0.9 becomes strategy.target={value} with the output "
+            f"written to a file '=0.9'{left}. Quote the whole override: \"strategy.target='{value}>=0.9'\".")
+
+
 def _is_group(loader: Any, o: Any) -> bool:
     """A config group choice (``strategy=grow``, ``hydra/launcher=joblib``), not a key."""
     return o.package is None and loader.repository.group_exists(o.key_or_group)

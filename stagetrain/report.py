@@ -104,10 +104,17 @@ def group_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]
     return out
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """The one number format of stagetrain's tables: integers with thousands separators
+    (50,826), every other number to 4 significant digits (0.9583, 12.35, 1.234e+09)."""
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "" if v is None else str(v)
+    return str(v)
+
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -122,7 +129,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +144,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         table.add_column(c)
     for r in rows:
         style = None if r.get("status", "completed") == "completed" else "red"
-        table.add_row(*(_fmt(r.get(c)) for c in cols), style=style)
+        table.add_row(*(fmt(r.get(c)) for c in cols), style=style)
     make_console().print(table)
 
 
@@ -154,7 +161,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def group_label(row: dict[str, Any], by: list[str] | None) -> str:
     """A legend label: the strategy, then ``key=value`` of the other grouping columns."""
     by = by or ["strategy"]
-    parts = [str(row.get(k)) if k == "strategy" else f"{k.removeprefix('strategy.')}={_fmt(row.get(k))}"
+    value = lambda v: str(v) if isinstance(v, int) else fmt(v)  # noqa: E731 - a seed is not 1,000
+    parts = [str(row.get(k)) if k == "strategy" else f"{k.removeprefix('strategy.')}={value(row.get(k))}"
              for k in by if row.get(k) is not None]
     return " ".join(parts)
 
@@ -254,14 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if r["status"] != "completed"]
     for r in failed:
         print(f"{r['status']}: {r['run']}: {r['error']}")
-    if args.csv:
-        args.csv.write_text(to_csv(table))
-    if args.markdown:
-        args.markdown.write_text(to_markdown(table))
-    if args.plot:
-        plot(rows, args.plot, by=[k.strip() for k in args.group_by.split(",")] if args.group_by else None)
-    if args.curves:
-        plot_curves(rows, args.curves, [k.strip() for k in args.group_by.split(",")] if args.group_by else None)
+    by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
+    writers = [(args.csv, lambda path: path.write_text(to_csv(table))),
+               (args.markdown, lambda path: path.write_text(to_markdown(table))),
+               (args.plot, lambda path: plot(rows, path, by=by)),
+               (args.curves, lambda path: plot_curves(rows, path, by))]
+    for path, write in writers:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+            print(f"wrote {path.resolve()}")
     return 0
 
 

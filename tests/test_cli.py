@@ -9,6 +9,8 @@ import sys
 
 from conftest import REPO, run_cli, run_dirs
 
+import stagetrain.cli
+
 
 def test_cfg_job_works_from_any_directory_after_a_non_editable_install(tmp_path):
     site = tmp_path / "site"
@@ -96,3 +98,63 @@ def test_rich_progress_and_bf16_autocast_run_to_completion(tmp_path):
     (run,) = run_dirs(tmp_path)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["config"]["device"]["precision"] == "bf16"
+
+
+def test_help_is_stagetrains_page_without_internal_groups(capsys):
+    stagetrain.cli.main(["--help"])
+    out = capsys.readouterr().out
+    for text in ("staged neural-network training", "examples:", "outputs:", "--hydra-help", "--version"):
+        assert text in out, text
+    for group, options in {"strategy": ["scratch", "layerwise", "grow", "finetune"], "dataset": ["digits", "mnist"],
+                           "model": ["mlp", "cnn"], "device": ["auto", "cpu"], "experiment": ["strategies_digits"],
+                           "arm": ["grow_random"], "hydra/launcher": ["slurm"]}.items():
+        assert f"\n  {group}: " in out, group
+        for option in options:
+            line = next((ln for ln in out.splitlines() if ln.startswith(f"    {option} ")), "")
+            assert len(line.split()) > 2, f"{group}/{option} has no one-line description"
+    assert "schema" not in out, "Hydra's internal schema/* groups are hidden"
+    assert out.count("\n  stagetrain") == 5, "five examples"
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_help_and_version_do_not_import_torch_and_hydra_help_stays():
+    code = ("import sys; from stagetrain.cli import main; main([sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    for flag in ("--help", "--version"):
+        proc = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    import hydra
+    import torch
+
+    assert f"torch {torch.__version__.split('+')[0]}" in proc.stdout and f"hydra-core {hydra.__version__}" in proc.stdout
+    assert proc.stdout.startswith("stagetrain ")
+    hydra_help = run_cli("--hydra-help", cwd=REPO)
+    assert hydra_help.returncode == 0 and "Hydra (" in hydra_help.stdout and "--multirun" in hydra_help.stdout
+
+
+def test_a_terminal_shows_the_progress_display_and_the_table_and_the_log_gets_the_epochs(tmp_path):
+    import pty
+
+    exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([exe, "strategy=scratch", "train.epochs=3", "plots=false", "model.widths=[16]",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=secondary, stderr=secondary, env={**os.environ, "COLUMNS": "120"})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    os.close(primary)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "run directory:" in screen and "final:" in screen and "stagetrain: scratch - completed" in screen
+    assert "epoch 1/3:" not in screen and "epoch 3/3:" not in screen, "per-epoch lines stay off the terminal"
+    assert "epoch 1/3" in screen, "the progress display"
+    log = (tmp_path / "run" / "stagetrain.log").read_text()
+    assert all(f"stage 1 train epoch {e}/3: " in log for e in (1, 2, 3)), log

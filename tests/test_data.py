@@ -1,15 +1,41 @@
-"""Datasets load from the real files with the right shapes; splits and subsets are seeded."""
+"""Datasets load from IDX files (small generated ones; the real ones with --full) with the right
+shapes; splits and subsets are seeded."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import IDX_SIZES, make_cfg, make_idx_images
 
 from stagetrain.data import dataset_meta, epoch_permutation, load_data
+from stagetrain.errors import StagetrainError
 from stagetrain.runner import train
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_mnist_family_loads_idx_files_through_torchvision(idx_root, name):
+    cfg = make_cfg(f"dataset={name}", f"dataset.root={idx_root}")
+    data = load_data(cfg.dataset, seed=0)
+    assert data.train.x.dtype == torch.uint8 and data.in_shape == (1, 28, 28) and data.num_classes == 10
+    assert len(data.train) + len(data.val) == IDX_SIZES["train"] and len(data.test) == IDX_SIZES["t10k"]
+    x, y = make_idx_images(IDX_SIZES["t10k"], int(name == "fashion_mnist"), 1)
+    assert torch.equal(data.test.x[:, 0], x) and torch.equal(data.test.y, y.long()), "the bytes written"
+
+
+def test_missing_idx_files_say_how_to_get_them_offline(idx_root, tmp_path):
+    for name in ("mnist", "fashion_mnist"):
+        cfg = make_cfg(f"dataset={name}", f"dataset.root={tmp_path}")
+        with pytest.raises(StagetrainError) as err:
+            load_data(cfg.dataset, seed=0)
+        message = str(err.value)
+        folder = "MNIST" if name == "mnist" else "FashionMNIST"
+        assert str(tmp_path / folder / "raw") in message and "STAGETRAIN_DATA" in message
+        assert "dataset.root" in message and "train-images-idx3-ubyte" in message
+        assert "download=True" not in message
+    assert "dataset-fashion-mnist" in message  # Debian's package, for Fashion-MNIST
+
+
+@pytest.mark.full
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_mnist_family_loads_from_shared_data(data_root, name):
     cfg = make_cfg(f"dataset={name}", f"dataset.root={data_root}")
@@ -66,6 +92,7 @@ def test_cnn_trains_on_cifar_shaped_synthetic_images(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_one_epoch_of_mnist_reaches_095(data_root, tmp_path):
     info = train(make_cfg("strategy=scratch", "dataset=mnist", f"dataset.root={data_root}",
                           "train.epochs=1", "model.widths=[256,128]", "train.batch_size=64"), tmp_path / "r")

@@ -235,11 +235,20 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["strategy=finetune", "strategy.pretrain.enabled=true", "strategy.source=src"], ["strategy.source and strategy.pretrain.enabled=true exclude each other"]),
     (["strategy=finetune", "strategy.pretrain.enabled=true", "strategy.head=reuse"], ["strategy.head=reuse needs a source run"]),
     (["strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=cifar10"], ["strategy.pretrain.dataset=cifar10", "must match"]),
+    # ---- Hydra's grammar: which override, why, and the fix (quote it)
+    (["model.widths=[64"], ["model.widths=[64", "'[' opened but not closed", '"model.widths=[64,32]"']),
+    (["optim.lr=1e-3,"], ["optim.lr=1e-3,", "quote it twice", "\"optim.lr='1e-3,'\""]),
+    (["strategy=grow", "strategy.target=val/acc>=0.9"], ["strategy.target=val/acc>=0.9", "reserves '=', '<' and '>'",
+                                                         "\"strategy.target='val/acc>=0.9'\""]),
+    # the same typed without quotes: the shell cut it at '>' (and wrote a file '=0.9')
+    (["strategy=grow", "strategy.target=val/acc"], ["strategy.target=val/acc has no comparison", "redirections",
+                                                    "\"strategy.target='val/acc>=0.9'\""]),
 ]
 
 # Through the real console script (a fresh process each), timed: one per kind of failure.
 SUBPROCESS = [
     ["trian.epochs=3"],
+    ["model.widths=[64"],
     ["optim.lrr=0.1"],
     ["strategy=layerwize"],
     ["dataset=mnits"],
@@ -340,3 +349,16 @@ def test_malformed_config_is_refused_by_the_console_script(args, workdir):
     _assert_refused(proc.returncode, proc.stdout + proc.stderr, expected, workdir)
     assert proc.returncode == 1
     assert seconds < MAX_SECONDS, f"took {seconds:.2f} s"
+
+
+@pytest.mark.parametrize("args", [["model.widths=[64"], ["strategy=grow", "strategy.target=val/acc"],
+                                  ["optim.lr=-0.1"], ["train.epochs=abc"]], ids=_id)
+def test_grammar_errors_and_bad_values_are_refused_within_1_cpu_second(args, workdir):
+    times = []
+    for _ in range(2):  # the better of two: a loaded machine inflates CPU time a little too
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = run_cli(*args, cwd=workdir, timeout=60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        times.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: "), proc.stderr
+    assert min(times) < 1.0, f"took {min(times):.2f} CPU s"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from stagetrain.report import pareto_front
+from stagetrain.report import fmt, pareto_front
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,8 @@ def report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_report_table_csv_markdown_and_plot(sweep):
     proc = report(str(sweep / "sweep"), "--csv", "t.csv", "--markdown", "t.md", "--plot", "p.png", cwd=sweep)
     assert proc.returncode == 0, proc.stderr
+    for name in ("t.csv", "t.md", "p.png"):  # every file written is named, with its full path
+        assert f"wrote {sweep.resolve() / name}" in proc.stdout.splitlines()
     rows = list(csv.DictReader(io.StringIO((sweep / "t.csv").read_text())))
     assert len(rows) == 4 and sorted(r["strategy"] for r in rows) == ["grow", "grow", "scratch", "scratch"]
     assert {r["seed"] for r in rows} == {"0", "1"}, "the overrides that differ are columns"
@@ -68,3 +70,8 @@ def test_path_without_runs_exits_nonzero_with_a_message(tmp_path):
 
 def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front([(1, 0.5), (2, 0.4), (3, 0.9), (4, 0.8), (5, 0.95)]) == [(1, 0.5), (3, 0.9), (5, 0.95)]
+
+
+def test_one_number_format():
+    assert [fmt(v) for v in (50826, 0.95833333, 12.3456, 1234567890.0, 3, None, "x")] == \
+        ["50,826", "0.9583", "12.35", "1.235e+09", "3", "", "x"]

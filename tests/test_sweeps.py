@@ -151,7 +151,7 @@ def test_every_experiment_job_composes_and_plans(name, tmp_path):
     assert "ERROR" not in proc.stderr
 
 
-# One job of each experiment with its budget cut to a minimum: a real run on real data.
+# One job of each experiment with its budget cut to a minimum: a real run (MNIST: small IDX files).
 # A command-line value of a swept key replaces the experiment's list (one job).
 SMALL = {
     "strategies_digits": ["arm=layerwise_autoencoder", "seed=0", "strategy.epochs_per_layer=1"],
@@ -165,10 +165,10 @@ SMALL = {
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_runs_one_tiny_job(name, tmp_path, data_root):
-    sweep = tmp_path / "sweep"
+def test_every_experiment_runs_one_tiny_job(name, tmp_path, idx_root):
+    sweep = tmp_path / "sweep"  # MNIST / Fashion-MNIST: the small IDX files of conftest
     proc = run_cli("-m", f"experiment={name}", *SMALL[name], "train.epochs=1", "dataset.max_train=400",
-                   "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                   "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"STAGETRAIN_DATA": str(idx_root)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = summary_rows(sweep)
     assert len(rows) == 1 and rows[0]["status"] == "completed" and float(rows[0]["test/acc"]) > 0
@@ -192,7 +192,7 @@ def test_a_dry_run_sweep_writes_nothing(tmp_path):
     assert not (tmp_path / "outputs").exists(), [str(p) for p in tmp_path.rglob("*")]
 
 
-def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data(data_root):
+def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data():
     from stagetrain.config import validate
     from stagetrain.data import dataset_meta
     from stagetrain.dryrun import estimate_plan

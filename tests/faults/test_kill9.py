@@ -13,6 +13,8 @@ import pytest
 
 from .harness import COMMON, EVERY, SCENARIOS, run_scenario
 
+pytestmark = pytest.mark.full  # a kill -9 campaign: `pytest --full`
+
 RANDOM_KILLS = 2  # per strategy, on top of the required moments (harness.required_plans)
 TOTAL: dict[str, int] = {}
 

@@ -53,6 +53,7 @@ def _signal_after_steps(run: Path, sig: signal.Signals, steps: int, tag: str, da
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_sigterm_then_sigusr1_checkpoint_and_exit_within_10s_on_mnist(tmp_path, data_root):
     run = tmp_path / "run"
     for sig, tag in ((signal.SIGTERM, "term"), (signal.SIGUSR1, "usr1")):
