@@ -4,14 +4,16 @@ The same MLP, data, seed, data order, batches, optimizer and LR schedule are tra
 
 * ``engine`` -- ``stagetrain.runner.train`` (strategy=scratch; metrics.jsonl, run.json and
   checkpoints at their defaults), its config composed through Hydra as the CLI does;
-* ``hand`` -- a minimal loop over the same in-memory tensors: slice the epoch's
+* ``hand`` -- a minimal loop over the same in-memory tensors (Adam fused, as the engine's): slice the epoch's
   permutation, normalise the batch, forward, cross-entropy, backward, Adam, LambdaLR;
 * ``loader`` -- that loop fed by a ``torch.utils.data.DataLoader`` over a TensorDataset
   (per-sample indexing + collate, as most tutorials do), same batches in the same order;
 * ``lightning`` -- PyTorch Lightning (``pip install -e ".[bench]"``): a LightningModule with
   the same model, Adam and schedule, ``Trainer.fit`` over a DataLoader of a TensorDataset of
   the normalised tensors (shuffled), the way its docs do it, logger, progress bar, model
-  summary and checkpointing off. Skipped when lightning is not installed.
+  summary and checkpointing off, Adam as its docs build it; ``lightning_fused``: the same
+  with the engine's fused Adam, to separate the optimizer from the framework's per-step
+  cost. Skipped when lightning is not installed.
 
 Runs are interleaved (the order rotates every repeat); each variant keeps its best mean
 epoch time (wall clock) over the repeats. Timed per epoch: for the engine,
@@ -107,8 +109,8 @@ def run_hand(cfg: DictConfig, data: DataBundle, use_loader: bool) -> Result:
     """The minimal loop: same init, permutation, batches, Adam and schedule as the engine."""
     seed_everything(cfg.seed)
     model = StagedModel(build_spec(cfg.model, data.in_shape, data.num_classes)).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr,
-                           weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr,  # fused, as the engine's (optim.fused)
+                           weight_decay=cfg.optim.weight_decay, fused=bool(cfg.optim.fused))
     n, bs, epochs = len(data.train), cfg.train.batch_size, cfg.train.epochs
     steps = n // bs if n % bs == 1 and n > bs else -(-n // bs)  # a lone last sample is merged
     s = SimpleNamespace(**cfg.sched)
@@ -133,8 +135,9 @@ def run_hand(cfg: DictConfig, data: DataBundle, use_loader: bool) -> Result:
     return seconds, {k: v.detach().clone() for k, v in model.state_dict().items()}, {}
 
 
-def run_lightning(cfg: DictConfig, data: DataBundle) -> Result:
-    """The same model, optimizer and schedule trained by Lightning's Trainer, as its docs do it."""
+def run_lightning(cfg: DictConfig, data: DataBundle, fused: bool) -> Result:
+    """The same model, optimizer and schedule trained by Lightning's Trainer, as its docs do
+    it (``fused=False``: Adam as its docs build it), or with the engine's fused Adam."""
     import lightning as L  # noqa: N812 - the name Lightning's docs use
 
     seed_everything(cfg.seed)
@@ -153,7 +156,8 @@ def run_lightning(cfg: DictConfig, data: DataBundle) -> Result:
             return F.cross_entropy(self.model(x), y)
 
         def configure_optimizers(self) -> Any:
-            opt = torch.optim.Adam(self.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            opt = torch.optim.Adam(self.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                   **({"fused": True} if fused else {}))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(
                 s.name, i, epochs * steps, steps, s.warmup_epochs, s.step_size, s.gamma))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -209,7 +213,8 @@ def main() -> None:
         "engine": lambda: run_engine(cfg), "hand": lambda: run_hand(cfg, data, False),
         "loader": lambda: run_hand(cfg, data, True)}
     if importlib.util.find_spec("lightning") is not None:
-        runners["lightning"] = lambda: run_lightning(cfg, data)
+        runners["lightning"] = lambda: run_lightning(cfg, data, False)
+        runners["lightning_fused"] = lambda: run_lightning(cfg, data, True)
     order = list(runners)
     runs: dict[str, list[Result]] = {name: [] for name in order}
     for r in range(args.repeats):
@@ -222,7 +227,7 @@ def main() -> None:
     best = {name: min(ts) for name, ts in wall.items()}
     pairs = [("engine", "hand"), ("engine", "loader"), ("loader", "hand")]
     if "lightning" in runs:
-        pairs.append(("lightning", "engine"))
+        pairs += [("lightning", "engine"), ("lightning_fused", "engine")]
     engine_runs = {"engine": [d for _, _, d in runs["engine"]]}
     result = {
         "machine": {**info, "loadavg_end": os.getloadavg()},
@@ -241,7 +246,7 @@ def main() -> None:
         "ratio_steps_only": {name: min(d["steps"] for d in ds) / best["hand"]
                              for name, ds in engine_runs.items()},
         "bit_identical": {name: all(identical(w, runs["hand"][0][1]) for _, w, _ in rs)
-                          for name, rs in runs.items() if name != "lightning"},  # Lightning shuffles its own way
+                          for name, rs in runs.items() if not name.startswith("lightning")},  # it shuffles its own way
         "seconds_per_epoch": {"best": best, "all": wall},
         "engine_details_best_run": engine_runs["engine"][wall["engine"].index(best["engine"])],
     }

@@ -94,7 +94,7 @@ def engine_options(cfg: RunConfig, config_yaml: str) -> Any:
         cache_max_bytes=int(getattr(cfg.strategy, "cache_max_bytes", CACHE_MAX_BYTES)),
         cache_dtype=str(getattr(cfg.strategy, "cache_dtype", "fp32")),
         warmup_epochs=int(cfg.sched.warmup_epochs), step_size=int(cfg.sched.step_size),
-        gamma=float(cfg.sched.gamma), config_yaml=config_yaml,
+        gamma=float(cfg.sched.gamma), fused_optimizer=bool(cfg.optim.fused), config_yaml=config_yaml,
     )
 
 

@@ -25,13 +25,19 @@ def param_groups(stage: Stage, groups: dict[str, nn.Module]) -> list[dict[str, A
     return out
 
 
-def build_optimizer(stage: Stage, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+def build_optimizer(stage: Stage, groups: list[dict[str, Any]], fused: bool = True) -> torch.optim.Optimizer:
+    """The stage's optimizer. Adam/AdamW run fused (one kernel per group instead of ~10 per
+    parameter) on CPU and CUDA: on the MNIST MLP the optimizer step is 3x faster on CPU,
+    about a third of a training step (benchmarks/README.md). Same algorithm; the last bits
+    of the weights differ from the unfused loop's (``optim.fused=false``)."""
+    params = [p for g in groups for p in g["params"]]
+    fast = {"fused": True} if fused and params and params[0].device.type in ("cpu", "cuda") else {}
     if stage.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
     if stage.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+        return torch.optim.Adam(groups, lr=stage.lr, weight_decay=stage.weight_decay, **fast)
     if stage.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+        return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay, **fast)
     raise ValueError(f"unknown optimizer {stage.optimizer!r}")
 
 

@@ -70,6 +70,8 @@ def _config_for_resume(cfg: DictConfig, info: dict[str, Any], rundir: RunDir) ->
         log.info("Resuming %s with its saved config.", rundir.path)
     for key in RESUME_FREE_KEYS:
         saved[key] = cfg[key]
+    if OmegaConf.select(saved, "optim.fused") is None:  # saved before optim.fused existed: it ran unfused
+        saved.optim.fused = False
     return saved
 
 

@@ -78,6 +78,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    fused: bool = True  # Adam/AdamW as one fused kernel per group (CPU, CUDA); false: the per-parameter loop
 
 
 @dataclass

@@ -18,6 +18,7 @@ from stagetrain.runner import train
 LEGACY = Path(__file__).parent / "data" / "legacy_layerwise_run"
 ARGS = ["strategy=layerwise", "model.widths=[16,8]", "strategy.epochs_per_layer=1", "train.epochs=2",
         "plots=false", "device=cpu"]
+UNFUSED = "optim.fused=false"  # the old code's Adam; a resumed old run keeps it (resume.py)
 
 
 def test_a_checkpoint_written_before_the_redesign_loads_with_its_state():
@@ -31,8 +32,9 @@ def test_a_run_stopped_before_the_redesign_resumes_bit_identical_to_a_fresh_run(
     info = train(make_cfg(*ARGS, "resume=auto"), run)
     assert info["status"] == "completed"
     assert [s["name"] for s in info["stages"]] == ["greedy-block1", "greedy-block2", "finetune"]
+    assert info["config"]["optim"]["fused"] is False
     fresh = tmp_path / "fresh"
-    train(make_cfg(*ARGS), fresh)
+    train(make_cfg(*ARGS, UNFUSED), fresh)
     a, b = final_weights(run), final_weights(fresh)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "run.json").read_text())["final"] == json.loads((fresh / "run.json").read_text())["final"]

@@ -27,4 +27,5 @@ class EngineOptions:
     warmup_epochs: int = 0  # LR schedule: linear warm-up epochs at each stage start
     step_size: int = 10  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
+    fused_optimizer: bool = True  # Adam/AdamW fused kernels on CPU and CUDA (optim.fused)
     config_yaml: str = ""  # the resolved config, stored in every checkpoint

@@ -167,7 +167,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     groups = {name: model.group(name) for name in [*model.block_names, "head"]}
     if helper is not None:
         groups["helper"] = helper
-    optimizer = build_optimizer(stage, param_groups(stage, groups))
+    optimizer = build_optimizer(stage, param_groups(stage, groups), opts.fused_optimizer)
     if prev_optim:
         map_optimizer_state(optimizer, model, prev_optim, mappings)
     cacheable = prefix > 0 and stage.cache != "off"
