@@ -73,12 +73,13 @@ def print_summary(info: dict[str, Any]) -> None:
     from stagetrain.report import fmt
 
     table = Table(title=f"stagetrain: {info['strategy']} - {info['status']}")
-    for col in ("stage", "name", "epochs", "params", "FLOPs", "seconds", "metric", "stop"):
-        table.add_column(col, justify="right" if col in ("stage", "epochs", "params", "FLOPs", "seconds") else "left")
+    for col in ("stage", "name", "epochs", "trains", "params", "FLOPs", "seconds", "metric", "stop"):
+        table.add_column(col, justify="left" if col in ("name", "metric", "stop") else "right")
     for s in info["stages"]:
         key = "val/acc" if s["final"].get("val/acc") is not None else "val/loss"
         metric = f"{key} {fmt(float(s['final'].get(key, float('nan'))))}"
-        table.add_row(str(s["stage"]), s["name"], fmt(s["epochs"]), fmt(s["params"]),
+        table.add_row(str(s["stage"]), s["name"], fmt(s["epochs"]), fmt(s.get("trainable_params", s["params"])),
+                      fmt(s["params"]),
                       fmt(float(s["flops"])), fmt(float(s["seconds"])), metric, s["stop_reason"])
     console = make_console()
     console.print(table)

@@ -10,7 +10,7 @@ import torch
 from stagetrain.data import dataset_meta
 from stagetrain.engine.runtime import planned_length, prepare, wants_cache
 from stagetrain.growth import apply_op
-from stagetrain.models import StagedModel, count_parameters
+from stagetrain.models import StagedModel, count_parameters, trainable_parameters
 from stagetrain.plan import Plan, Stage
 from stagetrain.schema import RunConfig
 from stagetrain.strategies import hook
@@ -33,7 +33,7 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
     for stage in plan.stages:
         for op in stage.ops:
             model, _ = apply_op(model, op, g)
-        _, p, step, pre = prepare(model, stage, x, y)
+        helper, p, step, pre = prepare(model, stage, x, y)
         n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
         n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
         cacheable = p > 0 and stage.cache != "off"
@@ -43,6 +43,7 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         cached = pre * n + step * samples
         use_cache = wants_cache(stage, p, epochs)
         rows.append({"stage": stage, "samples": n, "epochs": epochs, "params": count_parameters(model),
+                     "trainable": trainable_parameters(model, helper),
                      "flops": cached if use_cache else plain, "flops_no_cache": plain,
                      "flops_cache": cached if p > 0 else None, "growth": describe_ops(stage)})
     return rows

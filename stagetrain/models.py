@@ -156,3 +156,9 @@ def build_spec(model_cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> d
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def trainable_parameters(model: nn.Module, helper: nn.Module | None = None) -> int:
+    """Parameters a stage trains: the model's with requires_grad, plus its helper's."""
+    own = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return own + (count_parameters(helper) if helper is not None else 0)

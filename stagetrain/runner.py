@@ -66,6 +66,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         ckpt.preflight_disk(rundir.checkpoints, count_parameters(engine.model), settings.optim,
                             len(engine.plan.stages))
     _distributed_note(record, settings)
+    if main and settings.progress != "off":
+        _banner(settings, parts, engine, record, start.state)
     record.update(engine)
     continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
@@ -138,6 +140,17 @@ def _join_ranks(settings: RunConfig) -> bool:
         if not distributed.is_main():  # rank 0's log speaks for the run; other ranks add warnings and errors
             log.setLevel(logging.WARNING)
     return distributed.is_main()
+
+
+def _banner(settings: RunConfig, parts: Parts, engine: Engine, record: RunRecord,
+            resumed: dict[str, Any] | None) -> None:
+    from stagetrain.banner import show, start_banner
+
+    data = parts.datasets["target"]
+    rows = estimate_plan(settings, parts.plan, parts.model.spec, len(data.train), len(data.labeled))
+    at = f"resuming at stage {engine.state.stage + 1}, step {engine.state.global_step}" if resumed else None
+    show(start_banner(parts.plan.strategy, record.info["run_dir"], engine.device, engine.opts.bf16, data,
+                      count_parameters(engine.model), rows, at))
 
 
 def _sinks(settings: RunConfig, rundir: RunDir, record: RunRecord) -> list[Any]:

@@ -96,3 +96,16 @@ def test_run_writes_learning_curve_plots(scratch_run):
     for name in ("learning_curves.png", "learning_curves_flops.png"):
         data = (run / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+
+
+def test_start_banner_says_where_on_what_and_how_much_each_stage_trains(tmp_path, capsys):
+    info = train(make_cfg("strategy=layerwise", "model.widths=[32,16]", "strategy.epochs_per_layer=1",
+                          "train.epochs=1", "plots=false", "device=cpu", "progress=plain"), tmp_path)
+    out = capsys.readouterr().out
+    assert out.index("stagetrain layerwise: 3 stages") < out.index("run directory  ") < out.index("stage 3 finetune")
+    assert f"run directory  {tmp_path.resolve()}" in out and "device         cpu (" in out
+    assert "data           digits: train 1,293 (labelled 1,293), val 144, test 360, 10 classes" in out
+    # greedy stage 1: block1 (64*32+32) and its auxiliary head (32*10+10) of 64*32+32 + 32*16+16 + 16*10+10
+    assert "model          2,778 parameters" in out
+    assert "stage 1 greedy-block1: trains 2,410 of 2,778 (block1, helper)" in out
+    assert [s["trainable_params"] for s in info["stages"]] == [2410, 16 * 32 + 16 + 16 * 10 + 10, 2778]

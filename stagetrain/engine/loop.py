@@ -29,7 +29,7 @@ from stagetrain.engine.runtime import StageRuntime, enter_stage, set_train_mode
 from stagetrain.engine.state import RunState, StageState
 from stagetrain.errors import StopRequested
 from stagetrain.growth import apply_op, optimizer_state_by_name
-from stagetrain.models import StagedModel, count_parameters
+from stagetrain.models import StagedModel, count_parameters, trainable_parameters
 from stagetrain.plan import Plan, Stage, StopReason
 from stagetrain.progress import Reporter
 from stagetrain.rundir import MetricsLog, RunDir
@@ -246,7 +246,8 @@ class Engine:
             "stage": k + 1, "name": stage.name, "objective": stage.objective,
             "trainable": list(stage.trainable), "epochs": cur.epoch, "steps": cur.steps,
             "samples": cur.samples, "flops": cur.flops, "seconds": round(cur.seconds, 3),
-            "params": count_parameters(self.model), "cache": rt.cache_note,
+            "params": count_parameters(self.model), "trainable_params": trainable_parameters(self.model, rt.helper),
+            "cache": rt.cache_note,
             "final": dict(cur.metrics), "best": dict(cur.best_metrics),
             "stop_reason": reason.value, "stop_message": reason.message, "complexity_score": score,
         })

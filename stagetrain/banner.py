@@ -1,0 +1,39 @@
+"""The start banner: one block that says what is about to run, before the first step --
+run directory, device, data sizes, parameters (total, and trainable per stage), the plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stagetrain.data import DataBundle
+from stagetrain.report import fmt
+
+
+def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, data: DataBundle,
+                 params: int, rows: list[dict[str, Any]], resumed: str | None) -> str:
+    """The banner's text; ``rows`` are the dry run's per-stage estimates (``dryrun.estimate_plan``)."""
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    lines = [
+        f"stagetrain {strategy}: {len(rows)} stage{'s' if len(rows) != 1 else ''}, "
+        f"est. {fmt(float(sum(r['flops'] for r in rows)))} training FLOPs" + (f" ({resumed})" if resumed else ""),
+        f"  run directory  {run_dir}",
+        f"  device         {device.type} ({threads}, {'bf16 autocast' if bf16 else 'fp32'})",
+        f"  data           {data.name}: train {fmt(len(data.train))} (labelled {fmt(len(data.labeled))}), "
+        f"val {fmt(len(data.val))}, test {fmt(len(data.test))}, {data.num_classes} classes",
+        f"  model          {fmt(params)} parameters",
+    ]
+    for k, row in enumerate(rows):
+        s = row["stage"]
+        budget = f"{fmt(row['epochs'])} epochs" if s.epochs is not None else f"{fmt(float(s.max_flops))} FLOPs"
+        grows = f"; {row['growth']}" if row.get("growth") else ""
+        lines.append(f"  stage {k + 1} {s.name}: trains {fmt(row['trainable'])} of {fmt(row['params'])} "
+                     f"({', '.join(s.trainable)}), {s.objective}, {budget}{grows}")
+    return "\n".join(lines)
+
+
+def show(text: str) -> None:
+    from stagetrain.progress import make_console
+
+    make_console().print(text, markup=False, highlight=False)
