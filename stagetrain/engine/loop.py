@@ -176,12 +176,8 @@ class Engine:
             if rt.prefix > 0:
                 with torch.no_grad():
                     h = self.model.features(h, 0, rt.prefix)
-        if self.world > 1:
-            with ranks.noise(self.opts.seed, self.state.global_step, self.device, self.world), self._amp():
-                loss, logits = rt.step(h, y)
-        else:
-            with self._amp():
-                loss, logits = rt.step(h, y)
+        with ranks.noise(self.opts.seed, self.state.global_step, self.device, self.world), self._amp():
+            loss, logits = rt.step(h, y)
         guard = self.nonfinite
         if self.world > 1:
             loss, self._agreed_stop = ranks.agree_step(loss, guard.exact, bool(self.stop_flag.get("signal")))
