@@ -13,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import DATA_ROOT, run_cli, run_dirs
 
 from stagetrain import rundir
+
+pytestmark = pytest.mark.full  # concurrency campaigns (dozens of processes): `pytest --full`
 
 # the cheapest real run: a few thousand parameters, one epoch, nothing optional written
 TINY = ["strategy=scratch", "train.epochs=1", "model.widths=[8]", "progress=off", "plots=false",

@@ -32,6 +32,8 @@ from stagetrain.errors import StagetrainError
 from stagetrain.rundir import read_metrics
 from stagetrain.runner import check_world, train
 
+pytestmark = pytest.mark.full  # torchrun multi-process runs: `pytest --full`
+
 COMMON = ["device=cpu", "progress=off", "plots=false"]
 # slow enough (9 epochs of 125 steps) to be signalled mid-run, small enough for 2 cores
 LAYERWISE = ["strategy=layerwise", "dataset=synthetic", "dataset.n_train=4000", "dataset.shape=[1,28,28]",

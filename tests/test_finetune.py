@@ -245,6 +245,7 @@ def test_finetune_without_source_is_refused():
         validate(make_cfg("strategy=finetune"))
 
 
+@pytest.mark.full  # a kill/resume or concurrency campaign: `pytest --full`
 def test_resume_mid_gradual_unfreeze_restores_trainable_sets(mlp_source, tmp_path):
     args = ["strategy=finetune", f"strategy.source={mlp_source}", "strategy.mode=gradual_unfreeze",
             "strategy.unfreeze_every=2", "train.epochs=8", TARGET, "train.batch_size=4", "checkpoint.every_steps=20",

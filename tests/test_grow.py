@@ -215,6 +215,7 @@ def test_optimizer_state_map_runs_end_to_end(tmp_path):
     assert info["status"] == "completed"
 
 
+@pytest.mark.full  # a kill/resume or concurrency campaign: `pytest --full`
 def test_kill_right_after_growth_then_resume_gives_identical_weights(tmp_path):
     args = ["strategy=grow", "strategy.widths=[[32],[128]]", "strategy.epochs_per_stage=2", "train.epochs=2",
             "dataset=synthetic", "dataset.n_train=4000", "dataset.shape=[1,28,28]", "train.batch_size=32",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import (
     assert_epochs_exactly_once,
@@ -38,6 +39,7 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
     assert_epochs_exactly_once(run)
 
 
+@pytest.mark.full  # a kill/resume campaign: `pytest --full`
 def test_layerwise_killed_in_stage_2_of_3_resumes_to_identical_weights(tmp_path):
     args = ["strategy=layerwise", "model.widths=[256,128]", "strategy.finetune.epochs=2",
             "strategy.epochs_per_layer=3", "strategy.objective=denoising", *SLOW]
@@ -53,6 +55,7 @@ def test_layerwise_killed_in_stage_2_of_3_resumes_to_identical_weights(tmp_path)
     assert_epochs_exactly_once(run)
 
 
+@pytest.mark.full  # a kill/resume campaign: `pytest --full`
 def test_sigterm_checkpoints_marks_stopped_and_resume_dir_continues(tmp_path):
     args = ["strategy=scratch", "train.epochs=3", *SLOW]
     reference = tmp_path / "reference"

@@ -71,6 +71,7 @@ def _sweep_args(sweep: Path) -> list[str]:
     return ["-m", "strategy=scratch", "train.epochs=2,30", *TINY[1:], f"hydra.sweep.dir={sweep}"]
 
 
+@pytest.mark.full  # a kill/resume or concurrency campaign: `pytest --full`
 def test_sweep_resume_skips_completed_jobs_and_continues_the_interrupted_one(tmp_path):
     sweep = tmp_path / "sweep"
     exe = Path(sys.executable).parent / "stagetrain"

@@ -221,8 +221,9 @@ def _corrupt(kind: str, last: Path, runs: Path, tmp_path: Path) -> str:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "bit_flip", "zero_length", "wrong_version",
-                                  "other_architecture", "not_a_checkpoint", "malicious"])
+@pytest.mark.parametrize("kind", ["truncated", "bit_flip", *(  # the other five kinds: `pytest --full`
+    pytest.param(k, marks=pytest.mark.full) for k in
+    ("zero_length", "wrong_version", "other_architecture", "not_a_checkpoint", "malicious"))])
 def test_resume_auto_falls_back_to_the_previous_good_checkpoint(kind, runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where a payload's `touch` would land
     run = tmp_path / "run"
