@@ -37,8 +37,9 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
         n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
         cacheable = p > 0 and stage.cache != "off"
-        epochs, steps = planned_length(stage, n, bs, step + (0.0 if cacheable else pre))
-        samples = n * epochs if stage.epochs is not None else min(n * epochs, stage.max_flops / (step + (0.0 if cacheable else pre)))
+        per_sample = step + (0.0 if cacheable else pre)
+        epochs, _ = planned_length(stage, n, bs, per_sample)
+        samples = n * epochs if stage.epochs is not None else min(n * epochs, stage.max_flops / per_sample)
         plain = (step + pre) * samples
         cached = pre * n + step * samples
         use_cache = wants_cache(stage, p, epochs)

@@ -30,6 +30,7 @@ class Start:
     state: dict[str, Any] | None = None  # the checkpoint to continue from
     previous: dict[str, Any] = field(default_factory=dict)  # the run.json found, if any
     completed: bool = False  # the run already completed: nothing to do
+    settings: Any = None  # the resumed config, validated (None: the launch's own config)
 
 
 def open_run(cfg: DictConfig, rundir: RunDir, write_config: bool) -> Start:
@@ -49,7 +50,7 @@ def open_run(cfg: DictConfig, rundir: RunDir, write_config: bool) -> Start:
         log.info("%s failed before its first checkpoint; starting it again.", rundir.path)
     else:
         start.cfg = _config_for_resume(cfg, info, rundir)
-        validate(start.cfg)  # before anything is read or rewritten for it
+        start.settings = validate(start.cfg)  # before anything is read or rewritten for it
         start.state = latest_state(rundir)
     if write_config:
         (rundir.path / ".hydra").mkdir(exist_ok=True)

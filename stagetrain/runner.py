@@ -47,8 +47,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     start = open_run(cfg, rundir, write_config=main)
     if start.completed:
         return start.previous
-    if start.cfg is not cfg:
-        settings = validate(start.cfg)
+    settings = start.settings or settings
     device = pick_device(settings.device)
     parts = build_parts(settings, device, fresh=start.state is None)
     record = RunRecord.start(
