@@ -19,17 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stagetrain.errors import StagetrainError, check_choice, did_you_mean
+from stagetrain.families import FAMILIES, family
 from stagetrain.schema import (
-    ACTIVATIONS,
     CACHE_MAX_BYTES,
     DATASETS,
-    IMAGE_DATASETS,
     OPTIMIZERS,
     SCHEDULES,
-    CNNConfig,
     DatasetConfig,
     DeviceConfig,
-    MLPConfig,
     RunConfig,
     SyntheticDatasetConfig,
 )
@@ -42,8 +39,8 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
     cs.store(group="schema/dataset", name="synthetic", node=SyntheticDatasetConfig)
-    cs.store(group="schema/model", name="mlp", node=MLPConfig)
-    cs.store(group="schema/model", name="cnn", node=CNNConfig)
+    for name in FAMILIES:
+        cs.store(group="schema/model", name=name, node=family(name).Config)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
     for name in STRATEGIES:
         cs.store(group="schema/strategy", name=name, node=config_module(name).Config)
@@ -56,7 +53,7 @@ def settings(cfg: DictConfig) -> RunConfig:
     schemas its names select, which also checks its types."""
     node = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     if OmegaConf.get_type(node) is not RunConfig:
-        for key, options in (("dataset.name", DATASETS), ("model.name", ("mlp", "cnn")), ("strategy.name", STRATEGIES)):
+        for key, options in (("dataset.name", DATASETS), ("model.name", FAMILIES), ("strategy.name", STRATEGIES)):
             check_choice(key, OmegaConf.select(node, key), options)
         try:
             node = OmegaConf.merge(_schema_for(node), node)
@@ -73,7 +70,7 @@ def _schema_for(plain: DictConfig) -> DictConfig:
     dataset = OmegaConf.select(plain, "dataset.name")
     schema.dataset = OmegaConf.structured(SyntheticDatasetConfig if dataset == "synthetic" else DatasetConfig)
     model = OmegaConf.select(plain, "model.name")
-    schema.model = OmegaConf.structured(CNNConfig if model == "cnn" else MLPConfig)
+    schema.model = OmegaConf.structured(family(model).Config)
     strategy = OmegaConf.select(plain, "strategy.name")
     schema.strategy = OmegaConf.structured(config_module(strategy).Config)
     schema.device = OmegaConf.structured(DeviceConfig)
@@ -155,25 +152,8 @@ def _validate_dataset(ds: DatasetConfig) -> None:
 
 
 def _validate_model(model: Any, ds: DatasetConfig) -> None:
-    check_choice("model.name", model.name, ("mlp", "cnn"))
-    check_choice("model.activation", model.activation, ACTIVATIONS)
-    _fraction("model.dropout", model.dropout, allow_zero=True)
-    if model.dropout >= 1:
-        raise StagetrainError(f"model.dropout={model.dropout} is out of range: it must be in [0, 1).")
-    if model.name == "mlp":
-        if len(model.widths) == 0 or min(model.widths) <= 0:
-            raise StagetrainError(f"model.widths={list(model.widths)} is not valid: give one positive width per hidden layer, e.g. [256,128].")
-    else:
-        if len(model.channels) == 0 or min(model.channels) <= 0:
-            raise StagetrainError(f"model.channels={list(model.channels)} is not valid: give one positive channel count per conv block, e.g. [16,32].")
-        _positive("model.kernel", model.kernel)
-        _positive("model.pool", model.pool, allow_zero=True)
-        is_image = ds.name in IMAGE_DATASETS or (ds.name == "synthetic" and len(ds.shape) == 3)
-        if not is_image:
-            raise StagetrainError(
-                f"model=cnn needs image inputs, but dataset={ds.name} with shape {list(ds.shape)} is flat. "
-                "Use model=mlp, or give dataset.shape=[channels,height,width]."
-            )
+    check_choice("model.name", model.name, FAMILIES)
+    family(model.name).validate(model, ds)
 
 
 def _validate_run(cfg: RunConfig) -> None:

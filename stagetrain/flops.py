@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stagetrain.models import StagedModel
+from stagetrain.models import StagedModel, part_type
 from stagetrain.objectives import stage_loss
 from stagetrain.plan import Stage
 
@@ -45,28 +45,22 @@ def measure_step_flops(
     return step_counter.get_total_flops() / n, prefix_counter.get_total_flops() / n
 
 
-def analytic_flops(model: StagedModel, in_shape: tuple[int, ...], first_trainable: int) -> float:
-    """Forward+backward FLOPs per sample of the full model, blocks before ``first_trainable``
-    frozen (no backward), everything from there on trainable.
+def analytic_flops(model: StagedModel, first_trainable: int) -> float:
+    """Forward+backward FLOPs per sample from the registered part types' closed forms:
+    blocks before ``first_trainable`` frozen (no backward), everything from there on
+    trainable (the stem trains with block 0).
 
-    A layer costs f forward, f more for its weight gradient when it trains, and f more for
+    A part costs f forward, f more for its weight gradient when it trains, and f more for
     its input gradient when anything below it trains.
     """
+    spec = model.spec
+    parts = [spec["stem"]] if spec.get("stem") else []
+    parts += spec["blocks"] + [{"type": "linear_head", **spec["head"]}]
+    offset = 1 if spec.get("stem") else 0
     total = 0.0
-    shape = tuple(in_shape)
-    layers = [model.blocks[n] for n in model.block_names] + [model.head]
-    for i, block in enumerate(layers):
-        layer = block.layer
-        if isinstance(layer, nn.Conv2d):
-            c, h, w = shape
-            f = 2.0 * layer.in_channels * layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1] * h * w
-            pool = getattr(block, "pool", None)
-            p = pool.kernel_size if pool is not None else 1
-            shape = (layer.out_channels, h // p, w // p)
-        else:
-            f = 2.0 * layer.in_features * layer.out_features
-            shape = (layer.out_features,)
-        trains = i >= first_trainable
-        below_trains = i > first_trainable
+    for i, part in enumerate(parts):
+        f = part_type(part["type"]).flops(part)
+        trains = i >= first_trainable + offset or (offset and first_trainable == 0)
+        below_trains = i > first_trainable + offset or (offset and first_trainable == 0 and i > 0)
         total += f * (1 + int(trains) + int(below_trains))
     return total

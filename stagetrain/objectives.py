@@ -23,7 +23,8 @@ from stagetrain.plan import Stage
 
 
 class AuxHead(nn.Module):
-    """Auxiliary classifier on a block's output: Linear (MLP), or [k convs] + pool + Linear (CNN)."""
+    """Auxiliary classifier on a block's output: Linear (vectors), [k convs] + global average
+    pool + Linear (feature maps [C, H, W]), or mean over positions + Linear (sequences [T, D])."""
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
@@ -35,6 +36,9 @@ class AuxHead(nn.Module):
                 layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
             layers += [nn.AdaptiveAvgPool2d(1)]
             width = c
+        elif len(shape) == 2:
+            layers += [MeanOverPositions()]
+            width = shape[1]
         else:
             width = shape[0]
         self.body = nn.Sequential(*layers, nn.Flatten())
@@ -42,6 +46,11 @@ class AuxHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(self.body(x))
+
+
+class MeanOverPositions(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
 
 
 class Decoder(nn.Module):

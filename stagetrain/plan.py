@@ -39,7 +39,8 @@ class StopReason(str, enum.Enum):
 
 @dataclass
 class Stage:
-    """One phase of training. Group names: ``block1..blockL``, ``head``, ``helper``."""
+    """One phase of training. Group names: ``stem`` (models with one), ``block1..blockL``,
+    ``head``, ``helper``."""
 
     name: str
     epochs: int | None  # None: bounded by max_flops instead (grow's flops_share trigger)
@@ -63,7 +64,7 @@ class Stage:
     data_fraction: float = 1.0  # use this leading fraction of a fixed seeded order of the data
     patience: int | None = None  # stage-level early stop (default: train.patience)
     max_flops: float | None = None  # stage compute budget (the flops_share trigger)
-    partial: dict[str, list[str]] = field(default_factory=dict)  # group -> parameter prefixes that train
+    partial: dict[str, list[str]] = field(default_factory=dict)  # group -> parameter-name patterns (fnmatch) that train
     bn: str = "eval"  # BatchNorm of frozen groups: eval | train_stats | train_affine
     description: str = ""
 

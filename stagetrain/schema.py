@@ -44,26 +44,6 @@ class SyntheticDatasetConfig(DatasetConfig):
 
 
 @dataclass
-class MLPConfig:
-    name: str = "mlp"
-    widths: list[int] = field(default_factory=lambda: [256, 128, 64])
-    activation: str = "relu"
-    bn: bool = False
-    dropout: float = 0.0
-
-
-@dataclass
-class CNNConfig:
-    name: str = "cnn"
-    channels: list[int] = field(default_factory=lambda: [16, 32])
-    kernel: int = 3
-    pool: int = 2
-    bn: bool = True
-    activation: str = "relu"
-    dropout: float = 0.0
-
-
-@dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 64

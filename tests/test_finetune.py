@@ -20,7 +20,7 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from stagetrain.adapters import add_lora, merge_lora
+from stagetrain.models.lora import add_lora, merge_lora
 from stagetrain.config import validate
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
@@ -161,7 +161,7 @@ def test_invariant6_lora_equals_base_at_init_and_merged_equals_adapters(mlp_sour
     assert torch.equal(adapted(x), base.eval()(x))
     with torch.no_grad():
         for block in adapted.blocks.values():
-            block.lora_b.normal_()
+            block.layer.lora_b.normal_()
     merged = merge_lora(adapted).eval()
     assert not any("lora" in k for k in merged.state_dict())
     torch.testing.assert_close(merged(x), adapted(x), atol=1e-10, rtol=1e-10)

@@ -18,11 +18,18 @@ from conftest import (
 from safetensors import safe_open
 
 from stagetrain.errors import StagetrainError
-from stagetrain.growth import deepen, map_optimizer_state, optimizer_state_by_name, widen
+from stagetrain.growth import deepen_dense as deepen
+from stagetrain.growth import map_optimizer_state, optimizer_state_by_name, widen_dense
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.rundir import read_metrics
 from stagetrain.runner import train
 
+
+
+def widen(*args, **kw):
+    """The dense widening with its unit mapping g (the optimizer-state map's core)."""
+    new, info = widen_dense(*args, **kw)
+    return new, info["mapping"]
 
 def _model(name="mlp", dtype=torch.float64, **over) -> StagedModel:
     keys = {"mlp": {"widths": [6, 5]}, "cnn": {"channels": [3, 4]}}[name]
@@ -192,9 +199,9 @@ def test_adam_moments_are_mapped_through_net2wider():
     F.cross_entropy(model(_x()), torch.arange(16) % 10).backward()
     opt.step()
     prev = optimizer_state_by_name(opt, model)
-    new, g = widen(model, 0, 10, generator=torch.Generator().manual_seed(2))
+    new, mapping = widen_dense(model, 0, 10, generator=torch.Generator().manual_seed(2))
+    g = mapping["mapping"]
     new_opt = torch.optim.Adam(new.parameters(), lr=0.0)
-    mapping = {"op": "widen", "block": "block1", "consumer": "block2", "mapping": g, "method": "net2net", "spatial": 1}
     map_optimizer_state(new_opt, new, prev, [mapping])
     counts = torch.bincount(g).to(torch.float64)[g]
     rows = new_opt.state[new.blocks["block1"].layer.weight]

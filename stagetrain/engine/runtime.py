@@ -8,6 +8,7 @@ run shares, so a dry-run estimate is computed exactly as the run will count.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from stagetrain.plan import Plan, Stage
 def prefix_len(model: StagedModel, stage: Stage) -> int:
     """Number of leading blocks of the stage's path that are frozen: their output is the
     stage's input, computed without gradients (and cached when that pays)."""
-    if stage.bn != "eval":  # frozen BN layers that update statistics are not a fixed function
+    if stage.bn != "eval" or "stem" in stage.trainable:  # a changing function below block 1 is no prefix
         return 0
     stop = len(model.block_names) if stage.stop_block is None else stage.stop_block
     p = 0
@@ -41,16 +42,16 @@ def freeze(model: StagedModel, stage: Stage) -> None:
     """requires_grad True exactly for what the stage trains.
 
     A trainable group trains whole unless ``stage.partial`` names the parameter-name
-    prefixes that train in it (BitFit: biases; LoRA: adapters). ``stage.bn=train_affine``
+    patterns (fnmatch, within the group) that train in it (BitFit: ``*bias``; LoRA: ``*lora_*``). ``stage.bn=train_affine``
     also trains the BatchNorm scale and shift of frozen groups.
     """
     for p in model.parameters():  # no stale gradient from the previous stage stays behind
         p.grad = None
-    for name in [*model.block_names, "head"]:
+    for name in model.group_names:
         group = model.group(name)
         if name in stage.trainable and name in stage.partial:
             for pname, p in group.named_parameters():
-                p.requires_grad_(any(pname.startswith(prefix) for prefix in stage.partial[name]))
+                p.requires_grad_(any(fnmatch.fnmatchcase(pname, pat) for pat in stage.partial[name]))
         else:
             group.requires_grad_(name in stage.trainable)
             if name not in stage.trainable and stage.bn == "train_affine":
@@ -62,7 +63,7 @@ def freeze(model: StagedModel, stage: Stage) -> None:
 def set_train_mode(model: StagedModel, helper: nn.Module | None, stage: Stage) -> None:
     """Train mode for what trains; frozen groups stay in eval (BN stats, dropout frozen)."""
     model.train()
-    for name in [*model.block_names, "head"]:
+    for name in model.group_names:
         if name not in stage.trainable:
             model.group(name).eval()
             if stage.bn != "eval":  # train_stats / train_affine: frozen BN keeps updating statistics
@@ -164,7 +165,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     helper, prefix, step_flops, prefix_flops = prepare(model, stage, x, y)
     n, bs = len(indices), opts.batch_size
     spe = steps_per_epoch(n, bs)
-    groups = {name: model.group(name) for name in [*model.block_names, "head"]}
+    groups = {name: model.group(name) for name in model.group_names}
     if helper is not None:
         groups["helper"] = helper
     optimizer = build_optimizer(stage, param_groups(stage, groups), opts.fused_optimizer)

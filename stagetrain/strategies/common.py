@@ -18,5 +18,5 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
 
 
 def all_groups(spec: dict[str, Any]) -> list[str]:
-    """Every trainable group of a model: its blocks and its head."""
-    return [b["name"] for b in spec["blocks"]] + ["head"]
+    """Every trainable group of a model, input to output: its stem (if any), blocks and head."""
+    return (["stem"] if spec.get("stem") else []) + [b["name"] for b in spec["blocks"]] + ["head"]

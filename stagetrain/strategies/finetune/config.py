@@ -19,6 +19,7 @@ class LoraConfig:
     rank: int = 4
     alpha: float = 8.0
     merge: bool = True
+    targets: list[str] = field(default_factory=list)  # module-name patterns; empty: every Linear in the blocks
 
 
 @dataclass

@@ -17,8 +17,8 @@ classes) unless ``strategy.head=reuse``.
 | add_layers       | ``new_layers`` fresh blocks inserted before the head, and the head |
 | gradual_unfreeze | one stage per group, top down (head first), then everything       |
 | lp_ft            | linear probe, then everything at ``ft_lr_factor`` x the LR        |
-| bitfit           | biases (Linear and BN shift) of every block, and the head         |
-| lora             | low-rank adapters on the Linear blocks, and the head; merged at the end |
+| bitfit           | every bias (Linear, conv, norm shift) of the stem and blocks, and the head |
+| lora             | low-rank adapters on ``lora.targets`` (every Linear), and the head; merged at the end |
 
 ``strategy.lr_decay=d`` gives group i (block1 = 1 ... head = K+1) the LR lr * d^(K+1-i) in
 any mode (discriminative learning rates).
@@ -35,10 +35,11 @@ from typing import Any
 
 from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
+from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.plan import Plan, Stage
 from stagetrain.source import Source, load_source
-from stagetrain.strategies.common import stage_from_cfg
+from stagetrain.strategies.common import all_groups, stage_from_cfg
 from stagetrain.strategies.finetune.config import RANDOM, source_dataset_cfg
 from stagetrain.strategies.layerwise.plan import greedy_stages
 
@@ -104,17 +105,20 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     blocks = [b["name"] for b in spec["blocks"]]
+    stem = ["stem"] if spec.get("stem") else []
     epochs = int(s.epochs or cfg.train.epochs)
     lr = float(s.lr or cfg.optim.lr)
     ops: list[dict[str, Any]] = []
     if s.mode == "add_layers":
-        for i in range(int(s.new_layers)):
-            ops.append({"op": "deepen", "after": f"block{len(blocks) + i}", "kind": "random"})
-        new_blocks = [f"block{len(blocks) + i + 1}" for i in range(int(s.new_layers))]
+        new_blocks: list[str] = []
+        for _ in range(int(s.new_layers)):
+            new_blocks.append(fresh_name(blocks + new_blocks))
+            ops.append({"op": "deepen", "after": (blocks + new_blocks)[-2], "kind": "random"})
         blocks = blocks + new_blocks
     if s.mode == "lora":
-        ops.append({"op": "add_lora", "rank": int(s.lora.rank), "alpha": float(s.lora.alpha)})
-    groups = blocks + ["head"]  # bottom to top
+        ops.append({"op": "add_lora", "rank": int(s.lora.rank), "alpha": float(s.lora.alpha),
+                    "targets": list(s.lora.targets)})
+    groups = stem + blocks + ["head"]  # bottom to top
     lr_scale = ({g: float(s.lr_decay) ** (len(groups) - i) for i, g in enumerate(groups, 1)}
                 if s.lr_decay else {})
 
@@ -129,7 +133,8 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     elif mode == "linear_probe":
         plan.stages += [stage("linear-probe", ["head"], epochs)]
     elif mode == "partial":
-        plan.stages += [stage(f"partial-{s.freeze_blocks}", groups[s.freeze_blocks:], epochs)]
+        kept = (stem if s.freeze_blocks == 0 else []) + blocks[s.freeze_blocks:]
+        plan.stages += [stage(f"partial-{s.freeze_blocks}", [*kept, "head"], epochs)]
     elif mode == "add_layers":
         plan.stages += [stage("add-layers", new_blocks + ["head"], epochs, ops=ops)]
     elif mode == "gradual_unfreeze":
@@ -144,10 +149,10 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         plan.stages += [stage("lp", ["head"], probe),
                         stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
     elif mode == "bitfit":
-        partial = {b: ["layer.bias", "bn.bias"] for b in blocks}
+        partial = {g: ["*bias"] for g in stem + blocks}
         plan.stages += [stage("bitfit", groups, epochs, partial=partial)]
     elif mode == "lora":
-        partial = {b["name"]: ["lora_"] for b in spec["blocks"]}
+        partial = {g: ["*lora_*"] for g in stem + blocks}
         plan.stages += [stage("lora", groups, epochs, ops=ops, partial=partial)]
         if s.lora.merge:
             plan.final_ops = [{"op": "merge_lora"}]
@@ -164,7 +169,7 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
     p = cfg.strategy.pretrain
     if p.objective == "supervised":
         classes = dataset_meta(source_dataset_cfg(cfg))[1]
-        blocks = [b["name"] for b in spec["blocks"]]
+        blocks = all_groups(spec)[:-1]
         return [stage_from_cfg(
             cfg, name="pretrain", epochs=int(p.epochs), trainable=[*blocks, "helper"], dataset="source",
             helper={"kind": "aux_head", "in_shape": [spec["head"]["in"]], "out": classes},

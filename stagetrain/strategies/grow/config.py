@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.families import grow_widths
 from stagetrain.plan import parse_target
 from stagetrain.schema import StrategyConfig, as_list
 
@@ -37,7 +38,7 @@ class Config(StrategyConfig):
 def schedule(cfg: Any) -> list[list[int]]:
     """Per-stage block widths, from widths / width_factor+stages / depths, cut at max_stages."""
     s = cfg.strategy
-    final = list(cfg.model.widths if cfg.model.name == "mlp" else cfg.model.channels)
+    final = grow_widths(cfg.model)
     if s.width_factor is not None:
         n = int(s.stages or 3)
         widths = [[max(1, round(w / s.width_factor ** (n - 1 - k))) for w in final] for k in range(n)]
@@ -57,7 +58,7 @@ def validate(cfg: Any) -> None:
     s = cfg.strategy
     check_choice("strategy.trigger", s.trigger, ("epochs", "plateau", "flops_share"))
     check_choice("strategy.op", s.op, ("net2net", "random"))
-    check_choice("strategy.deepen", s.deepen, ("identity", "residual_zero"))
+    check_choice("strategy.deepen", s.deepen, ("identity", "residual_zero", "stack"))
     check_choice("strategy.optimizer_state", s.optimizer_state, ("reset", "map"))
     for key in ("epochs_per_stage", "final_epochs", "plateau_patience", "flop_budget", "max_stages",
                 "lr_after_growth", "width_factor", "stages"):
@@ -91,10 +92,15 @@ def validate(cfg: Any) -> None:
             raise StagetrainError(
                 f"strategy.widths: stage {k + 1} {cur} is smaller than stage {k} {prev}; growth never shrinks.")
         deepens = len(cur) > len(prev)
-        if deepens and s.op == "net2net" and s.deepen == "identity" and cfg.model.activation != "relu":
+        act = getattr(cfg.model, "activation", "relu")
+        if deepens and s.op == "net2net" and s.deepen == "identity" and act != "relu":
             raise StagetrainError(
-                f"strategy.deepen=identity is exact only for ReLU blocks, but model.activation={cfg.model.activation}. "
+                f"strategy.deepen=identity is exact only for ReLU blocks, but model.activation={act}. "
                 "Use strategy.deepen=residual_zero (exact for any activation) or strategy.op=random.")
+        if deepens and s.deepen == "stack" and (len(cur) != 2 * len(prev) or cur != prev + prev):
+            raise StagetrainError(
+                f"strategy.deepen=stack copies the whole stack on top of itself, so a deepening stage must list "
+                f"the previous widths twice; stage {k + 1} {cur} after {prev} does not (e.g. [[64,64],[64,64,64,64]]).")
         if deepens and s.deepen == "residual_zero":
             fixed = range(len(prev) - 1, len(cur))  # the block below and the residual blocks
             later_widened = any(later[i] > cur[i] for later in widths[k + 1:] for i in fixed)

@@ -10,9 +10,9 @@ Run-level stops: ``target``, ``flop_budget``, ``complexity_penalty``.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+from stagetrain.families import family
 from stagetrain.models import build_spec
 from stagetrain.plan import Plan, Stage
 from stagetrain.strategies.common import stage_from_cfg
@@ -22,8 +22,7 @@ from stagetrain.strategies.grow.config import schedule
 def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """The architecture of the first stage."""
     first = schedule(cfg)[0]
-    key = "widths" if cfg.model.name == "mlp" else "channels"
-    return build_spec(replace(cfg.model, **{key: first}), in_shape, num_classes)
+    return build_spec(family(cfg.model.name).with_grow_widths(cfg.model, first), in_shape, num_classes)
 
 
 def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
@@ -32,6 +31,8 @@ def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
     for i, (p, c) in enumerate(zip(prev, cur, strict=False)):
         if c > p:
             ops.append({"op": "widen", "block": f"block{i + 1}", "width": c, "method": method, "noise": float(s.noise)})
+    if s.deepen == "stack" and len(cur) > len(prev) and s.op != "random":
+        return ops + [{"op": "stack"}]
     for i in range(len(prev), len(cur)):
         kind = "random" if s.op == "random" else s.deepen
         ops.append({"op": "deepen", "after": f"block{i}", "kind": kind})
@@ -59,7 +60,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         fraction = float(fractions[min(k, len(fractions) - 1)])
         stages.append(stage_from_cfg(
             cfg, name=f"grow-{k + 1}", epochs=epochs,
-            trainable=[f"block{i + 1}" for i in range(len(w))] + ["head"],
+            trainable=(["stem"] if spec.get("stem") else []) + [f"block{i + 1}" for i in range(len(w))] + ["head"],
             ops=_ops(widths[k - 1], w, s) if k else [], data_fraction=fraction,
             lr=float(cfg.optim.lr) * (float(s.lr_after_growth) if k else 1.0),
             description=f"widths {w}, {fraction:.0%} of the data", **trigger,

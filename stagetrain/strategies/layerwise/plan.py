@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stagetrain.errors import StagetrainError
+from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage
 from stagetrain.schema import as_list
 from stagetrain.strategies.common import all_groups, stage_from_cfg
@@ -42,6 +44,12 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
     epochs_per_layer, lr, optimizer, noise, tied, aux_head, cd_k, rbm_lr, cache); finetune's
     in-run pretraining reuses this with its own settings and ``dataset="source"``."""
     blocks = [b["name"] for b in spec["blocks"]]
+    for b in spec["blocks"]:
+        offered = part_type(b["type"]).objectives
+        if g.objective not in offered:
+            raise StagetrainError(
+                f"Layer-wise objective {g.objective} cannot train {b['name']}, a block of type {b['type']!r}; "
+                f"that type supports: {', '.join(offered)}.")
     noise = as_list(g.noise)
     supervised = g.objective == "supervised"
     stages: list[Stage] = []
@@ -51,7 +59,8 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
             greedy = {"optimizer": "sgd", "lr": float(g.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
         to_head = last_to_head and i == len(blocks) - 1
         stages.append(stage_from_cfg(
-            cfg, name=f"greedy-{name}", epochs=int(g.epochs_per_layer), trainable=[name, "helper"],
+            cfg, name=f"greedy-{name}", epochs=int(g.epochs_per_layer),
+            trainable=(["stem"] if i == 0 and spec.get("stem") else []) + [name, "helper"],
             objective=g.objective, stop_block=i + 1, helper=_helper(g, spec, i, to_head),
             helper_to_head=to_head, data="labeled" if supervised else "all", cache=g.cache,
             noise=float(noise[min(i, len(noise) - 1)]) if g.objective == "denoising" else 0.0,

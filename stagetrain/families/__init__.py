@@ -1,0 +1,39 @@
+"""Model families: ``model=<name>`` is the module ``stagetrain/families/<name>.py`` plus
+``conf/model/<name>.yaml``, found without being registered anywhere.
+
+A family module has no torch import (the config layer loads it at start-up) and defines:
+
+* ``Config`` -- its options dataclass (Hydra's schema for ``model=<name>``);
+* ``validate(model, dataset)`` -- raises ``StagetrainError`` for values it cannot build;
+* ``spec(model, in_shape, num_classes)`` -- the plain-dict architecture spec, whose part
+  types are registered by a module under ``stagetrain/models/``;
+* optionally ``grow_widths(model)`` / ``with_grow_widths(model, widths)`` -- the per-block
+  widths ``strategy=grow`` schedules (without them, grow refuses the family).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+
+from stagetrain.errors import StagetrainError
+
+FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])))
+
+
+def family(name: str) -> ModuleType:
+    if name not in FAMILIES:
+        raise StagetrainError(f"model={name} is not a model family; valid: {', '.join(FAMILIES)}.")
+    return importlib.import_module(f"stagetrain.families.{name}")
+
+
+def grow_widths(model: object) -> list[int]:
+    fam = family(model.name)  # type: ignore[attr-defined]
+    if not hasattr(fam, "grow_widths"):
+        growable = [n for n in FAMILIES if hasattr(family(n), "grow_widths")]
+        raise StagetrainError(
+            f"strategy=grow cannot grow model={model.name}: its blocks are not of registered growable "  # type: ignore[attr-defined]
+            f"types. Families grow supports: {', '.join(growable)}.")
+    return list(fam.grow_widths(model))

@@ -1,0 +1,66 @@
+"""``model=mlp``: fully connected blocks (Linear [+BatchNorm] + activation [+dropout]) and a
+linear head; one block per entry of ``model.widths``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from stagetrain.errors import StagetrainError
+from stagetrain.schema import ACTIVATIONS
+
+
+@dataclass
+class Config:
+    name: str = "mlp"
+    widths: list[int] = field(default_factory=lambda: [256, 128, 64])
+    activation: str = "relu"
+    bn: bool = False
+    dropout: float = 0.0
+
+
+def check_common(model: Any) -> None:
+    """The options mlp and cnn share: activation and dropout."""
+    if model.activation not in ACTIVATIONS:
+        raise StagetrainError(f"model.activation={model.activation} is not valid; valid: {', '.join(ACTIVATIONS)}.")
+    if not 0 <= model.dropout < 1:
+        raise StagetrainError(f"model.dropout={model.dropout} is out of range: it must be in [0, 1).")
+
+
+def check_widths(key: str, widths: Any, example: str, allow_empty: bool = False) -> None:
+    if (not widths and not allow_empty) or any(int(w) <= 0 for w in widths or []):
+        raise StagetrainError(f"model.{key}={list(widths or [])} is not valid: give one positive width per "
+                              f"block, e.g. {example}.")
+
+
+def validate(model: Any, dataset: Any) -> None:
+    check_common(model)
+    check_widths("widths", model.widths, "[256,128]")
+
+
+def dense_block(name: str, width: int, out: int, m: Any) -> dict[str, Any]:
+    return {"name": name, "type": "linear", "in": int(width), "out": int(out), "act": m.activation,
+            "bn": bool(m.bn), "dropout": float(m.dropout), "out_shape": [int(out)]}
+
+
+def classifier(in_shape: tuple[int, ...], num_classes: int, blocks: list[dict[str, Any]], head_in: int,
+               **extra: Any) -> dict[str, Any]:
+    return {"in_shape": list(in_shape), "num_classes": int(num_classes), **extra,
+            "blocks": blocks, "head": {"in": int(head_in), "out": int(num_classes)}}
+
+
+def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    blocks, width = [], math.prod(in_shape)
+    for i, out in enumerate(m.widths):
+        blocks.append(dense_block(f"block{i + 1}", width, out, m))
+        width = int(out)
+    return classifier(in_shape, num_classes, blocks, width)
+
+
+def grow_widths(m: Any) -> list[int]:
+    return list(m.widths)
+
+
+def with_grow_widths(m: Any, widths: list[int]) -> Any:
+    return replace(m, widths=list(widths))

@@ -1,0 +1,62 @@
+"""Applying a stage's model ops with the operators each block's registered type provides,
+and depth stacking (a model-level op)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from stagetrain.errors import StagetrainError
+from stagetrain.growth.units import fresh_name
+from stagetrain.models import StagedModel, part_type
+
+
+def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    """Apply one model op of a stage (widen, deepen, stack, add_lora, merge_lora) with the
+    operator the block's registered type provides; returns the model and what
+    optimizer-state mapping needs to know."""
+    if op["op"] in ("widen", "deepen"):
+        name = op["block"] if op["op"] == "widen" else op["after"]
+        index = model.block_names.index(name)
+        t = part_type(model.spec["blocks"][index]["type"])
+        fn = t.widen if op["op"] == "widen" else t.deepen
+        variant = op.get("method", "net2net") if op["op"] == "widen" else op.get("kind", "identity")
+        if fn is None or f"{op['op']}:{variant}" not in t.grow:
+            raise StagetrainError(f"Blocks of type {t.name!r} ({name}) do not support {op['op']}:{variant}; "
+                                  f"their growth operators: {', '.join(t.grow) or 'none'}.")
+        if op["op"] == "widen":
+            return fn(model, index, op["width"], variant, op.get("noise", 0.0), generator)
+        return fn(model, index, variant), {"op": "deepen"}
+    if op["op"] == "stack":
+        return stack(model), {"op": "stack"}
+    if op["op"] in ("add_lora", "merge_lora"):
+        from stagetrain.models.lora import add_lora, merge_lora
+
+        if op["op"] == "merge_lora":
+            return merge_lora(model), {"op": "merge_lora"}
+        return add_lora(model, op["rank"], op["alpha"], op.get("targets")), {"op": "add_lora"}
+    raise ValueError(f"unknown model op {op['op']!r}")
+
+
+def stack(model: StagedModel) -> StagedModel:
+    """Depth stacking (G_stack, Du et al. 2024): the trained blocks, then copies of them in
+    the same order. Not function-preserving; every block must keep its input shape."""
+    spec = copy.deepcopy(model.spec)
+    blocks = spec["blocks"]
+    shapes = {tuple(b["out_shape"]) for b in blocks}
+    if len(shapes) != 1:
+        raise StagetrainError("Depth stacking copies the block stack on top of itself, which needs every block to "
+                              f"keep its input shape; this model's block outputs are {sorted(shapes)}.")
+    copies: list[dict[str, Any]] = []
+    for b in blocks:
+        copies.append({**copy.deepcopy(b), "name": fresh_name(blocks + copies)})
+    spec["blocks"] = blocks + copies
+    new = StagedModel(spec).to(next(model.parameters()))
+    state = model.state_dict()
+    for b, c in zip(blocks, copies, strict=True):
+        for k, v in model.blocks[b["name"]].state_dict().items():
+            state[f"blocks.{c['name']}.{k}"] = v
+    new.load_state_dict(state)
+    return new

@@ -1,0 +1,129 @@
+"""LoRA on any ``nn.Linear`` / ``nn.Conv2d`` of a model, chosen by module-name pattern.
+
+A target layer computes ``layer(x) + alpha/rank * B(A(x))`` with B zero at insertion, so
+adding adapters leaves the function unchanged; merging folds ``alpha/rank * B A`` into the
+layer's weight. The adapted layer keeps its weight and bias under the same names (the
+adapters add ``lora_a``/``lora_b`` beside them), so a checkpoint's base keys are stable.
+The spec records the resolved target names: ``spec["lora"] = {"rank", "alpha", "targets"}``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stagetrain.errors import StagetrainError
+
+
+class LoRALinear(nn.Linear):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__(base.in_features, base.out_features, base.bias is not None,
+                         device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.lora_scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.lora_scale * F.linear(F.linear(x, self.lora_a), self.lora_b)
+
+    def delta(self) -> torch.Tensor:
+        return self.lora_scale * self.lora_b @ self.lora_a
+
+
+class LoRAConv2d(nn.Conv2d):
+    """A: a rank-r conv with the layer's kernel, stride and padding; B: a 1x1 conv."""
+
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
+        if base.groups != 1:
+            raise StagetrainError("LoRA on grouped or depthwise convolutions is not supported; leave them out of "
+                                  "strategy.lora.targets.")
+        super().__init__(base.in_channels, base.out_channels, base.kernel_size, base.stride, base.padding,
+                         base.dilation, 1, base.bias is not None, base.padding_mode,
+                         device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_channels, *base.kernel_size, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.lora_scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = F.conv2d(x, self.lora_a, None, self.stride, self.padding, self.dilation)
+        return super().forward(x) + self.lora_scale * F.conv2d(low, self.lora_b)
+
+    def delta(self) -> torch.Tensor:
+        return self.lora_scale * torch.einsum("or,rikl->oikl", self.lora_b.flatten(1), self.lora_a)
+
+
+def _adapted(module: nn.Module, rank: int, alpha: float) -> nn.Module:
+    cls = LoRALinear if isinstance(module, nn.Linear) else LoRAConv2d
+    new = cls(module, rank, alpha)
+    new.load_state_dict(module.state_dict(), strict=False)
+    return new
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Full names of the Linear/Conv2d modules inside the blocks that the patterns select.
+
+    A pattern matches a module's name within its block (``attn.qkv``, ``mlp.fc*``,
+    ``layer``) or its full name (``blocks.block2.layer``); no patterns: every Linear."""
+    out = []
+    for bname, block in model.blocks.items():
+        for name, m in block.named_modules():
+            if not name or not isinstance(m, nn.Linear | nn.Conv2d):
+                continue
+            full = f"blocks.{bname}.{name}"
+            hit = (any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(full, p) for p in patterns)
+                   if patterns else isinstance(m, nn.Linear))
+            if hit:
+                out.append(full)
+    return out
+
+
+def attach(model: nn.Module, lora: dict[str, Any]) -> None:
+    """Replace each target layer by its adapted version (weights kept, B = 0)."""
+    for name in lora["targets"]:
+        _set(model, name, _adapted(model.get_submodule(name), int(lora["rank"]), float(lora["alpha"])))
+
+
+def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = None) -> Any:
+    """The same model with adapters on the selected layers (output unchanged)."""
+    from stagetrain.models.staged import StagedModel
+
+    targets = resolve_targets(model, list(patterns or []))
+    if not targets:
+        kinds = sorted({f"{n} ({type(m).__name__})" for b in model.blocks.values()
+                        for n, m in b.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)})
+        raise StagetrainError(
+            f"strategy.lora.targets={list(patterns or [])} selects no Linear/Conv2d layer inside the blocks "
+            f"(by default LoRA adapts every nn.Linear, and this model's blocks have none). Layers the blocks "
+            f"have: {', '.join(kinds[:12]) or 'none'}. Name them in strategy.lora.targets, e.g. [layer].")
+    spec = {**model.spec, "lora": {"rank": int(rank), "alpha": float(alpha), "targets": targets}}
+    new = StagedModel(spec).to(next(model.parameters()))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all("lora_" in k for k in missing)
+    return new
+
+
+def merge_lora(model: Any) -> Any:
+    """Fold W + alpha/r * B A into plain layers; the function is unchanged."""
+    from stagetrain.models.staged import StagedModel
+
+    spec = {k: v for k, v in model.spec.items() if k != "lora"}
+    new = StagedModel(spec).to(next(model.parameters()))
+    state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, LoRALinear | LoRAConv2d):
+                state[f"{name}.weight"] = m.weight + m.delta()
+    new.load_state_dict(state)
+    return new

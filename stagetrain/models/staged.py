@@ -1,0 +1,85 @@
+"""StagedModel: an optional stem, ordered named blocks and a head, rebuilt exactly from a
+plain-dict spec.
+
+The architecture spec is the only thing needed to rebuild a model: strategies that change
+the architecture (growth, added layers, adapters) change the spec, so a checkpoint reloads
+without the config that produced it. Each part's ``type`` names a registered part type
+(``models/registry.py``). Trainable groups are ``stem`` (when there is one), the block
+names, and ``head``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from stagetrain.models.registry import build_part
+
+DEFAULT_BLOCK = "linear"
+DEFAULT_HEAD = "linear_head"
+
+
+class StagedModel(nn.Module):
+    """``stem`` (optional), blocks ``block1..blockL`` applied in order, then ``head``."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.spec = copy.deepcopy(spec)
+        if spec.get("stem"):
+            self.stem = build_part(spec["stem"], "stem")
+        self.blocks = nn.ModuleDict({b["name"]: build_part(b, "block") for b in spec["blocks"]})
+        self.head = build_part({"type": DEFAULT_HEAD, **spec["head"]}, "head")
+        if spec.get("lora"):
+            from stagetrain.models.lora import attach
+
+            attach(self, spec["lora"])
+
+    @property
+    def block_names(self) -> list[str]:
+        return list(self.blocks.keys())
+
+    @property
+    def group_names(self) -> list[str]:
+        """Every trainable group, input to output: stem (if any), blocks, head."""
+        return (["stem"] if self.has_stem else []) + self.block_names + ["head"]
+
+    @property
+    def has_stem(self) -> bool:
+        return "stem" in self._modules
+
+    def features(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Output of blocks[start:stop] applied to ``x``, the input of block ``start``
+        (block 0's input is the model input: the stem runs first)."""
+        if start == 0 and self.has_stem:
+            x = self.stem(x)
+        for name in self.block_names[start:stop]:
+            x = self.blocks[name](x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def group(self, name: str) -> nn.Module:
+        """A block by name, the stem, or the head."""
+        if name in ("head", "stem"):
+            return getattr(self, name)
+        return self.blocks[name]
+
+    def feature_shape(self, index: int) -> tuple[int, ...]:
+        """Shape (without batch) of the output of block ``index`` (-1: the model input)."""
+        if index < 0:
+            return tuple(self.spec["in_shape"])
+        return tuple(self.spec["blocks"][index]["out_shape"])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def trainable_parameters(model: nn.Module, helper: nn.Module | None = None) -> int:
+    """Parameters a stage trains: the model's with requires_grad, plus its helper's."""
+    own = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return own + (count_parameters(helper) if helper is not None else 0)
