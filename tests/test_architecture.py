@@ -37,7 +37,8 @@ def _name(path: Path) -> str:
 
 BELOW_RUN = ["stagetrain.engine", "stagetrain.checkpoint", "stagetrain.models", "stagetrain.data",
              "stagetrain.strategies", "stagetrain.plan", "stagetrain.schema", "stagetrain.growth",
-             "stagetrain.objectives", "stagetrain.optim", "stagetrain.flops", "stagetrain.source"]
+             "stagetrain.objectives", "stagetrain.optim", "stagetrain.flops", "stagetrain.source",
+             "stagetrain.families"]
 
 
 @pytest.mark.parametrize("layer", BELOW_RUN)
@@ -100,3 +101,19 @@ def test_every_strategy_folder_is_a_complete_strategy():
         assert isinstance(module, Strategy) and module.name == name
         assert (PKG / "strategies" / name / "README.md").is_file(), f"{name} has no README.md"
         assert (conf / f"{name}.yaml").is_file(), f"{name} has no conf/strategy/{name}.yaml"
+
+
+def test_every_model_family_has_its_config_and_no_torch_import():
+    from stagetrain.families import FAMILIES, family
+
+    conf = PKG.parent / "conf" / "model"
+    assert sorted(p.stem for p in conf.glob("*.yaml")) == sorted(FAMILIES)
+    for name in FAMILIES:
+        module = family(name)
+        for attr in ("Config", "validate", "spec"):
+            assert hasattr(module, attr), f"stagetrain/families/{name}.py has no {attr}"
+        tree = ast.parse((PKG / "families" / f"{name}.py").read_text())
+        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert "torch" not in {m.split(".")[0] for m in top}, (
+            f"families/{name}.py imports torch at module level; the config layer loads it at start-up")

@@ -25,11 +25,11 @@ from stagetrain.rundir import read_metrics
 from stagetrain.runner import train
 
 
-
 def widen(*args, **kw):
     """The dense widening with its unit mapping g (the optimizer-state map's core)."""
     new, info = widen_dense(*args, **kw)
     return new, info["mapping"]
+
 
 def _model(name="mlp", dtype=torch.float64, **over) -> StagedModel:
     keys = {"mlp": {"widths": [6, 5]}, "cnn": {"channels": [3, 4]}}[name]
