@@ -99,15 +99,25 @@ def epoch_permutation(n: int, seed: int, stage: int, epoch: int, device: torch.d
 
 
 def _load_digits() -> tuple[Split, Split, float]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's 8x8 digits, read from the CSV inside its package without importing it
+    (the same values as ``sklearn.datasets.load_digits``), split by the stored indices."""
+    import gzip
+    import importlib.util
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.uint8).unsqueeze(1)  # N x 1 x 8 x 8, values 0..16
-    y = torch.tensor(d.target, dtype=torch.long)
-    # digits has no official test split: hold out a fixed, stratified 20%.
-    tr, te = train_test_split(range(len(y)), test_size=0.2, random_state=0, stratify=d.target)
-    tr, te = torch.tensor(tr), torch.tensor(te)
+    import numpy as np
+
+    from stagetrain.digits_split import TEST, TRAIN
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise StagetrainError("dataset=digits reads scikit-learn's bundled digits; install it: pip install scikit-learn.")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    x = torch.tensor(table[:, :-1].reshape(-1, 1, 8, 8), dtype=torch.uint8)  # N x 1 x 8 x 8, values 0..16
+    y = torch.tensor(table[:, -1], dtype=torch.long)
+    # digits has no official test split: a fixed, stratified 20% is held out.
+    tr, te = (torch.tensor([int(i) for i in idx.split()]) for idx in (TRAIN, TEST))
     return Split(x[tr], y[tr]), Split(x[te], y[te]), 16.0
 
 

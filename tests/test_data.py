@@ -56,6 +56,20 @@ def test_digits_split_is_seeded_and_disjoint():
     assert dataset_meta(cfg.dataset)[2] == len(a.train)
 
 
+def test_digits_are_scikit_learns_with_its_stratified_split():
+    """Read without importing scikit-learn, the data and split equal what it would give."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from stagetrain.data import _load_digits
+
+    d = load_digits()
+    tr, te = train_test_split(range(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)
+    train, test, _ = _load_digits()
+    assert torch.equal(train.x, torch.tensor(d.images[tr], dtype=torch.uint8).unsqueeze(1))
+    assert torch.equal(test.y, torch.tensor(d.target[te]))
+
+
 def test_class_subset_is_relabelled_in_order():
     cfg = make_cfg("dataset.classes=[5,6,7,8,9]")
     data = load_data(cfg.dataset, seed=0)
