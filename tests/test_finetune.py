@@ -20,10 +20,10 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from stagetrain.models.lora import add_lora, merge_lora
 from stagetrain.config import validate
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
+from stagetrain.models.lora import add_lora, merge_lora
 from stagetrain.progress import Reporter
 from stagetrain.runner import build_engine, train
 

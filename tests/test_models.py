@@ -86,12 +86,14 @@ def test_deepen_after_the_dense_block_is_exact():
 
 def test_stack_copies_the_block_stack_on_top_of_itself():
     cfg = make_cfg("model.widths=[8,8]")
-    model = StagedModel(build_spec(cfg.model, (1, 8, 8), 10))
+    model = StagedModel(build_spec(cfg.model, (8,), 10))  # 8 features in: every block keeps its shape
     new, _ = apply_op(model, {"op": "stack"}, torch.Generator())
     assert new.block_names == ["block1", "block2", "block3", "block4"]
     assert torch.equal(new.blocks["block4"].layer.weight, model.blocks["block2"].layer.weight)
-    with pytest.raises(StagetrainError, match="keep its input shape"):
-        apply_op(_cnn(), {"op": "stack"}, torch.Generator())
+    assert new(torch.randn(3, 8)).shape == (3, 10)
+    for refused in (_cnn(), StagedModel(build_spec(cfg.model, (1, 8, 8), 10))):  # block1 maps 64 -> 8
+        with pytest.raises(StagetrainError, match="keep its input shape"):
+            apply_op(refused, {"op": "stack"}, torch.Generator())
 
 
 def test_growth_ops_a_type_does_not_offer_are_refused():

@@ -40,15 +40,27 @@ def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator)
     raise ValueError(f"unknown model op {op['op']!r}")
 
 
+def stack_problem(spec: dict[str, Any]) -> str | None:
+    """Why depth stacking cannot apply to this architecture (None when it can)."""
+    blocks = spec["blocks"]
+    first_in = spec["stem"]["out_shape"] if spec.get("stem") else spec["in_shape"]
+    ins = [list(first_in)] + [list(b["out_shape"]) for b in blocks[:-1]]
+    changing = [b["name"] for b, i in zip(blocks, ins, strict=True) if list(b["out_shape"]) != i]
+    if not changing:
+        return None
+    return ("Depth stacking (strategy.deepen=stack) copies the block stack on top of itself, which needs every "
+            f"block to keep its input shape; {', '.join(changing)} change it (e.g. the first block of an MLP maps "
+            "the input to its width). Use strategy.deepen=identity or residual_zero for this model.")
+
+
 def stack(model: StagedModel) -> StagedModel:
     """Depth stacking (G_stack, Du et al. 2024): the trained blocks, then copies of them in
     the same order. Not function-preserving; every block must keep its input shape."""
     spec = copy.deepcopy(model.spec)
     blocks = spec["blocks"]
-    shapes = {tuple(b["out_shape"]) for b in blocks}
-    if len(shapes) != 1:
-        raise StagetrainError("Depth stacking copies the block stack on top of itself, which needs every block to "
-                              f"keep its input shape; this model's block outputs are {sorted(shapes)}.")
+    problem = stack_problem(spec)
+    if problem:
+        raise StagetrainError(problem)
     copies: list[dict[str, Any]] = []
     for b in blocks:
         copies.append({**copy.deepcopy(b), "name": fresh_name(blocks + copies)})

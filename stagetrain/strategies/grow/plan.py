@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from stagetrain.errors import StagetrainError
 from stagetrain.families import family
+from stagetrain.growth.ops import stack_problem
 from stagetrain.models import build_spec
 from stagetrain.plan import Plan, Stage
 from stagetrain.strategies.common import stage_from_cfg
@@ -45,6 +47,10 @@ def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     widths = schedule(cfg)
+    if s.deepen == "stack" and s.op != "random" and any(len(b) > len(a) for a, b in zip(widths, widths[1:], strict=False)):
+        problem = stack_problem(spec)
+        if problem:
+            raise StagetrainError(problem)
     fractions = list(s.data_fractions or [1.0])
     shares = list(s.flops_shares or [1.0 / len(widths)] * len(widths))
     stages: list[Stage] = []
