@@ -171,11 +171,9 @@ def _deepen(*args: Any, **kw: Any) -> Any:
     return deepen_stage(*args, **kw)
 
 
-STAGE_GROWTH = {
-    "widen:net2net": "exact (eval mode; BN statistics, shortcut and consumer mapped)",
-    "widen:random": "none",
-    "deepen:residual_zero": "exact (a stride-1 stage of one unit whose last BN scale is zero)",
-    "deepen:identity": "exact (the same zero-scale unit: the identity on a post-ReLU input)",
+STAGE_GROWTH = {  # see resnet_growth.py for what each guarantee rests on
+    "widen:net2net": "exact (eval mode)", "widen:random": "none",
+    "deepen:residual_zero": "exact", "deepen:identity": "exact (a zero-scale unit after ReLU)",
     "deepen:random": "none",
 }
 register(PartType("resnet_stem", "stem", Stem, _stem_flops))
