@@ -13,10 +13,13 @@ from conftest import final_weights, make_cfg
 from safetensors import safe_open
 from torch.utils.flop_counter import FlopCounterMode
 
+from stagetrain.engine import freeze
 from stagetrain.errors import StagetrainError
+from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.models.resnet_growth import deepen_stage, widen_stage
+from stagetrain.plan import Stage
 from stagetrain.rundir import read_metrics
 from stagetrain.runner import train
 
@@ -131,6 +134,29 @@ def test_forward_flops_of_every_part_match_torchs_flop_counter(block, stem):
         assert counter.get_total_flops() / 2 == part_type(part["type"]).flops(part), name
         assert name == "head" or list(out.shape[1:]) == part["out_shape"], name
         h = out
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_measured_training_flops_equal_the_analytic_sum_when_everything_trains(block):
+    """(With a frozen prefix the per-part closed form undercounts a stage: its inner convs
+    compute input gradients even when nothing below trains.)"""
+    net = _model(dtype=torch.float32, block=block).train()
+    stage = Stage(name="s", epochs=1, trainable=["stem", *net.block_names, "head"])
+    freeze(net, stage)
+    step, prefix = measure_step_flops(stage, net, None, _x(dtype=torch.float32)[:2], torch.tensor([0, 1]), 0)
+    assert prefix == 0 and step == pytest.approx(analytic_flops(net, 0), rel=1e-9)
+
+
+def test_random_widen_keeps_old_channels_and_noise_perturbs_only_new_replicas():
+    model = _model()
+    w = model.blocks["block1"].units[0].conv2.weight
+    rand, _ = widen_stage(model, 0, 9, "random", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rand.blocks["block1"].units[0].conv2.weight[:4, :4], w)
+    grown = [widen_stage(model, 0, 9, noise=n, generator=torch.Generator().manual_seed(s))[0]
+             for n, s in ((0.1, 1), (0.1, 1), (0.1, 2), (0.0, 1))]
+    a, b, c, plain = (m.blocks["block1"].units[0].conv2.weight for m in grown)
+    assert torch.equal(a, b) and not torch.equal(a, c), "seeded"
+    assert torch.equal(a[:4], plain[:4]) and not torch.equal(a[4:], plain[4:]), "only the new replicas move"
 
 
 # ------------------------------------------------------------------ strategies end to end
