@@ -122,6 +122,8 @@ def widen_stage(model: StagedModel, index: int, width: int, method: str = "net2n
     old, name = stage["out"], stage["name"]
     if width < old:
         raise StagetrainError(f"cannot shrink {name} from {old} to {width} channels: growth only widens.")
+    if spec.get("lora"):
+        raise StagetrainError(f"cannot widen {name} while it carries LoRA adapters: merge them first.")
     g = torch.cat([torch.arange(old), torch.randint(old, (width - old,), generator=generator)])
     basic = stage["unit"] == "basic"
     stage.update(out=width, out_shape=[width, *stage["out_shape"][1:]], mid=width if basic else stage["mid"])
