@@ -57,15 +57,14 @@ def map_optimizer_state(optimizer: torch.optim.Optimizer, model: StagedModel, pr
         g, method = info["mapping"], info["method"]
         counts = torch.bincount(g)
         for name, entry in state.items():
-            rule = next((m for m in info["maps"] if name == m["param"]
-                         or (m["param"].endswith(".") and name.startswith(m["param"]))), None)
-            if rule is None:
-                continue
-            for key, value in entry.items():
-                if not torch.is_tensor(value) or value.dim() <= rule["dim"]:
-                    continue
-                power = (1 if key in FIRST_MOMENTS else 2 if key in SECOND_MOMENTS else 0) if rule["divide"] else 0
-                entry[key] = _map_units(value, g, counts, power, method, rule["dim"], rule["spatial"])
+            rules = [m for m in info["maps"] if name == m["param"]
+                     or (m["param"].endswith(".") and name.startswith(m["param"]))]
+            for rule in rules:  # a tensor may index the widened units along two dims (e.g. a conv inside a stage)
+                for key, value in entry.items():
+                    if not torch.is_tensor(value) or value.dim() <= rule["dim"]:
+                        continue
+                    power = (1 if key in FIRST_MOMENTS else 2 if key in SECOND_MOMENTS else 0) if rule["divide"] else 0
+                    entry[key] = _map_units(value, g, counts, power, method, rule["dim"], rule["spatial"])
     optimized = {id(q) for group in optimizer.param_groups for q in group["params"]}
     for name, p in model.named_parameters():
         entry = state.get(name)

@@ -20,3 +20,12 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
 def all_groups(spec: dict[str, Any]) -> list[str]:
     """Every trainable group of a model, input to output: its stem (if any), blocks and head."""
     return (["stem"] if spec.get("stem") else []) + [b["name"] for b in spec["blocks"]] + ["head"]
+
+
+def head_input_shape(spec: dict[str, Any]) -> list[int]:
+    """The input shape of an auxiliary head that computes what the model's head computes (so
+    it can become the head): the flat vector a flatten + linear head reads, or the last
+    block's output for a head that pools it first (e.g. resnet's pool_linear)."""
+    if spec["head"].get("type", "linear_head") == "linear_head":
+        return [spec["head"]["in"]]
+    return list(spec["blocks"][-1]["out_shape"])
