@@ -32,6 +32,11 @@ from stagetrain.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("STAGETRAIN_DATA", REPO.parent / "shared" / "data"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # n workers x 1 intra-op thread on n cores: with torch's default (one thread per core) in
+    # every worker, a training step of these small models is up to 10x slower on a busy machine.
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the CLI subprocesses too
 FAST = ["progress=off"]
 
 
