@@ -52,8 +52,9 @@ class StagedModel(nn.Module):
 
     def features(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Output of blocks[start:stop] applied to ``x``, the input of block ``start``
-        (block 0's input is the model input: the stem runs first)."""
-        if start == 0 and self.has_stem:
+        (block 0's input is the model input: the stem runs with block 0, so an empty prefix
+        ``features(x, 0, 0)`` returns the raw input and the stage's own pass runs the stem)."""
+        if start == 0 and stop != 0 and self.has_stem:
             x = self.stem(x)
         for name in self.block_names[start:stop]:
             x = self.blocks[name](x)
