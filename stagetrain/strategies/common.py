@@ -17,6 +17,13 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
     return Stage(**{**defaults, **fields})
 
 
+def head_input_shape(spec: dict[str, Any]) -> list[int]:
+    """The input shape of an auxiliary head that can become the model's head: the head's flat
+    input, or the [T, D] sequence a sequence head pools (its Linear then has the head's shape)."""
+    last = spec["blocks"][-1]["out_shape"] if spec["blocks"] else []
+    return list(last) if len(last) == 2 else [spec["head"]["in"]]
+
+
 def all_groups(spec: dict[str, Any]) -> list[str]:
     """Every trainable group of a model, input to output: its stem (if any), blocks and head."""
     return (["stem"] if spec.get("stem") else []) + [b["name"] for b in spec["blocks"]] + ["head"]

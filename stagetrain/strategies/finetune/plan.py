@@ -39,7 +39,7 @@ from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.plan import Plan, Stage
 from stagetrain.source import Source, load_source
-from stagetrain.strategies.common import all_groups, stage_from_cfg
+from stagetrain.strategies.common import all_groups, head_input_shape, stage_from_cfg
 from stagetrain.strategies.finetune.config import RANDOM, source_dataset_cfg
 from stagetrain.strategies.layerwise.plan import greedy_stages
 
@@ -172,7 +172,7 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
         blocks = all_groups(spec)[:-1]
         return [stage_from_cfg(
             cfg, name="pretrain", epochs=int(p.epochs), trainable=[*blocks, "helper"], dataset="source",
-            helper={"kind": "aux_head", "in_shape": [spec["head"]["in"]], "out": classes},
+            helper={"kind": "aux_head", "in_shape": head_input_shape(spec), "out": classes},
             lr=float(p.lr or cfg.optim.lr), description="every block, with a source head, on the source data")]
     settings = SimpleNamespace(objective=p.objective, epochs_per_layer=p.epochs, lr=p.lr, optimizer=None,
                                noise=p.noise, tied=p.tied, aux_head="linear", cd_k=1, rbm_lr=0.05,

@@ -20,7 +20,7 @@ from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage
 from stagetrain.schema import as_list
-from stagetrain.strategies.common import all_groups, stage_from_cfg
+from stagetrain.strategies.common import all_groups, head_input_shape, stage_from_cfg
 
 
 def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dic
     if g.objective == "supervised":
         helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": spec["num_classes"]}
         if last_to_head:  # same shape as the model's head, so it can become the head
-            helper["in_shape"] = [spec["head"]["in"]]
+            helper["in_shape"] = head_input_shape(spec)
         elif block["type"] == "conv" and g.aux_head != "linear":
             helper["extra_layers"] = int(g.aux_head)
         return helper
