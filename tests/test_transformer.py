@@ -166,7 +166,8 @@ def test_layerwise_refuses_unsupervised_objectives():
 def source(tmp_path_factory):
     """A trained transformer: the scratch run, and the source of the finetune tests."""
     run = tmp_path_factory.mktemp("tf") / "scratch"
-    info = train(make_cfg(*TINY, "strategy=scratch", "train.epochs=2", "optim.lr=0.005"), run)
+    args = [a for a in TINY if not a.startswith(("dataset.max_train", "train.epochs"))]
+    info = train(make_cfg(*args, "strategy=scratch", "dataset.max_train=512", "train.epochs=2", "optim.lr=0.005"), run)
     return run, info
 
 
