@@ -24,7 +24,8 @@ from stagetrain.plan import Stage
 
 class AuxHead(nn.Module):
     """Auxiliary classifier on a block's output: Linear (vectors), [k convs] + global average
-    pool + Linear (feature maps [C, H, W]), or mean over positions + Linear (sequences [T, D])."""
+    pool + Linear (feature maps [C, H, W]), or mean over positions + LayerNorm + Linear
+    (sequences [T, D], like a pre-LN Transformer's pooled head)."""
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
@@ -36,8 +37,8 @@ class AuxHead(nn.Module):
                 layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
             layers += [nn.AdaptiveAvgPool2d(1)]
             width = c
-        elif len(shape) == 2:
-            layers += [MeanOverPositions()]
+        elif len(shape) == 2:  # LayerNorm without affine: a sequence head's final norm at its init
+            layers += [MeanOverPositions(), nn.LayerNorm(shape[1], elementwise_affine=False)]
             width = shape[1]
         else:
             width = shape[0]

@@ -6,7 +6,8 @@ A family module has no torch import (the config layer loads it at start-up) and 
 * ``Config`` -- its options dataclass (Hydra's schema for ``model=<name>``);
 * ``validate(model, dataset)`` -- raises ``StagetrainError`` for values it cannot build;
 * ``spec(model, in_shape, num_classes)`` -- the plain-dict architecture spec, whose part
-  types are registered by a module under ``stagetrain/models/``;
+  types are registered by a module under ``stagetrain/models/``; the stem and every block
+  record their ``out_shape`` (without the batch dimension);
 * optionally ``grow_widths(model)`` / ``with_grow_widths(model, widths)`` -- the per-block
   widths ``strategy=grow`` schedules (without them, grow refuses the family).
 """

@@ -32,6 +32,8 @@ class StagedModel(nn.Module):
             self.stem = build_part(spec["stem"], "stem")
         self.blocks = nn.ModuleDict({b["name"]: build_part(b, "block") for b in spec["blocks"]})
         self.head = build_part({"type": DEFAULT_HEAD, **spec["head"]}, "head")
+        if hasattr(self.head, "bind"):  # a head that reads another part (an LM head tied to the embedding)
+            self.head.bind(self)
         if spec.get("lora"):
             from stagetrain.models.lora import attach
 

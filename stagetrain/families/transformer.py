@@ -1,0 +1,133 @@
+"""``model=transformer``: a pre-LayerNorm Transformer (ViT-style on images).
+
+The ``patch`` stem splits an image into ``patch`` x ``patch`` patches (one token each) with a
+linear patch embedding and learned positions; ``tokens`` embeds token ids (``vocab_size``,
+``max_len``) for text data. ``n_layers`` layers of ``d_model`` width and ``n_heads`` heads,
+MLP hidden size ``mlp_ratio * d_model`` (or per layer: ``mlp_hidden``, which is what
+``strategy=grow`` schedules). The ``cls`` head pools (mean, or a CLS token) then LayerNorm +
+Linear; the ``lm`` head gives per-position vocabulary logits (causal), for a later LM
+objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.families.cnn import is_image
+
+IMAGE_SIZES = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32)}
+MAX_AUTO_TOKENS = 64  # patch=0 picks the smallest patch giving at most this many tokens
+
+
+@dataclass
+class Config:
+    name: str = "transformer"
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    mlp_ratio: float = 4.0
+    mlp_hidden: list[int] | None = None  # per-layer MLP hidden sizes; overrides n_layers and mlp_ratio
+    dropout: float = 0.0
+    stem: str = "patch"
+    patch: int = 4  # 8x8 digits: 4 tokens; 28x28: 49; 32x32: 64. 0: the smallest patch giving <= 64 tokens
+    vocab_size: int = 256
+    max_len: int = 128
+    head: str = "cls"
+    pool: str = "mean"
+    tie_embeddings: bool = True
+    causal: bool | None = None  # null: false for head=cls, true for head=lm
+
+
+def layer_widths(m: Any) -> list[int]:
+    """The MLP hidden size of every layer."""
+    if m.mlp_hidden:
+        return [int(w) for w in m.mlp_hidden]
+    return [max(1, round(float(m.mlp_ratio) * int(m.d_model)))] * int(m.n_layers)
+
+
+def is_causal(m: Any) -> bool:
+    return bool(m.causal) if m.causal is not None else m.head == "lm"
+
+
+def patch_size(m: Any, in_shape: tuple[int, ...]) -> int:
+    if int(m.patch) > 0:
+        return int(m.patch)
+    _, h, w = in_shape
+    for p in range(2, min(h, w) + 1):
+        if h % p == 0 and w % p == 0 and (h // p) * (w // p) <= MAX_AUTO_TOKENS:
+            return p
+    return 1
+
+
+def validate(model: Any, dataset: Any) -> None:
+    check_choice("model.stem", model.stem, ("patch", "tokens"))
+    check_choice("model.head", model.head, ("cls", "lm"))
+    check_choice("model.pool", model.pool, ("mean", "cls"))
+    for key in ("d_model", "n_heads", "n_layers", "mlp_ratio", "vocab_size", "max_len"):
+        if not getattr(model, key) > 0:
+            raise StagetrainError(f"model.{key}={getattr(model, key)} is out of range: it must be > 0.")
+    if model.d_model % model.n_heads:
+        raise StagetrainError(f"model.d_model={model.d_model} must be divisible by model.n_heads={model.n_heads} "
+                              f"(each head gets d_model / n_heads dimensions), e.g. n_heads=4 with d_model=64.")
+    if model.mlp_hidden is not None and (not model.mlp_hidden or any(int(w) <= 0 for w in model.mlp_hidden)):
+        raise StagetrainError(f"model.mlp_hidden={list(model.mlp_hidden)} is not valid: give one positive MLP "
+                              "hidden size per layer, e.g. [256,256], or null to use n_layers and mlp_ratio.")
+    if not 0 <= model.dropout < 1:
+        raise StagetrainError(f"model.dropout={model.dropout} is out of range: it must be in [0, 1).")
+    if model.head == "lm":
+        raise StagetrainError(
+            "model.head=lm (a causal language-model head) has no training objective in stagetrain yet: "
+            "its per-position logits need a next-token loss and token data. Use model.head=cls.")
+    if model.stem == "tokens":
+        raise StagetrainError(
+            f"model.stem=tokens embeds token ids, but dataset={dataset.name} gives images and no built-in "
+            "dataset gives token ids yet. Use model.stem=patch.")
+    _validate_patches(model, dataset)
+
+
+def _validate_patches(model: Any, dataset: Any) -> None:
+    if not is_image(dataset):
+        raise StagetrainError(
+            f"model=transformer with model.stem=patch needs image inputs, but dataset={dataset.name} with shape "
+            f"{list(dataset.shape)} is flat. Give dataset.shape=[channels,height,width].")
+    h, w = IMAGE_SIZES.get(dataset.name) or tuple(dataset.shape)[1:]
+    p = int(model.patch)
+    if p < 0 or (p and (h % p or w % p)):
+        raise StagetrainError(f"model.patch={p} must divide the image size {h}x{w} of dataset={dataset.name} "
+                              "(or be 0 to choose one), e.g. 2 for 8x8 digits, 4 or 7 for 28x28.")
+
+
+def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    d = int(m.d_model)
+    if m.stem == "tokens":
+        tokens = int(m.max_len)
+        stem = {"type": "token_embed", "vocab_size": int(m.vocab_size), "max_len": tokens, "d_model": d}
+    else:
+        p = patch_size(m, in_shape)
+        cls_token = m.head == "cls" and m.pool == "cls"
+        tokens = (in_shape[1] // p) * (in_shape[2] // p) + int(cls_token)
+        stem = {"type": "patch_embed", "in_shape": list(in_shape), "patch": p, "d_model": d,
+                "cls_token": cls_token, "tokens": tokens}
+    blocks = [{"name": f"block{i + 1}", "type": "transformer_layer", "d_model": d, "n_heads": int(m.n_heads),
+               "mlp_hidden": w, "tokens": tokens, "causal": is_causal(m), "dropout": float(m.dropout),
+               "out_shape": [tokens, d]} for i, w in enumerate(layer_widths(m))]
+    if m.head == "lm":
+        out = int(m.vocab_size)
+        head = {"type": "lm_head", "in": d, "out": out, "tie": bool(m.tie_embeddings) and m.stem == "tokens",
+                "tokens": tokens}
+    else:
+        out = int(num_classes)
+        head = {"type": "seq_classifier", "in": d, "out": out, "pool": m.pool, "tokens": tokens}
+    stem["out_shape"] = [tokens, d]
+    return {"in_shape": list(in_shape), "num_classes": out, "stem": stem, "blocks": blocks, "head": head}
+
+
+def grow_widths(m: Any) -> list[int]:
+    """Grow schedules the per-layer MLP hidden sizes (d_model and the heads stay fixed)."""
+    return layer_widths(m)
+
+
+def with_grow_widths(m: Any, widths: list[int]) -> Any:
+    return replace(m, mlp_hidden=[int(w) for w in widths], n_layers=len(widths))
