@@ -169,3 +169,12 @@ def test_bad_cnn_options_are_refused_naming_the_key():
         validate(make_cfg("model=cnn", "model.fc_widths=[0]"))
     with pytest.raises(StagetrainError, match="model.pool_every"):
         validate(make_cfg("model=cnn", "model.pool_every=-1"))
+
+
+def test_readme_lists_every_registered_part_type():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Part types and their growth guarantees"):readme.index("## Data")]
+    missing = [r["type"] for r in table() if f"`{r['type']}`" not in section]
+    assert not missing, f"README's part-type table lacks {missing}"
