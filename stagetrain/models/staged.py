@@ -54,8 +54,9 @@ class StagedModel(nn.Module):
 
     def features(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Output of blocks[start:stop] applied to ``x``, the input of block ``start``
-        (block 0's input is the model input: the stem runs first)."""
-        if start == 0 and self.has_stem:
+        (block 0's input is the model input: the stem runs first, as part of block 0, so
+        ``features(x, 0, 0)`` is ``x`` itself)."""
+        if start == 0 and self.has_stem and (stop is None or stop > 0):
             x = self.stem(x)
         for name in self.block_names[start:stop]:
             x = self.blocks[name](x)
