@@ -33,7 +33,7 @@ ADAPT = ("none", "repeat")
 class Config:
     name: str = "custom"
     target: str = ""  # dotted import path of an nn.Module class or builder, e.g. mypkg.nets.Net
-    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the target
+    kwargs: Any = None  # keyword arguments of the target, e.g. {num_classes: 10}
     stem: list[str] = field(default_factory=list)  # submodules applied first (may be empty)
     blocks: list[str] = field(default_factory=list)  # submodules forming the stages, in forward order
     head: Any = "fc"  # a submodule path, or a list of them (applied in order)
@@ -67,9 +67,16 @@ def validate(model: Any, dataset: Any) -> None:
         raise StagetrainError("model=custom needs model.target=<dotted path of an nn.Module class or builder>, "
                               "e.g. model.target=torchvision.models.resnet18, plus model.blocks=[...] and model.head.")
     resolve_target(model.target)
+    check_kwargs(model.kwargs)
     check_names(model.stem, list(model.blocks), heads(model.head))
     check_choice("model.head_input", model.head_input, HEAD_INPUTS)
     check_adapt(model.in_channels_adapt, dataset)
+
+
+def check_kwargs(kwargs: Any) -> None:
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise StagetrainError(f"model.kwargs={kwargs!r} must be a mapping of keyword arguments, e.g. "
+                              "model.kwargs='{num_classes: 10}' (or +model.kwargs.num_classes=10).")
 
 
 def check_names(stem: list[str], blocks: list[str], head: list[str]) -> None:
@@ -130,7 +137,7 @@ def cut_spec(target: str, kwargs: dict[str, Any], stem: list[str] | dict[str, An
 
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    return cut_spec(m.target, plain_kwargs(m.kwargs), list(m.stem), list(m.blocks), heads(m.head), m.head_input,
+    return cut_spec(m.target, plain_kwargs(m.kwargs or {}), list(m.stem), list(m.blocks), heads(m.head), m.head_input,
                     m.in_channels_adapt, in_shape, num_classes)
 
 

@@ -10,11 +10,17 @@ multiple of the patch size; their ``image_size`` follows the data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families.custom import check_adapt, cut_spec, input_shape, plain_kwargs
+from stagetrain.families.custom import (
+    check_adapt,
+    check_kwargs,
+    cut_spec,
+    input_shape,
+    plain_kwargs,
+)
 
 
 def _resnet() -> dict[str, Any]:
@@ -52,7 +58,7 @@ ARCHS: dict[str, dict[str, Any]] = {
 class Config:
     name: str = "torchvision"
     arch: str = "resnet18"  # a key of ARCHS
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder arguments (weights is always None)
+    kwargs: Any = None  # extra builder arguments (weights is always None)
     in_channels_adapt: str = "repeat"  # repeat | none: one-channel images repeated to 3 channels
 
 
@@ -63,7 +69,8 @@ def validate(model: Any, dataset: Any) -> None:
         raise StagetrainError(f"model=torchvision needs image inputs, but dataset={dataset.name} has shape "
                               f"{list(shape)}. Use model=mlp, or give dataset.shape=[3,32,32].")
     check_adapt(model.in_channels_adapt, dataset)
-    if "weights" in model.kwargs and model.kwargs["weights"] is not None:
+    check_kwargs(model.kwargs)
+    if (model.kwargs or {}).get("weights") is not None:
         raise StagetrainError("model.kwargs.weights must stay null: stagetrain never downloads weights. Save them "
                               "to a file once (torch.save(model.state_dict(), 'w.pth')) and fine-tune from it "
                               "with strategy=finetune strategy.source=w.pth.")
@@ -80,7 +87,7 @@ def validate(model: Any, dataset: Any) -> None:
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     a = ARCHS[m.arch]
-    kwargs = {**plain_kwargs(m.kwargs), "weights": None, "num_classes": int(num_classes)}
+    kwargs = {**plain_kwargs(m.kwargs or {}), "weights": None, "num_classes": int(num_classes)}
     if a.get("patch"):
         kwargs["image_size"] = int(in_shape[1])
     return cut_spec(f"torchvision.models.{m.arch}", kwargs, a["stem"], a["blocks"], a["head"], a["head_input"],

@@ -84,7 +84,7 @@ def _check_contract(spec: dict[str, Any], shared: nn.Module, parts: list[tuple[d
                 "model.in_channels_adapt.") from None
         h = x
         for part, module in parts:
-            where = part.get("name", part["type"])
+            where = part.get("name") or ("head" if part is spec["head"] else "stem")
             try:
                 if part is spec["head"]:
                     part["in"] = int(module.glue(h)[0].numel())
