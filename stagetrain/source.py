@@ -138,8 +138,8 @@ def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: boo
             ("shape mismatches (file vs model)", shapes)) if keys)
         valid = [rename(k, back) or k for k in own if not k.endswith("num_batches_tracked")]
         raise StagetrainError(
-            f"strategy.source={src.path} does not fit {arch}: a bare state dict has no architecture, so "
-            f"model= gives it. {problems}. The model's keys look like: {_listed(valid)}. Give the model= the "
+            f"strategy.source={src.path} is not a stagetrain checkpoint but a bare state dict, and it does not "
+            f"fit {arch} (a bare state dict has no architecture: model= gives it). {problems[0].upper() + problems[1:]}. The model's keys look like: {_listed(valid)}. Give the model= the "
             "file was saved from, or rename its keys with strategy.source_keys={old_prefix: new_prefix}"
             f"{'' if reuse_head else ' (the head is new: its keys are ignored)'}.")
     state = {k: src.state[native[k]] for k in keep}

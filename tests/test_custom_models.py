@@ -205,7 +205,7 @@ def test_mismatched_state_dict_is_refused(tmp_path):
     torch.save(torchvision.models.resnet34().state_dict(), file)
     cfg = make_cfg(*RESNET, "strategy=finetune", f"strategy.source={file}")
     with pytest.raises(StagetrainError, match=r"does not fit model=torchvision model.arch=resnet18.*"
-                                              r"unexpected keys \(in the file, not the model\): layer1.2"):
+                                              r"Unexpected keys \(in the file, not the model\): layer1.2"):
         engine_for(cfg)
 
 
