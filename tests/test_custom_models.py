@@ -147,6 +147,12 @@ def test_layerwise_supervised_on_custom(tmp_path):
     assert [s["name"] for s in info["stages"]] == ["greedy-stage1", "greedy-stage2", "finetune"]
 
 
+def test_dry_run_and_a_stemless_cut():
+    out = train(make_cfg(*SMALL, "model.stem=[]", "model.blocks=[conv,bn,act,stage1,stage2]", "strategy=scratch",
+                         "dry_run=true"), None)
+    assert out["dry_run"] and out["estimates"][0]["flops"] > 0 and out["plan"]["stages"][0]["trainable"][0] == "conv"
+
+
 def test_grow_and_autoencoder_are_refused():
     with pytest.raises(StagetrainError, match="cannot grow model=custom"):
         validate(make_cfg(*SMALL, "strategy=grow"))

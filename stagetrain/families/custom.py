@@ -118,11 +118,12 @@ def cut_spec(target: str, kwargs: dict[str, Any], stem: list[str] | dict[str, An
              num_classes: int) -> dict[str, Any]:
     """The complete spec of a module cut by names (``stem`` may be a ready stem part spec),
     with shapes and FLOPs measured by a probe forward."""
+    repeat = adapt == "repeat" and len(in_shape) == 3 and in_shape[0] == 1
     if isinstance(stem, dict):
         stem_spec = dict(stem)
     else:
-        stem_spec = {"type": "custom_stem", "modules": list(stem)} if stem or adapt == "repeat" else {}
-    if adapt == "repeat" and len(in_shape) == 3 and in_shape[0] == 1:
+        stem_spec = {"type": "custom_stem", "modules": list(stem)} if stem or repeat else {}
+    if repeat:
         stem_spec["in_channels"] = 3
     spec = {
         "in_shape": list(in_shape), "num_classes": int(num_classes),
