@@ -1,4 +1,8 @@
-"""Reading a transfer source: a run directory, a checkpoint or a model.safetensors file.
+"""Reading a transfer source: a run directory, a checkpoint or a model.safetensors file --
+or a bare weights file: a torchvision-style state dict (``torch.save(model.state_dict())``,
+read with ``weights_only=True``) or a safetensors file without stagetrain's ``arch``
+metadata. A bare file has no architecture (``Source.arch`` is None): ``model=`` gives it,
+and ``load_bare`` maps, renames and shape-checks its keys.
 
 The source is only ever read (never opened for writing); its SHA-256 goes into run.json.
 """
@@ -6,6 +10,7 @@ The source is only ever read (never opened for writing); its SHA-256 goes into r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ from stagetrain.errors import StagetrainError
 class Source:
     path: Path
     sha256: str
-    arch: dict[str, Any]
+    arch: dict[str, Any] | None  # None: a bare state dict, whose architecture model= gives
     state: dict[str, torch.Tensor]
 
 
@@ -58,18 +63,84 @@ def load_source(source: str, which: str = "best") -> Source:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load
-
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            arch = json.loads(meta["arch"])
-            state = load(data)
-        except Exception as e:
-            raise StagetrainError(
-                f"strategy.source={path} is not a stagetrain model.safetensors (no readable 'arch' metadata: {e}).") from None
-        return Source(path, digest, arch, state)
+        return _safetensors(path, data, digest)
+    bare = _bare_state(data)
+    if bare is not None:
+        return Source(path, digest, None, bare)
     arch, model = weights(ckpt.load(path))
     return Source(path, digest, arch, model)
+
+
+def _safetensors(path: Path, data: bytes, digest: str) -> Source:
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load(data)
+    except Exception as e:
+        raise StagetrainError(f"strategy.source={path} is not a readable safetensors file ({e}).") from None
+    return Source(path, digest, json.loads(meta["arch"]) if "arch" in meta else None, state)
+
+
+def _bare_state(data: bytes) -> dict[str, torch.Tensor] | None:
+    """A plain {name: tensor} dict (also under a 'state_dict' or 'model' key), or None
+    (a stagetrain checkpoint, or not a weights file: ``ckpt.load`` says which)."""
+    try:
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(raw, dict) or "format" in raw:
+        return None
+    for candidate in (raw, raw.get("state_dict"), raw.get("model")):
+        if isinstance(candidate, dict) and candidate and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in candidate.items()):
+            return dict(candidate)
+    return None
+
+
+def _renamed(key: str, prefixes: dict[str, str]) -> str:
+    for old in sorted(prefixes, key=len, reverse=True):
+        if key.startswith(old):
+            return prefixes[old] + key[len(old):]
+    return key
+
+
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (f" ... ({len(keys)} in all)" if len(keys) > 4 else "")
+
+
+def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: bool, arch: str) -> None:
+    """Load a bare state dict into ``model``: keys renamed by ``prefixes`` (old -> new
+    prefix, ``strategy.source_keys``), then from the user module's names to the parts'
+    (``model=custom``/``torchvision``); the head is left out unless ``reuse_head``. Refuses,
+    naming the keys, when anything is missing, unexpected or of another shape."""
+    from stagetrain.models.custom import native_prefixes, rename
+
+    pairs = native_prefixes(model.spec) if model.spec.get("shared") else []
+    back = [(new, old) for old, new in sorted(pairs, key=lambda p: -len(p[1]))]
+    native = {}  # the model's key -> the file's key, for messages in the file's terms
+    for key in src.state:
+        renamed = _renamed(key, prefixes)
+        native[rename(renamed, pairs) or renamed] = key
+    own = model.state_dict()
+    keep = [k for k in native if reuse_head or not k.startswith("head.")]
+    unexpected = [native[k] for k in keep if k not in own]
+    missing = [rename(k, back) or k for k in own if k not in native and (reuse_head or not k.startswith("head."))
+               and not k.endswith("num_batches_tracked")]
+    shapes = [f"{native[k]} {list(src.state[native[k]].shape)} vs {list(own[k].shape)}"
+              for k in keep if k in own and own[k].shape != src.state[native[k]].shape]
+    if unexpected or missing or shapes:
+        problems = "; ".join(f"{what}: {_listed(keys)}" for what, keys in (
+            ("unexpected keys (in the file, not the model)", unexpected),
+            ("missing keys (in the model, not the file)", missing),
+            ("shape mismatches (file vs model)", shapes)) if keys)
+        valid = [rename(k, back) or k for k in own if not k.endswith("num_batches_tracked")]
+        raise StagetrainError(
+            f"strategy.source={src.path} is not a stagetrain checkpoint but a bare state dict, and it does not "
+            f"fit {arch} (a bare state dict has no architecture: model= gives it). {problems[0].upper() + problems[1:]}. The model's keys look like: {_listed(valid)}. Give the model= the "
+            "file was saved from, or rename its keys with strategy.source_keys={old_prefix: new_prefix}"
+            f"{'' if reuse_head else ' (the head is new: its keys are ignored)'}.")
+    state = {k: src.state[native[k]] for k in keep}
+    model.load_state_dict(state, strict=False)

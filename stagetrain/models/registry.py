@@ -36,7 +36,7 @@ class PartType:
     """
 
     name: str
-    kind: str  # stem | block | head
+    kind: str  # stem | block | head | shared (a module the other parts are cut from)
     build: Callable[[dict[str, Any]], nn.Module]
     flops: Callable[[dict[str, Any]], float]
     grow: dict[str, str] = field(default_factory=dict)
@@ -44,6 +44,7 @@ class PartType:
     deepen: Callable[..., Any] | None = None
     objectives: tuple[str, ...] = ("supervised",)
     width_key: str = "out"  # the spec field a widen changes
+    shared: bool = False  # build(spec, shared): the part is taken from the model's shared module
 
 
 PARTS: dict[str, PartType] = {}
@@ -73,10 +74,22 @@ def part_type(name: str) -> PartType:
     return PARTS[name]
 
 
-def build_part(spec: dict[str, Any], kind: str) -> nn.Module:
+def build_part(spec: dict[str, Any], kind: str, shared: nn.Module | None = None) -> nn.Module:
     t = part_type(spec["type"])
     if t.kind != kind:
         raise StagetrainError(f"A part of type {t.name!r} is a {t.kind}, not a {kind}.")
+    return t.build(spec, shared) if t.shared else t.build(spec)
+
+
+def build_shared(spec: dict[str, Any]) -> nn.Module | None:
+    """The module several parts of one model are cut from (``spec["shared"]``, e.g. a user's
+    whole ``nn.Module`` for ``model=custom``), built once from the whole model spec; None
+    when the model has none. It is not kept: the parts hold its submodules."""
+    if not spec.get("shared"):
+        return None
+    t = part_type(spec["shared"]["type"])
+    if t.kind != "shared":
+        raise StagetrainError(f"A part of type {t.name!r} is a {t.kind}, not a shared module.")
     return t.build(spec)
 
 

@@ -5,7 +5,8 @@ The architecture spec is the only thing needed to rebuild a model: strategies th
 the architecture (growth, added layers, adapters) change the spec, so a checkpoint reloads
 without the config that produced it. Each part's ``type`` names a registered part type
 (``models/registry.py``). Trainable groups are ``stem`` (when there is one), the block
-names, and ``head``.
+names, and ``head``. A spec may name a ``shared`` module (``model=custom``: the user's
+whole network), built once; its parts are then submodules of that one instance.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stagetrain.models.registry import build_part
+from stagetrain.models.registry import build_part, build_shared
 
 DEFAULT_BLOCK = "linear"
 DEFAULT_HEAD = "linear_head"
@@ -28,10 +29,11 @@ class StagedModel(nn.Module):
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
         self.spec = copy.deepcopy(spec)
+        shared = build_shared(spec)  # one module the parts are cut from (model=custom), or None
         if spec.get("stem"):
-            self.stem = build_part(spec["stem"], "stem")
-        self.blocks = nn.ModuleDict({b["name"]: build_part(b, "block") for b in spec["blocks"]})
-        self.head = build_part({"type": DEFAULT_HEAD, **spec["head"]}, "head")
+            self.stem = build_part(spec["stem"], "stem", shared)
+        self.blocks = nn.ModuleDict({b["name"]: build_part(b, "block", shared) for b in spec["blocks"]})
+        self.head = build_part({"type": DEFAULT_HEAD, **spec["head"]}, "head", shared)
         if hasattr(self.head, "bind"):  # a head that reads another part (an LM head tied to the embedding)
             self.head.bind(self)
         if spec.get("lora"):

@@ -39,6 +39,7 @@ class Config(StrategyConfig):
     name: str = "finetune"
     source: str | None = None
     source_checkpoint: str = "best"
+    source_keys: Any = None  # bare weights file: old key prefix -> new
     mode: str = "full"
     epochs: int | None = None
     lr: float | None = None
@@ -89,15 +90,25 @@ def validate(cfg: Any) -> None:
         return _validate_numbers(s)
     if s.source is None:
         raise StagetrainError(
-            "strategy=finetune needs strategy.source=<a run directory, a .pt checkpoint or a model.safetensors>, "
+            "strategy=finetune needs strategy.source=<a run directory, a .pt checkpoint, a model.safetensors, or a "
+            "state-dict .pth / .safetensors with model= naming its architecture>, "
             "e.g. strategy.source=outputs/2026-11-23/12-00-00_scratch_ab12cd, or strategy.pretrain.enabled=true "
             "to pretrain inside this run, or strategy.source=random for the no-transfer control.")
     if not Path(str(s.source)).expanduser().exists():
         raise StagetrainError(f"strategy.source={s.source} does not exist. Give a stagetrain run directory, "
-                              "a checkpoint (.pt) or a model.safetensors file.")
+                              "a checkpoint (.pt), a model.safetensors file, or a state-dict file (.pth, "
+                              ".safetensors) whose architecture model= names.")
+    _validate_keys(s)
     if not re.fullmatch(r"best|last|stage-\d+", s.source_checkpoint):
         raise StagetrainError(f"strategy.source_checkpoint={s.source_checkpoint!r} is not valid: use best, last or stage-<k>.")
     _validate_numbers(s)
+
+
+def _validate_keys(s: Any) -> None:
+    keys = s.source_keys
+    if keys is not None and (not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values())):
+        raise StagetrainError(f"strategy.source_keys={keys!r} must map old key prefixes to new ones, e.g. "
+                              "strategy.source_keys='{backbone.: \"\"}' (drops a 'backbone.' prefix).")
 
 
 def _validate_numbers(s: Any) -> None:

@@ -2,8 +2,11 @@
 
 The source (``strategy.source``: a run directory, a ``.pt`` checkpoint or a
 ``model.safetensors``) gives the architecture and the weights, so no model settings are
-repeated. Or ``strategy.pretrain.enabled=true`` pretrains inside the run on a source
-dataset / class subset (supervised, autoencoder or denoising) before the mode's stages.
+repeated. A bare weights file (a torchvision-style ``state_dict`` ``.pth``, or a
+safetensors file without stagetrain metadata; keys renamed by ``strategy.source_keys``)
+has no architecture: ``model=`` gives it (e.g. ``model=torchvision model.arch=resnet18``).
+Or ``strategy.pretrain.enabled=true`` pretrains inside the run on a source dataset / class
+subset (supervised, autoencoder or denoising) before the mode's stages.
 ``strategy.source=random`` starts from random weights of the ``model=`` architecture (no
 transfer: the control run of a transfer comparison, same stages, same budget; with
 pretraining enabled it is pretrained first). The head is new (sized for this run's
@@ -38,7 +41,7 @@ from stagetrain.errors import StagetrainError
 from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.plan import Plan, Stage
-from stagetrain.source import Source, load_source
+from stagetrain.source import Source, load_bare, load_source
 from stagetrain.strategies.common import all_groups, head_input_shape, stage_from_cfg
 from stagetrain.strategies.finetune.config import RANDOM, source_dataset_cfg
 from stagetrain.strategies.layerwise.plan import greedy_stages
@@ -63,11 +66,22 @@ def datasets(cfg: Any) -> dict[str, Any]:
 
 def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """The source's architecture, with a head for this run's classes (or, with in-run
-    pretraining, the architecture ``model=`` describes)."""
+    pretraining or a bare weights file, the architecture ``model=`` describes)."""
     s = cfg.strategy
     if s.pretrain.enabled or s.source == RANDOM:
         return build_spec(cfg.model, in_shape, num_classes)
     src = _source(str(s.source), s.source_checkpoint)
+    if src.arch is None:  # a bare state dict (.pth, foreign safetensors): model= gives the architecture
+        arch = build_spec(cfg.model, in_shape, num_classes)
+    else:
+        arch = _source_arch(cfg, src, in_shape, num_classes)
+    if s.freeze_blocks > len(arch["blocks"]) and s.mode == "partial":
+        raise StagetrainError(f"strategy.freeze_blocks={s.freeze_blocks} exceeds the source's {len(arch['blocks'])} blocks.")
+    return arch
+
+
+def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    s = cfg.strategy
     arch = copy.deepcopy(src.arch)
     if tuple(arch["in_shape"]) != tuple(in_shape):
         raise StagetrainError(
@@ -80,8 +94,6 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
                 f"{arch['num_classes']} and this run's data has {num_classes}. Use strategy.head=new.")
     else:
         arch["head"]["out"] = arch["num_classes"] = int(num_classes)
-    if s.freeze_blocks > len(arch["blocks"]) and s.mode == "partial":
-        raise StagetrainError(f"strategy.freeze_blocks={s.freeze_blocks} exceeds the source's {len(arch['blocks'])} blocks.")
     return arch
 
 
@@ -94,12 +106,21 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     if s.source == RANDOM:
         return {"random": "no transfer: the model= architecture from random initial weights (control)"}
     src = _source(str(s.source), s.source_checkpoint)
+    record = {"path": str(src.path.resolve()), "sha256": src.sha256, "checkpoint": s.source_checkpoint}
+    if src.arch is None:
+        arch = f"model={cfg.model.name}" + (f" model.arch={cfg.model.arch}" if hasattr(cfg.model, "arch") else "")
+        keys = dict(s.source_keys or {})
+        load_bare(model, src, keys, s.head == "reuse", arch)
+        return {**record, "checkpoint": None, "format": "state_dict", "model": arch, "source_keys": keys}
+    if s.source_keys:
+        raise StagetrainError(f"strategy.source_keys renames the keys of a bare weights file, but {src.path} is a "
+                              "stagetrain source that names its own architecture; leave strategy.source_keys empty.")
     state = {k: v for k, v in src.state.items() if s.head == "reuse" or not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
     if bad:
         raise StagetrainError(f"The source {src.path} does not match its own architecture spec ({bad[:3]}...).")
-    return {"path": str(src.path.resolve()), "sha256": src.sha256, "checkpoint": s.source_checkpoint}
+    return record
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
