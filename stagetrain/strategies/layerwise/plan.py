@@ -73,11 +73,12 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     last_to_head = s.objective == "supervised" and not s.finetune.enabled
-    if last_to_head and spec["head"].get("type", "linear_head") != "linear_head":
+    head_type = spec["head"].get("type", "linear_head")
+    if last_to_head and part_type(head_type).shared:
         raise StagetrainError(
             "strategy.finetune.enabled=false makes the last block's auxiliary head the model's head, which needs "
-            f"a flatten + linear head (model=mlp or cnn); this model's head is a {spec['head']['type']!r} part. "
-            "Keep strategy.finetune.enabled=true: its fine-tune stage trains the model's own head.")
+            f"a head stagetrain builds (a linear, pooling or sequence head); this model's head is its own module "
+            f"({head_type!r}). Keep strategy.finetune.enabled=true: its fine-tune stage trains the model's own head.")
     stages = greedy_stages(cfg, spec, s, last_to_head)
     ft = s.finetune
     if ft.enabled:
