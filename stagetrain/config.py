@@ -10,7 +10,6 @@ only this module and the run layer (runner, resume, record, cli) touch OmegaConf
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from typing import Any
 
@@ -18,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from stagetrain.errors import StagetrainError, check_choice, did_you_mean
+from stagetrain.errors import StagetrainError, check_choice, check_positive, did_you_mean
 from stagetrain.families import FAMILIES, family
 from stagetrain.schema import (
     CACHE_MAX_BYTES,
@@ -96,12 +95,7 @@ def engine_options(cfg: RunConfig, config_yaml: str) -> Any:
 
 
 def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    bad = value < 0 if allow_zero else value <= 0
-    if bad or (isinstance(value, float) and not math.isfinite(value)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise StagetrainError(f"{key}={value} is out of range: it must be {bound}.")
+    check_positive(key, value, allow_zero)
 
 
 def _fraction(key: str, value: float, allow_zero: bool = False) -> None:

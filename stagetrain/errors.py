@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -28,6 +29,16 @@ def check_choice(key: str, value: str, options: Iterable[str]) -> None:
             f"{key}={value!r} is not valid: choose one of {', '.join(options)}."
             + did_you_mean(value, options)
         )
+
+
+def check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+    """Raise a StagetrainError naming ``key`` when ``value`` is not > 0 (or >= 0), or not finite."""
+    if value is None:
+        return
+    bad = value < 0 if allow_zero else value <= 0
+    if bad or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise StagetrainError(f"{key}={value} is out of range: it must be {bound}.")
 
 
 class StopRequested(Exception):

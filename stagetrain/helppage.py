@@ -111,7 +111,8 @@ def help_text() -> str:
         groups.append(f"  {group}: {what}")
         for option, comment in _options(group):
             line = LINES.get(f"{group}/{option}", comment)
-            groups.append(f"    {option:<22} {line}" if line else f"    {option}")
+            row = f"    {option:<22} {line}" if line else f"    {option}"
+            groups.append(row if len(row) <= 100 else row[:96].rsplit(" ", 1)[0] + " ...")
     examples = [f"  {cmd}\n      {what}" for cmd, what in EXAMPLES]
     return PAGE.format(version=version("stagetrain"), groups="\n".join(groups), examples="\n".join(examples))
 

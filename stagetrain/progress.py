@@ -97,6 +97,8 @@ class Reporter:
 
     def epoch_end(self, text: str) -> None:
         self._last = time.monotonic()
+        if self._bar is not None:  # drawn at least once per epoch, however short (auto-refresh is timed)
+            self._bar.refresh()
         log.info("%s", text, extra=self._epoch_extra)
 
     def close(self) -> None:

@@ -130,9 +130,12 @@ def test_tensorboard_is_off_by_default(tmp_path):
 # ---------------------------------------------------------------- shipped experiments
 def _sweep_size(name: str) -> int:
     params = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
-    size = 1
-    for values in params.values():
-        size *= len(str(values).split(","))
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, size = OverridesParser.create(), 1
+    for key, values in params.items():
+        override = parser.parse_override(f"{key}={values}")
+        size *= len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
     return size
 
 
@@ -162,6 +165,11 @@ SMALL = {
                         "strategy.pretrain.epochs=1"],
     "transfer_mnist_fashion": ["strategy.mode=lp_ft", "strategy.pretrain.enabled=true",
                                "strategy.pretrain.epochs=1"],
+    "keras_transfer": ["strategy.pretrain.enabled=true", "strategy.pretrain.epochs=1"],
+    "net2net_cnn": ["strategy.op=net2net", "strategy.widths=[[8,8,8],[16,8,16]]", "strategy.epochs_per_stage=1",
+                    "model.channels=[8,8]", "model.fc_widths=[8]"],
+    "resnet_layerwise_fashion": ["arm=layerwise_dgl", "strategy.epochs_per_layer=1", "strategy.finetune.epochs=1",
+                                 "model.stage_channels=[8,8]"],
 }
 
 

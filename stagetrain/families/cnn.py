@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.errors import StagetrainError, check_positive
 from stagetrain.families.mlp import check_common, check_widths, classifier, dense_block
 from stagetrain.schema import IMAGE_DATASETS
 
@@ -34,9 +34,7 @@ def validate(model: Any, dataset: Any) -> None:
     check_widths("channels", model.channels, "[16,32]")
     check_widths("fc_widths", model.fc_widths, "[128]", allow_empty=True)
     for key in ("kernel", "pool", "pool_every"):
-        value = getattr(model, key)
-        if int(value) < (1 if key == "kernel" else 0):
-            raise StagetrainError(f"model.{key}={value} must be {'positive' if key == 'kernel' else '>= 0'}.")
+        check_positive(f"model.{key}", getattr(model, key), allow_zero=key != "kernel")
     if not is_image(dataset):
         raise StagetrainError(
             f"model=cnn needs image inputs, but dataset={dataset.name} with shape {list(dataset.shape)} is flat. "

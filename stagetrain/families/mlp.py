@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.schema import ACTIVATIONS
 
 
@@ -22,8 +22,7 @@ class Config:
 
 def check_common(model: Any) -> None:
     """The options mlp and cnn share: activation and dropout."""
-    if model.activation not in ACTIVATIONS:
-        raise StagetrainError(f"model.activation={model.activation} is not valid; valid: {', '.join(ACTIVATIONS)}.")
+    check_choice("model.activation", model.activation, ACTIVATIONS)
     if not 0 <= model.dropout < 1:
         raise StagetrainError(f"model.dropout={model.dropout} is out of range: it must be in [0, 1).")
 
