@@ -124,6 +124,7 @@ def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: boo
     for key in src.state:
         renamed = _renamed(key, prefixes)
         native[rename(renamed, pairs) or renamed] = key
+    _head_class_count(model, src, native, reuse_head)
     own = model.state_dict()
     keep = [k for k in native if reuse_head or not k.startswith("head.")]
     unexpected = [native[k] for k in keep if k not in own]
@@ -144,3 +145,17 @@ def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: boo
             f"{'' if reuse_head else ' (the head is new: its keys are ignored)'}.")
     state = {k: src.state[native[k]] for k in keep}
     model.load_state_dict(state, strict=False)
+
+
+def _head_class_count(model: Any, src: Source, native: dict[str, str], reuse_head: bool) -> None:
+    """head=reuse with a head whose output size is not this run's class count: say so."""
+    if not reuse_head:
+        return
+    for key, file_key in native.items():
+        if key.startswith("head.") and key.endswith("weight") and src.state[file_key].dim() == 2:
+            own = model.state_dict().get(key)
+            if own is not None and own.dim() == 2 and own.shape[0] != src.state[file_key].shape[0]:
+                raise StagetrainError(
+                    f"strategy.head=reuse needs the source's head to fit this run's classes, but {src.path}'s "
+                    f"{file_key} has {src.state[file_key].shape[0]} outputs and the data has {own.shape[0]} classes. "
+                    "Use strategy.head=new (a new head sized for the data).")

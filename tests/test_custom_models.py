@@ -160,7 +160,7 @@ def test_grow_and_autoencoder_are_refused():
         engine_for(make_cfg(*SMALL, "strategy=layerwise", "strategy.objective=autoencoder"))
     with pytest.raises(StagetrainError, match="Keep strategy.finetune.enabled=true"):
         engine_for(make_cfg(*SMALL, "strategy=layerwise", "strategy.finetune.enabled=false"))
-    with pytest.raises(StagetrainError, match="do not support deepen:random"):
+    with pytest.raises(StagetrainError, match="add_layers inserts fresh blocks"):
         train(make_cfg(*SMALL, "strategy=finetune", "strategy.source=random", "strategy.mode=add_layers",
                        "dry_run=true"), None)
 
@@ -204,6 +204,8 @@ def test_pth_state_dict_round_trip(tmp_path):
         if not key.startswith("fc."):
             assert torch.equal(final[rename(key, pairs)], value), key
     assert final["head.fc.weight"].shape == (10, 512)
+    with pytest.raises(StagetrainError, match="head=reuse needs .* 1000 outputs and the data has 10 classes"):
+        engine_for(make_cfg(*RESNET, "strategy=finetune", f"strategy.source={file}", "strategy.head=reuse"))
 
 
 def test_mismatched_state_dict_is_refused(tmp_path):

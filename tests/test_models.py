@@ -115,7 +115,7 @@ def test_lora_targets_conv_layers_by_pattern_and_merges_exactly():
     torch.testing.assert_close(merged(_x()), adapted(_x()), atol=1e-9, rtol=1e-9)
     default = add_lora(model, rank=2, alpha=4.0)  # no patterns: every Linear inside the blocks
     assert default.spec["lora"]["targets"] == ["blocks.block3.layer"]
-    with pytest.raises(StagetrainError, match="selects no Linear/Conv2d"):
+    with pytest.raises(StagetrainError, match=r"matches none of the blocks. Linear/Conv2d layers.*e.g. strategy.lora.targets=\[layer\]"):
         add_lora(model, rank=2, alpha=4.0, patterns=["attn.qkv"])
 
 

@@ -1,7 +1,7 @@
 """``model=torchvision``: ``torchvision.models.<model.arch>`` with its stem / block / head
 cut filled in from a table (``ARCHS``), built with ``weights=None`` (never a download) and
 ``num_classes`` set to the data's classes. Pretrained weights come from a file
-(``strategy=finetune strategy.source=<file.pth>``), see ``docs/families/custom.md``.
+(``strategy=finetune strategy.source=<file.pth>``), see the README section "Your own network".
 
 One-channel images (digits, MNIST) are repeated to 3 channels in the stem
 (``model.in_channels_adapt=repeat``, the default). ViTs need square images whose side is a

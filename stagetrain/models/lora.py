@@ -101,12 +101,15 @@ def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = N
 
     targets = resolve_targets(model, list(patterns or []))
     if not targets:
-        kinds = sorted({f"{n} ({type(m).__name__})" for b in model.blocks.values()
+        names = sorted({f"{n} ({type(m).__name__})" for b in model.blocks.values()
                         for n, m in b.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)})
+        why = (f"strategy.lora.targets={list(patterns)} matches none of the blocks' Linear/Conv2d layers"
+               if patterns else "strategy.lora.targets=[] adapts every nn.Linear inside the blocks, and they have none")
+        example = names[0].split(" ")[0] if names else None
         raise StagetrainError(
-            f"strategy.lora.targets={list(patterns or [])} selects no Linear/Conv2d layer inside the blocks "
-            f"(by default LoRA adapts every nn.Linear, and this model's blocks have none). Layers the blocks "
-            f"have: {', '.join(kinds[:12]) or 'none'}. Name them in strategy.lora.targets, e.g. [layer].")
+            f"{why}. Layers the blocks have: {', '.join(names[:12]) or 'none'}. "
+            + (f"Name them by pattern, e.g. strategy.lora.targets=[{example}]." if example
+               else "LoRA needs Linear or Conv2d layers inside the blocks; use mode=bitfit or partial."))
     spec = {**model.spec, "lora": {"rank": int(rank), "alpha": float(alpha), "targets": targets}}
     new = StagedModel(spec).to(next(model.parameters()))
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)

@@ -40,6 +40,7 @@ from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel, build_spec
+from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage
 from stagetrain.source import Source, load_bare, load_source
 from stagetrain.strategies.common import all_groups, head_input_shape, stage_from_cfg
@@ -131,6 +132,12 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     lr = float(s.lr or cfg.optim.lr)
     ops: list[dict[str, Any]] = []
     if s.mode == "add_layers":
+        last = spec["blocks"][-1]["type"]
+        if "deepen:random" not in part_type(last).grow:
+            raise StagetrainError(
+                f"strategy.mode=add_layers inserts fresh blocks of the last block's type, and blocks of type {last!r} "
+                "cannot be created (model=custom/torchvision blocks are the user's own modules). Use mode=partial, "
+                "gradual_unfreeze, lora or full.")
         new_blocks: list[str] = []
         for _ in range(int(s.new_layers)):
             new_blocks.append(fresh_name(blocks + new_blocks))
