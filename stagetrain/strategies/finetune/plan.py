@@ -124,6 +124,22 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     return record
 
 
+def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """add_layers: the names of ``n`` fresh blocks after the last, and the deepen ops that make them."""
+    last = spec["blocks"][-1]["type"]
+    if "deepen:random" not in part_type(last).grow:
+        raise StagetrainError(
+            f"strategy.mode=add_layers inserts fresh blocks of the last block's type, and blocks of type {last!r} "
+            "cannot be created (model=custom/torchvision blocks are the user's own modules). Use mode=partial, "
+            "gradual_unfreeze, lora or full.")
+    new_blocks: list[str] = []
+    ops = []
+    for _ in range(n):
+        new_blocks.append(fresh_name(blocks + new_blocks))
+        ops.append({"op": "deepen", "after": (blocks + new_blocks)[-2], "kind": "random"})
+    return new_blocks, ops
+
+
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     blocks = [b["name"] for b in spec["blocks"]]
@@ -132,16 +148,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     lr = float(s.lr or cfg.optim.lr)
     ops: list[dict[str, Any]] = []
     if s.mode == "add_layers":
-        last = spec["blocks"][-1]["type"]
-        if "deepen:random" not in part_type(last).grow:
-            raise StagetrainError(
-                f"strategy.mode=add_layers inserts fresh blocks of the last block's type, and blocks of type {last!r} "
-                "cannot be created (model=custom/torchvision blocks are the user's own modules). Use mode=partial, "
-                "gradual_unfreeze, lora or full.")
-        new_blocks: list[str] = []
-        for _ in range(int(s.new_layers)):
-            new_blocks.append(fresh_name(blocks + new_blocks))
-            ops.append({"op": "deepen", "after": (blocks + new_blocks)[-2], "kind": "random"})
+        new_blocks, ops = _added_blocks(spec, blocks, int(s.new_layers))
         blocks = blocks + new_blocks
     if s.mode == "lora":
         ops.append({"op": "add_lora", "rank": int(s.lora.rank), "alpha": float(s.lora.alpha),
