@@ -21,13 +21,13 @@ from stagetrain.errors import StagetrainError, check_choice, check_positive, did
 from stagetrain.families import FAMILIES, family
 from stagetrain.schema import (
     CACHE_MAX_BYTES,
+    DATASET_SCHEMAS,
     DATASETS,
     OPTIMIZERS,
     SCHEDULES,
     DatasetConfig,
     DeviceConfig,
     RunConfig,
-    SyntheticDatasetConfig,
 )
 from stagetrain.strategies import STRATEGIES, config_module
 
@@ -37,7 +37,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
-    cs.store(group="schema/dataset", name="synthetic", node=SyntheticDatasetConfig)
+    for name, node in DATASET_SCHEMAS.items():
+        cs.store(group="schema/dataset", name=name, node=node)
     for name in FAMILIES:
         cs.store(group="schema/model", name=name, node=family(name).Config)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
@@ -67,7 +68,7 @@ def settings(cfg: DictConfig) -> RunConfig:
 def _schema_for(plain: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(RunConfig)
     dataset = OmegaConf.select(plain, "dataset.name")
-    schema.dataset = OmegaConf.structured(SyntheticDatasetConfig if dataset == "synthetic" else DatasetConfig)
+    schema.dataset = OmegaConf.structured(DATASET_SCHEMAS.get(dataset, DatasetConfig))
     model = OmegaConf.select(plain, "model.name")
     schema.model = OmegaConf.structured(family(model).Config)
     strategy = OmegaConf.select(plain, "strategy.name")

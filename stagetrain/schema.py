@@ -43,6 +43,10 @@ class SyntheticDatasetConfig(DatasetConfig):
     noise: float = 2.0
 
 
+# datasets with options beyond DatasetConfig's: name -> schema (the others use DatasetConfig)
+DATASET_SCHEMAS: dict[str, type] = {"synthetic": SyntheticDatasetConfig}
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 20

@@ -61,7 +61,7 @@ def test_digits_are_scikit_learns_with_its_stratified_split():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from stagetrain.data import _load_digits
+    from stagetrain.data.images import _load_digits
 
     d = load_digits()
     tr, te = train_test_split(range(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)

@@ -1,0 +1,128 @@
+"""The built-in image datasets: digits, MNIST, Fashion-MNIST, CIFAR-10, synthetic.
+
+Each is read once (torchvision's classes read the real files and check them) into a
+(train, test, scale) triple: uint8 (or float) tensors and integer labels, the official
+test split kept for final metrics. ``stagetrain.data.load_data`` finishes the bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stagetrain.data.bundle import Split
+from stagetrain.errors import StagetrainError
+
+RAW_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}
+
+# (input shape, classes, official training-set size) without reading the files: for dry runs
+META = {
+    "digits": ((1, 8, 8), 10, 1437),
+    "mnist": ((1, 28, 28), 10, 60000),
+    "fashion_mnist": ((1, 28, 28), 10, 60000),
+    "cifar10": ((3, 32, 32), 10, 50000),
+}
+
+
+def image_meta(cfg: Any) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, classes, official training samples) without reading the files."""
+    if cfg.name == "synthetic":
+        return tuple(cfg.shape), int(cfg.num_classes), int(cfg.n_train)
+    return META[cfg.name]
+
+
+def load_images(cfg: Any, seed: int) -> tuple[Split, Split, float]:
+    """(train, test, scale) of a built-in image dataset."""
+    if cfg.name == "digits":
+        return _load_digits()
+    if cfg.name == "synthetic":
+        return _make_synthetic(cfg, seed)
+    return _load_torchvision(cfg.name, cfg.root, cfg.download)
+
+
+def _load_digits() -> tuple[Split, Split, float]:
+    """scikit-learn's 8x8 digits, read from the CSV inside its package without importing it
+    (the same values as ``sklearn.datasets.load_digits``), split by the stored indices."""
+    import gzip
+    import importlib.util
+
+    import numpy as np
+
+    from stagetrain.digits_split import TEST, TRAIN
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise StagetrainError("dataset=digits reads scikit-learn's bundled digits; install it: pip install scikit-learn.")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    x = torch.tensor(table[:, :-1].reshape(-1, 1, 8, 8), dtype=torch.uint8)  # N x 1 x 8 x 8, values 0..16
+    y = torch.tensor(table[:, -1], dtype=torch.long)
+    # digits has no official test split: a fixed, stratified 20% is held out.
+    tr, te = (torch.tensor([int(i) for i in idx.split()]) for idx in (TRAIN, TEST))
+    return Split(x[tr], y[tr]), Split(x[te], y[te]), 16.0
+
+
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte"]
+OFFLINE_SOURCES = {  # where to get the files without torchvision's download
+    "mnist": "copy them there from a machine that has them (e.g. its ~/.cache/stagetrain/MNIST/raw/)",
+    "fashion_mnist": ("on Debian/Ubuntu, `apt install dataset-fashion-mnist` installs them gzipped in "
+                      "/usr/share/datasets/fashion-mnist/; gunzip each into {folder}/ (README, Data)"),
+}
+
+
+def missing_data_message(name: str, root: Path) -> str:
+    """What to do when the dataset files are not under ``root``: where they go, how to get
+    them without a network, how to point stagetrain at another folder, how to download."""
+    folder = root / RAW_FOLDERS[name]
+    if name == "cifar10":
+        where = f"the extracted cifar-10-python.tar.gz, i.e. {folder}/data_batch_1 ... test_batch"
+        offline = "copy the extracted archive from a machine that has it"
+    else:
+        folder = folder / "raw"
+        where = f"the four uncompressed IDX files in {folder}/ ({', '.join(IDX_FILES)})"
+        offline = OFFLINE_SOURCES[name].format(folder=folder)
+    return (f"dataset={name}: the files were not found (or failed torchvision's checks) under {root}. "
+            f"stagetrain reads {where}. Offline: {offline}. Data somewhere else: set dataset.root=<folder> "
+            f"or the STAGETRAIN_DATA environment variable to the folder that holds {RAW_FOLDERS[name]}/. "
+            "With a network: add dataset.download=true to download and check them.")
+
+
+def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Split, float]:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    root_path = Path(os.path.expanduser(root))
+    try:
+        parts = [cls(str(root_path), train=train, download=download) for train in (True, False)]
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        raise StagetrainError(missing_data_message(name, root_path)) from None
+    splits = []
+    for part in parts:
+        x = torch.as_tensor(part.data)
+        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)  # CIFAR is N x H x W x C
+        splits.append(Split(x.contiguous(), torch.as_tensor(part.targets, dtype=torch.long)))
+    return splits[0], splits[1], 255.0
+
+
+def _make_synthetic(cfg: Any, seed: int) -> tuple[Split, Split, float]:
+    """Gaussian class prototypes plus isotropic noise; a smooth prototype makes images."""
+    g = torch.Generator().manual_seed(1_000_003 + seed)
+    shape = tuple(cfg.shape)
+    protos = torch.randn(cfg.num_classes, *shape, generator=g)
+    if len(shape) == 3:  # smooth the prototypes so neighbouring pixels correlate, like images
+        protos = torch.nn.functional.avg_pool2d(protos, 3, stride=1, padding=1)
+        protos = protos / protos.flatten(1).std(1).view(-1, 1, 1, 1)
+
+    def draw(n: int) -> Split:
+        y = torch.randint(cfg.num_classes, (n,), generator=g)
+        x = protos[y] + cfg.noise * torch.randn(n, *shape, generator=g)
+        return Split(x, y)
+
+    return draw(cfg.n_train), draw(cfg.n_test), 1.0
+
+
