@@ -25,11 +25,13 @@ from stagetrain.schema import (
     DATASETS,
     OPTIMIZERS,
     SCHEDULES,
+    TEXT_DATASETS,
     DatasetConfig,
     DeviceConfig,
     RunConfig,
 )
 from stagetrain.strategies import STRATEGIES, config_module
+from stagetrain.textfiles import validate_text_dataset
 
 
 def register_configs() -> None:
@@ -118,7 +120,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                                       f"only {', '.join(known)}.{did_you_mean(str(key), known)}")
         cfg = settings(cfg)
     _validate_dataset(cfg.dataset)
-    _validate_model(cfg.model, cfg.dataset)
+    cfg.model = _validate_model(cfg.model, cfg.dataset)
     _validate_run(cfg)
     check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
     config_module(cfg.strategy.name).validate(cfg)
@@ -137,6 +139,8 @@ def _validate_dataset(ds: DatasetConfig) -> None:
                 f"dataset.classes={classes} is not valid: give at least two distinct non-negative class labels, e.g. [0,1,2,3,4]."
             )
     _positive("dataset.max_train", ds.max_train)
+    if ds.name in TEXT_DATASETS:
+        validate_text_dataset(ds)
     if ds.name == "synthetic":
         _positive("dataset.n_train", ds.n_train)
         _positive("dataset.n_test", ds.n_test)
@@ -146,9 +150,17 @@ def _validate_dataset(ds: DatasetConfig) -> None:
             raise StagetrainError(f"dataset.num_classes={ds.num_classes} is out of range: it must be >= 2.")
 
 
-def _validate_model(model: Any, ds: DatasetConfig) -> None:
+def _validate_model(model: Any, ds: DatasetConfig) -> Any:
+    """The model settings, checked, with values left to follow the data filled in (the
+    family's optional ``resolve``: e.g. a transformer's vocabulary from a text dataset)."""
     check_choice("model.name", model.name, FAMILIES)
-    family(model.name).validate(model, ds)
+    fam = family(model.name)
+    if ds.name in TEXT_DATASETS and not hasattr(fam, "resolve"):
+        raise StagetrainError(f"dataset={ds.name} gives token ids, which model={model.name} cannot read. Use "
+                              "model=transformer (its token stem embeds them).")
+    model = fam.resolve(model, ds) if hasattr(fam, "resolve") else model
+    fam.validate(model, ds)
+    return model
 
 
 def _validate_run(cfg: RunConfig) -> None:

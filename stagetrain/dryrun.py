@@ -11,6 +11,7 @@ from stagetrain.data import dataset_meta
 from stagetrain.engine.runtime import planned_length, prepare, wants_cache
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
+from stagetrain.objectives import probe_batch
 from stagetrain.plan import Plan, Stage
 from stagetrain.schema import RunConfig
 from stagetrain.strategies import hook
@@ -21,10 +22,7 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
     """Per stage: samples per epoch, planned epochs and estimated training FLOPs with and
     without caching (a FLOP-bounded stage: what its budget buys)."""
     model = StagedModel(spec)
-    x = torch.randn(2, *spec["in_shape"])
-    if plan.input_norm == "unit":
-        x = x.sigmoid()
-    y = torch.zeros(2, dtype=torch.long)
+    x, y = probe_batch(spec, 2, unit=plan.input_norm == "unit")
     g = torch.Generator().manual_seed(0)
     extra = (hook(cfg.strategy.name, "datasets") or (lambda c: {}))(cfg)  # e.g. in-run pretraining
     sizes = {"target": (n_train, n_labeled), **{k: tuple(dataset_meta(v)[2:4]) for k, v in extra.items()}}

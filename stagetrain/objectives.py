@@ -1,6 +1,8 @@
 """Stage objectives: the loss of one batch, and the helper modules some objectives need.
 
 * supervised  -- cross-entropy through the model's head, or through an auxiliary head
+* lm          -- causal language modelling: next-token cross-entropy (nats) through the
+                 model's per-position ``lm_head`` (a supervised stage through an LM head is one)
 * autoencoder -- reconstruct the input of the trained block through a decoder
 * denoising   -- the same from a masked input; the target is the clean input
 * rbm         -- contrastive divergence (CD-k) on the trained block as an RBM
@@ -50,8 +52,11 @@ class AuxHead(nn.Module):
 
 
 class MeanOverPositions(nn.Module):
+    """Mean over a sequence's positions, skipping padding (all-zero rows, see models/transformer.py)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(1)
+        keep = x.ne(0).any(-1).unsqueeze(-1).to(x.dtype)
+        return (x * keep).sum(1) / keep.sum(1).clamp_min(1)
 
 
 class Decoder(nn.Module):
@@ -120,6 +125,46 @@ def mask_noise(x: torch.Tensor, level: float) -> torch.Tensor:
     return x * (torch.rand_like(x) >= level).to(x.dtype)
 
 
+def probe_batch(spec: dict[str, Any], n: int, unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A made-up batch the model ``spec`` accepts (dry-run estimates): random inputs (token
+    ids for a token stem; in [0, 1] when ``unit``) and labels (next tokens for an LM head)."""
+    stem = spec.get("stem") or {}
+    if stem.get("type") == "token_embed":
+        x = torch.randint(1, stem["vocab_size"], (n, spec["in_shape"][0]))
+        lm = spec["head"].get("type") == "lm_head"
+        return x, (torch.roll(x, -1, 1) if lm else torch.zeros(n, dtype=torch.long))
+    x = torch.randn(n, *spec["in_shape"])
+    return (x.sigmoid() if unit else x), torch.zeros(n, dtype=torch.long)
+
+
+def objective_of(stage: Stage, model: StagedModel) -> str:
+    """The objective a stage really trains: a supervised stage through an LM head is ``lm``
+    (the final evaluation's stage does not know the model's head)."""
+    if stage.objective == "supervised" and stage.uses_head and model.spec["head"].get("type") == "lm_head":
+        return "lm"
+    return stage.objective
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats: ``logits`` [B, T, V] at positions 0..T-1
+    predict ``y`` [B, T], the tokens at positions 1..T (the window shifted by one)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+def split_metrics(objective: str, loss: float, correct: float, n: int,
+                  bytes_per_token: float | None = None) -> dict[str, float]:
+    """A split's metrics from its sums: loss; accuracy for supervised; for lm the
+    perplexity exp(loss) and bits per byte (loss / ln 2 / UTF-8 bytes per token)."""
+    out = {"loss": loss}
+    if objective == "supervised":
+        out["acc"] = correct / max(n, 1)
+    elif objective == "lm":
+        out["ppl"] = math.exp(loss) if loss < 700 else math.inf
+        if bytes_per_token:
+            out["bpb"] = loss / math.log(2) / bytes_per_token
+    return out
+
+
 def stage_loss(
     stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
     y: torch.Tensor, first: int, training: bool,
@@ -128,6 +173,8 @@ def stage_loss(
 
     ``h`` is the input of block ``first`` (the output of the frozen prefix, maybe cached).
     """
+    if objective_of(stage, model) == "lm":  # per-position logits: no per-sample accuracy to report
+        return lm_loss(model.head(model.features(h, first, stage.stop_block)), y), None
     if stage.objective == "supervised":
         z = model.features(h, first, stage.stop_block)
         logits = helper(z) if helper is not None else model.head(z)

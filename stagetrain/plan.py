@@ -45,7 +45,7 @@ class Stage:
     name: str
     epochs: int | None  # None: bounded by max_flops instead (grow's flops_share trigger)
     trainable: list[str]
-    objective: str = "supervised"  # supervised | autoencoder | denoising | rbm
+    objective: str = "supervised"  # supervised | lm | autoencoder | denoising | rbm
     stop_block: int | None = None  # forward path is blocks[:stop_block] (None: all blocks)
     helper: dict[str, Any] | None = None  # auxiliary head / decoder spec, dropped at stage end
     helper_to_head: bool = False  # at stage end, the helper becomes the model's head
@@ -71,7 +71,7 @@ class Stage:
     @property
     def uses_head(self) -> bool:
         """True when the stage trains/evaluates the model itself (blocks + head)."""
-        return self.objective == "supervised" and self.helper is None and self.stop_block is None
+        return self.objective in ("supervised", "lm") and self.helper is None and self.stop_block is None
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Plan:
     strategy: str
     stages: list[Stage]
     input_norm: str = "standardize"  # standardize | unit ([0, 1], for RBMs)
-    target: str | None = None  # run-level stop, e.g. "val/acc>=0.97"
+    target: str | None = None  # run-level stop, e.g. "val/acc>=0.97" or "val/ppl<=20"
     flop_budget: float | None = None  # run-level stop on cumulative training FLOPs
     complexity_penalty: float | None = None  # stop when val loss + lambda * params stops improving
     optimizer_state: str = "reset"  # across growth: reset, or map Adam moments through the op
@@ -89,7 +89,7 @@ class Plan:
         return asdict(self)
 
 
-TARGET_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss")
+TARGET_KEYS = ("val/acc", "val/loss", "val/ppl", "val/bpb", "train/acc", "train/loss", "train/ppl")
 TARGET_OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
 
 

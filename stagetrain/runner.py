@@ -54,6 +54,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         rundir if main else None, str(rundir.path.resolve()), parts.plan.to_dict(),
         OmegaConf.to_container(start.cfg, resolve=True), settings.seed, device,
         start.previous.get("source") if start.state is not None else parts.source, start.previous)
+    if parts.datasets["target"].info:  # a text dataset's tokenizer and label names
+        record.info["data"] = parts.datasets["target"].info
     engine = Engine(parts.plan, engine_options(settings, to_yaml(start.cfg)), parts.datasets, parts.model, device,
                     Reporter(settings.progress if main else "off"), rundir if main else None, stop_flag={},
                     sinks=_sinks(settings, rundir, record) if main else [], on_update=record.update)

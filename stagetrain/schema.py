@@ -14,11 +14,12 @@ from typing import Any
 MISSING: Any = "???"  # OmegaConf's marker for a value the config must set
 
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-DATASETS = (*IMAGE_DATASETS, "synthetic")
+TEXT_DATASETS = ("text", "text_classification", "fortunes")
+DATASETS = (*IMAGE_DATASETS, "synthetic", *TEXT_DATASETS)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
-OBJECTIVES = ("supervised", "autoencoder", "denoising", "rbm")
+OBJECTIVES = ("supervised", "autoencoder", "denoising", "rbm")  # layer-wise ones; "lm" is the head's own
 CACHE_MAX_BYTES = 2 * 1024**3  # default budget of a frozen-prefix feature cache
 
 
@@ -43,8 +44,47 @@ class SyntheticDatasetConfig(DatasetConfig):
     noise: float = 2.0
 
 
+@dataclass
+class TextDatasetConfig(DatasetConfig):
+    """Causal language modelling on local UTF-8 files: windows of ``max_len`` tokens; the
+    last ``val_fraction`` and ``test_fraction`` of the token stream are held out."""
+
+    name: str = "text"
+    paths: list[str] = field(default_factory=list)  # files (or folders of files), read in this order
+    tokenizer: str = "bytes"  # bytes: 256 byte ids + padding | chars: the corpus's characters
+    max_len: int = 128  # tokens per window
+    test_fraction: float = 0.1
+
+
+@dataclass
+class TextClassificationConfig(DatasetConfig):
+    """Labelled texts from JSONL / CSV (``text_field``, ``label_field``) or a folder with one
+    file per class (entries separated by ``delimiter`` lines), padded/truncated to ``max_len``."""
+
+    name: str = "text_classification"
+    path: str | None = None
+    test_path: str | None = None  # null: a stratified test_fraction of ``path`` (fixed seed)
+    format: str = "auto"  # auto (folder / .csv / else jsonl) | jsonl | csv | folder
+    text_field: str = "text"
+    label_field: str = "label"
+    delimiter: str = "%"
+    tokenizer: str = "bytes"
+    max_len: int = 128
+    test_fraction: float = 0.2
+
+
+@dataclass
+class FortunesDatasetConfig(TextClassificationConfig):
+    """The Debian fortunes collection: category classification, or (task=lm) its entries as one text."""
+
+    name: str = "fortunes"
+    task: str = "classification"  # classification | lm
+
+
 # datasets with options beyond DatasetConfig's: name -> schema (the others use DatasetConfig)
-DATASET_SCHEMAS: dict[str, type] = {"synthetic": SyntheticDatasetConfig}
+DATASET_SCHEMAS: dict[str, type] = {"synthetic": SyntheticDatasetConfig, "text": TextDatasetConfig,
+                                    "text_classification": TextClassificationConfig,
+                                    "fortunes": FortunesDatasetConfig}
 
 
 @dataclass

@@ -9,7 +9,7 @@ per-channel statistics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,7 +19,8 @@ from stagetrain.errors import StagetrainError
 
 @dataclass
 class Split:
-    """Inputs (uint8 or float, N x C x H x W or N x D) and integer labels."""
+    """Inputs (uint8 or float, N x C x H x W or N x D; int64 token ids N x T) and integer
+    labels (N; N x T next tokens for language modelling)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -45,9 +46,13 @@ class DataBundle:
     mean: torch.Tensor
     std: torch.Tensor
     scale: float  # raw value that maps to 1.0 (255 for uint8 images, 16 for digits)
+    info: dict[str, Any] = field(default_factory=dict)  # what run.json records (text: tokenizer, labels)
 
     def normalize(self, x: torch.Tensor, mode: str = "standardize") -> torch.Tensor:
-        """Raw batch -> float32 scaled to [0, 1], then (``standardize``) per channel."""
+        """Raw batch -> float32 scaled to [0, 1], then (``standardize``) per channel. Token
+        ids (int64) pass through unchanged: the model's token stem embeds them."""
+        if x.dtype == torch.int64:
+            return x
         x = x.float() / self.scale
         return (x - self.mean) / self.std if mode == "standardize" else x.clamp(0, 1)
 
@@ -56,7 +61,7 @@ class DataBundle:
         return DataBundle(
             self.name, move(self.train), move(self.val), move(self.test),
             self.labeled.to(device), self.in_shape, self.num_classes,
-            self.mean.to(device), self.std.to(device), self.scale,
+            self.mean.to(device), self.std.to(device), self.scale, self.info,
         )
 
 

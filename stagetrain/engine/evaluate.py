@@ -9,7 +9,7 @@ from stagetrain import distributed
 from stagetrain.data import DataBundle, Split
 from stagetrain.engine.runtime import prefix_len
 from stagetrain.models import StagedModel
-from stagetrain.objectives import stage_loss
+from stagetrain.objectives import objective_of, split_metrics, stage_loss
 from stagetrain.plan import Stage
 
 FINAL = Stage(name="final", epochs=0, trainable=[])  # the model itself: blocks + head
@@ -49,7 +49,4 @@ def evaluate(model: StagedModel, helper: nn.Module | None, bundle: DataBundle, s
         n += len(y)
     if distributed.world_size() > 1:
         loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n])
-    out = {"loss": loss_sum / n}
-    if stage.objective == "supervised":
-        out["acc"] = correct / n
-    return out
+    return split_metrics(objective_of(stage, model), loss_sum / n, correct, n, bundle.info.get("bytes_per_token"))

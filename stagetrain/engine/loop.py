@@ -30,6 +30,7 @@ from stagetrain.engine.state import RunState, StageState
 from stagetrain.errors import StopRequested
 from stagetrain.growth import apply_op, optimizer_state_by_name
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
+from stagetrain.objectives import objective_of, split_metrics
 from stagetrain.plan import Plan, Stage, StopReason
 from stagetrain.progress import Reporter
 from stagetrain.rundir import MetricsLog, RunDir
@@ -208,9 +209,8 @@ class Engine:
         loss_sum, correct, n = (float(v) for v in sums)
         if not math.isfinite(loss_sum):
             self.nonfinite.found(k, stage)
-        train = {"loss": loss_sum / max(n, 1)}
-        if stage.objective == "supervised":
-            train["acc"] = correct / max(n, 1)
+        train = split_metrics(objective_of(stage, self.model), loss_sum / max(n, 1), correct, int(n),
+                              rt.data.info.get("bytes_per_token"))
         val = self._evaluate(stage, "val")
         base = {"stage": k + 1, "stage_name": stage.name, "epoch": cur.epoch + 1,
                 "step": st.global_step, "flops": st.flops, "time": round(st.seconds, 4)}
@@ -218,9 +218,10 @@ class Engine:
         self._log({**base, "split": "val", **val})
         cur.metrics = {**{f"train/{m}": v for m, v in train.items()}, **{f"val/{m}": v for m, v in val.items()}}
         stopping.update_best(st, val)
-        is_best = stage.uses_head and (st.best is None or val["acc"] > st.best)
+        score = val["acc"] if "acc" in val else -val["loss"]  # a language model: the lowest loss
+        is_best = stage.uses_head and (st.best is None or score > st.best)
         if is_best:
-            st.best = val["acc"]
+            st.best = score
         cur.epoch, cur.batch, cur.epoch_sums = cur.epoch + 1, 0, [0.0, 0.0, 0.0]
         stopping.after_epoch(self.plan, stage, st, rt.epochs, self.opts.patience)
         self.reporter.epoch_end(f"stage {k + 1} {stage.name} epoch {cur.epoch}/{rt.epochs}: "

@@ -5,8 +5,12 @@ linear patch embedding and learned positions; ``tokens`` embeds token ids (``voc
 ``max_len``) for text data. ``n_layers`` layers of ``d_model`` width and ``n_heads`` heads,
 MLP hidden size ``mlp_ratio * d_model`` (or per layer: ``mlp_hidden``, which is what
 ``strategy=grow`` schedules). The ``cls`` head pools (mean, or a CLS token) then LayerNorm +
-Linear; the ``lm`` head gives per-position vocabulary logits (causal), for a later LM
-objective.
+Linear; the ``lm`` head gives per-position vocabulary logits (causal), trained by the ``lm``
+objective (next token).
+
+``resolve`` fills what follows the data: the stem (tokens for text datasets, patches for
+images), the head (lm for language-model data, cls otherwise) and ``vocab_size`` (the text
+dataset's vocabulary). On padded text classification the layers mask padding (token id 0).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.families.cnn import is_image
+from stagetrain.schema import TEXT_DATASETS
 
 IMAGE_SIZES = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32)}
 MAX_AUTO_TOKENS = 64  # patch=0 picks the smallest patch giving at most this many tokens
@@ -30,11 +35,11 @@ class Config:
     mlp_ratio: float = 4.0
     mlp_hidden: list[int] | None = None  # per-layer MLP hidden sizes; overrides n_layers and mlp_ratio
     dropout: float = 0.0
-    stem: str = "patch"
+    stem: str | None = None  # null: tokens for text datasets, patch for images
     patch: int = 4  # 8x8 digits: 4 tokens; 28x28: 49; 32x32: 64. 0: the smallest patch giving <= 64 tokens
-    vocab_size: int = 256
+    vocab_size: int | None = None  # null: the text dataset's vocabulary (256 otherwise)
     max_len: int = 128
-    head: str = "cls"
+    head: str | None = None  # null: lm for language-model data, cls otherwise
     pool: str = "mean"
     tie_embeddings: bool = True
     causal: bool | None = None  # null: false for head=cls, true for head=lm
@@ -49,6 +54,25 @@ def layer_widths(m: Any) -> list[int]:
 
 def is_causal(m: Any) -> bool:
     return bool(m.causal) if m.causal is not None else m.head == "lm"
+
+
+def resolve(model: Any, dataset: Any) -> Any:
+    """``model`` with the values left null filled from the dataset (see the module doc)."""
+    from stagetrain.textfiles import is_lm, vocab_size
+
+    text = dataset.name in TEXT_DATASETS
+    stem = model.stem or ("tokens" if text else "patch")
+    head = model.head or ("lm" if text and is_lm(dataset) else "cls")
+    vocab = model.vocab_size
+    if text and stem == "tokens":
+        have = vocab_size(dataset)
+        if vocab is not None and vocab != have:
+            raise StagetrainError(
+                f"model.vocab_size={vocab} does not match dataset={dataset.name}'s vocabulary of {have} token ids "
+                f"(dataset.tokenizer={dataset.tokenizer}, padding included). Leave model.vocab_size=null to follow "
+                f"the data, or set model.vocab_size={have}.")
+        vocab = have
+    return replace(model, stem=stem, head=head, vocab_size=256 if vocab is None else vocab)
 
 
 def patch_size(m: Any, in_shape: tuple[int, ...]) -> int:
@@ -76,15 +100,35 @@ def validate(model: Any, dataset: Any) -> None:
                               "hidden size per layer, e.g. [256,256], or null to use n_layers and mlp_ratio.")
     if not 0 <= model.dropout < 1:
         raise StagetrainError(f"model.dropout={model.dropout} is out of range: it must be in [0, 1).")
+    if dataset.name in TEXT_DATASETS:
+        _validate_text(model, dataset)
+        return
     if model.head == "lm":
         raise StagetrainError(
-            "model.head=lm (a causal language-model head) has no training objective in stagetrain yet: "
-            "its per-position logits need a next-token loss and token data. Use model.head=cls.")
+            f"model.head=lm (a causal language-model head) predicts the next token, but dataset={dataset.name} "
+            "gives images with class labels. Use model.head=cls, or language-model data: dataset=text "
+            "dataset.paths=[...] or dataset=fortunes dataset.task=lm.")
     if model.stem == "tokens":
         raise StagetrainError(
-            f"model.stem=tokens embeds token ids, but dataset={dataset.name} gives images and no built-in "
-            "dataset gives token ids yet. Use model.stem=patch.")
+            f"model.stem=tokens embeds token ids, but dataset={dataset.name} gives images. Use model.stem=patch "
+            "(or a text dataset: text, text_classification, fortunes).")
     _validate_patches(model, dataset)
+
+
+def _validate_text(model: Any, dataset: Any) -> None:
+    from stagetrain.textfiles import is_lm
+
+    if model.stem != "tokens":
+        raise StagetrainError(f"model.stem={model.stem} cuts images into patches, but dataset={dataset.name} gives "
+                              "token ids. Use model.stem=tokens (or leave model.stem=null).")
+    lm = is_lm(dataset)
+    if (model.head == "lm") != lm:
+        need, why = ("lm", "next-token targets") if lm else ("cls", "one class label per text")
+        raise StagetrainError(f"model.head={model.head} does not fit dataset={dataset.name}, which gives {why}. "
+                              f"Use model.head={need} (or leave model.head=null).")
+    if dataset.max_len > model.max_len:
+        raise StagetrainError(f"dataset.max_len={dataset.max_len} tokens do not fit model.max_len={model.max_len} "
+                              f"positions. Raise model.max_len to at least {dataset.max_len} or lower dataset.max_len.")
 
 
 def _validate_patches(model: Any, dataset: Any) -> None:
@@ -100,10 +144,14 @@ def _validate_patches(model: Any, dataset: Any) -> None:
 
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    m = replace(m, stem=m.stem or "patch", head=m.head or "cls")  # a Config used without resolve: images
     d = int(m.d_model)
+    padding = False
     if m.stem == "tokens":
-        tokens = int(m.max_len)
-        stem = {"type": "token_embed", "vocab_size": int(m.vocab_size), "max_len": tokens, "d_model": d}
+        tokens = int(in_shape[0]) if len(in_shape) == 1 else int(m.max_len)
+        padding = m.head != "lm"  # classification pads short texts with id 0; LM windows are never padded
+        stem = {"type": "token_embed", "vocab_size": int(m.vocab_size or 256), "max_len": int(m.max_len),
+                "d_model": d, **({"padding": True} if padding else {})}
     else:
         p = patch_size(m, in_shape)
         cls_token = m.head == "cls" and m.pool == "cls"
@@ -112,14 +160,16 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
                 "cls_token": cls_token, "tokens": tokens}
     blocks = [{"name": f"block{i + 1}", "type": "transformer_layer", "d_model": d, "n_heads": int(m.n_heads),
                "mlp_hidden": w, "tokens": tokens, "causal": is_causal(m), "dropout": float(m.dropout),
-               "out_shape": [tokens, d]} for i, w in enumerate(layer_widths(m))]
+               "out_shape": [tokens, d], **({"padding": True} if padding else {})}
+              for i, w in enumerate(layer_widths(m))]
     if m.head == "lm":
         out = int(m.vocab_size)
         head = {"type": "lm_head", "in": d, "out": out, "tie": bool(m.tie_embeddings) and m.stem == "tokens",
                 "tokens": tokens}
     else:
         out = int(num_classes)
-        head = {"type": "seq_classifier", "in": d, "out": out, "pool": m.pool, "tokens": tokens}
+        head = {"type": "seq_classifier", "in": d, "out": out, "pool": m.pool, "tokens": tokens,
+                **({"padding": True} if padding else {})}
     stem["out_shape"] = [tokens, d]
     return {"in_shape": list(in_shape), "num_classes": out, "stem": stem, "blocks": blocks, "head": head}
 

@@ -14,6 +14,12 @@ A layer computes ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``; attention is on
 ``mlp.fc1`` -> GELU -> ``mlp.fc2`` (names LoRA targets and BitFit patterns rely on).
 Growth (``models/transformer_growth.py``): Net2Net widening of the MLP hidden size, and a
 residual layer whose output projections are zero (the identity) inserted above a layer.
+
+Padding (parts whose spec says ``"padding": true``: padded text classification): token id
+0 is padding. The token stem outputs an all-zero row at a padded position; each layer
+treats all-zero rows as padding (no query attends to them, and they stay zero) and the
+classifier's mean skips them. The mask so travels inside the activations, through the
+stages' frozen-prefix caches and auxiliary heads, with no extra argument anywhere.
 """
 
 from __future__ import annotations
@@ -60,7 +66,19 @@ class TokenEmbed(nn.Module):
         self.pos = nn.Parameter(0.02 * torch.randn(1, spec["max_len"], spec["d_model"]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x) + self.pos[:, : x.shape[1]]
+        z = self.embed(x) + self.pos[:, : x.shape[1]]
+        return z * (x != 0).unsqueeze(-1).to(z.dtype) if self.spec.get("padding") else z
+
+
+def real_positions(x: torch.Tensor) -> torch.Tensor:
+    """[B, T] True where a sequence's row is not padding (padding rows are all zero)."""
+    return x.ne(0).any(-1)
+
+
+def masked_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions that are not padding (all positions when none is)."""
+    keep = real_positions(x).unsqueeze(-1).to(x.dtype)
+    return (x * keep).sum(1) / keep.sum(1).clamp_min(1)
 
 
 class Attention(nn.Module):
@@ -72,11 +90,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d, d)
         self.heads, self.causal, self.dropout = heads, causal, dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep``: [B, T], False at padded keys (None: no padding)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal)
+        mask, causal = None, self.causal
+        if keep is not None:
+            mask = keep[:, None, None, :]
+            if causal:
+                mask, causal = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -105,13 +129,16 @@ class TransformerLayer(nn.Module):
         self.drop = nn.Dropout(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        keep = real_positions(x) if self.spec.get("padding") else None
+        x = x + self.drop(self.attn(self.ln1(x), keep))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x if keep is None else x * keep.unsqueeze(-1).to(x.dtype)
 
 
 class SeqClassifier(nn.Module):
     """Mean over positions (or the CLS token at position 0) -> LayerNorm -> ``layer``
-    (Linear). ``layer`` is the name layer-wise training's auxiliary head hands over."""
+    (Linear). ``layer`` is the name layer-wise training's auxiliary head hands over. With
+    ``padding`` the mean skips padded positions."""
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
@@ -120,7 +147,10 @@ class SeqClassifier(nn.Module):
         self.layer = nn.Linear(spec["in"], spec["out"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x[:, 0] if self.spec.get("pool") == "cls" else x.mean(1)
+        if self.spec.get("pool") == "cls":
+            pooled = x[:, 0]
+        else:
+            pooled = masked_mean(x) if self.spec.get("padding") else x.mean(1)
         return self.layer(self.norm(pooled))
 
 

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from stagetrain.errors import StagetrainError
 from stagetrain.plan import Stage
 
 
 def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
-    """A stage with the run's optimizer settings; ``fields`` override them."""
+    """A stage with the run's optimizer settings; ``fields`` override them. With a language-
+    model head (``model.head=lm``) a supervised stage through the head trains ``lm``."""
     defaults = {
         "optimizer": cfg.optim.name, "lr": float(cfg.optim.lr),
         "weight_decay": float(cfg.optim.weight_decay), "momentum": float(cfg.optim.momentum),
         "sched": cfg.sched.name,
     }
-    return Stage(**{**defaults, **fields})
+    stage = Stage(**{**defaults, **fields})
+    if getattr(cfg.model, "head", None) == "lm" and stage.objective == "supervised":
+        if not stage.uses_head:
+            raise StagetrainError(
+                f"strategy={cfg.strategy.name} trains stage '{stage.name}' through an auxiliary classifier, which "
+                "a language model (model.head=lm) has no use for. Language models train with strategy=scratch, "
+                "grow or finetune.")
+        stage.objective = "lm"
+    return stage
 
 
 def all_groups(spec: dict[str, Any]) -> list[str]:

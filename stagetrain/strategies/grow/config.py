@@ -7,7 +7,7 @@ from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.families import grow_widths
-from stagetrain.plan import parse_target
+from stagetrain.plan import TARGET_KEYS, parse_target
 from stagetrain.schema import StrategyConfig, as_list
 
 
@@ -73,7 +73,8 @@ def validate(cfg: Any) -> None:
         except ValueError:
             raise StagetrainError(
                 f"strategy.target={s.target!r} is not valid: write it as <metric><op><value>, "
-                "e.g. 'val/acc>=0.97' or 'val/loss<=0.1'; metrics: val/acc, val/loss, train/acc, train/loss.") from None
+                f"e.g. 'val/acc>=0.97', 'val/loss<=0.1' or (language models) 'val/ppl<=20'; metrics: "
+                f"{', '.join(TARGET_KEYS)}.") from None
     if s.trigger == "flops_share" and s.flop_budget is None:
         raise StagetrainError("strategy.trigger=flops_share needs strategy.flop_budget (total training FLOPs).")
     for f in s.data_fractions or []:

@@ -1,0 +1,129 @@
+"""The text datasets as token tensors: ``text`` (and ``fortunes dataset.task=lm``) as
+causal language-model windows, ``text_classification`` and ``fortunes`` as padded
+labelled texts.
+
+Language modelling: the corpus becomes one token stream; its last ``val_fraction`` and
+``test_fraction`` are held out (by position, so no window of the training part overlaps
+them) and each part is cut into non-overlapping windows of ``max_len`` tokens; a window's
+targets are its tokens shifted by one (x = s[i:i+T], y = s[i+1:i+T+1]). Classification:
+texts truncated or padded (id 0) to ``max_len``, labels 0..k-1 in ``textfiles.label_names``
+order, a stratified seed-independent test split unless ``test_path`` is given; then
+``finish_bundle`` as for images (classes, validation split, labelled fraction).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stagetrain.data.bundle import DataBundle, Split, finish_bundle
+from stagetrain.data.tokenizer import Tokenizer, pad_batch
+from stagetrain.errors import StagetrainError
+from stagetrain.textfiles import (
+    corpus_text,
+    fortunes_folder,
+    held_out_counts,
+    is_lm,
+    label_names,
+    read_folder,
+    read_labelled,
+    vocab_size,
+)
+
+
+def text_meta(ds: Any) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, classes, samples) without tokenising: for LM data the training windows
+    (classes: the vocabulary), for classification the examples outside the test split."""
+    if is_lm(ds):
+        text = corpus_text(ds)
+        tokens = len(text.encode("utf-8")) if ds.tokenizer == "bytes" else len(text)
+        return (ds.max_len,), vocab_size(ds), max(0, (_part_sizes(tokens, ds)[0] - 1) // ds.max_len)
+    texts, labels = _labelled(ds)
+    held = 0 if ds.test_path else sum(held_out_counts(labels, ds.test_fraction).values())
+    return (ds.max_len,), len(set(labels)), len(texts) - held
+
+
+def text_bundle(ds: Any, seed: int) -> DataBundle:
+    return _lm_bundle(ds, seed) if is_lm(ds) else _classification_bundle(ds, seed)
+
+
+def _part_sizes(tokens: int, ds: Any) -> tuple[int, int, int]:
+    n_val, n_test = round(ds.val_fraction * tokens), round(ds.test_fraction * tokens)
+    return tokens - n_val - n_test, n_val, n_test
+
+
+def windows(stream: torch.Tensor, length: int) -> Split:
+    """Non-overlapping windows of ``length`` tokens and their next-token targets."""
+    n = max(0, (len(stream) - 1) // length)
+    return Split(stream[: n * length].view(n, length), stream[1: n * length + 1].view(n, length))
+
+
+def _lm_bundle(ds: Any, seed: int) -> DataBundle:
+    text = corpus_text(ds)
+    tok = Tokenizer.build(ds.tokenizer, [text])
+    stream = tok.encode(text)
+    n_train, n_val, _ = _part_sizes(len(stream), ds)
+    parts = {"train": stream[:n_train], "val": stream[n_train:n_train + n_val], "test": stream[n_train + n_val:]}
+    splits = {name: windows(part, ds.max_len) for name, part in parts.items()}
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise StagetrainError(
+                f"dataset={ds.name}: the text is too short: its {name} part ({len(parts[name])} of {len(stream)} "
+                f"tokens) holds no window of dataset.max_len={ds.max_len} tokens plus the next one. Give more text "
+                "or lower dataset.max_len (or raise dataset.val_fraction / dataset.test_fraction).")
+    train = splits["train"]
+    if ds.max_train is not None and ds.max_train < len(train):
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: ds.max_train]
+        train = train.subset(torch.sort(keep).values)
+    info = {"task": "lm", "tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
+            "tokens": {name: len(part) for name, part in parts.items()},
+            "bytes_per_token": len(text.encode("utf-8")) / max(1, len(text) if ds.tokenizer == "chars" else len(stream))}
+    return DataBundle(ds.name, train, splits["val"], splits["test"], torch.arange(len(train)), (ds.max_len,),
+                      tok.vocab_size, torch.zeros(1), torch.ones(1), 1.0, info)
+
+
+def _labelled(ds: Any) -> tuple[list[str], list[str]]:
+    if ds.name == "fortunes":
+        return read_folder(fortunes_folder(ds), "%", "dataset=fortunes")
+    return read_labelled(ds)
+
+
+def _classification_bundle(ds: Any, seed: int) -> DataBundle:
+    texts, labels = _labelled(ds)
+    names = label_names(labels)
+    index = {name: i for i, name in enumerate(names)}
+    tok = Tokenizer.build(ds.tokenizer, texts)
+    if ds.test_path:
+        test_texts, test_labels = read_labelled(ds, ds.test_path)
+        unknown = sorted(set(test_labels) - set(names))
+        if unknown:
+            raise StagetrainError(f"dataset.test_path={ds.test_path} has labels {unknown[:5]} that dataset.path="
+                                  f"{ds.path} has no training examples of (it has {names[:10]}).")
+        train_pos = list(range(len(texts)))
+        test_pos = list(range(len(texts), len(texts) + len(test_texts)))
+        texts, labels = texts + test_texts, labels + test_labels
+    else:
+        train_pos, test_pos = _stratified_test(labels, ds.test_fraction)
+    seqs = [tok.encode(t) for t in texts]
+    x = pad_batch(seqs, ds.max_len)
+    y = torch.tensor([index[label] for label in labels], dtype=torch.long)
+    train, test = (Split(x[p], y[p]) for p in (torch.tensor(train_pos), torch.tensor(test_pos, dtype=torch.long)))
+    bundle = finish_bundle(ds, seed, train, test, 1.0)
+    kept = [names[c] for c in ds.classes] if ds.classes is not None else names
+    bundle.info = {"task": "classification", "tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
+                   "labels": kept, "truncated": sum(len(q) > ds.max_len for q in seqs), "examples": len(seqs)}
+    return bundle
+
+
+def _stratified_test(labels: list[str], fraction: float) -> tuple[list[int], list[int]]:
+    """Positions of the training and test examples: ``held_out_counts`` of each class, drawn
+    with a fixed seed so every run (whatever its seed) tests on the same examples."""
+    g = torch.Generator().manual_seed(0)
+    held = held_out_counts(labels, fraction)
+    test: list[int] = []
+    for name, k in sorted(held.items()):
+        members = [i for i, label in enumerate(labels) if label == name]
+        test += [members[int(j)] for j in torch.randperm(len(members), generator=g)[:k]]
+    chosen = set(test)
+    return [i for i in range(len(labels)) if i not in chosen], sorted(test)
