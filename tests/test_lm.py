@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from conftest import make_cfg
+from safetensors import safe_open
 
 from stagetrain.errors import StagetrainError
 from stagetrain.families import transformer as family
@@ -107,6 +108,25 @@ def test_grow_stops_at_a_perplexity_target_and_finetune_continues_it(tmp_path, c
                            "train.epochs=1"), tmp_path / "finetune")
     assert [s["objective"] for s in tuned["stages"]] == ["lm"]
     assert tuned["final"]["val/loss"] < info["final"]["val/loss"] + 0.2  # it starts from the grown model
+
+
+def test_a_language_model_fine_tunes_into_a_text_classifier(tmp_path, corpus):
+    """LM pretraining, then labels: finetune swaps the LM head for a pooled classifier over
+    padded texts and keeps the pretrained embedding and layers."""
+    data = ["dataset=text", f"dataset.paths=[{corpus}]"]
+    train(make_cfg(*LM, *data, "strategy=scratch", "train.epochs=1"), tmp_path / "lm")
+    rows = [{"text": f"{w} {i}", "label": name} for name, w in (("pets", "cat dog"), ("sky", "rain sun"))
+            for i in range(30)]
+    labelled = tmp_path / "rows.jsonl"
+    labelled.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    info = train(make_cfg(*LM, "dataset=text_classification", f"dataset.path={labelled}", "strategy=finetune",
+                          f"strategy.source={tmp_path / 'lm'}", "strategy.mode=linear_probe", "train.epochs=10", "optim.lr=0.05"),
+                 tmp_path / "clf")
+    assert info["stages"][0]["objective"] == "supervised" and info["final"]["test/acc"] >= 0.9
+    with safe_open(tmp_path / "lm" / "model.safetensors", "pt") as lm, \
+            safe_open(tmp_path / "clf" / "model.safetensors", "pt") as clf:
+        assert torch.equal(lm.get_tensor("stem.embed.weight"), clf.get_tensor("stem.embed.weight"))
+        assert json.loads(clf.metadata()["arch"])["head"]["type"] == "seq_classifier"
 
 
 def test_layerwise_refuses_a_language_model(corpus):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from stagetrain.errors import StagetrainError
 from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
 from stagetrain.runner import train
+from stagetrain.textfiles import SYSTEM_FORTUNES
 
 FORTUNES = DATA_ROOT / "text" / "fortunes"
 needs_fortunes = pytest.mark.skipif(
@@ -158,6 +160,7 @@ def test_fortunes_as_language_model_text(tmp_path):
     assert "%\n" in Tokenizer("bytes").decode(data.val.x[:20].flatten())  # entries end with the delimiter
 
 
+@pytest.mark.skipif(Path(SYSTEM_FORTUNES).is_dir(), reason=f"the fortunes package is installed in {SYSTEM_FORTUNES}")
 def test_missing_fortunes_says_where_to_put_them_and_how_to_install(tmp_path):
     cfg = make_cfg(*TINY_MODEL, "dataset=fortunes", f"dataset.root={tmp_path}", "strategy=scratch")
     with pytest.raises(StagetrainError, match=r"STAGETRAIN_DATA.*apt-get install fortunes"):

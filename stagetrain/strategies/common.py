@@ -17,7 +17,7 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
         "sched": cfg.sched.name,
     }
     stage = Stage(**{**defaults, **fields})
-    if getattr(cfg.model, "head", None) == "lm" and stage.objective == "supervised":
+    if cfg.model.name == "transformer" and cfg.model.head == "lm" and stage.objective == "supervised":
         if not stage.uses_head:
             raise StagetrainError(
                 f"strategy={cfg.strategy.name} trains stage '{stage.name}' through an auxiliary classifier, which "

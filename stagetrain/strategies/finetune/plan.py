@@ -38,6 +38,7 @@ from typing import Any
 
 from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
+from stagetrain.families import family
 from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.models.registry import part_type
@@ -93,6 +94,8 @@ def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: 
             raise StagetrainError(
                 f"strategy.head=reuse needs the same number of classes, but the source {src.path} has "
                 f"{arch['num_classes']} and this run's data has {num_classes}. Use strategy.head=new.")
+    elif arch["head"].get("type") == "lm_head" and getattr(cfg.model, "head", None) == "cls":
+        arch = family("transformer").as_classifier(arch, num_classes, cfg.model.pool)  # LM pretraining -> labels
     else:
         arch["head"]["out"] = arch["num_classes"] = int(num_classes)
     return arch
