@@ -82,6 +82,16 @@ def test_targets_accept_perplexity():
 
     with pytest.raises(StagetrainError, match="val/ppl"):
         validate(make_cfg("strategy=grow", "strategy.target='val/perplexity<=20'"))
+    with pytest.raises(StagetrainError, match="names val/ppl, which a classifier does not report"):
+        validate(make_cfg("strategy=grow", "strategy.target='val/ppl<=20'"))
+
+
+def test_an_accuracy_target_on_a_language_model_is_refused(corpus):
+    from stagetrain.config import validate
+
+    with pytest.raises(StagetrainError, match="names val/acc, which a language model"):
+        validate(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=grow",
+                          "strategy.target='val/acc>=0.5'"))
 
 
 def test_scratch_language_model_run(tmp_path, corpus):
@@ -127,6 +137,14 @@ def test_a_language_model_fine_tunes_into_a_text_classifier(tmp_path, corpus):
             safe_open(tmp_path / "clf" / "model.safetensors", "pt") as clf:
         assert torch.equal(lm.get_tensor("stem.embed.weight"), clf.get_tensor("stem.embed.weight"))
         assert json.loads(clf.metadata()["arch"])["head"]["type"] == "seq_classifier"
+
+
+def test_dry_run_counts_the_windows_without_training(corpus):
+    out = train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=scratch", "dry_run=true"), None)
+    tokens = len(corpus.read_bytes())
+    windows = (tokens - 2 * round(0.1 * tokens) - 1) // 16
+    assert out["dry_run"] and out["plan"]["stages"][0]["objective"] == "lm"
+    assert out["estimates"][0]["samples"] == windows and out["estimates"][0]["flops"] > 0
 
 
 def test_layerwise_refuses_a_language_model(corpus):

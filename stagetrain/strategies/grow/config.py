@@ -75,6 +75,7 @@ def validate(cfg: Any) -> None:
                 f"strategy.target={s.target!r} is not valid: write it as <metric><op><value>, "
                 f"e.g. 'val/acc>=0.97', 'val/loss<=0.1' or (language models) 'val/ppl<=20'; metrics: "
                 f"{', '.join(TARGET_KEYS)}.") from None
+        _check_target_metric(s.target, cfg.model)
     if s.trigger == "flops_share" and s.flop_budget is None:
         raise StagetrainError("strategy.trigger=flops_share needs strategy.flop_budget (total training FLOPs).")
     for f in s.data_fractions or []:
@@ -109,3 +110,15 @@ def validate(cfg: Any) -> None:
                 raise StagetrainError(
                     "strategy.deepen=residual_zero: a residual block keeps the width of the block below it, "
                     "and neither can be widened later; reach the final widths before adding blocks.")
+
+
+def _check_target_metric(target: str, model: Any) -> None:
+    """A target on a metric the run never reports would never stop it: refuse it."""
+    key = parse_target(target)[0]
+    lm = model.name == "transformer" and model.head == "lm"
+    if key.endswith("/loss") or key.endswith(("/ppl", "/bpb")) == lm:
+        return
+    what, have = ("a language model (model.head=lm)", "loss, ppl, bpb") if lm else ("a classifier", "loss, acc")
+    raise StagetrainError(f"strategy.target={target!r} names {key}, which {what} does not report (it reports "
+                          f"{have}), so the target would never stop the run. E.g. "
+                          f"{'val/ppl<=20' if lm else 'val/acc>=0.97'}.")
