@@ -74,6 +74,17 @@ def test_text_windows_predict_the_next_token_and_hold_out_the_tail(tmp_path):
     assert dataset_meta(ds)[:3] == ((16,), 257, len(data.train))  # the dry run's count, without tokenising
 
 
+def test_character_vocabulary_windows_decode_back_to_the_text(tmp_path):
+    path = _corpus(tmp_path, repeat=5)
+    text = path.read_text(encoding="utf-8")
+    settings = _settings("dataset=text", f"dataset.paths=[{path}]", "dataset.max_len=8", "dataset.tokenizer=chars")
+    data = load_data(settings.dataset, seed=0)
+    tok = Tokenizer("chars", list(data.info["tokenizer"]["chars"]))
+    assert data.num_classes == settings.model.vocab_size == 2 + len(set(text))
+    assert text.startswith(tok.decode(data.train.x.flatten()))
+    assert data.info["bytes_per_token"] == pytest.approx(len(text.encode("utf-8")) / len(text))  # > 1: é, ï, —
+
+
 def _write_table(tmp_path, fmt, rows):
     if fmt == "jsonl":
         path = tmp_path / "train.jsonl"

@@ -78,7 +78,7 @@ def _lm_bundle(ds: Any, seed: int) -> DataBundle:
         train = train.subset(torch.sort(keep).values)
     info = {"task": "lm", "tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
             "tokens": {name: len(part) for name, part in parts.items()},
-            "bytes_per_token": len(text.encode("utf-8")) / max(1, len(text) if ds.tokenizer == "chars" else len(stream))}
+            "bytes_per_token": len(text.encode("utf-8")) / len(stream)}  # 1.0 for bytes; chars: UTF-8 bytes a char
     return DataBundle(ds.name, train, splits["val"], splits["test"], torch.arange(len(train)), (ds.max_len,),
                       tok.vocab_size, torch.zeros(1), torch.ones(1), 1.0, info)
 
