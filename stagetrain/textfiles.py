@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import json
 import os
 import random
@@ -89,7 +90,8 @@ def read_folder(folder: Path, delimiter: str, key: str) -> tuple[list[str], list
 
 
 def read_table(path: Path, fmt: str, text_field: str, label_field: str, key: str) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a JSONL file (one object a line) or a CSV file with a header row."""
+    """(texts, labels) of a JSONL file (one object a line) or a CSV file with a header row
+    (tab-separated when it is named .tsv)."""
     raw = read_utf8(path, key)
     if fmt == "jsonl":
         rows = []
@@ -100,7 +102,8 @@ def read_table(path: Path, fmt: str, text_field: str, label_field: str, key: str
                 except json.JSONDecodeError as e:
                     raise StagetrainError(f"{key}: line {n} of {path} is not JSON ({e.msg}).") from None
     else:
-        rows = list(csv.DictReader(raw.splitlines()))
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        rows = list(csv.DictReader(io.StringIO(raw, newline=""), delimiter=sep))  # quoted fields may span lines
     if not rows:
         raise StagetrainError(f"{key}: {path} holds no examples.")
     for field in (text_field, label_field):

@@ -98,7 +98,8 @@ def _write_table(tmp_path, fmt, rows):
 
 def _rows(per_class=30):
     topics = {"animals": "cat dog bird fish", "weather": "rain snow wind sun", "food": "bread rice soup tea"}
-    return [{"text": f"{words} {i}", "label": name} for name, words in topics.items() for i in range(per_class)]
+    rows = [{"text": f"{words} {i}", "label": name} for name, words in topics.items() for i in range(per_class)]
+    return [*rows, {"text": "two\nlines, one text", "label": "animals"}]  # a CSV field spanning lines
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -113,7 +114,9 @@ def test_text_classification_reads_jsonl_and_csv_with_a_stratified_test_split(tm
     tok = Tokenizer("bytes")
     texts = {tok.decode(x) for x in data.train.x}
     assert "cat dog bird" in texts  # "cat dog bird fish 3" truncated to 12 bytes
-    assert len(data.train) + len(data.val) + len(data.test) == 90
+    assert len(data.train) + len(data.val) + len(data.test) == 91
+    every = [tok.decode(x) for split in (data.train, data.val, data.test) for x in split.x]
+    assert "two\nlines, o" in every
     assert dataset_meta(ds)[1:3] == (3, len(data.train))  # the dry run's count, without tokenising
 
 
