@@ -89,7 +89,7 @@ class Plan:
         return asdict(self)
 
 
-TARGET_KEYS = ("val/acc", "val/loss", "val/ppl", "val/bpb", "train/acc", "train/loss", "train/ppl")
+TARGET_KEYS = ("val/acc", "val/loss", "val/ppl", "val/bpb", "train/acc", "train/loss", "train/ppl", "train/bpb")
 TARGET_OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
 
 

@@ -148,5 +148,5 @@ def test_dry_run_counts_the_windows_without_training(corpus):
 
 
 def test_layerwise_refuses_a_language_model(corpus):
-    with pytest.raises(StagetrainError, match="auxiliary classifier.*strategy=scratch, grow or finetune"):
+    with pytest.raises(StagetrainError, match="auxiliary classifier.*strategy=scratch, grow or finetune from a source run"):
         train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=layerwise", "dry_run=true"), None)

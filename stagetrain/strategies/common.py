@@ -22,7 +22,7 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
             raise StagetrainError(
                 f"strategy={cfg.strategy.name} trains stage '{stage.name}' through an auxiliary classifier, which "
                 "a language model (model.head=lm) has no use for. Language models train with strategy=scratch, "
-                "grow or finetune.")
+                "grow or finetune from a source run (strategy.source=<run>, without strategy.pretrain).")
         stage.objective = "lm"
     return stage
 
