@@ -9,7 +9,14 @@ import math
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import (
+    assert_epochs_exactly_once,
+    final_weights,
+    kill_when,
+    make_cfg,
+    resume_until_done,
+    run_cli,
+)
 from safetensors import safe_open
 
 from stagetrain.errors import StagetrainError
@@ -150,3 +157,21 @@ def test_dry_run_counts_the_windows_without_training(corpus):
 def test_layerwise_refuses_a_language_model(corpus):
     with pytest.raises(StagetrainError, match="auxiliary classifier.*strategy=scratch, grow or finetune from a source run"):
         train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=layerwise", "dry_run=true"), None)
+
+
+@pytest.mark.full  # three CLI runs, one killed (about a minute on 2 busy cores): `pytest --full`
+def test_a_killed_language_model_run_resumes_to_identical_weights(tmp_path):
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(3000)),
+                      encoding="utf-8")
+    args = ["dataset=text", f"dataset.paths=[{corpus}]", "model=transformer", "model.d_model=32", "model.n_heads=2",
+            "dataset.max_len=32", "strategy=scratch", "train.epochs=3", "train.batch_size=32",
+            "checkpoint.every_steps=25", "progress=off", "plots=false"]
+    reference = tmp_path / "reference"
+    assert run_cli(*args, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    run = tmp_path / "killed"
+    kill_when(run, args, tmp_path, lambda ev: any(e.get("split") == "val" and e["epoch"] == 1 for e in ev))
+    resume_until_done(run, args, tmp_path)
+    ref, got = final_weights(reference), final_weights(run)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert_epochs_exactly_once(run)
