@@ -117,3 +117,15 @@ def test_every_model_family_has_its_config_and_no_torch_import():
         top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
         assert "torch" not in {m.split(".")[0] for m in top}, (
             f"families/{name}.py imports torch at module level; the config layer loads it at start-up")
+
+
+def test_every_package_is_installed_by_a_non_editable_install():
+    """pyproject lists packages by name: a new sub-package missing there works in the editable
+    checkout and is absent from a wheel (``pip install .``); strategy folders ship as package data."""
+    import tomllib
+
+    setup = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    packages = {_name(p) for p in PKG.rglob("__init__.py") if p.parent.parent.name != "strategies"}
+    assert packages <= listed, f"add {sorted(packages - listed)} to [tool.setuptools] packages in pyproject.toml"
+    assert "*/*.py" in setup["package-data"]["stagetrain.strategies"]
