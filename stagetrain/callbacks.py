@@ -61,11 +61,50 @@ def _remove_dry_sweep_dir(sweep_dir: Path) -> None:
     remove_tree_and_empty_parents(sweep_dir)
 
 
+def _check_objective(config: DictConfig) -> None:
+    """An optimising sweeper must optimise the way ``objective`` says: refused before any job."""
+    from omegaconf import OmegaConf
+
+    from stagetrain.errors import StagetrainError
+    from stagetrain.search import check_objective, check_sweeper, prepare_sweeper, quiet_optuna
+
+    metric, mode = str(config.objective.metric), str(config.objective.mode)
+    try:
+        check_objective(metric, mode)
+        check_sweeper(config.hydra, metric, mode)
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir", "")
+        prepare_sweeper(config.hydra, str(subdir), str(config.get("resume")))
+        quiet_optuna(config.hydra)
+    except StagetrainError as e:
+        print(f"Error: {e} Nothing was run.", file=sys.stderr)
+        sys.exit(1)
+
+
+def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """The job a search selects (best ``objective.metric``, a validation metric), with its
+    test result; also appended to summary.md."""
+    from stagetrain.search import direction, selected
+
+    metric, mode = str(config.objective.metric), str(config.objective.mode)
+    best = selected(rows, metric, mode)
+    if best is None or len(rows) < 2:
+        return
+    keys = [k for k in best if k not in ("run", "job", "status", "error", "stop_reason", "flops", "seconds",
+                                         metric, *report.METRICS)]
+    setting = " ".join(f"{k}={report.fmt(best[k])}" for k in keys)
+    line = (f"selected by {metric} ({direction(metric, mode)}imum): job {best['job']} ({setting}): "
+            f"{metric}={report.fmt(best[metric])}, test/acc={report.fmt(best.get('test/acc'))}")
+    print(line)
+    with (sweep_dir / "summary.md").open("a") as f:
+        f.write(f"\n{line}\n")
+
+
 class SweepSummary(Callback):
     """``on_multirun_start``: refuse to sweep over an earlier sweep's runs without ``resume``.
     ``on_multirun_end``: summarise the sweep directory and report failed jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_objective(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         if config.get("dry_run") or config.get("resume") != "never" or not sweep_dir.is_dir():
             return
@@ -88,6 +127,7 @@ class SweepSummary(Callback):
         cols = ["job", *[c for c in rows[0] if c not in ("run", "job", "error", *SHORT)
                          and c not in report.METRICS], *SHORT]
         report.print_table([{c: r.get(c) for c in cols} for r in rows], f"sweep {sweep_dir}")
+        _print_selected(config, rows, sweep_dir)
         failed = [r for r in rows if r["status"] != "completed"]
         print(f"summary: {sweep_dir / 'summary.md'} (also summary.csv, summary.png, curves.png)")
         if failed:

@@ -117,7 +117,22 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
 
 
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
+def hydra_main(cfg: DictConfig) -> float:
+    """One job. Returns the run's objective (``objective.metric``, a validation metric) as a
+    float: what an optimising sweeper (Optuna) maximises or minimises. A failed job returns the
+    worst value (-inf when maximising, +inf when minimising): the sweep goes on, the job's
+    run.json says it failed. The run record itself is ``last["info"]`` (Python API)."""
+    from stagetrain.search import objective_value
+
+    info = run_job(cfg)
+    metric = OmegaConf.select(cfg, "objective.metric", default="val/acc")
+    mode = OmegaConf.select(cfg, "objective.mode", default="auto")
+    return objective_value(info, str(metric), str(mode))
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Train one job in Hydra's output directory; returns its run record (a failed sweep
+    job's too: record_failure); a single run's failure exits here."""
     from stagetrain.errors import StopRequested
     from stagetrain.launch import requeue_after_stop
     from stagetrain.runner import train

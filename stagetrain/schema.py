@@ -99,6 +99,12 @@ class LoggerConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    metric: str = "val/acc"  # what a search (-m with Optuna, tune.lr) selects on: val/acc | val/loss
+    mode: str = "auto"  # max | min | auto (max for accuracy, min for loss)
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -109,6 +115,7 @@ class RunConfig:
     sched: SchedConfig = field(default_factory=SchedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 0
     resume: str = "never"
     dry_run: bool = False
