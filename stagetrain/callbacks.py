@@ -19,14 +19,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from stagetrain import report
+from stagetrain import compare, report
 
 log = logging.getLogger("stagetrain")
 SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows."""
+def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float = 0.95) -> list[dict[str, Any]]:
+    """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows. With
+    several seeds: mean ± t-interval per group, and each arm against ``control`` (compare.py)."""
     runs = report.find_runs([sweep_dir])
     if not runs:
         return []
@@ -39,12 +40,14 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     markdown = f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + report.to_markdown(
         [{k: v for k, v in r.items() if k != "run"} for r in rows])
     by = ["strategy", *[k for k in varying if k != "seed"]]
+    groups: list[dict[str, Any]] = []
     if "seed" in varying:
-        groups = report.group_rows(rows, by)
-        markdown += f"\n## Mean and std over seeds, grouped by {', '.join(by)}\n\n" + report.to_markdown(groups)
+        groups = compare.with_intervals(report.group_rows(rows, by), rows, by, control=control, level=level)
+        markdown += (f"\n## Mean, std and {level * 100:g}% interval over seeds, grouped by {', '.join(by)}\n\n"
+                     + report.to_markdown(groups) + "\n" + compare.verdict_note("test/acc", control, level) + "\n")
     (sweep_dir / "summary.md").write_text(markdown)
     try:
-        report.plot(rows, sweep_dir / "summary.png", by=by)
+        report.plot(rows, sweep_dir / "summary.png", by=by, intervals=compare.interval_points(groups))
         report.plot_curves(rows, sweep_dir / "curves.png", by)
     except Exception as e:  # noqa: BLE001 - a plot never hides the table
         log.warning("Could not draw the sweep plots: %s", e)
@@ -120,7 +123,8 @@ class SweepSummary(Callback):
         if config.get("dry_run"):  # dry runs write nothing, so there is nothing to summarise
             _remove_dry_sweep_dir(sweep_dir)
             return
-        rows = write_summary(sweep_dir)
+        control = f"{config.compare.control_key}={config.compare.control_value}"
+        rows = write_summary(sweep_dir, control, float(config.compare.level))
         if not rows:
             log.warning("Sweep %s: no job wrote a run.json; nothing to summarise.", sweep_dir)
             return

@@ -105,6 +105,13 @@ class ObjectiveConfig:
 
 
 @dataclass
+class CompareConfig:
+    control_key: str = "strategy"  # the control arm of a sweep's verdicts: the runs whose
+    control_value: str = "scratch"  # config value at control_key is control_value
+    level: float = 0.95  # confidence level of the intervals and verdicts
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -116,6 +123,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     seed: int = 0
     resume: str = "never"
     dry_run: bool = False

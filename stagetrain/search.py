@@ -34,6 +34,15 @@ def check_objective(metric: str, mode: str) -> None:
     check_choice("objective.mode", mode, MODES)
 
 
+def check_compare(key: str, value: str, level: float) -> None:
+    if not str(key) or not str(value):
+        raise StagetrainError(f"compare.control_key={key!r} compare.control_value={value!r} is not valid: name "
+                              "the control runs of a sweep, e.g. compare.control_key=strategy "
+                              "compare.control_value=scratch.")
+    if not 0 < level < 1:
+        raise StagetrainError(f"compare.level={level} is out of range: it must be in (0, 1), e.g. 0.95.")
+
+
 def worst(metric: str, mode: str) -> float:
     """The value a failed job returns: worse than any real result, and never NaN
     (hydra-optuna-sweeper 1.3 crashes on a NaN: it tells Optuna the trial failed *with* the

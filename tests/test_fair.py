@@ -1,0 +1,61 @@
+"""Fair comparisons: t-intervals over seeds, the paired difference to the control arm and
+its verdict (against hand-computed values), and the report and sweep summary that show them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import make_cfg
+
+from stagetrain import compare, report, stats
+from stagetrain.runner import train
+
+
+@pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)])
+def test_t_quantile_matches_the_table(df, expected):
+    assert stats.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert stats.t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
+
+
+def test_mean_interval_and_paired_difference_by_hand():
+    # 0.90, 0.92, 0.94: mean 0.92, s = 0.02, se = 0.02 / sqrt(3), t(0.975, 2) = 4.3027
+    mean, half = stats.mean_ci([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92) and half == pytest.approx(4.3027 * 0.02 / math.sqrt(3), abs=1e-5)
+    # per-seed differences 0.02, 0.03, 0.04: mean 0.03, s = 0.01 -> [0.00516, 0.05484]: better
+    d = stats.paired({0: 0.90, 1: 0.92, 2: 0.94, 7: 0.5}, {0: 0.88, 1: 0.89, 2: 0.90})
+    assert d["n"] == 3 and d["diff"] == pytest.approx(0.03)
+    assert d["low"] == pytest.approx(0.03 - 4.3027 * 0.01 / math.sqrt(3), abs=1e-5)
+    assert stats.verdict(d["low"], d["high"]) == "better"
+    assert stats.verdict(-0.05, -0.01) == "worse"
+    assert stats.verdict(-0.01, 0.02) == "no evidence"
+    assert stats.verdict(0.01, 0.02, higher_is_better=False) == "worse"  # a loss went up
+    assert stats.verdict(*[stats.mean_ci([0.9])[1]] * 2) == "no evidence"  # one seed: no interval
+
+
+def test_report_gives_interval_paired_difference_and_verdict(tmp_path, capsys):
+    """Two arms x two seeds of real (tiny) runs: the report's numbers are the ones computed by
+    hand from the runs' own run.json files."""
+    tiny = ["train.epochs=1", "dataset.max_train=300", "plots=false"]
+    acc = {}
+    for strategy in ("scratch", "grow"):
+        for seed in (0, 1):
+            info = train(make_cfg(f"strategy={strategy}", f"seed={seed}", *tiny), tmp_path / f"{strategy}{seed}")
+            acc[strategy, seed] = info["final"]["test/acc"]
+    md = tmp_path / "cmp.md"
+    assert report.main([str(tmp_path), "--group-by", "strategy", "--markdown", str(md),
+                        "--plot", str(tmp_path / "cmp.png")]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: test/acc of the arm minus its control (strategy=scratch" in out
+    rows, _ = report.load_rows(report.find_runs([tmp_path]))
+    groups = compare.with_intervals(report.group_rows(rows, ["strategy"]), rows, ["strategy"])
+    grow = next(g for g in groups if g["strategy"] == "grow")
+    diffs = [acc["grow", s] - acc["scratch", s] for s in (0, 1)]
+    half = 12.7062 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)  # s of 2 values = |a-b|/sqrt2
+    assert grow["pairs"] == 2 and grow["diff"] == pytest.approx(sum(diffs) / 2)
+    assert grow["diff low"] == pytest.approx(sum(diffs) / 2 - half, abs=1e-4)
+    assert grow["verdict"] in stats.VERDICTS and "verdict" not in next(g for g in groups if g["strategy"] == "scratch")
+    assert "| grow |" in md.read_text() and "verdict" in md.read_text()
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "grow0" / "run.json").read_text())["status"] == "completed"
