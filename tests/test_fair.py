@@ -59,3 +59,26 @@ def test_report_gives_interval_paired_difference_and_verdict(tmp_path, capsys):
     assert "| grow |" in md.read_text() and "verdict" in md.read_text()
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "grow0" / "run.json").read_text())["status"] == "completed"
+
+
+def test_linear_probe_at_defaults_trains_and_an_under_trained_one_is_flagged(tmp_path):
+    """Digits 0-4 -> 5-9, everything at defaults (issue 17: 0.40 before probe_lr and the
+    longer probe). The old setting (the run's LR, 1x epochs) is flagged as under-trained."""
+    source = tmp_path / "source"
+    train(make_cfg("strategy=scratch", "dataset.classes=[0,1,2,3,4]", "plots=false"), source)
+    target = ["strategy=finetune", f"strategy.source={source}", "dataset.classes=[5,6,7,8,9]",
+              "strategy.mode=linear_probe", "plots=false"]
+    info = train(make_cfg(*target), tmp_path / "probe")
+    assert info["final"]["test/acc"] >= 0.85, info["final"]
+    assert info["warnings"] == []
+    old = train(make_cfg(*target, "strategy.probe_lr=null", "strategy.probe_epochs=20"), tmp_path / "old")
+    assert old["final"]["test/acc"] < 0.6
+    assert any("linear-probe" in w and "still falling" in w for w in old["warnings"])
+    saved = json.loads((tmp_path / "old" / "run.json").read_text())
+    assert saved["warnings"] == old["warnings"]
+
+
+def test_readme_rbm_example_reaches_095_on_digits(tmp_path):
+    info = train(make_cfg("strategy.objective=rbm", "model.activation=sigmoid", "strategy.finetune.lr=0.01",
+                          "plots=false"), tmp_path / "rbm")
+    assert info["final"]["test/acc"] >= 0.95, info["final"]
