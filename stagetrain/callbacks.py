@@ -43,7 +43,8 @@ def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float 
     groups: list[dict[str, Any]] = []
     if "seed" in varying:
         groups = compare.with_intervals(report.group_rows(rows, by), rows, by, control=control, level=level)
-        markdown += (f"\n## Mean, std and {level * 100:g}% interval over seeds, grouped by {', '.join(by)}\n\n"
+        markdown += (f"\n## Mean and std over seeds, grouped by {', '.join(by)}; {level * 100:g}% intervals, "
+                     "verdicts against the control\n\n"
                      + report.to_markdown(groups) + "\n" + compare.verdict_note("test/acc", control, level) + "\n")
     (sweep_dir / "summary.md").write_text(markdown)
     try:
