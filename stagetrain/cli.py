@@ -89,6 +89,11 @@ def print_summary(info: dict[str, Any]) -> None:
     reason = info.get("stop_reason")
     if reason:
         console.print(f"stopped: {reason} ({StopReason(reason).message})")
+    control = info.get("control")
+    if control:
+        test = (control.get("final") or {}).get("test/acc")
+        console.print(f"equal-FLOPs scratch control ({control['status']}): test/acc={fmt(test)}, "
+                      f"{fmt(control.get('flops'))} FLOPs, in {control['run_dir']}")
     console.print(f"run directory: {info['run_dir']}")
 
 
@@ -141,6 +146,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         info = train(cfg, run_dir)
+        _control(cfg, info, run_dir)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
@@ -189,6 +195,16 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         if distributed.is_main():  # under torchrun: once, by rank 0
             print_summary(info)
     return info
+
+
+def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
+    """compare.scratch=true on a completed staged run (not a scratch run, not a dry run):
+    its equal-FLOPs scratch control (control.py)."""
+    if (OmegaConf.select(cfg, "compare.scratch", default=False) and info.get("status") == "completed"
+            and info.get("strategy") != "scratch" and not info.get("dry_run")):
+        from stagetrain.control import run_control
+
+        run_control(info, run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

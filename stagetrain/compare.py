@@ -5,7 +5,8 @@ seed, with its interval and a verdict (``stats``). Used by the sweep summary and
 
 The control is the rows matching ``control`` (``key=value``; default ``strategy=scratch``)
 that agree with the arm on every grouping column that does not define the arm (e.g. the
-label fraction of ``layerwise_vs_scratch``); with ``strategy=...`` as the control key, the
+label fraction of ``layerwise_vs_scratch``) -- or, when every run of a group has its own
+equal-FLOPs control (``compare.scratch=true``: ``<run>/control``), those; with ``strategy=...`` as the control key, the
 strategy's own options define the arm too. The transfer experiments compare each mode with
 its no-transfer run: ``control=strategy.pretrain.enabled=False``.
 """
@@ -44,16 +45,26 @@ def with_intervals(groups: list[dict[str, Any]], rows: list[dict[str, Any]], by:
         members = [r for r in done if all(r.get(k) == g.get(k) for k in by)]
         mean, half = stats.mean_ci([r[metric] for r in members], level)
         g = {**g, f"{metric} mean": mean, f"{metric} ±{pct}": half}
-        if key in by and not _is_control(g, key, value):
-            ctrl = [r for r in done if _is_control(r, key, value) and all(r.get(k) == g.get(k) for k in context)]
+        own = _own_controls(members, done)
+        if own or (key in by and not _is_control(g, key, value)):
+            ctrl = own or [r for r in done if _is_control(r, key, value) and all(r.get(k) == g.get(k) for k in context)]
             if ctrl:
                 d = stats.paired({r.get("seed", 0): r[metric] for r in members},
                                  {r.get("seed", 0): r[metric] for r in ctrl}, level)
-                g.update({"vs": control, "pairs": d["n"], "diff": d["diff"], "diff low": d["low"],
+                g.update({"vs": "own equal-FLOPs scratch" if own else control, "pairs": d["n"], "diff": d["diff"], "diff low": d["low"],
                           "diff high": d["high"],
                           "verdict": stats.verdict(d["low"], d["high"], not metric.endswith("loss"))})
         out.append(g)
     return out
+
+
+def _own_controls(members: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The equal-FLOPs controls (``<run>/control``, compare.scratch=true) of every member, or []."""
+    from pathlib import Path
+
+    by_run = {str(Path(r["run"])): r for r in done}
+    own = [by_run.get(str(Path(m["run"]) / "control")) for m in members]
+    return [r for r in own if r is not None] if members and all(own) else []
 
 
 def verdict_note(metric: str, control: str, level: float = stats.LEVEL) -> str:

@@ -109,6 +109,7 @@ class CompareConfig:
     control_key: str = "strategy"  # the control arm of a sweep's verdicts: the runs whose
     control_value: str = "scratch"  # config value at control_key is control_value
     level: float = 0.95  # confidence level of the intervals and verdicts
+    scratch: bool = False  # after a staged run: its scratch control at equal training FLOPs (control.py)
 
 
 @dataclass

@@ -82,3 +82,29 @@ def test_readme_rbm_example_reaches_095_on_digits(tmp_path):
     info = train(make_cfg("strategy.objective=rbm", "model.activation=sigmoid", "strategy.finetune.lr=0.01",
                           "plots=false"), tmp_path / "rbm")
     assert info["final"]["test/acc"] >= 0.95, info["final"]
+
+
+def test_equal_flops_scratch_control_gets_the_staged_runs_flops_within_one_step(tmp_path):
+    """compare.scratch=true on a layer-wise run: a scratch run of the same final architecture
+    in <run>/control, stopped within one optimizer step of the staged run's training FLOPs,
+    recorded in run.json, and the report pairs the run with its own control."""
+    from stagetrain.api import run
+
+    info = run(["strategy=layerwise", "strategy.epochs_per_layer=1", "train.epochs=2", "dataset.max_train=300",
+                "compare.scratch=true", "plots=false", "progress=off"], run_dir=tmp_path / "staged")
+    control = json.loads((tmp_path / "staged" / "control" / "run.json").read_text())
+    assert control["status"] == "completed" and control["strategy"] == "scratch"
+    stage = control["stages"][0]
+    one_step = stage["flops"] / stage["steps"]
+    assert 0 <= control["flops"] - info["flops"] < one_step + 1e-6 * info["flops"]
+    assert info["control"]["flops"] == control["flops"] and info["control"]["final"] == control["final"]
+    from safetensors import safe_open
+
+    arch = [safe_open(str(p / "model.safetensors"), "pt").metadata()["arch"]
+            for p in (tmp_path / "staged", tmp_path / "staged" / "control")]
+    assert json.loads(arch[0]) == json.loads(arch[1])
+    rows, _ = report.load_rows(report.find_runs([tmp_path]))
+    staged = [r for r in rows if r["strategy"] == "layerwise"]
+    g = compare.with_intervals(report.group_rows(staged, ["strategy"]), rows, ["strategy"])[0]
+    assert g["vs"] == "own equal-FLOPs scratch" and g["pairs"] == 1
+    assert g["diff"] == pytest.approx(info["final"]["test/acc"] - control["final"]["test/acc"])
