@@ -28,7 +28,9 @@ SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
 def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float = 0.95) -> list[dict[str, Any]]:
     """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows. With
     several seeds: mean ± t-interval per group, and each arm against ``control`` (compare.py)."""
-    runs = report.find_runs([sweep_dir])
+    from stagetrain.tune import is_trial
+
+    runs = [r for r in report.find_runs([sweep_dir]) if not is_trial(r)]  # a search's trials: in its job's row
     if not runs:
         return []
     rows, varying = report.load_rows(runs)

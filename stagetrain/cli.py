@@ -140,13 +140,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     job's too: record_failure); a single run's failure exits here."""
     from stagetrain.errors import StopRequested
     from stagetrain.launch import requeue_after_stop
-    from stagetrain.runner import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        info = train(cfg, run_dir)
-        _control(cfg, info, run_dir)
+        info = _train(cfg, run_dir)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
@@ -194,6 +192,21 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
 
         if distributed.is_main():  # under torchrun: once, by rank 0
             print_summary(info)
+    return info
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The job: one run, or a search over tune.lr (tune.py); then its equal-FLOPs control
+    when compare.scratch=true."""
+    from stagetrain.runner import train
+
+    if OmegaConf.select(cfg, "tune.lr", default=None) and not cfg.dry_run:
+        from stagetrain.tune import run_search
+
+        info = run_search(cfg, run_dir)
+    else:
+        info = train(cfg, run_dir)
+    _control(cfg, info, run_dir)
     return info
 
 

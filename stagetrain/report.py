@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain import compare
+from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
 MARKERS = ("o", "s", "^", "D")  # past matplotlib's 10 colours, groups differ by marker / line style
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(key=value) each group is compared with, paired by seed; --level: its interval level")
     parser.add_argument("--level", type=float, default=0.95)
     args = parser.parse_args(argv)
-    runs = find_runs(args.paths)
+    runs = [r for r in find_runs(args.paths) if not is_trial(r)]  # tune.lr trials: summarised by their job
     if not runs:
         print(f"stagetrain-report: no runs found under {', '.join(map(str, args.paths))} "
               "(a run directory holds a run.json). Give run directories or a sweep directory.", file=sys.stderr)

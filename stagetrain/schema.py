@@ -113,6 +113,11 @@ class CompareConfig:
 
 
 @dataclass
+class TuneConfig:
+    lr: list[float] = field(default_factory=list)  # non-empty: a search over optim.lr, selected on validation
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -125,6 +130,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
     resume: str = "never"
     dry_run: bool = False

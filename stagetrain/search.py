@@ -43,6 +43,15 @@ def check_compare(key: str, value: str, level: float) -> None:
         raise StagetrainError(f"compare.level={level} is out of range: it must be in (0, 1), e.g. 0.95.")
 
 
+def check_tune(lrs: list[float], scratch_control: bool) -> None:
+    if any(not float(v) > 0 for v in lrs):
+        raise StagetrainError(f"tune.lr={list(lrs)} is not valid: give learning rates > 0, e.g. tune.lr=[0.0003,0.001,0.003].")
+    if lrs and scratch_control:
+        raise StagetrainError("tune.lr and compare.scratch=true exclude each other: a tuned arm's control must be "
+                              "tuned over the same grid. Run the scratch arm as its own arm with the same tune.lr "
+                              "(e.g. -m arm=scratch,layerwise_supervised tune.lr=[...]).")
+
+
 def worst(metric: str, mode: str) -> float:
     """The value a failed job returns: worse than any real result, and never NaN
     (hydra-optuna-sweeper 1.3 crashes on a NaN: it tells Optuna the trial failed *with* the

@@ -108,3 +108,50 @@ def test_equal_flops_scratch_control_gets_the_staged_runs_flops_within_one_step(
     g = compare.with_intervals(report.group_rows(staged, ["strategy"]), rows, ["strategy"])[0]
     assert g["vs"] == "own equal-FLOPs scratch" and g["pairs"] == 1
     assert g["diff"] == pytest.approx(info["final"]["test/acc"] - control["final"]["test/acc"])
+
+
+def _poison_test_labels(monkeypatch):
+    """Every run's test labels shifted by one class: test accuracy collapses, validation is untouched."""
+    import stagetrain.runner
+
+    real = stagetrain.runner.load_data
+
+    def poisoned(ds, seed):
+        bundle = real(ds, seed)
+        bundle.test.y = (bundle.test.y + 1) % bundle.num_classes
+        return bundle
+
+    monkeypatch.setattr(stagetrain.runner, "load_data", poisoned)
+
+
+def test_tune_selects_on_validation_only_and_records_the_search(tmp_path, monkeypatch):
+    from stagetrain.tune import run_search
+
+    args = ["strategy=scratch", "train.epochs=2", "dataset.max_train=300", "plots=false",
+            "tune.lr=[0.00001,0.003,0.3]"]
+    clean = run_search(make_cfg(*args), tmp_path / "clean")
+    search = clean["tune"]["search"]
+    assert [t["optim.lr"] for t in search] == [0.00001, 0.003, 0.3] and clean["tune"]["trials"] == 3
+    best = max(search, key=lambda t: t["val/acc"])
+    assert clean["tune"]["selected"]["optim.lr"] == best["optim.lr"]
+    assert clean["final"]["test/acc"] == best["test/acc"]  # the selected trial's test metric is reported
+    assert clean["flops"] == pytest.approx(sum(t["flops"] for t in search))  # the whole search's budget
+    assert clean["config"]["tune"]["lr"] == [0.00001, 0.003, 0.3]
+    assert json.loads((tmp_path / "clean" / "run.json").read_text())["tune"] == clean["tune"]
+
+    _poison_test_labels(monkeypatch)
+    poisoned = run_search(make_cfg(*args), tmp_path / "poisoned")
+    assert poisoned["final"]["test/acc"] < 0.25 < clean["final"]["test/acc"]  # the poison reached the test split
+    assert poisoned["tune"]["selected"]["optim.lr"] == clean["tune"]["selected"]["optim.lr"]
+    rows, _ = report.load_rows([p for p in report.find_runs([tmp_path]) if p.parent.name != "tune"])
+    assert len(rows) == 2  # one row per job, not per trial
+
+
+def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
+    from stagetrain.config import validate
+    from stagetrain.errors import StagetrainError
+
+    with pytest.raises(StagetrainError, match="tune.lr"):
+        validate(make_cfg("tune.lr=[0.001,-1]"))
+    with pytest.raises(StagetrainError, match="compare.scratch"):
+        validate(make_cfg("tune.lr=[0.001]", "compare.scratch=true"))
