@@ -41,7 +41,7 @@ def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float 
     (sweep_dir / "summary.csv").write_text(report.to_csv(rows))
     markdown = f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + report.to_markdown(
         [{k: v for k, v in r.items() if k != "run"} for r in rows])
-    by = ["strategy", *[k for k in varying if k != "seed"]]
+    by = compare.label_controls(rows, ["strategy", *[k for k in varying if k != "seed"]])
     groups: list[dict[str, Any]] = []
     if "seed" in varying:
         groups = compare.with_intervals(report.group_rows(rows, by), rows, by, control=control, level=level)

@@ -19,6 +19,23 @@ from typing import Any
 from stagetrain import stats
 
 CONTROL = "strategy=scratch"
+CONTROL_KEYS = ("strategy.arch_from", "strategy.flops", "compare.scratch")  # tell controls apart, not arms
+
+
+def label_controls(rows: list[dict[str, Any]], by: list[str]) -> list[str]:
+    """Equal-FLOPs controls (``<run>/control``) take their arm's grouping values and the
+    strategy ``scratch control of <arm's strategy>``, so they group per arm; returns ``by``
+    without the keys that differ only between controls."""
+    from pathlib import Path
+
+    by_run = {str(Path(r["run"])): r for r in rows}
+    by = [k for k in by if k not in CONTROL_KEYS]
+    for row in rows:
+        parent = by_run.get(str(Path(row["run"]).parent)) if Path(row["run"]).name == "control" else None
+        if parent is not None:
+            row.update({k: parent.get(k) for k in by if k not in ("strategy", "seed")})
+            row["strategy"] = f"scratch control of {parent.get('strategy')}"
+    return by
 
 
 def _is_control(row: dict[str, Any], key: str, value: str) -> bool:

@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stagetrain-report: --group-by {', '.join(unknown)} is not a column; columns: "
                   f"{', '.join(k for k in rows[0] if k != 'run')}.", file=sys.stderr)
             return 2
+        by = compare.label_controls(rows, by)
         table = compare.with_intervals(group_rows(rows, by), rows, by, control=args.control, level=args.level)
     print_table(table, f"{len(runs)} runs" + (f", grouped by {args.group_by}" if args.group_by else ""))
     if args.group_by:
