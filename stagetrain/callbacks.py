@@ -19,15 +19,18 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from stagetrain import report
+from stagetrain import compare, report
 
 log = logging.getLogger("stagetrain")
 SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows."""
-    runs = report.find_runs([sweep_dir])
+def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float = 0.95) -> list[dict[str, Any]]:
+    """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows. With
+    several seeds: mean ± t-interval per group, and each arm against ``control`` (compare.py)."""
+    from stagetrain.tune import is_trial
+
+    runs = [r for r in report.find_runs([sweep_dir]) if not is_trial(r)]  # a search's trials: in its job's row
     if not runs:
         return []
     rows, varying = report.load_rows(runs)
@@ -38,13 +41,16 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     (sweep_dir / "summary.csv").write_text(report.to_csv(rows))
     markdown = f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + report.to_markdown(
         [{k: v for k, v in r.items() if k != "run"} for r in rows])
-    by = ["strategy", *[k for k in varying if k != "seed"]]
+    by = compare.label_controls(rows, ["strategy", *[k for k in varying if k != "seed"]])
+    groups: list[dict[str, Any]] = []
     if "seed" in varying:
-        groups = report.group_rows(rows, by)
-        markdown += f"\n## Mean and std over seeds, grouped by {', '.join(by)}\n\n" + report.to_markdown(groups)
+        groups = compare.with_intervals(report.group_rows(rows, by), rows, by, control=control, level=level)
+        markdown += (f"\n## Mean and std over seeds, grouped by {', '.join(by)}; {level * 100:g}% intervals, "
+                     "verdicts against the control\n\n"
+                     + report.to_markdown(groups) + "\n" + compare.verdict_note("test/acc", control, level) + "\n")
     (sweep_dir / "summary.md").write_text(markdown)
     try:
-        report.plot(rows, sweep_dir / "summary.png", by=by)
+        report.plot(rows, sweep_dir / "summary.png", by=by, intervals=compare.interval_points(groups))
         report.plot_curves(rows, sweep_dir / "curves.png", by)
     except Exception as e:  # noqa: BLE001 - a plot never hides the table
         log.warning("Could not draw the sweep plots: %s", e)
@@ -61,11 +67,50 @@ def _remove_dry_sweep_dir(sweep_dir: Path) -> None:
     remove_tree_and_empty_parents(sweep_dir)
 
 
+def _check_objective(config: DictConfig) -> None:
+    """An optimising sweeper must optimise the way ``objective`` says: refused before any job."""
+    from omegaconf import OmegaConf
+
+    from stagetrain.errors import StagetrainError
+    from stagetrain.search import check_objective, check_sweeper, prepare_sweeper, quiet_optuna
+
+    metric, mode = str(config.objective.metric), str(config.objective.mode)
+    try:
+        check_objective(metric, mode)
+        check_sweeper(config.hydra, metric, mode)
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir", "")
+        prepare_sweeper(config.hydra, str(subdir), str(config.get("resume")))
+        quiet_optuna(config.hydra)
+    except StagetrainError as e:
+        print(f"Error: {e} Nothing was run.", file=sys.stderr)
+        sys.exit(1)
+
+
+def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """The job a search selects (best ``objective.metric``, a validation metric), with its
+    test result; also appended to summary.md."""
+    from stagetrain.search import direction, selected
+
+    metric, mode = str(config.objective.metric), str(config.objective.mode)
+    best = selected(rows, metric, mode)
+    if best is None or len(rows) < 2:
+        return
+    keys = [k for k in best if k not in ("run", "job", "status", "error", "stop_reason", "flops", "seconds",
+                                         metric, *report.METRICS)]
+    setting = " ".join(f"{k}={report.fmt(best[k])}" for k in keys)
+    line = (f"selected by {metric} ({direction(metric, mode)}imum): job {best['job']} ({setting}): "
+            f"{metric}={report.fmt(best[metric])}, test/acc={report.fmt(best.get('test/acc'))}")
+    print(line)
+    with (sweep_dir / "summary.md").open("a") as f:
+        f.write(f"\n{line}\n")
+
+
 class SweepSummary(Callback):
     """``on_multirun_start``: refuse to sweep over an earlier sweep's runs without ``resume``.
     ``on_multirun_end``: summarise the sweep directory and report failed jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_objective(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         if config.get("dry_run") or config.get("resume") != "never" or not sweep_dir.is_dir():
             return
@@ -81,13 +126,15 @@ class SweepSummary(Callback):
         if config.get("dry_run"):  # dry runs write nothing, so there is nothing to summarise
             _remove_dry_sweep_dir(sweep_dir)
             return
-        rows = write_summary(sweep_dir)
+        control = f"{config.compare.control_key}={config.compare.control_value}"
+        rows = write_summary(sweep_dir, control, float(config.compare.level))
         if not rows:
             log.warning("Sweep %s: no job wrote a run.json; nothing to summarise.", sweep_dir)
             return
         cols = ["job", *[c for c in rows[0] if c not in ("run", "job", "error", *SHORT)
                          and c not in report.METRICS], *SHORT]
         report.print_table([{c: r.get(c) for c in cols} for r in rows], f"sweep {sweep_dir}")
+        _print_selected(config, rows, sweep_dir)
         failed = [r for r in rows if r["status"] != "completed"]
         print(f"summary: {sweep_dir / 'summary.md'} (also summary.csv, summary.png, curves.png)")
         if failed:

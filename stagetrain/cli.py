@@ -89,6 +89,11 @@ def print_summary(info: dict[str, Any]) -> None:
     reason = info.get("stop_reason")
     if reason:
         console.print(f"stopped: {reason} ({StopReason(reason).message})")
+    control = info.get("control")
+    if control:
+        test = (control.get("final") or {}).get("test/acc")
+        console.print(f"equal-FLOPs scratch control ({control['status']}): test/acc={fmt(test)}, "
+                      f"{fmt(control.get('flops'))} FLOPs, in {control['run_dir']}")
     console.print(f"run directory: {info['run_dir']}")
 
 
@@ -117,15 +122,29 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
 
 
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
+def hydra_main(cfg: DictConfig) -> float:
+    """One job. Returns the run's objective (``objective.metric``, a validation metric) as a
+    float: what an optimising sweeper (Optuna) maximises or minimises. A failed job returns the
+    worst value (-inf when maximising, +inf when minimising): the sweep goes on, the job's
+    run.json says it failed. The run record itself is ``last["info"]`` (Python API)."""
+    from stagetrain.search import objective_value
+
+    info = run_job(cfg)
+    metric = OmegaConf.select(cfg, "objective.metric", default="val/acc")
+    mode = OmegaConf.select(cfg, "objective.mode", default="auto")
+    return objective_value(info, str(metric), str(mode))
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Train one job in Hydra's output directory; returns its run record (a failed sweep
+    job's too: record_failure); a single run's failure exits here."""
     from stagetrain.errors import StopRequested
     from stagetrain.launch import requeue_after_stop
-    from stagetrain.runner import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        info = train(cfg, run_dir)
+        info = _train(cfg, run_dir)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
@@ -174,6 +193,31 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         if distributed.is_main():  # under torchrun: once, by rank 0
             print_summary(info)
     return info
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The job: one run, or a search over tune.lr (tune.py); then its equal-FLOPs control
+    when compare.scratch=true."""
+    from stagetrain.runner import train
+
+    if OmegaConf.select(cfg, "tune.lr", default=None) and not cfg.dry_run:
+        from stagetrain.tune import run_search
+
+        info = run_search(cfg, run_dir)
+    else:
+        info = train(cfg, run_dir)
+    _control(cfg, info, run_dir)
+    return info
+
+
+def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
+    """compare.scratch=true on a completed staged run (not a scratch run, not a dry run):
+    its equal-FLOPs scratch control (control.py)."""
+    if (OmegaConf.select(cfg, "compare.scratch", default=False) and info.get("status") == "completed"
+            and info.get("strategy") != "scratch" and not info.get("dry_run")):
+        from stagetrain.control import run_control
+
+        run_control(info, run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -182,6 +182,11 @@ def _validate_run(cfg: RunConfig) -> None:
     _positive("device.threads", cfg.device.threads, allow_zero=True)
     check_choice("progress", cfg.progress, ("auto", "rich", "plain", "off"))
     _positive("seed", cfg.seed, allow_zero=True)
+    from stagetrain.search import check_compare, check_objective, check_tune
+
+    check_objective(cfg.objective.metric, cfg.objective.mode)
+    check_compare(cfg.compare.control_key, cfg.compare.control_value, cfg.compare.level)
+    check_tune(list(cfg.tune.lr), cfg.compare.scratch)
 
 
 def to_yaml(cfg: DictConfig) -> str:

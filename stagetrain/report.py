@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stagetrain import compare
+from stagetrain.tune import is_trial
+
 METRICS = ("val/acc", "test/acc", "test/loss")
 MARKERS = ("o", "s", "^", "D")  # past matplotlib's 10 colours, groups differ by marker / line style
 LINES = ("-", "--", ":", "-.")
@@ -167,9 +170,11 @@ def group_label(row: dict[str, Any], by: list[str] | None) -> str:
     return " ".join(parts)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: list[str] | None = None) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: list[str] | None = None,
+         intervals: list[tuple[float, float, float]] | None = None) -> None:
     """Final metric against training FLOPs for every completed run, with the Pareto front;
-    one colour per group (``by`` columns, default the strategy)."""
+    one colour per group (``by`` columns, default the strategy); ``intervals``: a group mean
+    with its confidence interval as an error bar (``compare.interval_points``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +185,9 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: l
     for i, label in enumerate(sorted({group_label(r, by) for r in done})):
         pts = [(r["flops"], r[metric]) for r in done if group_label(r, by) == label]
         ax.scatter(*zip(*pts, strict=True), label=label, alpha=0.8, marker=MARKERS[i // 10 % len(MARKERS)])
+    for i, (x, y, half) in enumerate(intervals or []):
+        ax.errorbar([x], [y], yerr=[half], color="black", capsize=4, lw=1, marker="_", ms=14,
+                    label="group mean, confidence interval (summary.md)" if i == 0 else None)
     front = pareto_front([(r["flops"], r[metric]) for r in done])
     if front:
         ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", marker="o", mfc="none",
@@ -242,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write metric-vs-FLOPs PNG (default: none)")
     parser.add_argument("--curves", type=Path, help="write val-accuracy curves (against FLOPs) PNG, "
                         "one colour per --group-by group")
+    parser.add_argument("--control", default="strategy=scratch", help="with --group-by: the control runs "
+                        "(key=value) each group is compared with, paired by seed; --level: its interval level")
+    parser.add_argument("--level", type=float, default=0.95)
     args = parser.parse_args(argv)
-    runs = find_runs(args.paths)
+    runs = [r for r in find_runs(args.paths) if not is_trial(r)]  # tune.lr trials: summarised by their job
     if not runs:
         print(f"stagetrain-report: no runs found under {', '.join(map(str, args.paths))} "
               "(a run directory holds a run.json). Give run directories or a sweep directory.", file=sys.stderr)
@@ -257,15 +268,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stagetrain-report: --group-by {', '.join(unknown)} is not a column; columns: "
                   f"{', '.join(k for k in rows[0] if k != 'run')}.", file=sys.stderr)
             return 2
-        table = group_rows(rows, by)
+        by = compare.label_controls(rows, by)
+        table = compare.with_intervals(group_rows(rows, by), rows, by, control=args.control, level=args.level)
     print_table(table, f"{len(runs)} runs" + (f", grouped by {args.group_by}" if args.group_by else ""))
+    if args.group_by:
+        print(compare.verdict_note("test/acc", args.control, args.level))
     failed = [r for r in rows if r["status"] != "completed"]
     for r in failed:
         print(f"{r['status']}: {r['run']}: {r['error']}")
     by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
     writers = [(args.csv, lambda path: path.write_text(to_csv(table))),
                (args.markdown, lambda path: path.write_text(to_markdown(table))),
-               (args.plot, lambda path: plot(rows, path, by=by)),
+               (args.plot, lambda path: plot(rows, path, by=by, intervals=compare.interval_points(table))),
                (args.curves, lambda path: plot_curves(rows, path, by))]
     for path, write in writers:
         if path is not None:

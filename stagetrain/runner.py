@@ -72,6 +72,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     record.update(engine)
     continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
+    if main:  # under-trained stages: warned in the log and in run.json (convergence.py)
+        from stagetrain.convergence import check_run
+
+        check_run(record.info, rundir.path, parts.datasets["target"].num_classes)
     record.finish(engine, final)
     distributed.barrier()
     return record.info

@@ -139,6 +139,25 @@ class LoggerConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    metric: str = "val/acc"  # what a search (-m with Optuna, tune.lr) selects on: val/acc | val/loss
+    mode: str = "auto"  # max | min | auto (max for accuracy, min for loss)
+
+
+@dataclass
+class CompareConfig:
+    control_key: str = "strategy"  # the control arm of a sweep's verdicts: the runs whose
+    control_value: str = "scratch"  # config value at control_key is control_value
+    level: float = 0.95  # confidence level of the intervals and verdicts
+    scratch: bool = False  # after a staged run: its scratch control at equal training FLOPs (control.py)
+
+
+@dataclass
+class TuneConfig:
+    lr: list[float] = field(default_factory=list)  # non-empty: a search over optim.lr, selected on validation
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
@@ -149,6 +168,9 @@ class RunConfig:
     sched: SchedConfig = field(default_factory=SchedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
     resume: str = "never"
     dry_run: bool = False

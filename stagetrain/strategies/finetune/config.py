@@ -48,6 +48,7 @@ class Config(StrategyConfig):
     unfreeze_every: int = 1
     lr_decay: float | None = None
     probe_epochs: int | None = None
+    probe_lr: float | None = 0.1
     ft_lr_factor: float = 0.1
     lora: LoraConfig = field(default_factory=LoraConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -112,7 +113,7 @@ def _validate_keys(s: Any) -> None:
 
 
 def _validate_numbers(s: Any) -> None:
-    for key in ("epochs", "lr", "new_layers", "unfreeze_every", "probe_epochs", "ft_lr_factor", "lr_decay"):
+    for key in ("epochs", "lr", "new_layers", "unfreeze_every", "probe_epochs", "probe_lr", "ft_lr_factor", "lr_decay"):
         value = getattr(s, key)
         if value is not None and not value > 0:
             raise StagetrainError(f"strategy.{key}={value} is out of range: it must be > 0.")

@@ -1,19 +1,37 @@
 """scratch: train the final architecture end to end from random initialisation.
 
 The baseline every other strategy is compared with: same engine, data, optimizer choices
-and accounting, one stage.
+and accounting, one stage. ``strategy.flops`` bounds it by training FLOPs instead of
+epochs and ``strategy.arch_from`` takes the architecture a staged run ended with: together
+they are the equal-FLOPs scratch control of ``compare.scratch=true`` (``stagetrain.control``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from stagetrain.models import build_spec
 from stagetrain.plan import Plan
 from stagetrain.strategies.common import all_groups, stage_from_cfg
+from stagetrain.strategies.scratch.config import arch_file
+
+
+def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """``model=``'s architecture, or the final one of the run ``strategy.arch_from`` names."""
+    if cfg.strategy.arch_from is None:
+        return build_spec(cfg.model, in_shape, num_classes)
+    from safetensors import safe_open
+
+    with safe_open(str(arch_file(cfg.strategy.arch_from)), framework="pt") as f:
+        return json.loads(f.metadata()["arch"])
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
-    epochs = cfg.strategy.epochs or cfg.train.epochs
+    s = cfg.strategy
+    epochs = None if s.flops is not None else s.epochs or cfg.train.epochs
     stage = stage_from_cfg(cfg, name="train", epochs=epochs, trainable=all_groups(spec),
-                           description="all blocks and the head, from random initialisation")
+                           max_flops=float(s.flops) if s.flops is not None else None,
+                           description="all blocks and the head, from random initialisation"
+                           + (f", for {float(s.flops):.3g} training FLOPs" if s.flops is not None else ""))
     return Plan("scratch", [stage])

@@ -1,0 +1,102 @@
+"""Comparisons with uncertainty: per group of runs (the arms of a sweep), the mean of a
+metric over seeds with its t-interval, and the difference to the control arm, paired by
+seed, with its interval and a verdict (``stats``). Used by the sweep summary and
+``stagetrain-report``; reads only the rows ``report.load_rows`` makes.
+
+The control is the rows matching ``control`` (``key=value``; default ``strategy=scratch``)
+that agree with the arm on every grouping column that does not define the arm (e.g. the
+label fraction of ``layerwise_vs_scratch``) -- or, when every run of a group has its own
+equal-FLOPs control (``compare.scratch=true``: ``<run>/control``), those; with ``strategy=...`` as the control key, the
+strategy's own options define the arm too. The transfer experiments compare each mode with
+its no-transfer run: ``control=strategy.pretrain.enabled=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from stagetrain import stats
+
+CONTROL = "strategy=scratch"
+CONTROL_KEYS = ("strategy.arch_from", "strategy.flops", "compare.scratch")  # tell controls apart, not arms
+
+
+def label_controls(rows: list[dict[str, Any]], by: list[str]) -> list[str]:
+    """Equal-FLOPs controls (``<run>/control``) take their arm's grouping values and the
+    strategy ``scratch control of <arm's strategy>``, so they group per arm; returns ``by``
+    without the keys that differ only between controls."""
+    from pathlib import Path
+
+    by_run = {str(Path(r["run"])): r for r in rows}
+    by = [k for k in by if k not in CONTROL_KEYS]
+    for row in rows:
+        parent = by_run.get(str(Path(row["run"]).parent)) if Path(row["run"]).name == "control" else None
+        if parent is not None:
+            row.update({k: parent.get(k) for k in by if k not in ("strategy", "seed")})
+            row["strategy"] = f"scratch control of {parent.get('strategy')}"
+    return by
+
+
+def _is_control(row: dict[str, Any], key: str, value: str) -> bool:
+    return str(row.get(key)) == value
+
+
+def _context(by: list[str], key: str) -> list[str]:
+    """The grouping columns an arm and its control share."""
+    arm_keys = {key} | ({k for k in by if k.startswith("strategy.")} if key == "strategy" else set())
+    return [k for k in by if k not in arm_keys and k != "seed"]
+
+
+def with_intervals(groups: list[dict[str, Any]], rows: list[dict[str, Any]], by: list[str],
+                   metric: str = "test/acc", control: str = CONTROL, level: float = stats.LEVEL) -> list[dict[str, Any]]:
+    """``groups`` (``report.group_rows``) with, per group: ``<metric> ±`` (t-interval half-width
+    over seeds), and against the control: ``diff``, ``diff low``, ``diff high``, ``pairs`` and
+    ``verdict``. ``higher is better`` for accuracies, lower for losses."""
+    key, _, value = control.partition("=")
+    done = [r for r in rows if r.get("status") == "completed" and isinstance(r.get(metric), int | float)]
+    context = _context(by, key)
+    pct = f"{level * 100:g}%"
+    out = []
+    for g in groups:
+        members = [r for r in done if all(r.get(k) == g.get(k) for k in by)]
+        mean, half = stats.mean_ci([r[metric] for r in members], level)
+        g = {**g, f"{metric} mean": mean, f"{metric} ±{pct}": half}
+        own = _own_controls(members, done)
+        if own or (key in by and not _is_control(g, key, value)):
+            ctrl = own or [r for r in done if _is_control(r, key, value) and all(r.get(k) == g.get(k) for k in context)]
+            if ctrl:
+                d = stats.paired({r.get("seed", 0): r[metric] for r in members},
+                                 {r.get("seed", 0): r[metric] for r in ctrl}, level)
+                g.update({"vs": "own equal-FLOPs scratch" if own else control, "pairs": d["n"], "diff": d["diff"], "diff low": d["low"],
+                          "diff high": d["high"],
+                          "verdict": stats.verdict(d["low"], d["high"], not metric.endswith("loss"))})
+        out.append(g)
+    return out
+
+
+def _own_controls(members: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The equal-FLOPs controls (``<run>/control``, compare.scratch=true) of every member, or []."""
+    from pathlib import Path
+
+    by_run = {str(Path(r["run"])): r for r in done}
+    own = [by_run.get(str(Path(m["run"]) / "control")) for m in members]
+    return [r for r in own if r is not None] if members and all(own) else []
+
+
+def verdict_note(metric: str, control: str, level: float = stats.LEVEL) -> str:
+    """The sentence that states what the verdict column means."""
+    return (f"verdict: {metric} of the arm minus its control ({control}, same other settings), paired by "
+            f"seed; 'better'/'worse' when the two-sided {level * 100:g}% t-interval of the mean difference "
+            "excludes 0, else 'no evidence' (also with fewer than 2 seeds).")
+
+
+def interval_points(groups: list[dict[str, Any]], metric: str = "test/acc") -> list[tuple[float, float, float]]:
+    """(mean FLOPs, mean metric, half-width) per group, for the summary plot's error bars."""
+    pts = []
+    for g in groups:
+        half = next((v for k, v in g.items() if k.startswith(f"{metric} ±")), math.nan)
+        x, y = g.get("flops mean"), g.get(f"{metric} mean")
+        if isinstance(x, int | float) and isinstance(y, int | float) and not math.isnan(half):
+            pts.append((float(x), float(y), float(half)))
+    return pts

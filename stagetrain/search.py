@@ -1,0 +1,157 @@
+"""What a hyperparameter search optimises: one run's objective as a float.
+
+``objective.metric`` (a validation metric: ``val/acc`` or ``val/loss``) and
+``objective.mode`` (``max``, ``min``, or ``auto``: max for accuracy, min for loss) name it.
+``stagetrain -m`` returns it from every job, so Hydra sweepers that optimise (Optuna) get a
+number. A test metric is never an objective: selecting on it would leak the test split
+into the choice. Pure Python: the command-line layer imports it without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from stagetrain.errors import StagetrainError, check_choice
+
+METRICS = ("val/acc", "val/loss")
+MODES = ("auto", "max", "min")
+
+
+def direction(metric: str, mode: str) -> str:
+    """``max`` or ``min``: which way ``metric`` gets better."""
+    if mode != "auto":
+        return mode
+    return "min" if metric.endswith("loss") else "max"
+
+
+def check_objective(metric: str, mode: str) -> None:
+    if str(metric).startswith("test/"):
+        raise StagetrainError(
+            f"objective.metric={metric} is a test metric: a search that selects on the test split "
+            f"reports a biased result. Select on a validation metric: {', '.join(METRICS)}.")
+    check_choice("objective.metric", metric, METRICS)
+    check_choice("objective.mode", mode, MODES)
+
+
+def check_compare(key: str, value: str, level: float) -> None:
+    if not str(key) or not str(value):
+        raise StagetrainError(f"compare.control_key={key!r} compare.control_value={value!r} is not valid: name "
+                              "the control runs of a sweep, e.g. compare.control_key=strategy "
+                              "compare.control_value=scratch.")
+    if not 0 < level < 1:
+        raise StagetrainError(f"compare.level={level} is out of range: it must be in (0, 1), e.g. 0.95.")
+
+
+def check_tune(lrs: list[float], scratch_control: bool) -> None:
+    if any(not float(v) > 0 for v in lrs):
+        raise StagetrainError(f"tune.lr={list(lrs)} is not valid: give learning rates > 0, e.g. tune.lr=[0.0003,0.001,0.003].")
+    if lrs and scratch_control:
+        raise StagetrainError("tune.lr and compare.scratch=true exclude each other: a tuned arm's control must be "
+                              "tuned over the same grid. Run the scratch arm as its own arm with the same tune.lr "
+                              "(e.g. -m arm=scratch,layerwise_supervised tune.lr=[...]).")
+
+
+def worst(metric: str, mode: str) -> float:
+    """The value a failed job returns: worse than any real result, and never NaN
+    (hydra-optuna-sweeper 1.3 crashes on a NaN: it tells Optuna the trial failed *with* the
+    value, which Optuna refuses)."""
+    return -math.inf if direction(metric, mode) == "max" else math.inf
+
+
+def objective_value(info: dict[str, Any] | None, metric: str, mode: str) -> float:
+    """The run's ``metric`` from run.json's ``final``; ``worst`` for a failed or stopped
+    run, or one without that metric (a dry run)."""
+    if not info or info.get("status") != "completed":
+        return worst(metric, mode)
+    value = (info.get("final") or {}).get(metric)
+    if value is None or not math.isfinite(float(value)):
+        return worst(metric, mode)
+    return float(value)
+
+
+def sweeper_directions(hydra_cfg: Any) -> list[str]:
+    """The directions a sweeper optimises (``hydra.sweeper.direction``), as max/min; empty
+    for a sweeper without one (basic)."""
+    sweeper = getattr(hydra_cfg, "sweeper", None)
+    raw = sweeper.get("direction") if sweeper is not None and hasattr(sweeper, "get") else None
+    if raw is None:
+        return []
+    values = [raw] if isinstance(raw, str) or not hasattr(raw, "__iter__") else list(raw)
+    return ["max" if "max" in str(v).lower() else "min" for v in values]
+
+
+def check_sweeper(hydra_cfg: Any, metric: str, mode: str) -> None:
+    """Refuse a sweeper optimising the other way than ``objective`` (a maximising sweeper
+    given val/loss would search for the worst setting)."""
+    dirs = sweeper_directions(hydra_cfg)
+    want = direction(metric, mode)
+    if len(dirs) > 1:
+        raise StagetrainError(
+            f"hydra.sweeper.direction has {len(dirs)} directions; stagetrain returns one objective "
+            f"(objective.metric={metric}). Give one direction: hydra.sweeper.direction={want}imize.")
+    if dirs and dirs[0] != want:
+        raise StagetrainError(
+            f"hydra.sweeper.direction={dirs[0]}imize, but objective.metric={metric} gets better when it "
+            f"goes {'up' if want == 'max' else 'down'} (objective.mode={mode}). Use "
+            f"hydra.sweeper.direction={want}imize, or objective.mode={dirs[0]} if that is what you mean.")
+
+
+def prepare_sweeper(hydra_cfg: Any, subdir: str, resume: str) -> None:
+    """An Optuna search with SQLite storage: create the folder the database goes in (the
+    sweep directory does not exist yet when the study opens), and refuse continuing such a
+    search into job folders named by job number alone: a second invocation numbers its
+    trials from 0 again, and resume=auto would take an earlier trial's result for a new one."""
+    from pathlib import Path
+
+    sweeper = getattr(hydra_cfg, "sweeper", None)
+    storage = sweeper.get("storage") if sweeper is not None and hasattr(sweeper, "get") else None
+    if not storage:
+        return
+    if resume != "never" and "${" in subdir and subdir.strip() == "${hydra.job.num}":
+        raise StagetrainError(
+            "Continuing an Optuna search (resume=auto) needs job folders that a new invocation does "
+            "not reuse: add 'hydra.sweep.subdir=${hydra.job.num}_${stagetrain_uid:}' (as the first "
+            "invocation should have). Otherwise trial 0 of this invocation would find trial 0 of the "
+            "last one completed and report its result for other parameters.")
+    if str(storage).startswith("sqlite:///"):
+        Path(str(storage)[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def quiet_optuna(hydra_cfg: Any) -> None:
+    """Keep the Optuna sweeper's libraries off the terminal: alembic's plugin set-up lines
+    (``setup plugin alembic...``, INFO, at import) and Optuna's own study-created lines (its
+    own handler). Imports them here, before the sweeper does, so the levels hold."""
+    import logging
+
+    target = str(getattr(getattr(hydra_cfg, "sweeper", None), "get", lambda *_: "")("_target_") or "")
+    if "optuna" not in target.lower():
+        return
+    for name in ("alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import optuna
+    except ImportError:
+        return  # Hydra names the missing plugin itself
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def selected(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """The completed row with the best ``metric`` (read from each run's run.json ``final``),
+    as a search selects it: on validation only. None when no run completed."""
+    import json
+    from pathlib import Path
+
+    best, best_value = None, None
+    sign = 1.0 if direction(metric, mode) == "max" else -1.0
+    for row in rows:
+        if row.get("status") != "completed":
+            continue
+        try:
+            final = json.loads((Path(row["run"]) / "run.json").read_text()).get("final") or {}
+        except (OSError, ValueError):
+            continue
+        value = final.get(metric)
+        if value is not None and math.isfinite(float(value)) and (best is None or sign * value > sign * best_value):
+            best, best_value = row, float(value)
+    return None if best is None else {**best, metric: best_value}

@@ -1,0 +1,157 @@
+"""Fair comparisons: t-intervals over seeds, the paired difference to the control arm and
+its verdict (against hand-computed values), and the report and sweep summary that show them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import make_cfg
+
+from stagetrain import compare, report, stats
+from stagetrain.runner import train
+
+
+@pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)])
+def test_t_quantile_matches_the_table(df, expected):
+    assert stats.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert stats.t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
+
+
+def test_mean_interval_and_paired_difference_by_hand():
+    # 0.90, 0.92, 0.94: mean 0.92, s = 0.02, se = 0.02 / sqrt(3), t(0.975, 2) = 4.3027
+    mean, half = stats.mean_ci([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92) and half == pytest.approx(4.3027 * 0.02 / math.sqrt(3), abs=1e-5)
+    # per-seed differences 0.02, 0.03, 0.04: mean 0.03, s = 0.01 -> [0.00516, 0.05484]: better
+    d = stats.paired({0: 0.90, 1: 0.92, 2: 0.94, 7: 0.5}, {0: 0.88, 1: 0.89, 2: 0.90})
+    assert d["n"] == 3 and d["diff"] == pytest.approx(0.03)
+    assert d["low"] == pytest.approx(0.03 - 4.3027 * 0.01 / math.sqrt(3), abs=1e-5)
+    assert stats.verdict(d["low"], d["high"]) == "better"
+    assert stats.verdict(-0.05, -0.01) == "worse"
+    assert stats.verdict(-0.01, 0.02) == "no evidence"
+    assert stats.verdict(0.01, 0.02, higher_is_better=False) == "worse"  # a loss went up
+    assert stats.verdict(*[stats.mean_ci([0.9])[1]] * 2) == "no evidence"  # one seed: no interval
+
+
+def test_report_gives_interval_paired_difference_and_verdict(tmp_path, capsys):
+    """Two arms x two seeds of real (tiny) runs: the report's numbers are the ones computed by
+    hand from the runs' own run.json files."""
+    tiny = ["train.epochs=1", "dataset.max_train=300", "plots=false"]
+    acc = {}
+    for strategy in ("scratch", "grow"):
+        for seed in (0, 1):
+            info = train(make_cfg(f"strategy={strategy}", f"seed={seed}", *tiny), tmp_path / f"{strategy}{seed}")
+            acc[strategy, seed] = info["final"]["test/acc"]
+    md = tmp_path / "cmp.md"
+    assert report.main([str(tmp_path), "--group-by", "strategy", "--markdown", str(md),
+                        "--plot", str(tmp_path / "cmp.png")]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: test/acc of the arm minus its control (strategy=scratch" in out
+    rows, _ = report.load_rows(report.find_runs([tmp_path]))
+    groups = compare.with_intervals(report.group_rows(rows, ["strategy"]), rows, ["strategy"])
+    grow = next(g for g in groups if g["strategy"] == "grow")
+    diffs = [acc["grow", s] - acc["scratch", s] for s in (0, 1)]
+    half = 12.7062 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)  # s of 2 values = |a-b|/sqrt2
+    assert grow["pairs"] == 2 and grow["diff"] == pytest.approx(sum(diffs) / 2)
+    assert grow["diff low"] == pytest.approx(sum(diffs) / 2 - half, abs=1e-4)
+    assert grow["verdict"] in stats.VERDICTS and "verdict" not in next(g for g in groups if g["strategy"] == "scratch")
+    assert "| grow |" in md.read_text() and "verdict" in md.read_text()
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "grow0" / "run.json").read_text())["status"] == "completed"
+
+
+def test_linear_probe_at_defaults_trains_and_an_under_trained_one_is_flagged(tmp_path):
+    """Digits 0-4 -> 5-9, everything at defaults (issue 17: 0.40 before probe_lr and the
+    longer probe). The old setting (the run's LR, 1x epochs) is flagged as under-trained."""
+    source = tmp_path / "source"
+    train(make_cfg("strategy=scratch", "dataset.classes=[0,1,2,3,4]", "plots=false"), source)
+    target = ["strategy=finetune", f"strategy.source={source}", "dataset.classes=[5,6,7,8,9]",
+              "strategy.mode=linear_probe", "plots=false"]
+    info = train(make_cfg(*target), tmp_path / "probe")
+    assert info["final"]["test/acc"] >= 0.85, info["final"]
+    assert info["warnings"] == []
+    old = train(make_cfg(*target, "strategy.probe_lr=null", "strategy.probe_epochs=20"), tmp_path / "old")
+    assert old["final"]["test/acc"] < 0.6
+    assert any("linear-probe" in w and "still falling" in w for w in old["warnings"])
+    saved = json.loads((tmp_path / "old" / "run.json").read_text())
+    assert saved["warnings"] == old["warnings"]
+
+
+def test_readme_rbm_example_reaches_095_on_digits(tmp_path):
+    info = train(make_cfg("strategy.objective=rbm", "model.activation=sigmoid", "strategy.finetune.lr=0.01",
+                          "plots=false"), tmp_path / "rbm")
+    assert info["final"]["test/acc"] >= 0.95, info["final"]
+
+
+def test_equal_flops_scratch_control_gets_the_staged_runs_flops_within_one_step(tmp_path):
+    """compare.scratch=true on a layer-wise run: a scratch run of the same final architecture
+    in <run>/control, stopped within one optimizer step of the staged run's training FLOPs,
+    recorded in run.json, and the report pairs the run with its own control."""
+    from stagetrain.api import run
+
+    info = run(["strategy=layerwise", "strategy.epochs_per_layer=1", "train.epochs=2", "dataset.max_train=300",
+                "compare.scratch=true", "plots=false", "progress=off"], run_dir=tmp_path / "staged")
+    control = json.loads((tmp_path / "staged" / "control" / "run.json").read_text())
+    assert control["status"] == "completed" and control["strategy"] == "scratch"
+    stage = control["stages"][0]
+    one_step = stage["flops"] / stage["steps"]
+    assert 0 <= control["flops"] - info["flops"] < one_step + 1e-6 * info["flops"]
+    assert info["control"]["flops"] == control["flops"] and info["control"]["final"] == control["final"]
+    from safetensors import safe_open
+
+    arch = [safe_open(str(p / "model.safetensors"), "pt").metadata()["arch"]
+            for p in (tmp_path / "staged", tmp_path / "staged" / "control")]
+    assert json.loads(arch[0]) == json.loads(arch[1])
+    rows, _ = report.load_rows(report.find_runs([tmp_path]))
+    staged = [r for r in rows if r["strategy"] == "layerwise"]
+    g = compare.with_intervals(report.group_rows(staged, ["strategy"]), rows, ["strategy"])[0]
+    assert g["vs"] == "own equal-FLOPs scratch" and g["pairs"] == 1
+    assert g["diff"] == pytest.approx(info["final"]["test/acc"] - control["final"]["test/acc"])
+
+
+def _poison_test_labels(monkeypatch):
+    """Every run's test labels shifted by one class: test accuracy collapses, validation is untouched."""
+    import stagetrain.runner
+
+    real = stagetrain.runner.load_data
+
+    def poisoned(ds, seed):
+        bundle = real(ds, seed)
+        bundle.test.y = (bundle.test.y + 1) % bundle.num_classes
+        return bundle
+
+    monkeypatch.setattr(stagetrain.runner, "load_data", poisoned)
+
+
+def test_tune_selects_on_validation_only_and_records_the_search(tmp_path, monkeypatch):
+    from stagetrain.tune import run_search
+
+    args = ["strategy=scratch", "train.epochs=2", "dataset.max_train=300", "plots=false",
+            "tune.lr=[0.00001,0.003,0.3]"]
+    clean = run_search(make_cfg(*args), tmp_path / "clean")
+    search = clean["tune"]["search"]
+    assert [t["optim.lr"] for t in search] == [0.00001, 0.003, 0.3] and clean["tune"]["trials"] == 3
+    best = max(search, key=lambda t: t["val/acc"])
+    assert clean["tune"]["selected"]["optim.lr"] == best["optim.lr"]
+    assert clean["final"]["test/acc"] == best["test/acc"]  # the selected trial's test metric is reported
+    assert clean["flops"] == pytest.approx(sum(t["flops"] for t in search))  # the whole search's budget
+    assert clean["config"]["tune"]["lr"] == [0.00001, 0.003, 0.3]
+    assert json.loads((tmp_path / "clean" / "run.json").read_text())["tune"] == clean["tune"]
+
+    _poison_test_labels(monkeypatch)
+    poisoned = run_search(make_cfg(*args), tmp_path / "poisoned")
+    assert poisoned["final"]["test/acc"] < 0.25 < clean["final"]["test/acc"]  # the poison reached the test split
+    assert poisoned["tune"]["selected"]["optim.lr"] == clean["tune"]["selected"]["optim.lr"]
+    rows, _ = report.load_rows([p for p in report.find_runs([tmp_path]) if p.parent.name != "tune"])
+    assert len(rows) == 2  # one row per job, not per trial
+
+
+def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
+    from stagetrain.config import validate
+    from stagetrain.errors import StagetrainError
+
+    with pytest.raises(StagetrainError, match="tune.lr"):
+        validate(make_cfg("tune.lr=[0.001,-1]"))
+    with pytest.raises(StagetrainError, match="compare.scratch"):
+        validate(make_cfg("tune.lr=[0.001]", "compare.scratch=true"))
