@@ -13,8 +13,8 @@ from typing import Any
 
 MISSING: Any = "???"  # OmegaConf's marker for a value the config must set
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-DATASETS = (*IMAGE_DATASETS, "synthetic", "imagefolder")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder")
+DATASETS = (*IMAGE_DATASETS, "synthetic")
 STREAMABLE = ("mnist", "fashion_mnist", "imagefolder")  # datasets with a streamed reader (dataset.storage=stream)
 STORAGES = ("auto", "memory", "stream")
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data/augment.py builds them
@@ -46,6 +46,10 @@ class ImageFolderDatasetConfig(DatasetConfig):
     root: str = MISSING  # the folder holding train/ (and optionally val/, test/)
     image_size: int = 32  # images are resized to image_size x image_size
     channels: int = 3  # 1: greyscale, 3: RGB
+
+    @property
+    def shape(self) -> list[int]:  # what the model families read of an image dataset
+        return [self.channels, self.image_size, self.image_size]
 
 
 @dataclass
