@@ -45,8 +45,9 @@ class LazyInputs:
         return replace(self, index=self.index[idx.cpu() if isinstance(idx, torch.Tensor) else idx])
 
     def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
-        rows = self.take(idx).index.tolist()
-        x = torch.stack([self.reader[i] for i in rows]) if rows else torch.empty(0, *self.reader.sample_shape)
+        from stagetrain.data.stream import read_batch
+
+        x = read_batch(self.reader, self.take(idx).index.tolist())
         return x if self.device is None else x.to(self.device)
 
     def to(self, device: torch.device) -> LazyInputs:

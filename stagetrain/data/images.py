@@ -120,12 +120,19 @@ class IdxReader:
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def _images(self) -> Any:
         if self._map is None:
             import numpy as np
 
             self._map = np.memmap(self.path, np.uint8, "r", offset=16, shape=(self.n, *self.sample_shape))
-        return torch.from_numpy(self._map[i].copy())
+        return self._map
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self._images()[i].copy())
+
+    def batch(self, rows: list[int]) -> torch.Tensor:
+        """Samples ``rows`` in one read (a fancy index copies them out of the map)."""
+        return torch.from_numpy(self._images()[rows]) if rows else torch.empty(0, *self.sample_shape, dtype=torch.uint8)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_map": None}

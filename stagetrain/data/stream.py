@@ -1,12 +1,13 @@
 """Streamed splits: batches read through a torch DataLoader, in an order fixed in advance.
 
 The in-memory path gathers a batch from a tensor; a streamed split (``LazyInputs``) holds a
-map-style reader instead. Its DataLoader takes a *batch sampler* that yields the batches
-the engine chose -- the epoch permutation's, from the batch a resumed run continues at --
+map-style reader instead. Its DataLoader's sampler yields the batches the engine chose --
+the epoch permutation's, from the batch a resumed run continues at -- one item per batch,
 so workers, prefetching, pinned memory and persistent workers change only when a batch is
-read, never which samples it holds or in which order. Each item is (sample number,
-augmentation key); the key is a pure function of (seed, stage, epoch), so a random
-augmentation is seeded per sample and epoch (``augment.apply``), never by worker timing.
+read, never which samples it holds or in which order. An item is (sample numbers,
+augmentation key), read in one go when the reader has ``batch``; the key is a pure
+function of (seed, stage, epoch), so a random augmentation is seeded per sample and epoch
+(``augment.apply``), never by worker timing.
 
 ``storage_choice`` decides ``dataset.storage=auto`` from the metadata alone.
 """
@@ -26,8 +27,17 @@ from stagetrain.data.bundle import LazyInputs
 from stagetrain.errors import StagetrainError
 
 
+def read_batch(reader: Any, rows: list[int]) -> torch.Tensor:
+    """Samples ``rows`` of ``reader`` stacked: its own ``batch`` when it has one (one read for
+    the whole batch, e.g. a memory map's fancy index), else sample by sample."""
+    if hasattr(reader, "batch"):
+        return reader.batch(rows)
+    return torch.stack([reader[i] for i in rows]) if rows else torch.empty(0, *reader.sample_shape)
+
+
 class _Items(Dataset):
-    """reader[i], augmented with ``preset`` when the item carries a key."""
+    """A whole batch per item: (sample numbers, augmentation key or None) -> stacked inputs,
+    each sample augmented with ``preset`` when a key is given."""
 
     def __init__(self, reader: Any, preset: str):
         self.reader, self.preset = reader, preset
@@ -35,19 +45,21 @@ class _Items(Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, item: tuple[int, int | None]) -> torch.Tensor:
-        i, key = item
-        x = self.reader[i]
-        return x if key is None or self.preset == "none" else apply(self.preset, x, key, i)
+    def __getitem__(self, item: tuple[list[int], int | None]) -> torch.Tensor:
+        rows, key = item
+        x = read_batch(self.reader, rows)
+        if key is None or self.preset == "none":
+            return x
+        return torch.stack([apply(self.preset, x[j], key, i) for j, i in enumerate(rows)])
 
 
 class _Batches:
-    """A batch sampler whose batches are set before each pass (lists of (sample, key))."""
+    """The loader's sampler: the batches of the next pass, set before it (sample numbers, key)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int | None]]] = []
+        self.batches: list[tuple[list[int], int | None]] = []
 
-    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+    def __iter__(self) -> Iterator[tuple[list[int], int | None]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -57,7 +69,7 @@ class _Batches:
 def _loader(x: LazyInputs, sampler: _Batches, persistent: bool) -> DataLoader:
     workers = x.workers
     pin = x.device is not None and x.device.type == "cuda"
-    return DataLoader(_Items(x.reader, x.augment), batch_sampler=sampler, num_workers=workers,
+    return DataLoader(_Items(x.reader, x.augment), sampler=sampler, batch_size=None, num_workers=workers,
                       pin_memory=pin, persistent_workers=persistent and workers > 0,
                       prefetch_factor=2 if workers > 0 else None)
 
@@ -87,7 +99,7 @@ class EpochLoader:
         """Raw input batches for ``rows`` (each a tensor of sample numbers of the split),
         augmented with the epoch's ``key`` when the split augments."""
         aug = None if self.x.augment == "none" else key
-        self.sampler.batches = [[(i, aug) for i in self.x.index[r.cpu()].tolist()] for r in rows]
+        self.sampler.batches = [(self.x.index[r.cpu()].tolist(), aug) for r in rows]
         return _read(self.loader, self.x.device)
 
 
@@ -96,7 +108,7 @@ def sequential_batches(x: LazyInputs, size: int) -> Iterator[torch.Tensor]:
     statistics, the feature cache)."""
     sampler = _Batches()
     index = x.index.tolist()
-    sampler.batches = [[(i, None) for i in index[lo:lo + size]] for lo in range(0, len(index), size)]
+    sampler.batches = [(index[lo:lo + size], None) for lo in range(0, len(index), size)]
     return _read(_loader(x, sampler, persistent=False), x.device)
 
 
