@@ -137,7 +137,7 @@ class Engine:
     def _train_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
         st, cur, bs = self.state, self.state.cur, self.opts.batch_size
         perm = epoch_permutation(len(rt.indices), self.opts.seed, k, cur.epoch, self.device)
-        xs = streaming.epoch_inputs(rt, perm, cur.batch, bs, self.world, self.opts.seed, k, cur.epoch)  # None: in memory
+        xs = streaming.epoch_inputs(rt, perm, cur.batch, bs, self.world, self.opts.seed, k, cur.epoch)  # None: memory
         per_sample = rt.step_flops + (rt.prefix_flops if rt.cache is None else 0.0)
         start = time.perf_counter()
         for b in range(cur.batch, rt.steps_per_epoch):
@@ -174,7 +174,8 @@ class Engine:
         if rt.cache is not None:
             h = rt.cache[mine].float()
         else:
-            h = rt.data.normalize(rt.data.train.x[idx] if streamed is None else streamed, self.plan.input_norm)
+            x = rt.data.train.x.index_select(0, idx) if streamed is None else streamed  # ~10x faster than x[idx]
+            h = rt.data.normalize(x, self.plan.input_norm)
             if rt.prefix > 0:
                 with torch.no_grad():
                     h = self.model.features(h, 0, rt.prefix)

@@ -24,11 +24,11 @@ def epoch_inputs(rt: StageRuntime, perm: torch.Tensor, start: int, batch_size: i
     the stage trains on cached features)."""
     if rt.loader is None or rt.cache is not None:
         return None
-    rows = []
+    rows, perm, indices = [], perm.cpu(), rt.indices.cpu()  # sample numbers live on the host
     for b in range(start, rt.steps_per_epoch):
         positions = perm[b * batch_size:(b + 1) * batch_size] if b < rt.steps_per_epoch - 1 else perm[b * batch_size:]
         if len(positions) < world:  # the loop skips such a batch
             continue
         mine = distributed.shard(positions) if world > 1 else positions
-        rows.append(mine if rt.all_samples else rt.indices[mine])
+        rows.append(mine if rt.all_samples else indices[mine])
     return rt.loader.epoch(rows, epoch_key(seed, stage, epoch))
