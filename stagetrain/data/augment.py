@@ -1,35 +1,22 @@
-"""Training augmentation presets (``dataset.augment``), built from torchvision transforms v2.
+"""Training augmentation presets (``dataset.augment``), from torchvision transforms v2.
 
 A preset transforms one raw sample (uint8 C x H x W) inside the streamed loader's
-``__getitem__``, usually in a worker. Its randomness comes from a seed that is a pure
-function of (epoch key, sample number) -- the epoch key itself of (seed, stage, epoch) --
-set inside ``fork_rng``: the same sample in the same epoch gets the same augmentation
-whichever worker reads it and whenever, so a resumed run reads exactly the batches of the
-uninterrupted one, and the training process's own RNG is untouched.
+``__getitem__``, usually in a worker. Its random parameters are drawn from a generator
+seeded by (epoch key, sample number) -- the epoch key itself a function of (seed, stage,
+epoch) -- and applied with torchvision's v2 functional ops: the same sample in the same
+epoch gets the same augmentation whichever worker reads it and whenever, so a resumed run
+reads exactly the batches of the uninterrupted one, and no global RNG is touched.
+
+* ``flip``: horizontal flip with probability 1/2;
+* ``crop``: zero-pad by 1/8 of the smaller side, then a random crop back to the size;
+* ``flip_crop``: crop, then flip.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # keep in step with schema.AUGMENTS
-
-
-@functools.cache
-def preset(name: str, size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The transform of preset ``name`` for images of ``size`` (H, W)."""
-    from torchvision.transforms import v2
-
-    pad = max(1, min(size) // 8)
-    parts = {
-        "flip": [v2.RandomHorizontalFlip()],
-        "crop": [v2.RandomCrop(size, padding=pad)],
-        "flip_crop": [v2.RandomCrop(size, padding=pad), v2.RandomHorizontalFlip()],
-    }[name]
-    return v2.Compose(parts)
 
 
 def epoch_key(seed: int, stage: int, epoch: int) -> int:
@@ -38,7 +25,15 @@ def epoch_key(seed: int, stage: int, epoch: int) -> int:
 
 
 def apply(name: str, x: torch.Tensor, key: int, sample: int) -> torch.Tensor:
-    """Preset ``name`` on sample ``x`` (number ``sample``), randomness seeded by (key, sample)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((key * 2_654_435_761 + sample) % (2**63 - 1))
-        return preset(name, tuple(x.shape[-2:]))(x)
+    """Preset ``name`` on sample ``x`` (number ``sample``), its randomness seeded by (key, sample)."""
+    from torchvision.transforms.v2 import functional as F  # noqa: N812 - torchvision's name
+
+    g = torch.Generator().manual_seed((key * 2_654_435_761 + sample) % (2**63 - 1))
+    if name in ("crop", "flip_crop"):
+        h, w = x.shape[-2:]
+        pad = max(1, min(h, w) // 8)
+        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
+        x = F.crop(F.pad(x, [pad, pad, pad, pad]), top, left, h, w)
+    if name in ("flip", "flip_crop") and bool(torch.rand((), generator=g) < 0.5):
+        x = F.horizontal_flip(x)
+    return x
