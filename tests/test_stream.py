@@ -133,3 +133,19 @@ def test_sigkill_mid_epoch_while_streaming_with_workers_and_augmentation_resumes
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert_epochs_exactly_once(run)
     assert json.loads((run / "run.json").read_text())["data"]["augment"] == "flip_crop"
+
+
+@pytest.mark.full  # two torchrun launches of 2 processes: `pytest --full`
+def test_streamed_shards_under_torchrun_train_as_the_in_memory_ones(idx_root, tmp_path):
+    from test_ddp import run_torchrun
+
+    weights = {}
+    for storage in ("memory", "stream"):
+        cwd = tmp_path / storage
+        cwd.mkdir()
+        run_torchrun(*SMALL, f"dataset.root={idx_root}", "train.epochs=2", f"dataset.storage={storage}",
+                     "dataset.workers=1", f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+        info = json.loads((cwd / "run" / "run.json").read_text())
+        assert info["distributed"]["world_size"] == 2 and info["data"]["storage"] == storage
+        weights[storage] = final_weights(cwd / "run")
+    assert all(torch.equal(weights["memory"][k], weights["stream"][k]) for k in weights["memory"])
