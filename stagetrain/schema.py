@@ -42,8 +42,7 @@ class DatasetConfig:
 
 @dataclass
 class ImageFolderDatasetConfig(DatasetConfig):
-    name: str = "imagefolder"
-    root: str = MISSING  # the folder holding train/ (and optionally val/, test/)
+    name: str = "imagefolder"  # dataset.root: the folder holding train/ (and optionally val/, test/)
     image_size: int = 32  # images are resized to image_size x image_size
     channels: int = 3  # 1: greyscale, 3: RGB
 

@@ -52,8 +52,9 @@ class FolderReader:
 def _folder(cfg: Any) -> Path:
     root = Path(os.path.expanduser(str(cfg.root)))
     if not (root / "train").is_dir():
-        raise StagetrainError(f"dataset=imagefolder: {root / 'train'} is not a folder. dataset.root must hold "
-                              "train/<class name>/<images> (and optionally val/ and test/ alike).")
+        raise StagetrainError(f"dataset=imagefolder: {root / 'train'} is not a folder. Set dataset.root=<folder> "
+                              "to a folder that holds train/<class name>/<images> (and optionally val/ and test/ "
+                              f"alike); it is {root}.")
     return root
 
 
