@@ -32,6 +32,7 @@ LINES = {  # group/option -> one line
     "dataset/fashion_mnist": "Fashion-MNIST from <dataset.root>/FashionMNIST/raw (Debian package too)",
     "dataset/cifar10": "CIFAR-10 through torchvision (dataset.download=true the first time)",
     "dataset/synthetic": "seeded Gaussian class prototypes generated in memory, any shape",
+    "dataset/imagefolder": "your images, <dataset.root>/train/<class>/*.png (val/, test/ optional)",
     "model/mlp": "fully connected blocks (model.widths), optional BatchNorm, dropout",
     "model/cnn": "conv + pool blocks (model.channels), optional dense blocks (model.fc_widths)",
     "model/resnet": "residual stages (model.stage_channels, blocks_per_stage, basic|bottleneck)",
