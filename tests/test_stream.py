@@ -76,6 +76,22 @@ def test_memory_and_stream_train_to_bit_identical_weights(idx_root, tmp_path):
     assert infos["stream"]["data"]["storage_reason"] == "dataset.storage=stream"
 
 
+@pytest.mark.parametrize("plan", [
+    ["strategy=grow", "strategy.widths=[[16],[32]]", "strategy.epochs_per_stage=1", "strategy.final_epochs=1",
+     "strategy.data_fractions=[0.5,1.0]"],  # a subset of the samples per stage, growth probes on val
+    ["strategy=layerwise", "model.widths=[32,16]", "strategy.epochs_per_layer=2", "strategy.finetune.epochs=1"],
+], ids=["grow_data_fractions", "layerwise_cache"])
+def test_streamed_stages_train_as_in_memory(idx_root, tmp_path, plan):
+    args = [*SMALL, f"dataset.root={idx_root}", *plan]
+    infos = {st: train(make_cfg(*args, f"dataset.storage={st}", "dataset.workers=1"), tmp_path / st)
+             for st in ("memory", "stream")}
+    ref, got = final_weights(tmp_path / "memory"), final_weights(tmp_path / "stream")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert [s["cache"] for s in infos["memory"]["stages"]] == [s["cache"] for s in infos["stream"]["stages"]]
+    if "strategy=layerwise" in plan:  # the streamed split's frozen-prefix features were cached too
+        assert infos["stream"]["stages"][1]["cache"].startswith("on")
+
+
 def test_auto_streams_what_exceeds_the_memory_budget_and_says_why(idx_root):
     data = _bundle(idx_root, "dataset.memory_budget=100000")  # 100 kB < 1200 x 784 bytes
     assert data.info["storage"] == "stream" and "exceed dataset.memory_budget" in data.info["storage_reason"]

@@ -67,11 +67,13 @@ class _Batches:
 
 
 def _loader(x: LazyInputs, sampler: _Batches, persistent: bool) -> DataLoader:
+    """Its own generator: starting an epoch draws the workers' base seed from it, not from
+    the global RNG, so streaming leaves the training RNG (init, dropout, noise) untouched."""
     workers = x.workers
     pin = x.device is not None and x.device.type == "cuda"
     return DataLoader(_Items(x.reader, x.augment), sampler=sampler, batch_size=None, num_workers=workers,
                       pin_memory=pin, persistent_workers=persistent and workers > 0,
-                      prefetch_factor=2 if workers > 0 else None)
+                      prefetch_factor=2 if workers > 0 else None, generator=torch.Generator().manual_seed(0))
 
 
 def _read(loader: DataLoader, device: torch.device | None) -> Iterator[torch.Tensor]:
