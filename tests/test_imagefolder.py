@@ -64,7 +64,7 @@ def test_val_and_test_folders_are_used_and_images_resized(tmp_path):
     data = load_data(cfg.dataset, seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (30, 12, 15)
     assert data.in_shape == (1, 8, 8) and data.train.x.dtype == torch.uint8
-    assert dataset_meta(cfg.dataset)[:2] == ((1, 8, 8), 3)
+    assert dataset_meta(cfg.dataset)[:3] == ((1, 8, 8), 3, 30)  # what a dry run plans with
     assert data.info["val_split"] == "val/" and data.info["test_split"] == "test/"
 
 

@@ -30,7 +30,7 @@ from stagetrain.data.images import (
 
 @dataclass(frozen=True)
 class Source:
-    meta: Callable[[Any], tuple[tuple[int, ...], int, int]]
+    meta: Callable[[Any], tuple]  # (shape, classes, training samples[, has its own val split])
     load: Callable[[Any, int], tuple]
     stream: Callable[[Any, int], tuple] | None = None  # the same splits, inputs read lazily
 
@@ -42,11 +42,12 @@ SOURCES["imagefolder"] = Source(folder_meta, load_folder, stream_folder)
 
 def dataset_meta(cfg: Any) -> tuple[tuple[int, ...], int, int, int]:
     """(input shape, classes, training samples, labelled samples) that ``load_data`` will give."""
-    shape, classes, n = SOURCES[cfg.name].meta(cfg)
+    shape, classes, n, *own_val = SOURCES[cfg.name].meta(cfg)  # a 4th item True: its own val split
     if cfg.classes is not None:
         n = round(n * len(cfg.classes) / classes)
         classes = len(cfg.classes)
-    n = n - max(classes, round(cfg.val_fraction * n))
+    if not (own_val and own_val[0]):
+        n = n - max(classes, round(cfg.val_fraction * n))
     if cfg.max_train is not None:
         n = min(n, cfg.max_train)
     return shape, classes, n, max(classes, round(n * cfg.labeled_fraction))
@@ -59,7 +60,7 @@ def load_data(cfg: Any, seed: int, device: Any = None) -> DataBundle:
     from stagetrain.data.stream import storage_choice
 
     source = SOURCES[cfg.name]
-    shape, _, n = source.meta(cfg)
+    shape, _, n, *_ = source.meta(cfg)
     itemsize = 4 if cfg.name == "synthetic" else 1
     storage, why = storage_choice(cfg, source.stream is not None, n * math.prod(shape) * itemsize, device)
     train, test, scale, *rest = (source.stream if storage == "stream" else source.load)(cfg, seed)

@@ -87,11 +87,12 @@ def _held_out(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(20_240_101))[: max(1, round(TEST_FRACTION * n))]
 
 
-def folder_meta(cfg: Any) -> tuple[tuple[int, ...], int, int]:
+def folder_meta(cfg: Any) -> tuple[tuple[int, ...], int, int, bool]:
+    """(shape, classes, training samples, whether val/ exists), from the file names alone."""
     root = _folder(cfg)
     files, _, classes = _scan(root / "train", None)
     n = len(files) - (0 if (root / "test").is_dir() else len(_held_out(len(files))))
-    return (int(cfg.channels), int(cfg.image_size), int(cfg.image_size)), len(classes), n
+    return (int(cfg.channels), int(cfg.image_size), int(cfg.image_size)), len(classes), n, (root / "val").is_dir()
 
 
 def stream_folder(cfg: Any, seed: int) -> tuple[Split, Split, float, Split | None, dict[str, Any]]:
