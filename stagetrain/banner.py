@@ -22,6 +22,7 @@ def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, 
         f"  device         {device.type} ({threads}, {'bf16 autocast' if bf16 else 'fp32'})",
         f"  data           {data.name}: train {fmt(len(data.train))} (labelled {fmt(len(data.labeled))}), "
         f"val {fmt(len(data.val))}, test {fmt(len(data.test))}, {data.num_classes} classes",
+        f"  storage        {_storage(data)}",
         f"  model          {fmt(params)} parameters",
     ]
     for k, row in enumerate(rows):
@@ -31,6 +32,17 @@ def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, 
         lines.append(f"  stage {k + 1} {s.name}: trains {fmt(row['trainable'])} of {fmt(row['params'])} "
                      f"({', '.join(s.trainable)}), {s.objective}, {budget}{grows}")
     return "\n".join(lines)
+
+
+def _storage(data: DataBundle) -> str:
+    """In memory or streamed, and why; for a streamed split its workers and augmentation."""
+    info = data.info
+    line = f"{info.get('storage', 'memory')} ({info.get('storage_reason', 'in memory')})"
+    if info.get("storage") == "stream":
+        line += f", {info['workers']} loader workers, augment={info['augment']}"
+        if info["augment"] != "none":
+            line += " (no frozen-prefix feature cache)"
+    return line
 
 
 def show(text: str) -> None:

@@ -20,11 +20,14 @@ from omegaconf.errors import OmegaConfBaseException
 from stagetrain.errors import StagetrainError, check_choice, check_positive, did_you_mean
 from stagetrain.families import FAMILIES, family
 from stagetrain.schema import (
+    AUGMENTS,
     CACHE_MAX_BYTES,
     DATASET_SCHEMAS,
     DATASETS,
     OPTIMIZERS,
     SCHEDULES,
+    STORAGES,
+    STREAMABLE,
     TEXT_DATASETS,
     DatasetConfig,
     DeviceConfig,
@@ -141,6 +144,7 @@ def _validate_dataset(ds: DatasetConfig) -> None:
     _positive("dataset.max_train", ds.max_train)
     if ds.name in TEXT_DATASETS:
         validate_text_dataset(ds)
+    _validate_storage(ds)
     if ds.name == "synthetic":
         _positive("dataset.n_train", ds.n_train)
         _positive("dataset.n_test", ds.n_test)
@@ -148,6 +152,25 @@ def _validate_dataset(ds: DatasetConfig) -> None:
             raise StagetrainError(f"dataset.shape={list(ds.shape)} is not valid: use [features] or [channels, height, width].")
         if ds.num_classes < 2:
             raise StagetrainError(f"dataset.num_classes={ds.num_classes} is out of range: it must be >= 2.")
+
+
+def _validate_storage(ds: DatasetConfig) -> None:
+    check_choice("dataset.storage", ds.storage, STORAGES)
+    check_choice("dataset.augment", ds.augment, AUGMENTS)
+    _positive("dataset.memory_budget", ds.memory_budget)
+    _positive("dataset.workers", ds.workers, allow_zero=True)
+    streamable = f"it can be streamed for {', '.join(STREAMABLE)}"
+    if ds.storage == "stream" and ds.name not in STREAMABLE:
+        raise StagetrainError(f"dataset.storage=stream: dataset={ds.name} is always read into memory; {streamable}. "
+                              "Use dataset.storage=auto or memory.")
+    if ds.augment != "none" and (ds.name not in STREAMABLE or ds.storage == "memory"):
+        raise StagetrainError(f"dataset.augment={ds.augment} runs per sample in the streamed loader's workers, so it "
+                              f"needs a streamed dataset ({streamable}) and dataset.storage=stream or auto "
+                              f"(got dataset={ds.name}, dataset.storage={ds.storage}).")
+    if ds.name == "imagefolder":
+        _positive("dataset.image_size", ds.image_size)
+        if ds.channels not in (1, 3):
+            raise StagetrainError(f"dataset.channels={ds.channels} is not valid: use 1 (greyscale) or 3 (RGB).")
 
 
 def _validate_model(model: Any, ds: DatasetConfig) -> Any:

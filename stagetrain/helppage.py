@@ -32,6 +32,7 @@ LINES = {  # group/option -> one line
     "dataset/fashion_mnist": "Fashion-MNIST from <dataset.root>/FashionMNIST/raw (Debian package too)",
     "dataset/cifar10": "CIFAR-10 through torchvision (dataset.download=true the first time)",
     "dataset/synthetic": "seeded Gaussian class prototypes generated in memory, any shape",
+    "dataset/imagefolder": "your images, <dataset.root>/train/<class>/*.png (val/, test/ optional)",
     "dataset/text": "byte-level language modelling on local UTF-8 files (dataset.paths)",
     "dataset/text_classification": "labelled texts from JSONL, CSV or a folder of class files",
     "dataset/fortunes": "Debian fortunes: 43 categories to classify, or task=lm text",

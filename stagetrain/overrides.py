@@ -281,4 +281,6 @@ def _lock(path: Path) -> None:
                 f"Another stagetrain process is using the run directory {path} right now; "
                 "wait for it to end, or use another hydra.run.dir.") from None
         return  # a file system without locks: nothing more to check
+    if not _held:  # a forked child (a DataLoader worker) drops its copy: the lock dies with this process
+        os.register_at_fork(after_in_child=lambda: [os.close(held) for held in _held])
     _held.append(fd)

@@ -54,8 +54,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         rundir if main else None, str(rundir.path.resolve()), parts.plan.to_dict(),
         OmegaConf.to_container(start.cfg, resolve=True), settings.seed, device,
         start.previous.get("source") if start.state is not None else parts.source, start.previous)
-    if parts.datasets["target"].info:  # a text dataset's tokenizer and label names
-        record.info["data"] = parts.datasets["target"].info
+    record.info["data"] = parts.datasets["target"].info  # storage and why, statistics, classes, tokenizer
     engine = Engine(parts.plan, engine_options(settings, to_yaml(start.cfg)), parts.datasets, parts.model, device,
                     Reporter(settings.progress if main else "off"), rundir if main else None, stop_flag={},
                     sinks=_sinks(settings, rundir, record) if main else [], on_update=record.update)
@@ -111,7 +110,7 @@ class Parts:
 
 def build_parts(settings: RunConfig, device: torch.device, fresh: bool = True) -> Parts:
     """Data, model (the strategy's initial architecture and, when ``fresh``, weights) and plan."""
-    datasets = {"target": load_data(settings.dataset, settings.seed).to(device)}
+    datasets = {"target": load_data(settings.dataset, settings.seed, device).to(device)}
     spec = initial_spec(settings, datasets["target"].in_shape, datasets["target"].num_classes)
     seed_everything(settings.seed)
     model = StagedModel(spec).to(device)
@@ -120,7 +119,7 @@ def build_parts(settings: RunConfig, device: torch.device, fresh: bool = True) -
     source = init_model(settings, model) if fresh and init_model else None
     extra = hook(settings.strategy.name, "datasets")
     for name, dataset_cfg in (extra(settings) if extra else {}).items():
-        datasets[name] = load_data(dataset_cfg, settings.seed).to(device)
+        datasets[name] = load_data(dataset_cfg, settings.seed, device).to(device)
     return Parts(datasets, model, plan, source)
 
 

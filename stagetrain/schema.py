@@ -13,9 +13,12 @@ from typing import Any
 
 MISSING: Any = "???"  # OmegaConf's marker for a value the config must set
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder")
 TEXT_DATASETS = ("text", "text_classification", "fortunes")
 DATASETS = (*IMAGE_DATASETS, "synthetic", *TEXT_DATASETS)
+STREAMABLE = ("mnist", "fashion_mnist", "imagefolder")  # datasets with a streamed reader (dataset.storage=stream)
+STORAGES = ("auto", "memory", "stream")
+AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data/augment.py builds them
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
@@ -32,6 +35,21 @@ class DatasetConfig:
     labeled_fraction: float = 1.0
     classes: list[int] | None = None
     max_train: int | None = None
+    storage: str = "auto"  # memory | stream | auto: memory when the inputs fit memory_budget
+    memory_budget: float = 0.5  # bytes, or (<= 1) a fraction of the free device memory
+    workers: int = 2  # DataLoader worker processes of a streamed split
+    augment: str = "none"  # training augmentation preset (streamed image datasets)
+
+
+@dataclass
+class ImageFolderDatasetConfig(DatasetConfig):
+    name: str = "imagefolder"  # dataset.root: the folder holding train/ (and optionally val/, test/)
+    image_size: int = 32  # images are resized to image_size x image_size
+    channels: int = 3  # 1: greyscale, 3: RGB
+
+    @property
+    def shape(self) -> list[int]:  # what the model families read of an image dataset
+        return [self.channels, self.image_size, self.image_size]
 
 
 @dataclass
@@ -82,8 +100,8 @@ class FortunesDatasetConfig(TextClassificationConfig):
 
 
 # datasets with options beyond DatasetConfig's: name -> schema (the others use DatasetConfig)
-DATASET_SCHEMAS: dict[str, type] = {"synthetic": SyntheticDatasetConfig, "text": TextDatasetConfig,
-                                    "text_classification": TextClassificationConfig,
+DATASET_SCHEMAS: dict[str, type] = {"synthetic": SyntheticDatasetConfig, "imagefolder": ImageFolderDatasetConfig,
+                                    "text": TextDatasetConfig, "text_classification": TextClassificationConfig,
                                     "fortunes": FortunesDatasetConfig}
 
 

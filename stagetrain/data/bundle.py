@@ -5,11 +5,16 @@ validation / test splits, the labelled subset and the normalisation. ``finish_bu
 turns a loader's (train, test) pair into a bundle the same way for every dataset: class
 subset, seeded validation split carved from train, ``max_train``, stratified labels,
 per-channel statistics.
+
+The inputs of a split are either a tensor (``dataset.storage=memory``: a batch is an index
+gather) or ``LazyInputs`` (``stream``: a map-style reader plus the sample numbers of the
+split; ``x[idx]`` reads those samples, and the training loop reads batches through a
+DataLoader, ``data.stream``). Labels always stay in memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,18 +23,58 @@ from stagetrain.errors import StagetrainError
 
 
 @dataclass
-class Split:
-    """Inputs (uint8 or float, N x C x H x W or N x D; int64 token ids N x T) and integer
-    labels (N; N x T next tokens for language modelling)."""
+class LazyInputs:
+    """A split's inputs read on demand: sample i is ``reader[index[i]]`` (a C x H x W or D
+    tensor). ``take`` narrows the split without reading; ``x[idx]`` reads and stacks, on
+    ``device``. ``augment`` (a preset name) and ``workers`` are for its DataLoaders."""
 
-    x: torch.Tensor
+    reader: Any
+    index: torch.Tensor
+    device: torch.device | None = None
+    augment: str = "none"
+    workers: int = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.reader.sample_shape)
+
+    def take(self, idx: torch.Tensor | slice) -> LazyInputs:
+        return replace(self, index=self.index[idx.cpu() if isinstance(idx, torch.Tensor) else idx])
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        from stagetrain.data.stream import read_batch
+
+        x = read_batch(self.reader, self.take(idx).index.tolist())
+        return x if self.device is None else x.to(self.device)
+
+    def to(self, device: torch.device) -> LazyInputs:
+        return replace(self, device=device)
+
+
+@dataclass
+class Split:
+    """Inputs (uint8 or float, N x C x H x W or N x D, a tensor or ``LazyInputs``; int64 token
+    ids N x T) and integer labels (N; N x T next tokens for language modelling)."""
+
+    x: torch.Tensor | LazyInputs
     y: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.x, LazyInputs)
+
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.x[index], self.y[index])
+        return Split(self.x.take(index) if self.streamed else self.x[index], self.y[index])
+
+    def rows(self, lo: int, hi: int) -> Split:
+        """Samples lo..hi-1, without a copy (a view or a narrowed reader)."""
+        return Split(self.x.take(slice(lo, hi)) if self.streamed else self.x[lo:hi], self.y[lo:hi])
 
 
 @dataclass
@@ -46,7 +91,7 @@ class DataBundle:
     mean: torch.Tensor
     std: torch.Tensor
     scale: float  # raw value that maps to 1.0 (255 for uint8 images, 16 for digits)
-    info: dict[str, Any] = field(default_factory=dict)  # what run.json records (text: tokenizer, labels)
+    info: dict[str, Any] = field(default_factory=dict)  # for run.json: storage and why, tokenizer, class names...
 
     def normalize(self, x: torch.Tensor, mode: str = "standardize") -> torch.Tensor:
         """Raw batch -> float32 scaled to [0, 1], then (``standardize``) per channel. Token
@@ -81,8 +126,8 @@ def _select_classes(split: Split, classes: list[int]) -> Split:
     for new, old in enumerate(classes):
         if old < len(lookup):
             lookup[old] = new
-    keep = lookup[split.y] >= 0
-    return Split(split.x[keep], lookup[split.y[keep]])
+    keep = torch.nonzero(lookup[split.y] >= 0).flatten()
+    return Split(split.subset(keep).x, lookup[split.y[keep]])
 
 
 def _stratified_subset(y: torch.Tensor, fraction: float, g: torch.Generator) -> torch.Tensor:
@@ -95,8 +140,10 @@ def _stratified_subset(y: torch.Tensor, fraction: float, g: torch.Generator) -> 
     return torch.sort(torch.cat(picked)).values
 
 
-def finish_bundle(cfg: Any, seed: int, train: Split, test: Split, scale: float) -> DataBundle:
-    """A loader's (train, test) -> the run's bundle: classes, validation split, labels, statistics."""
+def finish_bundle(cfg: Any, seed: int, train: Split, test: Split, scale: float,
+                  val: Split | None = None) -> DataBundle:
+    """A loader's (train, test) -> the run's bundle: classes, validation split (carved from
+    train unless the loader gives one), labels, statistics."""
     name = cfg.name
 
     if cfg.classes is not None:
@@ -109,12 +156,14 @@ def finish_bundle(cfg: Any, seed: int, train: Split, test: Split, scale: float) 
                 f"(it has {min(present)}..{max(present)})."
             )
         train, test = _select_classes(train, classes), _select_classes(test, classes)
+        val = None if val is None else _select_classes(val, classes)
     num_classes = len(cfg.classes) if cfg.classes is not None else int(train.y.max()) + 1
 
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train), generator=g)
-    n_val = max(num_classes, round(cfg.val_fraction * len(train)))
-    val, train = train.subset(order[:n_val]), train.subset(order[n_val:])
+    if val is None:
+        order = torch.randperm(len(train), generator=g)
+        n_val = max(num_classes, round(cfg.val_fraction * len(train)))
+        val, train = train.subset(order[:n_val]), train.subset(order[n_val:])
     if cfg.max_train is not None and cfg.max_train < len(train):
         train = train.subset(torch.arange(cfg.max_train))
     if cfg.labeled_fraction < 1.0:
@@ -122,13 +171,36 @@ def finish_bundle(cfg: Any, seed: int, train: Split, test: Split, scale: float) 
     else:
         labeled = torch.arange(len(train))
 
-    xf = train.x.float() / scale
-    dims = [0] + list(range(2, xf.ndim))  # per channel for images, per feature otherwise
-    if xf.ndim == 4:
-        mean, std = xf.mean(dims, keepdim=True)[0], xf.std(dims, keepdim=True)[0]
-    else:
-        mean, std = xf.mean(0), xf.std(0)
-    std = std.clamp_min(1e-3)
+    mean, std = channel_stats(train, scale)
     return DataBundle(
         name, train, val, test, labeled, tuple(train.x.shape[1:]), num_classes, mean, std, scale
     )
+
+
+STATS_CHUNK = 4096  # samples per chunk of the statistics pass: the same chunks for both storages
+
+
+def channel_stats(train: Split, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std per channel for images, per feature otherwise, of x / scale.
+
+    Summed in float64 over fixed chunks, so a streamed split (read through its loader)
+    gives bit for bit the statistics of the same data held in memory.
+    """
+    if train.streamed:
+        from stagetrain.data.stream import sequential_batches
+
+        chunks = sequential_batches(train.x, STATS_CHUNK)
+    else:
+        chunks = (train.x[i:i + STATS_CHUNK] for i in range(0, len(train), STATS_CHUNK))
+    total = total_sq = None
+    n = 0
+    for chunk in chunks:
+        xd = chunk.double() / scale
+        dims = [0, *range(2, xd.ndim)]
+        s, sq = xd.sum(dims), (xd * xd).sum(dims)
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        n += xd.numel() // s.numel()
+    mean = total / n
+    std = ((total_sq - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
+    shape = (-1, 1, 1) if len(train.x.shape) == 4 else (-1,)
+    return mean.float().view(shape), std.float().clamp_min(1e-3).view(shape)

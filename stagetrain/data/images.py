@@ -109,6 +109,54 @@ def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Spli
     return splits[0], splits[1], 255.0
 
 
+class IdxReader:
+    """Images of an uncompressed IDX file, read one at a time through a memory map (opened
+    lazily, so the reader pickles into DataLoader workers as a path)."""
+
+    def __init__(self, path: Path, n: int, shape: tuple[int, ...]):
+        self.path, self.n, self.sample_shape = path, n, shape
+        self._map = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _images(self) -> Any:
+        if self._map is None:
+            import numpy as np
+
+            self._map = np.memmap(self.path, np.uint8, "r", offset=16, shape=(self.n, *self.sample_shape))
+        return self._map
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self._images()[i].copy())
+
+    def batch(self, rows: list[int]) -> torch.Tensor:
+        """Samples ``rows`` in one read (a fancy index copies them out of the map)."""
+        return torch.from_numpy(self._images()[rows]) if rows else torch.empty(0, *self.sample_shape, dtype=torch.uint8)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_map": None}
+
+
+def stream_images(cfg: Any, seed: int) -> tuple[Split, Split, float]:
+    """(train, test, scale) of MNIST / Fashion-MNIST with lazily read inputs (labels in memory)."""
+    from stagetrain.data.bundle import LazyInputs
+
+    root = Path(os.path.expanduser(cfg.root))
+    raw = root / RAW_FOLDERS[cfg.name] / "raw"
+    splits = []
+    for part in ("train", "t10k"):
+        images, labels = raw / f"{part}-images-idx3-ubyte", raw / f"{part}-labels-idx1-ubyte"
+        if not images.is_file() or not labels.is_file():
+            raise StagetrainError(missing_data_message(cfg.name, root))
+        y = torch.frombuffer(bytearray(labels.read_bytes()[8:]), dtype=torch.uint8).long()
+        if images.stat().st_size != 16 + len(y) * 28 * 28:
+            raise StagetrainError(f"dataset={cfg.name}: {images} does not hold {len(y)} 28x28 images, as its "
+                                  f"labels file says; replace both files. {missing_data_message(cfg.name, root)}")
+        splits.append(Split(LazyInputs(IdxReader(images, len(y), (1, 28, 28)), torch.arange(len(y))), y))
+    return splits[0], splits[1], 255.0
+
+
 def _make_synthetic(cfg: Any, seed: int) -> tuple[Split, Split, float]:
     """Gaussian class prototypes plus isotropic noise; a smooth prototype makes images."""
     g = torch.Generator().manual_seed(1_000_003 + seed)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from stagetrain import distributed
-from stagetrain.data import DataBundle, Split
+from stagetrain.data import DataBundle
+from stagetrain.data.stream import sequential_batches
 from stagetrain.engine.runtime import prefix_len
 from stagetrain.models import StagedModel
 from stagetrain.objectives import objective_of, split_metrics, stage_loss
@@ -29,7 +30,7 @@ def evaluate(model: StagedModel, helper: nn.Module | None, bundle: DataBundle, s
         data = data.subset(torch.arange(min(limit, len(data)), device=data.y.device))
     if distributed.world_size() > 1:
         lo, hi = distributed.shard_range(len(data))
-        data = Split(data.x[lo:hi], data.y[lo:hi])
+        data = data.rows(lo, hi)
     stage = stage or FINAL
     helper = helper if stage.trainable else None
     model.eval()
@@ -37,8 +38,9 @@ def evaluate(model: StagedModel, helper: nn.Module | None, bundle: DataBundle, s
         helper.eval()
     prefix = prefix_len(model, stage) if stage.trainable else 0
     loss_sum, correct, n = 0.0, 0, 0
+    xs = sequential_batches(data.x, batch_size) if data.streamed else None  # read ahead by its loader
     for i in range(0, len(data), batch_size):
-        x = bundle.normalize(data.x[i:i + batch_size], input_norm)
+        x = bundle.normalize(data.x[i:i + batch_size] if xs is None else next(xs), input_norm)
         y = data.y[i:i + batch_size]
         with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             h = model.features(x, 0, prefix)

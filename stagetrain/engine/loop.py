@@ -1,7 +1,7 @@
 """The engine: the one training loop, which runs any plan. Per stage: grow, enter
-(``runtime.enter_stage``), then epochs of steps -- a batch is a slice of a seeded
-permutation; forward, backward, optimizer step; FLOPs and time counted -- each followed by
-evaluation, logs, a checkpoint and the stop decision (with its reason)."""
+(``runtime.enter_stage``), then epochs of steps -- a batch is a slice of a seeded permutation
+(read ahead by ``streaming`` when streamed); forward, backward, optimizer step; FLOPs and
+time counted -- each followed by evaluation, logs, a checkpoint and the stop decision."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from stagetrain import distributed
 from stagetrain.checkpoint import save, set_rng_state, snapshot
 from stagetrain.checkpoint.schema import restore
 from stagetrain.data import DataBundle, epoch_permutation
-from stagetrain.engine import ranks, stopping
+from stagetrain.engine import ranks, stopping, streaming
 from stagetrain.engine.cache import build_cache
 from stagetrain.engine.evaluate import evaluate
 from stagetrain.engine.growing import PROBE_SAMPLES, grow
@@ -138,6 +138,7 @@ class Engine:
     def _train_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
         st, cur, bs = self.state, self.state.cur, self.opts.batch_size
         perm = epoch_permutation(len(rt.indices), self.opts.seed, k, cur.epoch, self.device)
+        xs = streaming.epoch_inputs(rt, perm, cur.batch, bs, self.world, self.opts.seed, k, cur.epoch)  # None: memory
         per_sample = rt.step_flops + (rt.prefix_flops if rt.cache is None else 0.0)
         start = time.perf_counter()
         for b in range(cur.batch, rt.steps_per_epoch):
@@ -146,7 +147,7 @@ class Engine:
             if m < self.world:  # a last batch smaller than the number of ranks: skipped by all
                 cur.batch = b + 1
                 continue
-            self._step(k, stage, rt, positions, b)
+            self._step(k, stage, rt, positions, b, None if xs is None else next(xs))
             cur.batch = b + 1
             st.global_step += 1
             cur.steps += 1
@@ -165,15 +166,17 @@ class Engine:
                 break
         st.charge(seconds=time.perf_counter() - start)
 
-    def _step(self, k: int, stage: Stage, rt: StageRuntime, positions: torch.Tensor, b: int) -> None:
-        """One batch: forward, non-finite checks, backward, optimizer and schedule step."""
+    def _step(self, k: int, stage: Stage, rt: StageRuntime, positions: torch.Tensor, b: int,
+              streamed: torch.Tensor | None) -> None:
+        """One batch (raw inputs read ahead if ``streamed``): forward, checks, backward, steps."""
         mine = distributed.shard(positions) if self.world > 1 else positions  # this rank's slice
         idx = mine if rt.all_samples else rt.indices[mine]
         y = rt.data.train.y[idx]
         if rt.cache is not None:
             h = rt.cache[mine].float()
         else:
-            h = rt.data.normalize(rt.data.train.x[idx], self.plan.input_norm)
+            x = rt.data.train.x.index_select(0, idx) if streamed is None else streamed  # ~10x faster than x[idx]
+            h = rt.data.normalize(x, self.plan.input_norm)
             if rt.prefix > 0:
                 with torch.no_grad():
                     h = self.model.features(h, 0, rt.prefix)

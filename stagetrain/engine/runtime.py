@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from stagetrain.data import DataBundle
+from stagetrain.data.stream import EpochLoader
 from stagetrain.engine.options import EngineOptions
 from stagetrain.flops import PROBE_BATCH, measure_step_flops
 from stagetrain.growth import map_optimizer_state
@@ -109,6 +110,7 @@ class StageRuntime:
     cache: torch.Tensor | None = None
     cache_note: str = "off"  # off | pending | on (...) | off (why)
     all_samples: bool = False  # indices are 0..n-1 of the training split: no gather per batch
+    loader: Any = None  # data.stream.EpochLoader of a streamed training split
 
 
 def prepare(model: StagedModel, stage: Stage, x: torch.Tensor, y: torch.Tensor
@@ -172,6 +174,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     if prev_optim:
         map_optimizer_state(optimizer, model, prev_optim, mappings)
     cacheable = prefix > 0 and stage.cache != "off"
+    loader = EpochLoader(data.train.x) if data.train.streamed else None
     epochs, total = planned_length(stage, n, bs, step_flops + (0.0 if cacheable else prefix_flops))
     scheduler = build_scheduler(optimizer, stage.sched, total, spe, opts.warmup_epochs, opts.step_size, opts.gamma)
     set_train_mode(model, helper, stage)
@@ -179,7 +182,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     everything = len(indices) == len(data.train) and bool(torch.equal(indices, torch.arange(n, device=indices.device)))
     return StageRuntime(data, helper, prefix, indices, spe, epochs, total, step_flops, prefix_flops,
                         optimizer, scheduler, step, cache_note="pending" if cacheable else "off",
-                        all_samples=everything)
+                        all_samples=everything, loader=loader)
 
 
 def build_step(step: nn.Module, opts: EngineOptions, world: int, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
