@@ -221,10 +221,7 @@ class Engine:
         self._log({**base, "split": "val", **val})
         cur.metrics = {**{f"train/{m}": v for m, v in train.items()}, **{f"val/{m}": v for m, v in val.items()}}
         stopping.update_best(st, val)
-        score = val["acc"] if "acc" in val else -val["loss"]  # a language model: the lowest loss
-        is_best = stage.uses_head and (st.best is None or score > st.best)
-        if is_best:
-            st.best = score
+        is_best = stopping.take_best(stage, st, val)
         cur.epoch, cur.batch, cur.epoch_sums = cur.epoch + 1, 0, [0.0, 0.0, 0.0]
         stopping.after_epoch(self.plan, stage, st, rt.epochs, self.opts.patience)
         self.reporter.epoch_end(f"stage {k + 1} {stage.name} epoch {cur.epoch}/{rt.epochs}: "

@@ -52,3 +52,13 @@ def complexity(plan: Plan, stage: Stage, st: RunState, params: int) -> float | N
         st.run_stop = StopReason.COMPLEXITY.value
     st.prev_score = score if st.prev_score is None else min(score, st.prev_score)
     return score
+
+
+def take_best(stage: Stage, st: RunState, val: dict[str, float]) -> bool:
+    """Whether this epoch's model is the run's best so far (then recorded as such): the highest
+    validation accuracy, or for a language model the lowest validation loss."""
+    score = val["acc"] if "acc" in val else -val["loss"]
+    if stage.uses_head and (st.best is None or score > st.best):
+        st.best = score
+        return True
+    return False
