@@ -14,6 +14,8 @@ from torch import nn
 
 from stagetrain.plan import Stage
 
+LBFGS_ITERS = 50  # L-BFGS iterations per step (a full-batch stage takes one step per epoch)
+
 
 def param_groups(stage: Stage, groups: dict[str, nn.Module]) -> list[dict[str, Any]]:
     """One optimizer group per group with trainable parameters, LR stage.lr * lr_scale[name]."""
@@ -38,6 +40,9 @@ def build_optimizer(stage: Stage, groups: list[dict[str, Any]], fused: bool = Tr
         return torch.optim.Adam(groups, lr=stage.lr, weight_decay=stage.weight_decay, **fast)
     if stage.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay, **fast)
+    if stage.optimizer == "lbfgs":  # full batch (engine/solver.py): one group, a line search instead of an LR
+        return torch.optim.LBFGS(params, lr=stage.lr, max_iter=LBFGS_ITERS, history_size=20,
+                                 line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
     raise ValueError(f"unknown optimizer {stage.optimizer!r}")
 
 

@@ -19,13 +19,13 @@ from stagetrain import distributed
 from stagetrain.checkpoint import save, set_rng_state, snapshot
 from stagetrain.checkpoint.schema import restore
 from stagetrain.data import DataBundle, epoch_permutation
-from stagetrain.engine import ranks, stopping, streaming
+from stagetrain.engine import ranks, solver, stopping, streaming
 from stagetrain.engine.cache import build_cache
 from stagetrain.engine.evaluate import evaluate
 from stagetrain.engine.growing import PROBE_SAMPLES, grow
 from stagetrain.engine.nonfinite import NonFiniteGuard, checkpoint_may_follow
 from stagetrain.engine.options import EngineOptions
-from stagetrain.engine.runtime import StageRuntime, enter_stage, set_train_mode
+from stagetrain.engine.runtime import StageRuntime, enter_stage, resume_inside, set_train_mode
 from stagetrain.engine.state import RunState, StageState
 from stagetrain.errors import StopRequested
 from stagetrain.growth import apply_op, optimizer_state_by_name
@@ -115,12 +115,7 @@ class Engine:
         self.rt = rt = enter_stage(self.model, stage, self.datasets[stage.dataset], self.plan, self.opts,
                                    self.world, prev, mappings)
         if resuming_inside:
-            saved = restore(pending)
-            if rt.helper is not None and saved.helper is not None:
-                rt.helper.load_state_dict(saved.helper)
-            rt.optimizer.load_state_dict(saved.optimizer)
-            rt.scheduler.load_state_dict(saved.scheduler)
-            set_rng_state(saved.rng)
+            resume_inside(rt, restore(pending))
         else:
             self._log({"event": "stage_start", "stage": k + 1, "stage_name": stage.name,
                        "trainable": list(stage.trainable), "objective": stage.objective,
@@ -136,7 +131,7 @@ class Engine:
         self._end_stage(k, stage, rt)
 
     def _train_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
-        st, cur, bs = self.state, self.state.cur, self.opts.batch_size
+        st, cur, bs = self.state, self.state.cur, rt.batch_size
         perm = epoch_permutation(len(rt.indices), self.opts.seed, k, cur.epoch, self.device)
         xs = streaming.epoch_inputs(rt, perm, cur.batch, bs, self.world, self.opts.seed, k, cur.epoch)  # None: memory
         per_sample = rt.step_flops + (rt.prefix_flops if rt.cache is None else 0.0)
@@ -147,12 +142,12 @@ class Engine:
             if m < self.world:  # a last batch smaller than the number of ranks: skipped by all
                 cur.batch = b + 1
                 continue
-            self._step(k, stage, rt, positions, b, None if xs is None else next(xs))
+            passes = self._step(k, stage, rt, positions, b, None if xs is None else next(xs))
             cur.batch = b + 1
             st.global_step += 1
             cur.steps += 1
             cur.samples += m
-            st.charge(flops=per_sample * m)
+            st.charge(flops=per_sample * m * passes)
             self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}")
             stopping.after_step(self.plan, stage, st)
             signal = self.stop_flag.get("signal") if self.world == 1 else self._agreed_stop
@@ -167,8 +162,9 @@ class Engine:
         st.charge(seconds=time.perf_counter() - start)
 
     def _step(self, k: int, stage: Stage, rt: StageRuntime, positions: torch.Tensor, b: int,
-              streamed: torch.Tensor | None) -> None:
-        """One batch (raw inputs read ahead if ``streamed``): forward, checks, backward, steps."""
+              streamed: torch.Tensor | None) -> int:
+        """One batch (raw inputs read ahead if ``streamed``): forward, checks, backward, steps;
+        returns the forward-backward passes it made (L-BFGS: one per loss evaluation)."""
         mine = distributed.shard(positions) if self.world > 1 else positions  # this rank's slice
         idx = mine if rt.all_samples else rt.indices[mine]
         y = rt.data.train.y[idx]
@@ -195,8 +191,10 @@ class Engine:
             look = checkpoint_may_follow(b == rt.steps_per_epoch - 1, self.state.global_step + 1, self.opts.every_steps,
                                          bool(self.stop_flag.get("signal")) or self.world > 1 or budgeted)
             skip = guard.grads(k, stage, rt.optimizer, loss, look)
-        if not skip:
-            rt.optimizer.step()
+        passes = 1
+        if not skip:  # full-batch L-BFGS: its evaluations counted, the loss and logits after it logged
+            loss, logits, passes = (solver.solve(rt, h, y, stage.weight_decay) if stage.optimizer == "lbfgs"
+                                    else (loss, logits, rt.optimizer.step() or 1))
             self.state.nonfinite_streak = 0
         rt.scheduler.step()
         if not skip:  # a skipped batch counts in neither the epoch's loss nor its accuracy
@@ -205,6 +203,7 @@ class Engine:
             if logits is not None:
                 sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += len(mine)
+        return passes
 
     def _end_epoch(self, k: int, stage: Stage, rt: StageRuntime) -> None:
         st, cur = self.state, self.state.cur

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stagetrain.checkpoint import set_rng_state
 from stagetrain.data import DataBundle
 from stagetrain.data.stream import EpochLoader
 from stagetrain.engine.options import EngineOptions
@@ -111,6 +112,7 @@ class StageRuntime:
     cache_note: str = "off"  # off | pending | on (...) | off (why)
     all_samples: bool = False  # indices are 0..n-1 of the training split: no gather per batch
     loader: Any = None  # data.stream.EpochLoader of a streamed training split
+    batch_size: int = 0  # the stage's batch: train.batch_size, or every sample for full-batch L-BFGS
 
 
 def prepare(model: StagedModel, stage: Stage, x: torch.Tensor, y: torch.Tensor
@@ -165,7 +167,8 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     probe = indices[:PROBE_BATCH]
     x, y = data.normalize(data.train.x[probe], plan.input_norm), data.train.y[probe]
     helper, prefix, step_flops, prefix_flops = prepare(model, stage, x, y)
-    n, bs = len(indices), opts.batch_size
+    n = len(indices)
+    bs = n if stage.optimizer == "lbfgs" else opts.batch_size  # L-BFGS: the whole set is one batch
     spe = steps_per_epoch(n, bs)
     groups = {name: model.group(name) for name in model.group_names}
     if helper is not None:
@@ -182,7 +185,16 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     everything = len(indices) == len(data.train) and bool(torch.equal(indices, torch.arange(n, device=indices.device)))
     return StageRuntime(data, helper, prefix, indices, spe, epochs, total, step_flops, prefix_flops,
                         optimizer, scheduler, step, cache_note="pending" if cacheable else "off",
-                        all_samples=everything, loader=loader)
+                        all_samples=everything, loader=loader, batch_size=bs)
+
+
+def resume_inside(rt: StageRuntime, saved: Any) -> None:
+    """A stage resumed from a mid-stage checkpoint: its helper, optimizer, schedule and RNGs."""
+    if rt.helper is not None and saved.helper is not None:
+        rt.helper.load_state_dict(saved.helper)
+    rt.optimizer.load_state_dict(saved.optimizer)
+    rt.scheduler.load_state_dict(saved.scheduler)
+    set_rng_state(saved.rng)
 
 
 def build_step(step: nn.Module, opts: EngineOptions, world: int, x: torch.Tensor, y: torch.Tensor) -> nn.Module:

@@ -49,6 +49,8 @@ class Config(StrategyConfig):
     lr_decay: float | None = None
     probe_epochs: int | None = None
     probe_lr: float | None = 0.1
+    probe: str = "lbfgs"  # linear_probe / lp_ft's probe: lbfgs (full batch) | gradient (optim.name at probe_lr)
+    probe_l2: float = 3e-4  # L2 penalty of the L-BFGS probe's weights
     ft_lr_factor: float = 0.1
     lora: LoraConfig = field(default_factory=LoraConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -117,6 +119,9 @@ def _validate_numbers(s: Any) -> None:
         value = getattr(s, key)
         if value is not None and not value > 0:
             raise StagetrainError(f"strategy.{key}={value} is out of range: it must be > 0.")
+    check_choice("strategy.probe", s.probe, ("lbfgs", "gradient"))
+    if not s.probe_l2 >= 0:
+        raise StagetrainError(f"strategy.probe_l2={s.probe_l2} is out of range: it must be >= 0 (0: no penalty).")
     if s.freeze_blocks < 0 or s.lora.rank < 1 or s.lora.alpha <= 0:
         raise StagetrainError("strategy.freeze_blocks must be >= 0, strategy.lora.rank >= 1 and strategy.lora.alpha > 0.")
 

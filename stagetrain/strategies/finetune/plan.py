@@ -147,6 +147,7 @@ def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list
 # costs a few percent of a full step, and at 1x (20 epochs, ~220 steps on digits) it stopped
 # at 0.40 test accuracy, still descending (issue 17).
 PROBE_EPOCHS = 5
+LBFGS_EPOCHS = 5  # strategy.probe=lbfgs: 5 full-batch steps of optim.LBFGS_ITERS iterations (or probe_epochs)
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
@@ -171,12 +172,18 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         return stage_from_cfg(cfg, name=name, epochs=max(1, n), trainable=trainable, lr=kw.pop("lr", lr),
                               lr_scale=lr_scale, bn=s.bn, cache=s.cache, **kw)
 
+    def probe_stage(name: str, n: int) -> Stage:  # full-batch L-BFGS (engine/solver.py), or probe_lr
+        if s.probe == "lbfgs":
+            return stage(name, ["head"], int(s.probe_epochs or LBFGS_EPOCHS), optimizer="lbfgs", lr=1.0, sched="constant",
+                         weight_decay=float(s.probe_l2))
+        return stage(name, ["head"], n, lr=probe_lr)
+
     plan = Plan("finetune", _pretrain_stages(cfg, spec) if s.pretrain.enabled else [])
     mode = s.mode
     if mode == "full":
         plan.stages += [stage("finetune-full", groups, epochs)]
-    elif mode == "linear_probe":  # head only, on cached features: cheap epochs, a head-sized LR
-        plan.stages += [stage("linear-probe", ["head"], int(s.probe_epochs or PROBE_EPOCHS * epochs), lr=probe_lr)]
+    elif mode == "linear_probe":  # head only, on cached features
+        plan.stages += [probe_stage("linear-probe", int(s.probe_epochs or PROBE_EPOCHS * epochs))]
     elif mode == "partial":
         kept = (stem if s.freeze_blocks == 0 else []) + blocks[s.freeze_blocks:]
         plan.stages += [stage(f"partial-{s.freeze_blocks}", [*kept, "head"], epochs)]
@@ -191,7 +198,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         plan.optimizer_state = "map"  # moments of already-trainable groups carry over
     elif mode == "lp_ft":
         probe = int(s.probe_epochs or max(1, epochs // 2))
-        plan.stages += [stage("lp", ["head"], probe, lr=probe_lr),
+        plan.stages += [probe_stage("lp", probe),
                         stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
     elif mode == "bitfit":
         partial = {g: ["*bias"] for g in stem + blocks}
