@@ -150,6 +150,15 @@ PROBE_EPOCHS = 5
 LBFGS_EPOCHS = 5  # strategy.probe=lbfgs: 5 full-batch steps of optim.LBFGS_ITERS iterations (or probe_epochs)
 
 
+def _probe(stage: Any, s: Any, name: str, n: int, probe_lr: float) -> Stage:
+    """A head-only stage on a frozen backbone: full-batch L-BFGS (engine/solver.py), or the
+    run's optimizer at ``probe_lr`` for n epochs (``strategy.probe=gradient``)."""
+    if s.probe == "lbfgs":
+        return stage(name, ["head"], int(s.probe_epochs or LBFGS_EPOCHS), optimizer="lbfgs", lr=1.0,
+                     sched="constant", weight_decay=float(s.probe_l2))
+    return stage(name, ["head"], n, lr=probe_lr)
+
+
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     blocks = [b["name"] for b in spec["blocks"]]
@@ -172,18 +181,12 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         return stage_from_cfg(cfg, name=name, epochs=max(1, n), trainable=trainable, lr=kw.pop("lr", lr),
                               lr_scale=lr_scale, bn=s.bn, cache=s.cache, **kw)
 
-    def probe_stage(name: str, n: int) -> Stage:  # full-batch L-BFGS (engine/solver.py), or probe_lr
-        if s.probe == "lbfgs":
-            return stage(name, ["head"], int(s.probe_epochs or LBFGS_EPOCHS), optimizer="lbfgs", lr=1.0, sched="constant",
-                         weight_decay=float(s.probe_l2))
-        return stage(name, ["head"], n, lr=probe_lr)
-
     plan = Plan("finetune", _pretrain_stages(cfg, spec) if s.pretrain.enabled else [])
     mode = s.mode
     if mode == "full":
         plan.stages += [stage("finetune-full", groups, epochs)]
     elif mode == "linear_probe":  # head only, on cached features
-        plan.stages += [probe_stage("linear-probe", int(s.probe_epochs or PROBE_EPOCHS * epochs))]
+        plan.stages += [_probe(stage, s, "linear-probe", int(s.probe_epochs or PROBE_EPOCHS * epochs), probe_lr)]
     elif mode == "partial":
         kept = (stem if s.freeze_blocks == 0 else []) + blocks[s.freeze_blocks:]
         plan.stages += [stage(f"partial-{s.freeze_blocks}", [*kept, "head"], epochs)]
@@ -198,7 +201,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         plan.optimizer_state = "map"  # moments of already-trainable groups carry over
     elif mode == "lp_ft":
         probe = int(s.probe_epochs or max(1, epochs // 2))
-        plan.stages += [probe_stage("lp", probe),
+        plan.stages += [_probe(stage, s, "lp", probe, probe_lr),
                         stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
     elif mode == "bitfit":
         partial = {g: ["*bias"] for g in stem + blocks}
