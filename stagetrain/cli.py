@@ -100,9 +100,17 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     summary and ``stagetrain-report`` list it. Re-running the sweep with ``resume=auto``
     starts such a job again from scratch.
     """
+    from stagetrain import runlock
+
+    if runlock.was_refused(run_dir):  # another process is writing this job: never write there
+        return {"status": "failed", "run_dir": str(runlock.identity(run_dir)), "error": message,
+                "stages": [], "final": {}}
     rundir = RunDir(run_dir)
     if rundir.has_run():  # train() recorded it, or the directory holds an earlier run: keep that
-        info = rundir.read_run_json()
+        try:
+            info = rundir.read_run_json()
+        except StagetrainError as e:  # unreadable: leave it as it is for the user to look at
+            return {"status": "failed", "run_dir": str(run_dir), "error": f"{message} ({e})"}
         if not (info.get("status") == "failed" and not info.get("stages")):
             return info
     try:
@@ -122,9 +130,13 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     from stagetrain.launch import requeue_after_stop
     from stagetrain.runner import train
 
+    from stagetrain import runlock
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    took = False
     try:
+        took = runlock.hold(run_dir)  # no two processes write one run (a sweep's job, a default dir)
         info = train(cfg, run_dir)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
@@ -143,7 +155,8 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
             print(f"Error: {message}", file=sys.stderr)
         if multirun and not stopped:  # one failed job must not stop the sweep
             return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
-        RunDir(run_dir).remove_if_unused()
+        if not isinstance(e, runlock.RunDirBusy):  # another process's directory: not ours to clean
+            RunDir(run_dir).remove_if_unused()
         # A signal stops the whole sweep too (SystemExit passes through Hydra's launchers);
         # re-running it with resume=auto continues this job and skips the completed ones.
         sys.exit((EXIT_INTERRUPTED if str(e) == "SIGINT" else EXIT_STOPPED) if stopped else 1)
@@ -165,6 +178,9 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise
+    finally:
+        if took and multirun:  # the next job of this sweep process locks its own directory
+            runlock.release(run_dir)
     last["info"] = info
     if info.get("dry_run"):
         RunDir(run_dir).remove_if_unused()

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from stagetrain import runlock
 from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.override_errors import (
     check_grammar,
@@ -40,8 +41,7 @@ def check_command_line(argv: list[str]) -> list[str]:
     The returned overrides (``hydra.output_subdir=null`` when the run directory already
     holds a run) keep Hydra from rewriting files an earlier run wrote.
     """
-    while _held:  # a new command in this process: the previous one has ended
-        os.close(_held.pop())
+    runlock.release_all()  # a new command in this process: the previous one has ended
     args = _parse_args(argv)
     if args is None or args.help or args.hydra_help or args.info or args.shell_completion \
             or args.experimental_rerun:
@@ -71,12 +71,17 @@ def check_command_line(argv: list[str]) -> list[str]:
     if cfg is None:
         return []
     _check_missing(loader, cfg)
-    if multirun or args.cfg:
-        return []  # a sweep's jobs are validated one by one as they run
+    if args.cfg:
+        return []
+    if multirun:  # a sweep's jobs are validated (and locked) one by one as they run
+        sweep_dir = _explicit(parsed, "hydra.sweep.dir")
+        if sweep_dir is not None:
+            runlock.hold(sweep_dir, "sweep directory")
+        return []
     extra, lock = _check_run_dir(cfg, parsed)
     _validate(cfg)
     if lock is not None:
-        _lock(lock)
+        runlock.hold(lock)
     return extra
 
 
@@ -233,8 +238,7 @@ def _validate(cfg: DictConfig) -> None:
 def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path | None]:
     """Refuse before Hydra writes anything into a directory it must not touch; returns the
     overrides to add and the named run directory to lock."""
-    explicit = next((o.get_value_element_as_str() for o in parsed
-                     if o.key_or_group == "hydra.run.dir" and not o.is_delete()), None)
+    explicit = _explicit(parsed, "hydra.run.dir")
     resume = str(cfg.resume)
     if resume.strip() == "":
         raise StagetrainError("resume= is empty: use resume=never (a new run, the default), resume=auto "
@@ -250,35 +254,18 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
         target = explicit
     if target is None:
         return [], None
-    path = Path(target).expanduser()
+    path = runlock.identity(target)  # the run's one name, for the lock and every message
     if not (path / "run.json").is_file():
         return [], path
     if resume == "never":
-        raise run_exists_error(target)
+        raise run_exists_error(path)
     return ["hydra.output_subdir=null"], path  # keep the run's own .hydra/ as it is
 
 
-_held: list[int] = []  # directory locks held until this process exits
-
-
-def _lock(path: Path) -> None:
-    """One process per named run directory: two launches into the same hydra.run.dir (or
-    resume=<dir>) at the same time would both start a run there; the second is refused.
-    The lock (flock on the directory) goes away with the process, also after kill -9."""
-    import errno
-    import fcntl
-
-    if os.environ.get("RANK", "0") != "0":
-        return  # torchrun: only rank 0 writes the run directory
-    path.mkdir(parents=True, exist_ok=True)  # Hydra makes it next; removed again if nothing runs
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise StagetrainError(
-                f"Another stagetrain process is using the run directory {path} right now; "
-                "wait for it to end, or use another hydra.run.dir.") from None
-        return  # a file system without locks: nothing more to check
-    _held.append(fd)
+def _explicit(parsed: list[Any], key: str) -> str | None:
+    """The value an override gives ``key``, unescaped as Hydra will use it (``my\\ runs`` is
+    the directory ``my runs``); None when not given or a sweep."""
+    for o in parsed:
+        if o.key_or_group == key and not o.is_delete() and not o.is_sweep_override():
+            return str(o.value())
+    return None

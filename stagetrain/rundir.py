@@ -20,6 +20,7 @@ from typing import Any
 
 from stagetrain import distributed
 from stagetrain.checkpoint import atomic_write, write_error
+from stagetrain.errors import StagetrainError
 
 HYDRA_FILES = {".hydra", "stagetrain.log"}
 
@@ -71,7 +72,19 @@ class RunDir:
         return self.run_json.exists()
 
     def read_run_json(self) -> dict[str, Any]:
-        return json.loads(self.run_json.read_text())
+        """run.json as a dict; StagetrainError naming the file when it cannot be read
+        (truncated by a full disk, hand-edited, not a JSON object)."""
+        try:
+            info = json.loads(self.run_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StagetrainError(
+                f"Could not read {self.run_json}: {e}. The run's status is unknown; move the "
+                "directory aside, or restore run.json (its config is also in .hydra/config.yaml), "
+                "then try again.") from None
+        if not isinstance(info, dict):
+            raise StagetrainError(f"Could not read {self.run_json}: it holds a JSON {type(info).__name__}, "
+                                  "not a run record. Move the directory aside or restore run.json.")
+        return info
 
     def write_run_json(self, info: dict[str, Any]) -> None:
         try:
