@@ -126,11 +126,10 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
 
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
+    from stagetrain import runlock
     from stagetrain.errors import StopRequested
     from stagetrain.launch import requeue_after_stop
     from stagetrain.runner import train
-
-    from stagetrain import runlock
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
