@@ -21,6 +21,7 @@ from typing import Any
 from stagetrain import distributed
 from stagetrain.checkpoint import atomic_write, write_error
 from stagetrain.errors import StagetrainError
+from stagetrain.runread import read_events
 
 HYDRA_FILES = {".hydra", "stagetrain.log"}
 
@@ -213,13 +214,6 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All events of a metrics.jsonl; a half-written last line (a run being written) is left out."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    events = []
-    for i, line in enumerate(lines):
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise
-    return events
+    """All events of a metrics.jsonl; a half-written last line (a run being written) and
+    lines that are not events (garbage a resumed run kept) are left out."""
+    return read_events(path)[0]
