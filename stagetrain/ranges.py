@@ -20,6 +20,11 @@ SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit (torch takes 64, numpy 
 MAX_CLASSES = 100_000
 MAX_UNITS = 1_000_000  # widths, channels, d_model: more than any CPU or GPU run here can hold
 
+MAX_SAMPLES = 100_000_000
+# upper bounds of sizes, by key prefix: checked before anything is built or allocated
+SIZE_CAPS = (("model.kwargs", 2**62), ("model.", MAX_UNITS), ("strategy.widths", MAX_UNITS),
+             ("strategy.depths", 1000), ("dataset.shape", MAX_UNITS), ("dataset.n_", MAX_SAMPLES),
+             ("dataset.max_train", MAX_SAMPLES))
 # key -> (low, high, low inclusive, high inclusive); None: unbounded on that side
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "seed": (0, SEED_MAX, True, True),
@@ -86,5 +91,9 @@ def check_numbers(cfg: Any) -> None:
             raise StagetrainError(f"{key}={value} is out of range: it must be "
                                   f"{_bounds_text(low, high, low_in, high_in)}.")
     for key, value in leaves:
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**62:
-            raise StagetrainError(f"{key}={value} is out of range: numbers above 2^62 cannot be used.")
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        cap = next((c for prefix, c in SIZE_CAPS if key.startswith(prefix)), 2**62)
+        if abs(value) > cap:
+            raise StagetrainError(f"{key}={value} is out of range: it must be at most {cap:,}"
+                                  f"{' (a size of the model or the data)' if cap < 2**62 else ''}.")
