@@ -64,6 +64,8 @@ def check_command_line(argv: list[str]) -> list[str]:
     for job in _variants(parsed) if multirun else [list(args.overrides)]:
         try:
             composed = loader.load_configuration(config_name, job, RunMode.RUN)
+        except StagetrainError:
+            raise
         except Exception as e:  # noqa: BLE001
             explain(loader, config_name, job, e)  # raises what it can explain
             return []  # Hydra will say what is wrong
@@ -115,6 +117,7 @@ def _loader(config_dir: str | None) -> Any:
 
         def load_config(self, config_path: str) -> Any:
             if config_path not in self.shared:
+                _check_user_file(self.delegate, config_path)
                 self.shared[config_path] = self.delegate.load_config(config_path=config_path)
             return copy.deepcopy(self.shared[config_path])  # Hydra may modify what it loads
 
@@ -140,6 +143,17 @@ def _loader(config_dir: str | None) -> Any:
     loader = Loader(config_search_path=search_path)
     loader.shared = {}
     return loader
+
+
+def _check_user_file(repository: Any, config_path: str) -> None:
+    """A config file from the user's --config-dir: bounded in size and alias expansion."""
+    from hydra.core.object_type import ObjectType
+
+    from stagetrain.yamlguard import check_yaml_file
+
+    source = repository._find_object_source(config_path, ObjectType.CONFIG)
+    if source is not None and source.scheme() == "file":
+        check_yaml_file(os.path.join(source.path, source._normalize_file_name(config_path)))
 
 
 def _values(override: Any) -> list[str]:
