@@ -124,6 +124,18 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     return info
 
 
+def _train(train: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``train``, with a file-system failure (a full disk, a read-only mount, a path that is a
+    file) turned into one paragraph naming the path and the cause."""
+    from stagetrain.runlock import fs_error
+
+    try:
+        return train(cfg, run_dir)
+    except OSError as e:
+        path = e.filename if e.filename else run_dir
+        raise fs_error(path, "write", e) from None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     from stagetrain import runlock
@@ -136,7 +148,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     took = False
     try:
         took = runlock.hold(run_dir)  # no two processes write one run (a sweep's job, a default dir)
-        info = train(cfg, run_dir)
+        info = _train(train, cfg, run_dir)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "

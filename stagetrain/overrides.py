@@ -79,6 +79,8 @@ def check_command_line(argv: list[str]) -> list[str]:
         sweep_dir = _explicit(parsed, "hydra.sweep.dir")
         if sweep_dir is not None:
             runlock.hold(sweep_dir, "sweep directory")
+        else:
+            runlock.check_creatable("outputs", "sweep directories under")
         return []
     extra, lock = _check_run_dir(cfg, parsed)
     _validate(cfg)
@@ -266,7 +268,8 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
         target: str | None = explicit or resume
     else:
         target = explicit
-    if target is None:
+    if target is None:  # a new directory under outputs/: refused here if it cannot be made
+        runlock.check_creatable("outputs", "run directories under")
         return [], None
     path = runlock.identity(target)  # the run's one name, for the lock and every message
     if not (path / "run.json").is_file():

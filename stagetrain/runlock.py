@@ -52,7 +52,7 @@ def fs_error(path: object, action: str, e: BaseException) -> StagetrainError:
         errno.ELOOP: "a symbolic link in that path points back at itself: fix or remove the link",
         errno.ENAMETOOLONG: "use a shorter path",
     }.get(code, "check the path and the file system")
-    if "symbolic link" in str(e) and code is None:
+    if code is None and ("symbolic link" in str(e) or "Symlink loop" in str(e)):
         hint = "a symbolic link in that path points back at itself: fix or remove the link"
     return StagetrainError(f"Could not {action} {path}: {cause}; {hint}.")
 
@@ -108,3 +108,20 @@ def release_all() -> None:
     _refused.clear()
     while _held:
         os.close(_held.popitem()[1])
+
+
+def check_creatable(path: str | os.PathLike, what: str = "run directory") -> None:
+    """Refuse, without writing anything, a directory that cannot be created: the nearest
+    existing ancestor must be a directory this process may write to."""
+    target = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    for parent in [target, *target.parents]:
+        if not os.path.lexists(parent):
+            continue
+        if not parent.is_dir():
+            e = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            raise fs_error(target, f"create the {what}", e)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            ro = os.statvfs(parent).f_flag & os.ST_RDONLY
+            code = errno.EROFS if ro else errno.EACCES
+            raise fs_error(target, f"create the {what} (in {parent})", OSError(code, os.strerror(code)))
+        return
