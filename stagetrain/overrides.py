@@ -276,6 +276,13 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
         return [], path
     if resume == "never":
         raise run_exists_error(path)
+    from stagetrain.runread import read_info
+
+    info = read_info(path)  # refused here, before Hydra appends to the run's log
+    if info["status"] == "unreadable":
+        raise StagetrainError(f"Could not read {path / 'run.json'} ({info['error']}). The run's status is "
+                              "unknown; move the directory aside, or restore run.json (its config is also in "
+                              ".hydra/config.yaml), then try again.")
     return ["hydra.output_subdir=null"], path  # keep the run's own .hydra/ as it is
 
 

@@ -105,7 +105,7 @@ def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Spli
         if "not found" in str(e).lower():
             raise StagetrainError(missing_data_message(name, root_path)) from None
         raise StagetrainError(unreadable_message(name, root_path, e)) from None
-    except (AssertionError, ValueError, IndexError, OSError, EOFError, KeyError) as e:
+    except (AssertionError, ValueError, TypeError, IndexError, OSError, EOFError, KeyError) as e:
         raise StagetrainError(unreadable_message(name, root_path, e)) from None
     splits = []
     for train, part in zip((True, False), parts, strict=True):
