@@ -203,7 +203,41 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     return info
 
 
+class _Terminated(SystemExit):
+    """SIGTERM before training started (its own handler takes over then)."""
+
+
+def _terminate(sig: int, frame: Any) -> None:
+    raise _Terminated(128 + sig)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``_main`` with SIGTERM before training turned into a clean exit: whatever this
+    process created for a run that never started (its run directory) is removed."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        _main(argv)
+    except _Terminated:
+        from stagetrain.rundir import discard_reserved
+
+        discard_reserved()
+        log.error("Stopped by SIGTERM outside training; a run directory that held no run yet was removed.")
+        raise
+    finally:
+        from stagetrain import runlock
+        from stagetrain.rundir import RESERVED
+
+        runlock.release_all()  # the command has ended: its run (or sweep) is free for the next one
+        RESERVED.clear()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None = None) -> None:
     """The console script: check the command line, then hand it to Hydra.
 
     Malformed input (unknown key, bad group option, wrong type, bad value, broken YAML, a

@@ -24,6 +24,7 @@ from stagetrain.errors import StagetrainError
 from stagetrain.runread import read_events
 
 HYDRA_FILES = {".hydra", "stagetrain.log"}
+RESERVED: list[str] = []  # run directories this process created with reserve_run_dir
 
 
 def _draw_run_dir_name(strategy: str) -> str:
@@ -46,11 +47,13 @@ def reserve_run_dir(strategy: str) -> str:
     if distributed.rank() == 0:
         while name is None:
             candidate = Path(_draw_run_dir_name(strategy))
+            RESERVED.append(str(candidate))  # removed again if a signal ends the process before training
             candidate.parent.mkdir(parents=True, exist_ok=True)
             try:
                 candidate.mkdir()
                 name = str(candidate)
-            except FileExistsError:
+            except FileExistsError:  # another process's: never ours to remove
+                RESERVED.pop()
                 continue
     return distributed.agree(name)
 
@@ -135,6 +138,17 @@ class RunDir:
         if {p.name for p in self.path.iterdir()} - HYDRA_FILES:
             return
         remove_tree_and_empty_parents(self.path)
+
+
+def discard_reserved() -> None:
+    """Remove what ``reserve_run_dir`` made in this process for runs that never started
+    (a signal before training): the empty directory and the empty ``outputs/<date>/`` above."""
+    while RESERVED:
+        path = Path(RESERVED.pop())
+        if path.is_dir():
+            RunDir(path).remove_if_unused()
+        elif path.parent.is_dir() and not any(path.parent.iterdir()):
+            remove_tree_and_empty_parents(path.parent)
 
 
 def _alive(pid: int) -> bool:

@@ -71,6 +71,10 @@ def load_source(source: str, which: str = "best") -> Source:
     else:
         bare = _bare_state(data)
         src = Source(path, digest, None, bare) if bare is not None else Source(path, digest, *weights(ckpt.load(path)))
+    bad = next((k for k, v in src.state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise StagetrainError(f"strategy.source={path}: its weight {bad} holds NaN or inf values; a run started "
+                              "from it could not train. Use a checkpoint from before the weights diverged.")
     if src.arch is not None:  # a spec read from a file is data: checked before anything is built from it
         from stagetrain.preflight import check_spec
 
