@@ -187,7 +187,18 @@ def _sources(base: Path) -> dict[str, Path]:
     crafted("arch_string_width", {**spec, "blocks": [{**spec["blocks"][0], "out": "wide"}]})
     crafted("arch_params", {**spec, "blocks": [{**spec["blocks"][0], "out": 900_000},
                                                {**spec["blocks"][0], "name": "b2", "in": 900_000, "out": 900_000}]})
+    nan_model = {k: v.clone() for k, v in state["model"].items()}
+    first = next(iter(nan_model))
+    nan_model[first].view(-1)[0] = float("nan")
+    s = {**state, "model": nan_model}
+    s["sha256"] = ckpt.digest(s)
+    torch.save(s, base / "nan_weights.pt")
+    torch.save(nan_model, base / "nan_bare.pth")  # a bare state dict (no architecture)
+    out.update(src_nan_weights=base / "nan_weights.pt", src_nan_bare=base / "nan_bare.pth")
     tensors = {k: v.contiguous() for k, v in state["model"].items()}
+    save_file({**tensors, first: torch.full_like(tensors[first], float("inf"))}, str(base / "inf.safetensors"),
+              metadata={"arch": json.dumps(spec)})
+    out["src_inf_safetensors"] = base / "inf.safetensors"
     for name, meta in {"st_bad_json": "{not json", "st_huge": json.dumps({**spec, "head": {"in": 8, "out": 10**9}})}.items():
         save_file(tensors, str(base / f"{name}.safetensors"), metadata={"arch": meta})
         out[f"src_{name}"] = base / f"{name}.safetensors"
@@ -250,6 +261,9 @@ CASES += [
     ([*FT, "strategy.source={src_arch_params}"], ["arch_params.pt has", "parameters, more than"]),
     ([*FT, "strategy.source={src_st_bad_json}"], ["st_bad_json.safetensors", "not valid JSON"]),
     ([*FT, "strategy.source={src_st_huge}"], ["st_huge.safetensors is not valid", "out of range"]),
+    ([*FT, "strategy.source={src_nan_weights}"], ["nan_weights.pt: its weight", "NaN or inf"]),
+    ([*FT, "strategy.source={src_nan_bare}"], ["nan_bare.pth: its weight", "NaN or inf"]),
+    ([*FT, "strategy.source={src_inf_safetensors}"], ["inf.safetensors: its weight", "NaN or inf"]),
     # ---- YAML from --config-dir: size and alias expansion bounded
     ([*CD, "experiment=bomb", *TRAIN], ["bomb.yaml uses YAML aliases", "100,000"]),
     ([*CD, "experiment=huge", *TRAIN], ["huge.yaml is 2,000,028 bytes"]),
