@@ -124,16 +124,33 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     return info
 
 
-def _train(train: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """``train``, with a file-system failure (a full disk, a read-only mount, a path that is a
-    file) turned into one paragraph naming the path and the cause."""
-    from stagetrain.runlock import fs_error
+def _train(train: Any, cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any]:
+    """``train`` under the run directory's lock (no two processes write one run: a sweep's
+    job, a default directory), with a file-system failure (a full disk, a read-only mount, a
+    path that is a file) turned into one paragraph naming the path and the cause."""
+    from stagetrain import runlock
 
+    took = runlock.hold(run_dir)
     try:
         return train(cfg, run_dir)
     except OSError as e:
-        path = e.filename if e.filename else run_dir
-        raise fs_error(path, "write", e) from None
+        raise runlock.fs_error(e.filename or run_dir, "write", e) from None
+    finally:
+        if took and multirun:  # the next job of this sweep process locks its own directory
+            runlock.release(run_dir)
+
+
+def _say(message: str, console: bool) -> None:
+    """A failure in the log; for the console script also as its one ``Error:`` paragraph
+    (the run's log keeps it too, off the console)."""
+    if not console:
+        log.error("%s", message)  # a sweep's job, or a stop the user continues
+        return
+    from stagetrain.progress import FILE_ONLY, keep_file_only_off_the_console
+
+    keep_file_only_off_the_console()
+    log.error("%s", message, extra=FILE_ONLY)
+    print(f"Error: {message}", file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
@@ -145,10 +162,8 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    took = False
     try:
-        took = runlock.hold(run_dir)  # no two processes write one run (a sweep's job, a default dir)
-        info = _train(train, cfg, run_dir)
+        info = _train(train, cfg, run_dir, multirun)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
@@ -156,14 +171,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
-        if stopped or multirun:
-            log.error("%s", message)  # not requeued: the user continues the run
-        else:  # the console script's one-paragraph error; the run's log keeps it too
-            from stagetrain.progress import FILE_ONLY, keep_file_only_off_the_console
-
-            keep_file_only_off_the_console()
-            log.error("%s", message, extra=FILE_ONLY)
-            print(f"Error: {message}", file=sys.stderr)
+        _say(message, console=not (stopped or multirun))
         if multirun and not stopped:  # one failed job must not stop the sweep
             return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
         if not isinstance(e, runlock.RunDirBusy):  # another process's directory: not ours to clean
@@ -189,9 +197,6 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise
-    finally:
-        if took and multirun:  # the next job of this sweep process locks its own directory
-            runlock.release(run_dir)
     last["info"] = info
     if info.get("dry_run"):
         RunDir(run_dir).remove_if_unused()
