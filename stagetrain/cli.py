@@ -124,46 +124,18 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     return info
 
 
-def _train(train: Any, cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any]:
-    """``train`` under the run directory's lock (no two processes write one run: a sweep's
-    job, a default directory), with a file-system failure (a full disk, a read-only mount, a
-    path that is a file) turned into one paragraph naming the path and the cause."""
-    from stagetrain import runlock
-
-    took = runlock.hold(run_dir)
-    try:
-        return train(cfg, run_dir)
-    except OSError as e:
-        raise runlock.fs_error(e.filename or run_dir, "write", e) from None
-    finally:
-        if took and multirun:  # the next job of this sweep process locks its own directory
-            runlock.release(run_dir)
-
-
-def _say(message: str, console: bool) -> None:
-    """A failure in the log; for the console script also as its one ``Error:`` paragraph
-    (the run's log keeps it too, off the console)."""
-    if not console:
-        log.error("%s", message)  # a sweep's job, or a stop the user continues
-        return
-    from stagetrain.progress import FILE_ONLY, keep_file_only_off_the_console
-
-    keep_file_only_off_the_console()
-    log.error("%s", message, extra=FILE_ONLY)
-    print(f"Error: {message}", file=sys.stderr)
-
-
 @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     from stagetrain import runlock
     from stagetrain.errors import StopRequested
+    from stagetrain.guard import locked_train, say_error
     from stagetrain.launch import requeue_after_stop
     from stagetrain.runner import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        info = _train(train, cfg, run_dir, multirun)
+        info = locked_train(train, cfg, run_dir, multirun)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
@@ -171,7 +143,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
-        _say(message, console=not (stopped or multirun))
+        say_error(message, not (stopped or multirun), run_dir)
         if multirun and not stopped:  # one failed job must not stop the sweep
             return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
         if not isinstance(e, runlock.RunDirBusy):  # another process's directory: not ours to clean
@@ -208,38 +180,13 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     return info
 
 
-class _Terminated(SystemExit):
-    """SIGTERM before training started (its own handler takes over then)."""
-
-
-def _terminate(sig: int, frame: Any) -> None:
-    raise _Terminated(128 + sig)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """``_main`` with SIGTERM before training turned into a clean exit: whatever this
-    process created for a run that never started (its run directory) is removed."""
-    import signal
-    import threading
+    """The console script (``_main``), with SIGTERM before training a clean exit and every
+    lock released when the command ends (``guard.command``)."""
+    from stagetrain.guard import command
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
-    try:
+    with command():
         _main(argv)
-    except _Terminated:
-        from stagetrain.rundir import discard_reserved
-
-        discard_reserved()
-        log.error("Stopped by SIGTERM outside training; a run directory that held no run yet was removed.")
-        raise
-    finally:
-        from stagetrain import runlock
-        from stagetrain.rundir import RESERVED
-
-        runlock.release_all()  # the command has ended: its run (or sweep) is free for the next one
-        RESERVED.clear()
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str] | None = None) -> None:
