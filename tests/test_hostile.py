@@ -273,7 +273,7 @@ CASES += [
     ([*TRAIN, "hydra.run.dir=afile/sub"], ["afile/sub: Not a directory"]),
     ([*TRAIN, "hydra.run.dir=/proc/stagetrain-x"], ["/proc/stagetrain-x"]),
     ([*TRAIN, "hydra.run.dir=/proc/self/status"], ["/status: File exists"]),
-    ([*TRAIN, "hydra.run.dir=/sys/kernel/stagetrain-x"], ["/sys/kernel/stagetrain-x", "may not write"]),
+    ([*TRAIN, "hydra.run.dir=/sys/kernel/stagetrain-x"], ["Could not create the run directory /sys/kernel/stagetrain-x"]),
     ([*TRAIN, "hydra.run.dir=lp"], ["lp", "points back at itself"]),
     ([*TRAIN, "hydra.run.dir=lp/run"], ["lp/run", "points back at itself"]),
     (["-m", *TRAIN, "seed=0,1", "hydra.sweep.dir=afile"], ["sweep directory", "afile: File exists"]),
