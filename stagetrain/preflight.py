@@ -16,7 +16,6 @@ import math
 from typing import Any
 
 from stagetrain.errors import StagetrainError
-from stagetrain.schema import ACTIVATIONS
 
 MAX_BLOCKS = 1000  # blocks of one model; the deepest family default has 12
 MAX_UNITS = 1_000_000  # any one size in a spec: units, channels, classes, tokens
@@ -68,8 +67,10 @@ def _structure(spec: Any) -> None:
         if not isinstance(block, dict) or not isinstance(block.get("name"), str) or block["name"] in names:
             raise ValueError(f"blocks[{i}] is not a block with its own name")
         names.add(block["name"])
+    from stagetrain.models.basic import ACTIVATIONS
+
     for i, part in enumerate([*spec["blocks"], spec["head"], spec.get("stem") or {}]):
-        act = part.get("act")
+        act = part.get("act") if isinstance(part, dict) else None
         if act is not None and act not in ACTIVATIONS:
             raise ValueError(f"part {i} has activation {act!r} (known: {', '.join(ACTIVATIONS)})")
 
@@ -90,6 +91,8 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
 
     from stagetrain.models import StagedModel
 
+    if spec.get("shared"):  # the user's own module (model=custom/torchvision): its code, not data
+        return 0
     try:
         with torch.device("meta"):
             model = StagedModel(spec)
