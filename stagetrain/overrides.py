@@ -119,7 +119,8 @@ def _loader(config_dir: str | None) -> Any:
 
         def load_config(self, config_path: str) -> Any:
             if config_path not in self.shared:
-                _check_user_file(self.delegate, config_path)
+                if config_dir is not None:  # only the user's own files can be hostile
+                    _check_user_file(self.delegate, config_path)
                 self.shared[config_path] = self.delegate.load_config(config_path=config_path)
             return copy.deepcopy(self.shared[config_path])  # Hydra may modify what it loads
 
