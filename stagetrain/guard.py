@@ -72,6 +72,11 @@ def say_error(message: str, console: bool, run_dir: Path) -> None:
     """A failure in the log; for the console script also as its one ``Error:`` paragraph
     (the run's log keeps it too, off the console, unless the launch was refused before it
     wrote anything: an existing run's log is not this launch's to append to)."""
+    from stagetrain import runlock
+
+    if runlock.was_refused(run_dir):  # another process's run: not a line into its log
+        print(f"Error: {message}", file=sys.stderr)
+        return
     if not console:
         log.error("%s", message)  # a sweep's job, or a stop the user continues
         return

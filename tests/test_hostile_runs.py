@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,3 +135,27 @@ def test_an_all_zero_test_split_is_warned_about(tmp_path, capsys):
                      f"hydra.run.dir={tmp_path / 'run'}", "progress=plain"]) == 0
     log = (tmp_path / "run" / "stagetrain.log").read_text()
     assert "test split" in log and "every image is the same constant value (0)" in log
+
+
+def test_a_sweep_job_whose_directory_another_process_holds_is_skipped_untouched(tmp_path, good_run, capsys):  # noqa: F811
+    from hostile import fingerprint
+    from test_hostile import LOCKER
+
+    shutil.copytree(good_run, tmp_path / "sweep" / "0")
+    info = json.loads((tmp_path / "sweep" / "0" / "run.json").read_text())
+    (tmp_path / "sweep" / "0" / "run.json").write_text(json.dumps({**info, "status": "stopped"}))
+    before = fingerprint(tmp_path / "sweep" / "0")
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path / "sweep" / "0")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        code = run_main(["-m", *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", "resume=auto"])
+    finally:
+        locker.kill()
+        locker.wait()
+    out = capsys.readouterr()
+    assert code == 1 and "Another stagetrain process is using the run directory" in out.err, out.out + out.err
+    assert "1 of 2 jobs did not complete" in out.out  # listed, with how to retry it
+    assert "Traceback" not in out.out + out.err
+    assert fingerprint(tmp_path / "sweep" / "0") == before, "the held job's directory was written"
+    assert json.loads((tmp_path / "sweep" / "1" / "run.json").read_text())["status"] == "completed"
