@@ -105,9 +105,17 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     summary and ``stagetrain-report`` list it. Re-running the sweep with ``resume=auto``
     starts such a job again from scratch.
     """
+    from stagetrain import runlock
+
+    if runlock.was_refused(run_dir):  # another process is writing this job: never write there
+        return {"status": "failed", "run_dir": str(runlock.identity(run_dir)), "error": message,
+                "stages": [], "final": {}}
     rundir = RunDir(run_dir)
     if rundir.has_run():  # train() recorded it, or the directory holds an earlier run: keep that
-        info = rundir.read_run_json()
+        try:
+            info = rundir.read_run_json()
+        except StagetrainError as e:  # unreadable: leave it as it is for the user to look at
+            return {"status": "failed", "run_dir": str(run_dir), "error": f"{message} ({e})"}
         if not (info.get("status") == "failed" and not info.get("stages")):
             return info
     try:
@@ -138,13 +146,15 @@ def hydra_main(cfg: DictConfig) -> float:
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     """Train one job in Hydra's output directory; returns its run record (a failed sweep
     job's too: record_failure); a single run's failure exits here."""
+    from stagetrain import runlock
     from stagetrain.errors import StopRequested
+    from stagetrain.guard import locked_train, say_error
     from stagetrain.launch import requeue_after_stop
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        info = _train(cfg, run_dir)
+        info = locked_train(_train, cfg, run_dir, multirun)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
@@ -152,17 +162,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
-        if stopped or multirun:
-            log.error("%s", message)  # not requeued: the user continues the run
-        else:  # the console script's one-paragraph error; the run's log keeps it too
-            from stagetrain.progress import FILE_ONLY, keep_file_only_off_the_console
-
-            keep_file_only_off_the_console()
-            log.error("%s", message, extra=FILE_ONLY)
-            print(f"Error: {message}", file=sys.stderr)
+        say_error(message, not (stopped or multirun), run_dir)
         if multirun and not stopped:  # one failed job must not stop the sweep
             return record_failure(run_dir, cfg, message) if not cfg.dry_run else {"error": message}
-        RunDir(run_dir).remove_if_unused()
+        if not isinstance(e, runlock.RunDirBusy):  # another process's directory: not ours to clean
+            RunDir(run_dir).remove_if_unused()
         # A signal stops the whole sweep too (SystemExit passes through Hydra's launchers);
         # re-running it with resume=auto continues this job and skips the completed ones.
         sys.exit((EXIT_INTERRUPTED if str(e) == "SIGINT" else EXIT_STOPPED) if stopped else 1)
@@ -221,6 +225,15 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The console script (``_main``), with SIGTERM before training a clean exit and every
+    lock released when the command ends (``guard.command``)."""
+    from stagetrain.guard import command
+
+    with command():
+        _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> None:
     """The console script: check the command line, then hand it to Hydra.
 
     Malformed input (unknown key, bad group option, wrong type, bad value, broken YAML, a

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from stagetrain.errors import StagetrainError, check_choice, check_positive, did_you_mean
 from stagetrain.families import FAMILIES, family
+from stagetrain.ranges import check_numbers
 from stagetrain.schema import (
     AUGMENTS,
     CACHE_MAX_BYTES,
@@ -122,6 +123,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                 raise StagetrainError(f"Unknown config key '{key}' (added with +{key}=...): stagetrain reads "
                                       f"only {', '.join(known)}.{did_you_mean(str(key), known)}")
         cfg = settings(cfg)
+    check_numbers(cfg)
     _validate_dataset(cfg.dataset)
     cfg.model = _validate_model(cfg.model, cfg.dataset)
     _validate_run(cfg)
@@ -150,8 +152,11 @@ def _validate_dataset(ds: DatasetConfig) -> None:
         _positive("dataset.n_test", ds.n_test)
         if len(ds.shape) not in (1, 3) or min(ds.shape) <= 0:
             raise StagetrainError(f"dataset.shape={list(ds.shape)} is not valid: use [features] or [channels, height, width].")
-        if ds.num_classes < 2:
-            raise StagetrainError(f"dataset.num_classes={ds.num_classes} is out of range: it must be >= 2.")
+        if ds.num_classes > ds.n_train or ds.num_classes > ds.n_test:
+            raise StagetrainError(
+                f"dataset.num_classes={ds.num_classes} is more than the samples (dataset.n_train={ds.n_train}, "
+                f"dataset.n_test={ds.n_test}): every class needs samples; use at most {min(ds.n_train, ds.n_test)} "
+                "classes or more samples.")
 
 
 def _validate_storage(ds: DatasetConfig) -> None:
@@ -192,6 +197,9 @@ def _validate_run(cfg: RunConfig) -> None:
     _positive("train.batch_size", train.batch_size)
     _positive("train.eval_batch_size", train.eval_batch_size)
     _positive("train.patience", train.patience)
+    if train.batch_size == 1 and getattr(cfg.model, "bn", cfg.model.name in ("resnet", "torchvision")):
+        raise StagetrainError("train.batch_size=1 with model.bn=true: batch normalization needs at least two "
+                              "samples per batch to compute its statistics. Use train.batch_size>=2 or model.bn=false.")
     check_choice("train.on_nonfinite", train.on_nonfinite, ("stop", "skip_batch"))
     check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _positive("optim.lr", cfg.optim.lr)

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from stagetrain import runlock
 from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.override_errors import (
     check_grammar,
@@ -40,8 +41,7 @@ def check_command_line(argv: list[str]) -> list[str]:
     The returned overrides (``hydra.output_subdir=null`` when the run directory already
     holds a run) keep Hydra from rewriting files an earlier run wrote.
     """
-    while _held:  # a new command in this process: the previous one has ended
-        os.close(_held.pop())
+    runlock.release_all()  # a new command in this process: the previous one has ended
     args = _parse_args(argv)
     if args is None or args.help or args.hydra_help or args.info or args.shell_completion \
             or args.experimental_rerun:
@@ -64,6 +64,8 @@ def check_command_line(argv: list[str]) -> list[str]:
     for job in _variants(parsed) if multirun else [list(args.overrides)]:
         try:
             composed = loader.load_configuration(config_name, job, RunMode.RUN)
+        except StagetrainError:
+            raise
         except Exception as e:  # noqa: BLE001
             explain(loader, config_name, job, e)  # raises what it can explain
             return []  # Hydra will say what is wrong
@@ -71,12 +73,19 @@ def check_command_line(argv: list[str]) -> list[str]:
     if cfg is None:
         return []
     _check_missing(loader, cfg)
-    if multirun or args.cfg:
-        return []  # a sweep's jobs are validated one by one as they run
+    if args.cfg:
+        return []
+    if multirun:  # a sweep's jobs are validated (and locked) one by one as they run
+        sweep_dir = _explicit(parsed, "hydra.sweep.dir")
+        if sweep_dir is not None:
+            runlock.hold(sweep_dir, "sweep directory")
+        else:
+            runlock.check_creatable("outputs", "sweep directories under")
+        return []
     extra, lock = _check_run_dir(cfg, parsed)
     _validate(cfg)
     if lock is not None:
-        _lock(lock)
+        runlock.hold(lock)
     return extra
 
 
@@ -110,6 +119,8 @@ def _loader(config_dir: str | None) -> Any:
 
         def load_config(self, config_path: str) -> Any:
             if config_path not in self.shared:
+                if config_dir is not None:  # only the user's own files can be hostile
+                    _check_user_file(self.delegate, config_path)
                 self.shared[config_path] = self.delegate.load_config(config_path=config_path)
             return copy.deepcopy(self.shared[config_path])  # Hydra may modify what it loads
 
@@ -135,6 +146,17 @@ def _loader(config_dir: str | None) -> Any:
     loader = Loader(config_search_path=search_path)
     loader.shared = {}
     return loader
+
+
+def _check_user_file(repository: Any, config_path: str) -> None:
+    """A config file from the user's --config-dir: bounded in size and alias expansion."""
+    from hydra.core.object_type import ObjectType
+
+    from stagetrain.yamlguard import check_yaml_file
+
+    source = repository._find_object_source(config_path, ObjectType.CONFIG)
+    if source is not None and source.scheme() == "file":
+        check_yaml_file(os.path.join(source.path, source._normalize_file_name(config_path)))
 
 
 def _values(override: Any) -> list[str]:
@@ -233,8 +255,7 @@ def _validate(cfg: DictConfig) -> None:
 def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path | None]:
     """Refuse before Hydra writes anything into a directory it must not touch; returns the
     overrides to add and the named run directory to lock."""
-    explicit = next((o.get_value_element_as_str() for o in parsed
-                     if o.key_or_group == "hydra.run.dir" and not o.is_delete()), None)
+    explicit = _explicit(parsed, "hydra.run.dir")
     resume = str(cfg.resume)
     if resume.strip() == "":
         raise StagetrainError("resume= is empty: use resume=never (a new run, the default), resume=auto "
@@ -248,39 +269,28 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
         target: str | None = explicit or resume
     else:
         target = explicit
-    if target is None:
+    if target is None:  # a new directory under outputs/: refused here if it cannot be made
+        runlock.check_creatable("outputs", "run directories under")
         return [], None
-    path = Path(target).expanduser()
+    path = runlock.identity(target)  # the run's one name, for the lock and every message
     if not (path / "run.json").is_file():
         return [], path
     if resume == "never":
-        raise run_exists_error(target)
+        raise run_exists_error(path)
+    from stagetrain.runread import read_info
+
+    info = read_info(path)  # refused here, before Hydra appends to the run's log
+    if info["status"] == "unreadable":
+        raise StagetrainError(f"Could not read {path / 'run.json'} ({info['error']}). The run's status is "
+                              "unknown; move the directory aside, or restore run.json (its config is also in "
+                              ".hydra/config.yaml), then try again.")
     return ["hydra.output_subdir=null"], path  # keep the run's own .hydra/ as it is
 
 
-_held: list[int] = []  # directory locks held until this process exits
-
-
-def _lock(path: Path) -> None:
-    """One process per named run directory: two launches into the same hydra.run.dir (or
-    resume=<dir>) at the same time would both start a run there; the second is refused.
-    The lock (flock on the directory) goes away with the process, also after kill -9."""
-    import errno
-    import fcntl
-
-    if os.environ.get("RANK", "0") != "0":
-        return  # torchrun: only rank 0 writes the run directory
-    path.mkdir(parents=True, exist_ok=True)  # Hydra makes it next; removed again if nothing runs
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise StagetrainError(
-                f"Another stagetrain process is using the run directory {path} right now; "
-                "wait for it to end, or use another hydra.run.dir.") from None
-        return  # a file system without locks: nothing more to check
-    if not _held:  # a forked child (a DataLoader worker) drops its copy: the lock dies with this process
-        os.register_at_fork(after_in_child=lambda: [os.close(held) for held in _held])
-    _held.append(fd)
+def _explicit(parsed: list[Any], key: str) -> str | None:
+    """The value an override gives ``key``, unescaped as Hydra will use it (``my\\ runs`` is
+    the directory ``my runs``); None when not given or a sweep."""
+    for o in parsed:
+        if o.key_or_group == key and not o.is_delete() and not o.is_sweep_override():
+            return str(o.value())
+    return None

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from stagetrain import __version__
-from stagetrain.checkpoint import atomic_write
+from stagetrain.checkpoint import atomic_write, write_error
 from stagetrain.models import count_parameters
 from stagetrain.rundir import RunDir
 
@@ -63,7 +63,12 @@ class RunRecord:
     def finish(self, engine: Any, final: dict[str, float]) -> None:
         """Export the model, then mark the run completed."""
         if self.rundir is not None:
-            export_model(self.rundir, engine.model, self.info["strategy"])
+            try:
+                export_model(self.rundir, engine.model, self.info["strategy"])
+            except OSError as e:  # a full disk at the very end: the run stays resumable
+                err = write_error(self.rundir.safetensors, "the final model", e)
+                self.update(engine, status="failed", error=str(err))
+                raise err from None
         summaries = engine.state.summaries
         last_reason = summaries[-1]["stop_reason"] if summaries else None
         self.update(engine, status="completed", final=final, stop_reason=engine.state.run_stop or last_reason)

@@ -16,12 +16,14 @@ import argparse
 import csv
 import io
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from stagetrain import compare
+from stagetrain.runread import number, read_events, read_info
 from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
@@ -33,10 +35,10 @@ def find_runs(paths: list[Path]) -> list[Path]:
     """Run directories (holding run.json) at or below each path."""
     runs: list[Path] = []
     for path in paths:
-        if (path / "run.json").is_file():
+        if os.path.lexists(path / "run.json") and not (path / "run.json").is_dir():  # a broken one is listed too
             runs.append(path)
         elif path.is_dir():
-            runs += sorted(p.parent for p in path.rglob("run.json"))
+            runs += sorted(p.parent for p in path.rglob("run.json") if not p.is_dir())
     return sorted(set(runs))
 
 
@@ -64,12 +66,7 @@ def _varies(key: str, configs: list[dict[str, Any]]) -> bool:
 
 def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per run, plus the config keys whose values differ between the runs."""
-    infos = []
-    for run in runs:
-        try:
-            infos.append((run, json.loads((run / "run.json").read_text())))
-        except (OSError, json.JSONDecodeError) as e:
-            infos.append((run, {"status": "unreadable", "error": f"run.json: {e}", "config": {}}))
+    infos = [(run, read_info(run)) for run in runs]  # never raises: a bad file is "unreadable"
     configs = [_flatten(info.get("config", {})) for _, info in infos]
     keys = sorted({k for c in configs for k in c})
     ignore = ("dataset.root", "progress", "resume", "dry_run")
@@ -209,19 +206,21 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stagetrain.rundir import read_metrics
-
     by = by or ["strategy"]
     fig, ax = plt.subplots(figsize=(10, 5))
     curves = []
     for row in rows:
         metrics = Path(row["run"]) / "metrics.jsonl"
-        if row["status"] != "completed" or not metrics.is_file():
+        if row["status"] != "completed" or not os.path.lexists(metrics):
             continue
         stages: dict[int, list[tuple[float, float]]] = {}  # one segment per stage: greedy
-        for e in read_metrics(metrics):                    # stages score an auxiliary head
-            if e.get("split") == "val" and "acc" in e and e.get("flops"):
-                stages.setdefault(e["stage"], []).append((e["flops"], e["acc"]))
+        events, problems = read_events(metrics)            # stages score an auxiliary head
+        for problem in problems:
+            print(f"unreadable (skipped): {problem}")
+        for e in events:
+            flops, acc = number(e.get("flops")), number(e.get("acc"))
+            if e.get("split") == "val" and flops and acc is not None:
+                stages.setdefault(str(e.get("stage")), []).append((flops, acc))
         curves += [(group_label(row, by), pts) for pts in stages.values()]
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order = {g: i for i, g in enumerate(sorted({g for g, _ in curves}))}
@@ -281,12 +280,18 @@ def main(argv: list[str] | None = None) -> int:
                (args.markdown, lambda path: path.write_text(to_markdown(table))),
                (args.plot, lambda path: plot(rows, path, by=by, intervals=compare.interval_points(table))),
                (args.curves, lambda path: plot_curves(rows, path, by))]
+    code = 0
     for path, write in writers:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(path)
+            except OSError as e:  # a directory, a read-only place, a full disk: say so, write the rest
+                print(f"stagetrain-report: could not write {path}: {e.strerror or e}.", file=sys.stderr)
+                code = 2
+                continue
             print(f"wrote {path.resolve()}")
-    return 0
+    return code
 
 
 def cli() -> None:

@@ -20,8 +20,11 @@ from typing import Any
 
 from stagetrain import distributed
 from stagetrain.checkpoint import atomic_write, write_error
+from stagetrain.errors import StagetrainError
+from stagetrain.runread import read_events
 
 HYDRA_FILES = {".hydra", "stagetrain.log"}
+RESERVED: list[str] = []  # run directories this process created with reserve_run_dir
 
 
 def _draw_run_dir_name(strategy: str) -> str:
@@ -44,11 +47,13 @@ def reserve_run_dir(strategy: str) -> str:
     if distributed.rank() == 0:
         while name is None:
             candidate = Path(_draw_run_dir_name(strategy))
+            RESERVED.append(str(candidate))  # removed again if a signal ends the process before training
             candidate.parent.mkdir(parents=True, exist_ok=True)
             try:
                 candidate.mkdir()
                 name = str(candidate)
-            except FileExistsError:
+            except FileExistsError:  # another process's: never ours to remove
+                RESERVED.pop()
                 continue
     return distributed.agree(name)
 
@@ -71,7 +76,19 @@ class RunDir:
         return self.run_json.exists()
 
     def read_run_json(self) -> dict[str, Any]:
-        return json.loads(self.run_json.read_text())
+        """run.json as a dict; StagetrainError naming the file when it cannot be read
+        (truncated by a full disk, hand-edited, not a JSON object)."""
+        try:
+            info = json.loads(self.run_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StagetrainError(
+                f"Could not read {self.run_json}: {e}. The run's status is unknown; move the "
+                "directory aside, or restore run.json (its config is also in .hydra/config.yaml), "
+                "then try again.") from None
+        if not isinstance(info, dict):
+            raise StagetrainError(f"Could not read {self.run_json}: it holds a JSON {type(info).__name__}, "
+                                  "not a run record. Move the directory aside or restore run.json.")
+        return info
 
     def write_run_json(self, info: dict[str, Any]) -> None:
         try:
@@ -121,6 +138,17 @@ class RunDir:
         if {p.name for p in self.path.iterdir()} - HYDRA_FILES:
             return
         remove_tree_and_empty_parents(self.path)
+
+
+def discard_reserved() -> None:
+    """Remove what ``reserve_run_dir`` made in this process for runs that never started
+    (a signal before training): the empty directory and the empty ``outputs/<date>/`` above."""
+    while RESERVED:
+        path = Path(RESERVED.pop())
+        if path.is_dir():
+            RunDir(path).remove_if_unused()
+        elif path.parent.is_dir() and not any(path.parent.iterdir()):
+            remove_tree_and_empty_parents(path.parent)
 
 
 def _alive(pid: int) -> bool:
@@ -200,13 +228,6 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All events of a metrics.jsonl; a half-written last line (a run being written) is left out."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    events = []
-    for i, line in enumerate(lines):
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise
-    return events
+    """All events of a metrics.jsonl; a half-written last line (a run being written) and
+    lines that are not events (garbage a resumed run kept) are left out."""
+    return read_events(path)[0]

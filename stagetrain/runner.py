@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain import checkpoint as ckpt
-from stagetrain import distributed
+from stagetrain import distributed, preflight
 from stagetrain.config import engine_options, to_yaml, validate
 from stagetrain.data import DataBundle, dataset_meta, load_data
 from stagetrain.device import pick_device, seed_everything
@@ -49,6 +49,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         return start.previous
     settings = start.settings or settings
     device = pick_device(settings.device)
+    preflight.check_run(settings, device, initial_spec)  # sizes and memory, before anything is allocated
     parts = build_parts(settings, device, fresh=start.state is None)
     record = RunRecord.start(
         rundir if main else None, str(rundir.path.resolve()), parts.plan.to_dict(),
@@ -87,6 +88,7 @@ def initial_spec(cfg: RunConfig, shape: tuple[int, ...], classes: int) -> dict[s
 
 
 def dry_run(settings: RunConfig) -> dict[str, Any]:
+    preflight.check_run(settings, None, initial_spec)
     shape, classes, n_train, n_labeled = dataset_meta(settings.dataset)
     spec = initial_spec(settings, shape, classes)
     plan = STRATEGIES[settings.strategy.name].build(settings, spec)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ import torch
 from stagetrain import checkpoint as ckpt
 from stagetrain.checkpoint.schema import weights
 from stagetrain.errors import StagetrainError
+
+MAX_SOURCE_BYTES = 16 * 1024**3  # a source file is read whole into memory
 
 
 @dataclass
@@ -36,9 +40,9 @@ def _resolve(path: Path, which: str) -> Path:
     folder = path / "checkpoints"
     if which in ("best", "last"):
         file = folder / f"{which}.pt"
-        if which == "best" and not file.exists():  # runs without a full-model stage have no best
+        if which == "best" and not os.path.lexists(file):  # runs without a full-model stage have no best
             file = folder / "last.pt"
-        if file.exists():
+        if os.path.lexists(file):  # a broken link too: reading it says what is wrong
             return file
     elif which.startswith("stage-"):
         matches = sorted(folder.glob(f"{which}-*.pt"))
@@ -52,7 +56,7 @@ def _resolve(path: Path, which: str) -> Path:
 
 def load_source(source: str, which: str = "best") -> Source:
     path = Path(source).expanduser()
-    if not path.exists():
+    if not os.path.lexists(path):
         raise StagetrainError(
             f"strategy.source={source} does not exist. Give a stagetrain run directory, a checkpoint "
             "(.pt) or a model.safetensors file.")
@@ -60,15 +64,48 @@ def load_source(source: str, which: str = "best") -> Source:
         if not (path / "run.json").exists():
             raise StagetrainError(f"strategy.source={source} is a folder but not a stagetrain run directory (no run.json).")
         path = _resolve(path, which)
-    data = path.read_bytes()
+    data = read_source_file(path)
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":
-        return _safetensors(path, data, digest)
-    bare = _bare_state(data)
-    if bare is not None:
-        return Source(path, digest, None, bare)
-    arch, model = weights(ckpt.load(path))
-    return Source(path, digest, arch, model)
+        src = _safetensors(path, data, digest)
+    else:
+        bare = _bare_state(data)
+        src = Source(path, digest, None, bare) if bare is not None else Source(path, digest, *weights(ckpt.load(path)))
+    bad = next((k for k, v in src.state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise StagetrainError(f"strategy.source={path}: its weight {bad} holds NaN or inf values; a run started "
+                              "from it could not train. Use a checkpoint from before the weights diverged.")
+    if src.arch is not None:  # a spec read from a file is data: checked before anything is built from it
+        from stagetrain.preflight import check_spec
+
+        check_spec(src.arch, f"strategy.source={path}")
+    return src
+
+
+def read_source_file(path: Path) -> bytes:
+    """The bytes of a source file: a regular file (not a FIFO, device or directory) that
+    fits in memory, or a StagetrainError naming the path and what it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the run
+    except OSError as e:
+        raise StagetrainError(f"strategy.source={path} cannot be read: {e.strerror or e}. Give a "
+                              "checkpoint (.pt), a model.safetensors file or a run directory.") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            kind = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+                    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a file")
+            raise StagetrainError(f"strategy.source={path} is {kind}, not a regular file: give a checkpoint "
+                                  "(.pt), a model.safetensors file or a run directory.")
+        from stagetrain.preflight import available_bytes
+
+        have = available_bytes(None)[0]
+        limit = min(MAX_SOURCE_BYTES, have // 2) if have else MAX_SOURCE_BYTES
+        if st.st_size > limit:
+            raise StagetrainError(f"strategy.source={path} is {st.st_size / 1024**3:.3g} GB, more than the "
+                                  f"{limit / 1024**3:.3g} GB a source may have here (at most 16 GB, and half the "
+                                  "available memory): it is not a model this run can load.")
+        return f.read(limit + 1)
 
 
 def _safetensors(path: Path, data: bytes, digest: str) -> Source:
@@ -81,7 +118,11 @@ def _safetensors(path: Path, data: bytes, digest: str) -> Source:
         state = load(data)
     except Exception as e:
         raise StagetrainError(f"strategy.source={path} is not a readable safetensors file ({e}).") from None
-    return Source(path, digest, json.loads(meta["arch"]) if "arch" in meta else None, state)
+    try:
+        arch = json.loads(meta["arch"]) if "arch" in meta else None
+    except (ValueError, RecursionError) as e:
+        raise StagetrainError(f"strategy.source={path}: its 'arch' metadata is not valid JSON ({e}).") from None
+    return Source(path, digest, arch, state)
 
 
 def _bare_state(data: bytes) -> dict[str, torch.Tensor] | None:

@@ -76,10 +76,18 @@ def _human(n: float) -> str:
 
 def write_error(path: Path, what: str, e: OSError) -> StagetrainError:
     """The user's message for a failed write (a full disk, a read-only or vanished folder)."""
+    import errno
+
+    fix = {errno.ENOSPC: "free some disk space (or point hydra.run.dir elsewhere)",
+           errno.EDQUOT: "free some of your disk quota (or point hydra.run.dir elsewhere)",
+           errno.EROFS: "the file system is read-only: point hydra.run.dir at a writable one",
+           errno.EACCES: "you may not write there: point hydra.run.dir at a writable directory",
+           errno.ENOENT: "its folder vanished (removed while the run was writing?): check who removed it",
+           }.get(e.errno, "fix the cause above")
     return StagetrainError(
         f"Could not write {what} {path}: {e.strerror or e} ({free_space(path.parent)} on that "
-        "filesystem). The previous file is unchanged and no temp file is left; free some disk "
-        "space (or point hydra.run.dir elsewhere) and continue with resume=auto."
+        f"filesystem). The previous file is unchanged and no temp file is left; {fix}, then "
+        "continue with resume=auto."
     )
 
 

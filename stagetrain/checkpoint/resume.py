@@ -8,6 +8,7 @@ from typing import Any
 from stagetrain.checkpoint.io import load
 from stagetrain.checkpoint.schema import describe
 from stagetrain.errors import StagetrainError
+from stagetrain.preflight import check_spec
 
 log = logging.getLogger("stagetrain")
 
@@ -19,6 +20,7 @@ def latest_state(rundir: Any) -> dict[str, Any] | None:
     for path in candidates:
         try:
             state = load(path)
+            check_spec(state["arch"], f"checkpoint {path}")  # data until checked: sizes, types, blocks
         except StagetrainError as e:
             log.warning("%s Falling back to the previous checkpoint.", e)
             continue

@@ -7,6 +7,7 @@ test split kept for final metrics. ``stagetrain.data.load_data`` finishes the bu
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from stagetrain.data.bundle import Split
 from stagetrain.errors import StagetrainError
 
+log = logging.getLogger("stagetrain")
 RAW_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}
 
 # (input shape, classes, official training-set size) without reading the files: for dry runs
@@ -99,13 +101,19 @@ def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Spli
     root_path = Path(os.path.expanduser(root))
     try:
         parts = [cls(str(root_path), train=train, download=download) for train in (True, False)]
-    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-        raise StagetrainError(missing_data_message(name, root_path)) from None
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted", or a short file
+        if "not found" in str(e).lower():
+            raise StagetrainError(missing_data_message(name, root_path)) from None
+        raise StagetrainError(unreadable_message(name, root_path, e)) from None
+    except (AssertionError, ValueError, TypeError, IndexError, OSError, EOFError, KeyError) as e:
+        raise StagetrainError(unreadable_message(name, root_path, e)) from None
     splits = []
-    for part in parts:
+    for train, part in zip((True, False), parts, strict=True):
         x = torch.as_tensor(part.data)
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)  # CIFAR is N x H x W x C
-        splits.append(Split(x.contiguous(), torch.as_tensor(part.targets, dtype=torch.long)))
+        split = Split(x.contiguous(), torch.as_tensor(part.targets, dtype=torch.long))
+        check_split(name, "train" if train else "test", split, root_path)
+        splits.append(split)
     return splits[0], splits[1], 255.0
 
 
@@ -155,6 +163,36 @@ def stream_images(cfg: Any, seed: int) -> tuple[Split, Split, float]:
                                   f"labels file says; replace both files. {missing_data_message(cfg.name, root)}")
         splits.append(Split(LazyInputs(IdxReader(images, len(y), (1, 28, 28)), torch.arange(len(y))), y))
     return splits[0], splits[1], 255.0
+
+
+def unreadable_message(name: str, root: Path, e: BaseException) -> str:
+    cause = str(e).splitlines()[0][:160] if str(e) else "a wrong magic number (not an IDX file of this kind)"
+    return (f"dataset={name}: the files under {root / RAW_FOLDERS[name]} exist but could not be read ({cause}). "
+            "A file is truncated, is not an IDX file of the expected kind (images: magic 0x00000803, labels: "
+            "0x00000801), or the image and label files are swapped. Replace them with the official files, or "
+            "delete them and add dataset.download=true.")
+
+
+def check_split(name: str, which: str, split: Split, root: Path) -> None:
+    """Images and labels of one split agree: as many of each, labels 0..classes-1, the
+    dataset's image shape; a constant split (all zeros, say) is worth a warning."""
+    shape, classes, _ = META[name]
+    where = f"dataset={name} ({which} split, under {root / RAW_FOLDERS[name]})"
+    if len(split.x) != len(split.y):
+        raise StagetrainError(f"{where}: {len(split.x)} images but {len(split.y)} labels; the counts must agree. "
+                              "A file is truncated or belongs to another dataset; replace it with the official one.")
+    if len(split.y) == 0:
+        raise StagetrainError(f"{where}: the split is empty; replace the files with the official ones.")
+    if tuple(split.x.shape[1:]) != tuple(shape):
+        raise StagetrainError(f"{where}: images of shape {tuple(split.x.shape[1:])}, but {name} has {shape}; "
+                              "the files belong to another dataset.")
+    low, high = int(split.y.min()), int(split.y.max())
+    if low < 0 or high >= classes:
+        raise StagetrainError(f"{where}: labels range {low}..{high}, but {name} has {classes} classes "
+                              f"(labels 0..{classes - 1}); the label file is damaged or belongs to another dataset.")
+    if bool((split.x == split.x.flatten()[0]).all()):
+        log.warning("%s: every image is the same constant value (%s); results on it mean nothing. "
+                    "Check the image file.", where, split.x.flatten()[0].item())
 
 
 def _make_synthetic(cfg: Any, seed: int) -> tuple[Split, Split, float]:

@@ -36,11 +36,13 @@ class NonFiniteGuard:
         self.policy, self.device_type, self.state, self.log_event = policy, device_type, state, log_event
         self.exact = device_type == "cpu" or policy == "skip_batch"  # decide per step, before it changes weights
         self._flag: torch.Tensor | None = None
+        self.params: list[torch.Tensor] = []
 
     def grads(self, k: int, stage: Stage, optimizer: torch.optim.Optimizer, loss: torch.Tensor, look: bool) -> bool:
         """After backward: True when this batch's step is to be skipped (skip_batch); raises for stop.
         Batched mode (not ``exact``) reads its flag only when ``look`` (a checkpoint may follow)."""
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]  # for the diagnosis
+        grads = [p.grad for p in self.params if p.grad is not None]
         # a sum is non-finite iff some element is (NaN and inf propagate; finite gradients would
         # have to total ~3e38 to overflow); 14x cheaper on CPU than torch._foreach_norm(inf)
         bad = ~torch.isfinite(torch.stack([g.sum() for g in grads]).sum()) if grads else None
@@ -78,8 +80,25 @@ class NonFiniteGuard:
                 f"stopped {where}, LR {stage.lr:g}. The last good checkpoint is kept unchanged. Try a "
                 "lower learning rate (optim.lr or the strategy's lr).")
         raise StagetrainError(
-            f"The training {what} became non-finite (NaN or inf) {where}, LR {stage.lr:g}. The run "
-            "stopped before that step changed the weights; the last good checkpoint is kept "
-            "unchanged. Try a lower learning rate (optim.lr or the strategy's lr), or "
-            "train.on_nonfinite=skip_batch to skip such batches."
+            f"The training {what} became non-finite (NaN or inf) {where}, LR {stage.lr:g}. "
+            f"{self.diagnosis(what)} The run stopped before that step changed the weights; the last "
+            "good checkpoint is kept unchanged."
         )
+
+    def diagnosis(self, what: str) -> str:
+        """The first non-finite thing found, before the learning rate is suspected: weights
+        that already held NaN/inf (a source's, or a previous step's), else the gradient
+        overflowing while the loss was finite, else the loss itself."""
+        for i, p in enumerate(self.params):
+            if not bool(torch.isfinite(p.detach()).all()):
+                at_start = self.state.global_step == 0
+                return (f"First non-finite thing found: the weights (parameter {i}, shape {list(p.shape)}) "
+                        + ("already held NaN/inf before the first step: check the source weights "
+                           "(strategy.source) or the initialisation." if at_start else
+                           "held NaN/inf before this step.") + " A lower learning rate will not help with that.")
+        if what.startswith("gradient"):
+            return ("First non-finite thing found: a gradient, while the loss and the weights were finite "
+                    "(an overflow in backward). Try a lower learning rate (optim.lr or the strategy's lr), "
+                    "device.precision=fp32, or train.on_nonfinite=skip_batch to skip such batches.")
+        return ("The weights were finite, so the loss diverged on this batch: try a lower learning rate "
+                "(optim.lr or the strategy's lr), or train.on_nonfinite=skip_batch to skip such batches.")

@@ -1,0 +1,201 @@
+"""Size and memory preflight: refuse, with the numbers, what would not fit before allocating it.
+
+An architecture spec (from the config, or read from a checkpoint / safetensors file) is
+first checked as data (``check_spec``: types, ranges, block count, size), then built on
+PyTorch's ``meta`` device, which allocates nothing, to count its parameters exactly. The
+estimate of what a run needs (``estimate_bytes``: weights, gradients and two optimizer
+moments, activations of one batch for forward and backward, the dataset) is compared with
+the memory available (host: MemAvailable and the cgroup limit; CUDA: free device memory).
+Estimates are deliberately rough (within a factor of about two); what they catch is the
+run that would need a hundred times what there is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from stagetrain.errors import StagetrainError
+
+MAX_BLOCKS = 1000  # blocks of one model; the deepest family default has 12
+MAX_UNITS = 1_000_000  # any one size in a spec: units, channels, classes, tokens
+MAX_PARAMETERS = 2**33  # 8.6e9 parameters: 34 GB of fp32 weights alone
+MAX_SPEC_NODES = 200_000  # values in a spec (a spec of a 1,000-block model has a few 10,000)
+BYTES_PER_PARAM = 16  # fp32 weight + gradient + Adam's two moments
+
+
+def _walk(node: Any, where: str, depth: int, count: list[int], cap: int = MAX_UNITS) -> None:
+    count[0] += 1
+    if count[0] > MAX_SPEC_NODES or depth > 12:
+        raise ValueError(f"{where}: the spec is too large or too deeply nested to be an architecture")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: a key of type {type(k).__name__}, not a string")
+            _walk(v, f"{where}.{k}", depth + 1, count, cap)
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _walk(v, f"{where}[{i}]", depth + 1, count, cap)
+    elif isinstance(node, bool) or node is None:
+        return
+    elif isinstance(node, int):
+        if not -1 <= node <= cap:
+            raise ValueError(f"{where}={node} is out of range (at most {cap:,})")
+    elif isinstance(node, float):
+        if not math.isfinite(node):
+            raise ValueError(f"{where}={node} is not finite")
+    elif isinstance(node, str):
+        if len(node) > 10_000:
+            raise ValueError(f"{where} is a string of {len(node):,} characters")
+    else:
+        raise ValueError(f"{where} is a {type(node).__name__}, not a plain value")
+
+
+def _structure(spec: Any) -> None:
+    if not isinstance(spec, dict):
+        raise ValueError(f"the spec is a {type(spec).__name__}, not a mapping with blocks and a head")
+    for key, kind in (("blocks", list), ("head", dict), ("in_shape", list)):
+        if not isinstance(spec.get(key), kind):
+            raise ValueError(f"'{key}' is {'missing' if key not in spec else type(spec[key]).__name__}, "
+                             f"not a {kind.__name__}")
+    if not 1 <= len(spec["in_shape"]) <= 3 or not all(isinstance(d, int) and d > 0 for d in spec["in_shape"]):
+        raise ValueError(f"in_shape={spec['in_shape']} is not 1 to 3 positive sizes")
+    if len(spec["blocks"]) > MAX_BLOCKS:
+        raise ValueError(f"{len(spec['blocks']):,} blocks (at most {MAX_BLOCKS:,})")
+    names = set()
+    for i, block in enumerate(spec["blocks"]):
+        if not isinstance(block, dict) or not isinstance(block.get("name"), str) or block["name"] in names:
+            raise ValueError(f"blocks[{i}] is not a block with its own name")
+        names.add(block["name"])
+    from stagetrain.models.basic import ACTIVATIONS
+
+    for i, part in enumerate([*spec["blocks"], spec["head"], spec.get("stem") or {}]):
+        act = part.get("act") if isinstance(part, dict) else None
+        if act is not None and act not in ACTIVATIONS:
+            raise ValueError(f"part {i} has activation {act!r} (known: {', '.join(ACTIVATIONS)})")
+
+
+FILE_HINT = "It was not written by stagetrain, or was altered; use the file the run wrote."
+
+
+def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNITS) -> int:
+    """Validate an architecture spec and return its parameter count; StagetrainError naming
+    ``source`` (e.g. ``strategy.source=<file>``) and what is wrong otherwise. ``cap`` bounds
+    every integer of the spec (a file's; the config's own sizes are checked by ``ranges``)."""
+    try:
+        _structure(spec)
+        _walk(spec, "spec", 0, [0], cap)
+    except ValueError as e:
+        raise StagetrainError(f"The architecture in {source} is not valid: {e}. {hint}") from None
+    import torch
+
+    from stagetrain.models import StagedModel
+
+    if spec.get("shared"):  # the user's own module (model=custom/torchvision): its code, not data
+        return 0
+    try:
+        with torch.device("meta"):
+            model = StagedModel(spec)
+    except StagetrainError as e:
+        raise StagetrainError(f"The architecture in {source} cannot be built: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any malformed field of a part
+        raise StagetrainError(f"The architecture in {source} cannot be built ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else 'a malformed part'}).") from None
+    params = sum(p.numel() for p in model.parameters())
+    if params > MAX_PARAMETERS:
+        raise StagetrainError(f"The architecture in {source} has {params:,} parameters, more than stagetrain "
+                              f"runs ({MAX_PARAMETERS:,}).")
+    return params
+
+
+def activation_elements(spec: dict[str, Any]) -> int:
+    """Output elements per sample summed over the parts (what one sample keeps for backward)."""
+    total = math.prod(spec["in_shape"])
+    for block in spec["blocks"]:
+        shape = block.get("out_shape")
+        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+            total += math.prod(shape)
+    return total
+
+
+def available_bytes(device: Any = None) -> tuple[int | None, str]:
+    """(bytes available, where) on ``device``: free CUDA memory, else host memory (the
+    smaller of MemAvailable and the cgroup's limit); None when unknown."""
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory of {device}"
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text.isdigit():
+            found.append(int(text))
+    except OSError:
+        pass
+    return (min(found), "available host memory") if found else (None, "")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1024**3:.3g} GB"
+
+
+def check_memory(spec: dict[str, Any], params: int, batch_size: int, data_bytes: int, device: Any,
+                 what: str) -> None:
+    """Refuse a run whose estimated need exceeds the memory available, with the numbers."""
+    act = activation_elements(spec) * max(1, batch_size) * 4 * 3  # forward, its gradient, a temporary
+    need_device = params * BYTES_PER_PARAM + act
+    need_host = data_bytes + (0 if getattr(device, "type", "cpu") == "cuda" else need_device)
+    checks = [(need_host, available_bytes(None))]
+    if getattr(device, "type", "cpu") == "cuda":
+        checks.append((need_device + data_bytes, available_bytes(device)))
+    for need, (have, where) in checks:
+        if have is not None and need > have:
+            raise StagetrainError(
+                f"{what} would need about {_gb(need)} but the {where} is {_gb(have)}: {params:,} parameters "
+                f"({_gb(params * BYTES_PER_PARAM)} with gradients and optimizer state), activations of a batch "
+                f"of {batch_size} ({_gb(act)}), data {_gb(data_bytes)}. Use smaller widths, a smaller batch "
+                "or dataset, or a machine with more memory.")
+
+
+def data_bytes(shape: tuple[int, ...], samples: int, itemsize: int) -> int:
+    return int(math.prod(shape)) * int(samples) * int(itemsize)
+
+
+def check_run(settings: Any, device: Any, initial_spec: Any) -> None:
+    """The preflight of a configured run: its first and (for grow) last architecture built
+    on the meta device, and the memory the run needs against what there is."""
+    from stagetrain.data import dataset_meta
+    from stagetrain.families import family
+    from stagetrain.models import build_spec
+
+    shape, classes, n_train, _ = dataset_meta(settings.dataset)
+    specs = [initial_spec(settings, shape, classes)]
+    if settings.strategy.name == "grow":
+        from stagetrain.strategies.grow.config import schedule
+
+        final = family(settings.model.name).with_grow_widths(settings.model, schedule(settings)[-1])
+        specs.append(build_spec(final, shape, classes))
+    ds = settings.dataset
+    samples = int(ds.n_train) + int(ds.n_test) if ds.name == "synthetic" else round(n_train * 1.3)
+    data = data_bytes(shape, samples, 4 if ds.name == "synthetic" else 1)
+    have, where = available_bytes(None)
+    if have is not None and data > have:
+        raise StagetrainError(
+            f"dataset={ds.name} would need about {_gb(data)} ({samples:,} samples of shape {list(shape)}) but the "
+            f"{where} is {_gb(have)}. Use a smaller dataset.shape or fewer samples (dataset.n_train, "
+            "dataset.n_test, dataset.max_train).")
+    hint = "Use smaller sizes (model widths, channels, layers)."
+    counted = [(check_spec(spec, f"the config (model={settings.model.name})", hint, 2**62), spec)
+               for spec in specs]
+    params, spec = max(counted, key=lambda c: c[0])
+    check_memory(spec, params, min(int(settings.train.batch_size), max(1, n_train)), data, device,
+                 f"This run (model={settings.model.name}, dataset={ds.name})")
