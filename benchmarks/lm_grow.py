@@ -13,7 +13,7 @@ FLOPs (linear interpolation between its evaluations), and the probe loss before/
 growth. Plot: val loss against cumulative FLOPs, one line per run, the target dashed.
 
     STAGETRAIN_DATA=../shared/data python benchmarks/lm_grow.py              # 2 arms x 3 seeds (~40 min here)
-    python benchmarks/lm_grow.py --from-sweep outputs/experiments/lm_grow_vs_scratch/<dir>  # a finished sweep
+    python benchmarks/lm_grow.py --from-sweep <sweep dir> [<sweep dir> ...]  # finished sweeps
     python benchmarks/lm_grow.py --quick                                      # tiny sizes, 1 seed: a smoke test
 """
 
@@ -63,10 +63,13 @@ def run_all(seeds: list[int], quick: bool) -> list[dict[str, Any]]:
     return runs
 
 
-def sweep_runs(sweep: Path) -> list[dict[str, Any]]:
-    """The completed runs of a finished ``-m experiment=lm_grow_vs_scratch`` sweep."""
+def sweep_runs(sweeps: list[Path]) -> list[dict[str, Any]]:
+    """The completed runs of finished ``-m experiment=lm_grow_vs_scratch`` sweeps."""
     runs = []
-    for job in sorted(p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
+    jobs = [p for sweep in sweeps for p in sorted(sweep.iterdir()) if (p / ".hydra" / "overrides.yaml").is_file()]
+    for job in jobs:
+        if json.loads((job / "run.json").read_text())["status"] != "completed":
+            continue
         over = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         runs.append({"arm": over["arm"], "seed": int(over.get("seed", 0)), "dir": job})
     return runs
@@ -159,7 +162,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one seed: a smoke test")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--from-sweep", type=Path, help="analyse a finished lm_grow_vs_scratch sweep instead of training")
+    p.add_argument("--from-sweep", type=Path, nargs="+",
+                   help="analyse finished lm_grow_vs_scratch sweeps (e.g. one per arm) instead of training")
     p.add_argument("--out", type=Path, default=RESULTS / "lm_grow.json")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args()
@@ -167,7 +171,7 @@ def main() -> None:
     runs = sweep_runs(args.from_sweep) if args.from_sweep else run_all(list(range(1 if args.quick else args.seeds)),
                                                                         args.quick)
     result = {"machine": machine(), "settings": {"experiment": "lm_grow_vs_scratch", "quick": args.quick,
-                                                 "from_sweep": str(args.from_sweep) if args.from_sweep else None,
+                                                 "from_sweep": [str(x) for x in args.from_sweep or []],
                                                  "margins_nats": MARGINS},
               **analyse(runs)}
     s = result["summary"]
