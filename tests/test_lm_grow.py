@@ -147,3 +147,14 @@ def test_a_stacking_schedule_doubles_the_layers_and_resumes_bit_identical_across
     ref, got = final_weights(run), final_weights(resumed)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     assert_epochs_exactly_once(resumed)
+
+
+def test_flop_share_trigger_bounds_each_stage_of_a_stacking_language_model(tmp_path, corpus):
+    budget = 2e8  # about 1.5 epochs of the 1-layer model on this corpus
+    info = train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy.depths=[1,2]",
+                          "strategy.deepen=stack", "strategy.trigger=flops_share", f"strategy.flop_budget={budget}"),
+                 tmp_path / "run")
+    assert [s["name"] for s in info["stages"]] == ["grow-1", "grow-2"] and len(_growths(tmp_path / "run")) == 1
+    for stage in info["stages"]:  # each spends its half of the budget, overshooting by at most one step
+        assert 0.4 * budget < stage["flops"] <= 0.5 * budget * 1.15
+    assert info["flops"] <= budget * 1.15
