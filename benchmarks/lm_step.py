@@ -9,7 +9,7 @@ minimal hand-written PyTorch loop over the same model.
   same seed), the same number of [batch, T] windows: slice a permutation, forward, next-token
   cross-entropy, ``zero_grad``, backward, fused Adam, LambdaLR. Timed over all its steps.
 
-tokens/s = windows x T / seconds. Variants alternate, ``--repeats`` times each; the ratio
+tokens/s = windows x T / seconds. Variants alternate (engine first on even repeats, hand first on odd ones), ``--repeats`` times each; the ratio
 engine/hand of the medians is the number to read (target: the engine within 1.15x). The
 model is that of ``conf/experiment/lm_grow_vs_scratch.yaml`` (d_model 64, 4 heads, 8
 layers, 64-byte windows, batch 32). One torch thread. CPU only (no GPU part here).
@@ -117,11 +117,17 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="lm_step_", dir=RUN_ROOT))
     path = corpus(root, size)
     rows: dict[str, list[dict[str, Any]]] = {"engine": [], "hand": []}
+    arch: dict[str, Any] = {}
+    lr = 0.0
     for r in range(1 if args.quick else args.repeats):
-        eng = run_engine(path, size, root / f"engine{r}")
-        arch = eng.pop("arch")
-        order = [("engine", eng), ("hand", run_hand(arch, size, eng.pop("lr")))]
-        for name, row in order:
+        if r % 2:  # the order alternates: hand first on odd repeats (the arch of repeat 0)
+            hand = run_hand(arch, size, lr)
+            eng = run_engine(path, size, root / f"engine{r}")
+        else:
+            eng = run_engine(path, size, root / f"engine{r}")
+            arch, lr = eng["arch"], eng["lr"]
+            hand = run_hand(arch, size, lr)
+        for name, row in (("engine", {k: v for k, v in eng.items() if k not in ("arch", "lr")}), ("hand", hand)):
             row["tokens_per_s"] = row["windows"] * size["T"] / row["seconds"]
             rows[name].append(row)
             print(f"repeat {r}: {name:>6} {row['tokens_per_s']:,.0f} tokens/s ({row['steps']} steps, {row['seconds']:.2f} s)")
