@@ -170,17 +170,33 @@ SMALL = {
                     "model.channels=[8,8]", "model.fc_widths=[8]"],
     "resnet_layerwise_fashion": ["arm=layerwise_dgl", "strategy.epochs_per_layer=1", "strategy.finetune.epochs=1",
                                  "model.stage_channels=[8,8]"],
+    "lm_grow_vs_scratch": ["arm=grow_stack", "seed=0", "strategy.epochs_per_stage=1", "strategy.final_epochs=1",
+                           "model.d_model=16", "dataset.max_len=16", "dataset.val_fraction=0.1",
+                           "dataset.test_fraction=0.1"],
 }
+LM_EXPERIMENTS = {"lm_grow_vs_scratch"}  # language models report val/test loss, not accuracy
+
+
+def tiny_fortunes(root: Path) -> Path:
+    """A dataset root whose text/fortunes/ holds two small category files (art and zippy, which it is recognised by)."""
+    folder = root / "text" / "fortunes"
+    folder.mkdir(parents=True)
+    for name, line in (("art", "You will have a pleasant surprise."), ("zippy", "Are we having fun yet?")):
+        (folder / name).write_text("".join(f"{line} Number {i}.\n%\n" for i in range(60)), encoding="utf-8")
+    return root
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_runs_one_tiny_job(name, tmp_path, idx_root):
     sweep = tmp_path / "sweep"  # MNIST / Fashion-MNIST: the small IDX files of conftest
+    lm = name in LM_EXPERIMENTS
+    root = tiny_fortunes(tmp_path / "data") if lm else idx_root
     proc = run_cli("-m", f"experiment={name}", *SMALL[name], "train.epochs=1", "dataset.max_train=400",
-                   "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"STAGETRAIN_DATA": str(idx_root)})
+                   "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"STAGETRAIN_DATA": str(root)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = summary_rows(sweep)
-    assert len(rows) == 1 and rows[0]["status"] == "completed" and float(rows[0]["test/acc"]) > 0
+    assert len(rows) == 1 and rows[0]["status"] == "completed"
+    assert float(rows[0]["test/loss" if lm else "test/acc"]) > 0
 
 
 def test_a_sweep_over_an_earlier_sweeps_runs_needs_resume_and_touches_nothing(tmp_path):

@@ -30,7 +30,9 @@ def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator)
             return fn(model, index, op["width"], variant, op.get("noise", 0.0), generator)
         return fn(model, index, variant), {"op": "deepen"}
     if op["op"] == "stack":
-        return stack(model), {"op": "stack"}
+        old = list(model.block_names)
+        model = stack(model)
+        return model, {"op": "stack", "copies": dict(zip(model.block_names[len(old):], old, strict=True))}
     if op["op"] in ("add_lora", "merge_lora"):
         from stagetrain.models.lora import add_lora, merge_lora
 

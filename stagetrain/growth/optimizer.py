@@ -1,4 +1,5 @@
-"""Optimizer state across growth: carry Adam/SGD moments through a widening's unit map."""
+"""Optimizer state across growth: carry Adam/SGD moments through a widening's unit map, and
+copy them to the layers depth stacking copies."""
 
 from __future__ import annotations
 
@@ -48,10 +49,13 @@ def map_optimizer_state(optimizer: torch.optim.Optimizer, model: StagedModel, pr
     the unit they replicate, first moments divided by the replica count and second moments
     by its square (each copy's gradient is 1/count of the original's); the consumer's
     incoming columns copy theirs unchanged (their gradient equals the original's). New
-    blocks start with fresh state; ``random`` growth gives new units zero moments.
+    blocks start with fresh state; ``random`` growth gives new units zero moments. Depth
+    stacking's copies start with the moments (and step count) of the block each copies.
     """
     state = {name: dict(entry) for name, entry in prev.items()}
     for info in mappings:
+        if info["op"] == "stack":
+            _copy_stacked(state, info["copies"])
         if info["op"] != "widen":
             continue
         g, method = info["mapping"], info["method"]
@@ -72,3 +76,13 @@ def map_optimizer_state(optimizer: torch.optim.Optimizer, model: StagedModel, pr
             continue
         if all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape for v in entry.values()):
             optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in entry.items()}
+
+
+def _copy_stacked(state: dict[str, Any], copies: dict[str, str]) -> None:
+    """``copies``: new block name -> the block it copies; its parameters get that block's state."""
+    for new, old in copies.items():
+        prefix = f"blocks.{old}."
+        for name, entry in list(state.items()):
+            if name.startswith(prefix):
+                state[f"blocks.{new}.{name[len(prefix):]}"] = {
+                    k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()}

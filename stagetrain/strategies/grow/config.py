@@ -58,7 +58,7 @@ def validate(cfg: Any) -> None:
     s = cfg.strategy
     check_choice("strategy.trigger", s.trigger, ("epochs", "plateau", "flops_share"))
     check_choice("strategy.op", s.op, ("net2net", "random"))
-    check_choice("strategy.deepen", s.deepen, ("identity", "residual_zero", "stack"))
+    check_choice("strategy.deepen", s.deepen, ("identity", "residual_zero", "insert", "stack"))
     check_choice("strategy.optimizer_state", s.optimizer_state, ("reset", "map"))
     for key in ("epochs_per_stage", "final_epochs", "plateau_patience", "flop_budget", "max_stages",
                 "lr_after_growth", "width_factor", "stages"):
@@ -103,12 +103,12 @@ def validate(cfg: Any) -> None:
             raise StagetrainError(
                 f"strategy.deepen=stack copies the whole stack on top of itself, so a deepening stage must list "
                 f"the previous widths twice; stage {k + 1} {cur} after {prev} does not (e.g. [[64,64],[64,64,64,64]]).")
-        if deepens and s.deepen == "residual_zero":
+        if deepens and s.deepen in ("residual_zero", "insert"):
             fixed = range(len(prev) - 1, len(cur))  # the block below and the residual blocks
             later_widened = any(later[i] > cur[i] for later in widths[k + 1:] for i in fixed)
             if later_widened or any(cur[i] != cur[len(prev) - 1] for i in fixed):
                 raise StagetrainError(
-                    "strategy.deepen=residual_zero: a residual block keeps the width of the block below it, "
+                    f"strategy.deepen={s.deepen}: a residual block keeps the width of the block below it, "
                     "and neither can be widened later; reach the final widths before adding blocks.")
 
 

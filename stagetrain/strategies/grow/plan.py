@@ -4,6 +4,8 @@ The schedule is a list of per-stage block widths (``strategy.widths``; a longer 
 blocks on top) and/or data fractions. Stage k > 0 starts with growth ops (widen /
 deepen) that the engine applies; Net2Net operators keep the function unchanged, so the
 loss right after growth equals the loss right before (logged as a ``growth`` event).
+``strategy.deepen=insert`` is ``residual_zero`` under its user-facing name: zero-output
+(identity) layers added on top of the stack, function-preserving.
 Triggers: fixed epochs per stage, a validation plateau, or a share of the FLOP budget.
 Run-level stops: ``target``, ``flop_budget``, ``complexity_penalty``.
 """
@@ -36,7 +38,7 @@ def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
     if s.deepen == "stack" and len(cur) > len(prev) and s.op != "random":
         return ops + [{"op": "stack"}]
     for i in range(len(prev), len(cur)):
-        kind = "random" if s.op == "random" else s.deepen
+        kind = "random" if s.op == "random" else "residual_zero" if s.deepen == "insert" else s.deepen
         ops.append({"op": "deepen", "after": f"block{i}", "kind": kind})
         if cur[i] > cur[i - 1]:
             ops.append({"op": "widen", "block": f"block{i + 1}", "width": cur[i], "method": method,
