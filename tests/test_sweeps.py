@@ -170,6 +170,11 @@ SMALL = {
                     "model.channels=[8,8]", "model.fc_widths=[8]"],
     "resnet_layerwise_fashion": ["arm=layerwise_dgl", "strategy.epochs_per_layer=1", "strategy.finetune.epochs=1",
                                  "model.stage_channels=[8,8]"],
+    # fortunes: the shared corpus (dataset.root), not the IDX root
+    "text_pretrain_finetune": [f"dataset.root={DATA_ROOT}", "arm=text_mlm", "strategy.mode=lp_ft", "seed=0",
+                               "dataset.labeled_fraction=0.1", "strategy.pretrain.epochs=1"],
+    "text_layerwise_vs_scratch": [f"dataset.root={DATA_ROOT}", "seed=0", "strategy.epochs_per_layer=1",
+                                  "compare.scratch=false"],
 }
 
 
