@@ -6,7 +6,9 @@ repeated. A bare weights file (a torchvision-style ``state_dict`` ``.pth``, or a
 safetensors file without stagetrain metadata; keys renamed by ``strategy.source_keys``)
 has no architecture: ``model=`` gives it (e.g. ``model=torchvision model.arch=resnet18``).
 Or ``strategy.pretrain.enabled=true`` pretrains inside the run on a source dataset / class
-subset (supervised, autoencoder or denoising) before the mode's stages.
+subset (supervised, autoencoder or denoising) before the mode's stages; on labelled
+texts ``mlm`` / ``lm`` pretrain on every training text without its label (a mask token
+added to the vocabulary for mlm, causal layers for lm).
 ``strategy.source=random`` starts from random weights of the ``model=`` architecture (no
 transfer: the control run of a transfer comparison, same stages, same budget; with
 pretraining enabled it is pretrained first). The head is new (sized for this run's
