@@ -148,7 +148,7 @@ def probe_batch(spec: dict[str, Any], n: int, unit: bool = False) -> tuple[torch
     ids for a token stem; in [0, 1] when ``unit``) and labels (next tokens for an LM head)."""
     stem = spec.get("stem") or {}
     if stem.get("type") == "token_embed":
-        x = torch.randint(1, stem["vocab_size"], (n, spec["in_shape"][0]))
+        x = torch.randint(1, stem.get("mask_id", stem["vocab_size"]), (n, spec["in_shape"][0]))  # real tokens only
         lm = spec["head"].get("type") == "lm_head"
         return x, (torch.roll(x, -1, 1) if lm else torch.zeros(n, dtype=torch.long))
     x = torch.randn(n, *spec["in_shape"])

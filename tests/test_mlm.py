@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
-from stagetrain.objectives import IGNORE, AuxLMHead, mlm_corrupt, stage_loss, token_loss
+from stagetrain.objectives import (
+    IGNORE,
+    AuxLMHead,
+    mlm_corrupt,
+    probe_batch,
+    stage_loss,
+    token_loss,
+)
 from stagetrain.plan import Stage
 
 VOCAB = 257  # the byte tokenizer: 0 = padding, 1..256 the bytes; the mask token gets id 257
@@ -97,3 +104,11 @@ def test_lm_pretraining_on_padded_texts_predicts_the_next_real_token_only():
     pairs = [(0, 0, 6), (0, 1, 7)] + [(1, t, int(x[1, t + 1])) for t in range(7)]  # no target is padding
     expected = sum(F.cross_entropy(logits[b, t:t + 1], torch.tensor([y])) for b, t, y in pairs) / len(pairs)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the loss is computed in fp32
+
+
+def test_probe_batches_of_a_model_with_a_mask_token_hold_real_tokens_only():
+    """The dry run's and the FLOP counter's made-up batch: the mask id is no input token and no
+    target (an LM head over the data's vocabulary has no class for it)."""
+    spec = _classifier_with_mask().spec
+    x, _ = probe_batch(spec, 400)  # 20,000 tokens: the mask id would be drawn ~78 times
+    assert x.min() >= 1 and x.max() < spec["stem"]["mask_id"]
