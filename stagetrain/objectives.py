@@ -2,7 +2,12 @@
 
 * supervised  -- cross-entropy through the model's head, or through an auxiliary head
 * lm          -- causal language modelling: next-token cross-entropy (nats) through the
-                 model's per-position ``lm_head`` (a supervised stage through an LM head is one)
+                 model's per-position ``lm_head`` (a supervised stage through an LM head is one),
+                 or through an auxiliary LM head (layer-wise on LM data; in-run pretraining on
+                 padded texts, where the targets are the input tokens shifted by one, pads skipped)
+* mlm         -- masked language modelling (BERT): 15% of the non-pad tokens are chosen; of
+                 those 80% become the mask token, 10% a random token, 10% stay; cross-entropy
+                 on the chosen positions only, through an auxiliary LM head
 * autoencoder -- reconstruct the input of the trained block through a decoder
 * denoising   -- the same from a masked input; the target is the clean input
 * rbm         -- contrastive divergence (CD-k) on the trained block as an RBM
@@ -96,10 +101,23 @@ class RBMVisible(nn.Module):
         self.bias = nn.Parameter(torch.zeros(spec["in"]))
 
 
+class AuxLMHead(nn.Module):
+    """Auxiliary per-position vocabulary head: LayerNorm -> Linear, [B, T, D] -> [B, T, V]."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.spec = dict(spec)
+        self.norm = nn.LayerNorm(spec["in"])
+        self.layer = nn.Linear(spec["in"], spec["out"], bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.norm(x))
+
+
 def build_helper(spec: dict[str, Any] | None) -> nn.Module | None:
     if spec is None:
         return None
-    kinds = {"aux_head": AuxHead, "decoder": Decoder, "rbm": RBMVisible}
+    kinds = {"aux_head": AuxHead, "decoder": Decoder, "rbm": RBMVisible, "lm_head": AuxLMHead}
     return kinds[spec["kind"]](spec)
 
 
@@ -130,7 +148,7 @@ def probe_batch(spec: dict[str, Any], n: int, unit: bool = False) -> tuple[torch
     ids for a token stem; in [0, 1] when ``unit``) and labels (next tokens for an LM head)."""
     stem = spec.get("stem") or {}
     if stem.get("type") == "token_embed":
-        x = torch.randint(1, stem["vocab_size"], (n, spec["in_shape"][0]))
+        x = torch.randint(1, stem.get("mask_id", stem["vocab_size"]), (n, spec["in_shape"][0]))  # real tokens only
         lm = spec["head"].get("type") == "lm_head"
         return x, (torch.roll(x, -1, 1) if lm else torch.zeros(n, dtype=torch.long))
     x = torch.randn(n, *spec["in_shape"])
@@ -142,7 +160,48 @@ def objective_of(stage: Stage, model: StagedModel) -> str:
     (the final evaluation's stage does not know the model's head)."""
     if stage.objective == "supervised" and stage.uses_head and model.spec["head"].get("type") == "lm_head":
         return "lm"
+    if stage.objective == "supervised" and (stage.helper or {}).get("kind") == "lm_head":
+        return "lm"
     return stage.objective
+
+
+MLM_RATE, MLM_SPLIT = 0.15, (0.8, 0.1)  # chosen share; of the chosen: to the mask token, to a random token
+IGNORE = -100
+
+
+def mlm_corrupt(x: torch.Tensor, mask_id: int, generator: torch.Generator | None = None,
+                rate: float = MLM_RATE) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking of token ids ``x`` [B, T] (0 = padding, never chosen; real tokens are
+    1..mask_id-1): returns the corrupted input and the targets (the original token at the
+    chosen positions, ``IGNORE`` elsewhere)."""
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    how = torch.rand(x.shape, generator=generator, device=x.device)
+    rnd = torch.randint(1, mask_id, x.shape, generator=generator, device=x.device)
+    chosen = (u < rate) & x.ne(0)
+    to_mask, to_random = chosen & (how < MLM_SPLIT[0]), chosen & (how >= MLM_SPLIT[0]) & (how < sum(MLM_SPLIT))
+    out = torch.where(to_mask, torch.full_like(x, mask_id), torch.where(to_random, rnd, x))
+    return out, torch.where(chosen, x, torch.full_like(x, IGNORE))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose target is not ``IGNORE`` (0 when none is)."""
+    if not targets.ne(IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+
+
+def _token_objective(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
+                     y: torch.Tensor, first: int, training: bool) -> torch.Tensor:
+    """lm / mlm losses that read the input tokens (``first`` = 0: ``h`` is the token ids)."""
+    if stage.objective == "mlm":
+        mask_id = model.spec["stem"]["mask_id"]
+        g = None if training else torch.Generator(h.device).manual_seed(0)  # the same masks every evaluation
+        h, targets = mlm_corrupt(h, mask_id, g)
+    else:  # lm on padded texts: position t predicts token t + 1; padding is no target
+        nxt = torch.cat([h[:, 1:], torch.zeros_like(h[:, :1])], 1)
+        targets = nxt.masked_fill(nxt.eq(0), IGNORE)
+    z = model.features(h, first, stage.stop_block)
+    return token_loss(helper(z) if helper is not None else model.head(z), targets)
 
 
 def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -158,7 +217,7 @@ def split_metrics(objective: str, loss: float, correct: float, n: int,
     out = {"loss": loss}
     if objective == "supervised":
         out["acc"] = correct / max(n, 1)
-    elif objective == "lm":
+    elif objective in ("lm", "mlm"):  # mlm: the pseudo-perplexity of the masked positions
         out["ppl"] = math.exp(loss) if loss < 700 else math.inf
         if bytes_per_token:
             out["bpb"] = loss / math.log(2) / bytes_per_token
@@ -173,8 +232,11 @@ def stage_loss(
 
     ``h`` is the input of block ``first`` (the output of the frozen prefix, maybe cached).
     """
+    if stage.objective == "mlm" or (stage.helper or {}).get("targets") == "tokens":
+        return _token_objective(stage, model, helper, h, y, first, training), None
     if objective_of(stage, model) == "lm":  # per-position logits: no per-sample accuracy to report
-        return lm_loss(model.head(model.features(h, first, stage.stop_block)), y), None
+        z = model.features(h, first, stage.stop_block)
+        return lm_loss(helper(z) if helper is not None else model.head(z), y), None
     if stage.objective == "supervised":
         z = model.features(h, first, stage.stop_block)
         logits = helper(z) if helper is not None else model.head(z)

@@ -154,9 +154,13 @@ def test_dry_run_counts_the_windows_without_training(corpus):
     assert out["estimates"][0]["samples"] == windows and out["estimates"][0]["flops"] > 0
 
 
-def test_layerwise_refuses_a_language_model(corpus):
-    with pytest.raises(StagetrainError, match="auxiliary classifier.*strategy=scratch, grow or finetune from a source run"):
-        train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=layerwise", "dry_run=true"), None)
+def test_layerwise_trains_a_language_model_through_auxiliary_lm_heads(corpus):
+    out = train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=layerwise", "dry_run=true"), None)
+    greedy, finetune = out["plan"]["stages"]
+    assert greedy["objective"] == "lm" and greedy["helper"]["kind"] == "lm_head" and finetune["objective"] == "lm"
+    with pytest.raises(StagetrainError, match="LM head shares the token embedding"):
+        train(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=layerwise",
+                       "strategy.finetune.enabled=false", "dry_run=true"), None)
 
 
 @pytest.mark.full  # three CLI runs, one killed (about a minute on 2 busy cores): `pytest --full`

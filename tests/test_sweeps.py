@@ -173,8 +173,13 @@ SMALL = {
     "lm_grow_vs_scratch": ["arm=grow_stack", "seed=0", "strategy.epochs_per_stage=1", "strategy.final_epochs=1",
                            "model.d_model=16", "dataset.max_len=16", "dataset.val_fraction=0.1",
                            "dataset.test_fraction=0.1"],
+    "text_pretrain_finetune": ["arm=text_mlm", "strategy.mode=lp_ft", "seed=0",
+                               "dataset.labeled_fraction=0.1", "strategy.pretrain.epochs=1"],
+    "text_layerwise_vs_scratch": ["seed=0", "strategy.epochs_per_layer=1",
+                                  "compare.scratch=false"],
 }
 LM_EXPERIMENTS = {"lm_grow_vs_scratch"}  # language models report val/test loss, not accuracy
+TEXT_EXPERIMENTS = {"lm_grow_vs_scratch", "text_pretrain_finetune", "text_layerwise_vs_scratch"}  # on fortunes
 
 
 def tiny_fortunes(root: Path) -> Path:
@@ -188,9 +193,9 @@ def tiny_fortunes(root: Path) -> Path:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_runs_one_tiny_job(name, tmp_path, idx_root):
-    sweep = tmp_path / "sweep"  # MNIST / Fashion-MNIST: the small IDX files of conftest
+    sweep = tmp_path / "sweep"  # MNIST / Fashion-MNIST: the small IDX files of conftest; text: a tiny fortunes
     lm = name in LM_EXPERIMENTS
-    root = tiny_fortunes(tmp_path / "data") if lm else idx_root
+    root = tiny_fortunes(tmp_path / "data") if name in TEXT_EXPERIMENTS else idx_root
     proc = run_cli("-m", f"experiment={name}", *SMALL[name], "train.epochs=1", "dataset.max_train=400",
                    "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"STAGETRAIN_DATA": str(root)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -185,6 +185,16 @@ def as_classifier(arch: dict[str, Any], num_classes: int, pool: str) -> dict[str
     return arch
 
 
+def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
+    """A token model's spec with one more embedding row: the mask token of ``mlm`` pretraining,
+    id ``mask_id`` = the data's vocabulary size (so the data's ids keep their meaning)."""
+    stem = arch["stem"]
+    if "mask_id" in stem:
+        return arch
+    vocab = int(stem["vocab_size"])
+    return {**arch, "stem": {**stem, "vocab_size": vocab + 1, "mask_id": vocab}}
+
+
 def grow_widths(m: Any) -> list[int]:
     """Grow schedules the per-layer MLP hidden sizes (d_model and the heads stay fixed)."""
     return layer_widths(m)

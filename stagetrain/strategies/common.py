@@ -10,7 +10,7 @@ from stagetrain.plan import Stage
 
 def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
     """A stage with the run's optimizer settings; ``fields`` override them. With a language-
-    model head (``model.head=lm``) a supervised stage through the head trains ``lm``."""
+    model head (``model.head=lm``) a supervised stage through the head (or an auxiliary LM head) trains ``lm``."""
     defaults = {
         "optimizer": cfg.optim.name, "lr": float(cfg.optim.lr),
         "weight_decay": float(cfg.optim.weight_decay), "momentum": float(cfg.optim.momentum),
@@ -18,7 +18,7 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
     }
     stage = Stage(**{**defaults, **fields})
     if cfg.model.name == "transformer" and cfg.model.head == "lm" and stage.objective == "supervised":
-        if not stage.uses_head:
+        if not stage.uses_head and (stage.helper or {}).get("kind") != "lm_head":  # an auxiliary LM head is fine
             raise StagetrainError(
                 f"strategy={cfg.strategy.name} trains stage '{stage.name}' through an auxiliary classifier, which "
                 "a language model (model.head=lm) has no use for. Language models train with strategy=scratch, "

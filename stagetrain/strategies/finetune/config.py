@@ -11,6 +11,7 @@ from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.schema import CACHE_MAX_BYTES, DATASETS, StrategyConfig
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
+PRETRAIN_OBJECTIVES = ("supervised", "autoencoder", "denoising", "lm", "mlm")  # lm, mlm: text classification data
 RANDOM = "random"  # strategy.source=random: no transfer, the control run of a transfer sweep
 
 
@@ -74,7 +75,9 @@ def validate(cfg: Any) -> None:
         if s.source not in (None, RANDOM):
             raise StagetrainError("strategy.source and strategy.pretrain.enabled=true exclude each other: "
                                   "transfer from a source run, or pretrain inside this run.")
-        check_choice("strategy.pretrain.objective", p.objective, ("supervised", "autoencoder", "denoising"))
+        check_choice("strategy.pretrain.objective", p.objective, PRETRAIN_OBJECTIVES)
+        if p.objective in ("lm", "mlm"):
+            _validate_text_pretrain(cfg)
         if p.dataset is not None:
             check_choice("strategy.pretrain.dataset", p.dataset, DATASETS)
         if p.epochs <= 0 or (p.lr is not None and p.lr <= 0) or not 0 <= p.noise < 1:
@@ -105,6 +108,31 @@ def validate(cfg: Any) -> None:
     if not re.fullmatch(r"best|last|stage-\d+", s.source_checkpoint):
         raise StagetrainError(f"strategy.source_checkpoint={s.source_checkpoint!r} is not valid: use best, last or stage-<k>.")
     _validate_numbers(s)
+
+
+def _validate_text_pretrain(cfg: Any) -> None:
+    """lm / mlm pretraining reads the run's own labelled texts as unlabelled sequences."""
+    from stagetrain.schema import TEXT_DATASETS
+
+    p, ds = cfg.strategy.pretrain, cfg.dataset
+    if ds.name not in TEXT_DATASETS or ds.name == "text" or getattr(ds, "task", "") == "lm":
+        raise StagetrainError(
+            f"strategy.pretrain.objective={p.objective} pretrains on the run's texts without their labels, then "
+            f"fine-tunes a classifier on them, but dataset={ds.name}{' dataset.task=lm' if ds.name != 'text' and ds.name in TEXT_DATASETS else ''} "
+            "has no labels to fine-tune on. Use labelled texts (dataset=fortunes or dataset=text_classification); to "
+            "fine-tune a language model trained on a corpus, give its run as strategy.source=<run dir>.")
+    if p.dataset not in (None, ds.name) or p.classes is not None:
+        raise StagetrainError(f"strategy.pretrain.objective={p.objective} pretrains on every training text of "
+                              f"dataset={ds.name}; strategy.pretrain.dataset and strategy.pretrain.classes do not "
+                              "apply (leave them null).")
+    if cfg.model.name != "transformer":
+        raise StagetrainError(f"strategy.pretrain.objective={p.objective} needs model=transformer.")
+    if p.objective == "lm" and cfg.model.causal is False:
+        raise StagetrainError("strategy.pretrain.objective=lm trains next-token prediction, which needs causal "
+                              "layers: leave model.causal=null (lm makes it causal) or use objective=mlm.")
+    if p.objective == "mlm" and cfg.model.causal:
+        raise StagetrainError("strategy.pretrain.objective=mlm predicts masked tokens from both sides: it needs "
+                              "bidirectional layers. Set model.causal=null or false, or use objective=lm.")
 
 
 def _validate_keys(s: Any) -> None:

@@ -6,7 +6,9 @@ repeated. A bare weights file (a torchvision-style ``state_dict`` ``.pth``, or a
 safetensors file without stagetrain metadata; keys renamed by ``strategy.source_keys``)
 has no architecture: ``model=`` gives it (e.g. ``model=torchvision model.arch=resnet18``).
 Or ``strategy.pretrain.enabled=true`` pretrains inside the run on a source dataset / class
-subset (supervised, autoencoder or denoising) before the mode's stages.
+subset (supervised, autoencoder or denoising) before the mode's stages; on labelled
+texts ``mlm`` / ``lm`` pretrain on every training text without its label (a mask token
+added to the vocabulary for mlm, causal layers for lm).
 ``strategy.source=random`` starts from random weights of the ``model=`` architecture (no
 transfer: the control run of a transfer comparison, same stages, same budget; with
 pretraining enabled it is pretrained first). The head is new (sized for this run's
@@ -70,6 +72,8 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
     """The source's architecture, with a head for this run's classes (or, with in-run
     pretraining or a bare weights file, the architecture ``model=`` describes)."""
     s = cfg.strategy
+    if s.pretrain.enabled and s.pretrain.objective in ("lm", "mlm"):
+        return _text_pretrain_spec(cfg, in_shape, num_classes)
     if s.pretrain.enabled or s.source == RANDOM:
         return build_spec(cfg.model, in_shape, num_classes)
     src = _source(str(s.source), s.source_checkpoint)
@@ -80,6 +84,16 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
     if s.freeze_blocks > len(arch["blocks"]) and s.mode == "partial":
         raise StagetrainError(f"strategy.freeze_blocks={s.freeze_blocks} exceeds the source's {len(arch['blocks'])} blocks.")
     return arch
+
+
+def _text_pretrain_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The classifier that in-run lm / mlm pretraining prepares: causal layers for lm (unless
+    model.causal says otherwise), a mask token in the vocabulary for mlm."""
+    model = cfg.model
+    if cfg.strategy.pretrain.objective == "lm" and model.causal is None:
+        model = replace(model, causal=True)
+    arch = build_spec(model, in_shape, num_classes)
+    return family("transformer").with_mask_token(arch) if cfg.strategy.pretrain.objective == "mlm" else arch
 
 
 def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -106,7 +120,10 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     s = cfg.strategy
     if s.pretrain.enabled:
         p = s.pretrain
-        return {"pretrain": {"dataset": p.dataset or cfg.dataset.name, "classes": p.classes, "objective": p.objective}}
+        record = {"dataset": p.dataset or cfg.dataset.name, "classes": p.classes, "objective": p.objective}
+        if "mask_id" in (model.spec.get("stem") or {}):
+            record["mask_id"] = model.spec["stem"]["mask_id"]
+        return {"pretrain": record}
     if s.source == RANDOM:
         return {"random": "no transfer: the model= architecture from random initial weights (control)"}
     src = _source(str(s.source), s.source_checkpoint)
@@ -222,6 +239,15 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
     helper sized for the source classes, dropped afterwards), or greedy layer-wise
     autoencoder/denoising stages."""
     p = cfg.strategy.pretrain
+    if p.objective in ("lm", "mlm"):
+        stem = spec["stem"]
+        helper = {"kind": "lm_head", "in": stem["d_model"], "out": stem.get("mask_id", stem["vocab_size"]),
+                  "targets": "tokens"}
+        what = "masked tokens (15%, 80/10/10)" if p.objective == "mlm" else "the next token"
+        return [stage_from_cfg(
+            cfg, name=f"pretrain-{p.objective}", epochs=int(p.epochs), trainable=[*all_groups(spec)[:-1], "helper"],
+            objective=p.objective, dataset="source", data="all", helper=helper, lr=float(p.lr or cfg.optim.lr),
+            description=f"every block on every training text without its label, predicting {what}")]
     if p.objective == "supervised":
         classes = dataset_meta(source_dataset_cfg(cfg))[1]
         blocks = all_groups(spec)[:-1]

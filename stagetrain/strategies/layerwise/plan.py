@@ -3,7 +3,10 @@
 Stage l trains block l alone on the (frozen, cacheable) output of blocks 1..l-1, through
 a helper that exists only in that stage:
 
-* supervised  -- an auxiliary classifier (Linear; for CNNs pooling + optional k convs)
+* supervised  -- an auxiliary classifier (Linear; for CNNs pooling + optional k convs; for
+                 sequences mean over positions + LayerNorm + Linear); on language-model data
+                 (model.head=lm) an auxiliary LM head (LayerNorm + Linear to the vocabulary, per
+                 position) trained on the next tokens
 * autoencoder -- a decoder (tied W^T or untied) reconstructing the block's input
 * denoising   -- the same from masked input (level per layer), the target is clean
 * rbm         -- the block as an RBM trained with CD-k (sigmoid MLP blocks)
@@ -25,6 +28,8 @@ from stagetrain.strategies.common import all_groups, head_input_shape, stage_fro
 
 def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
     block = spec["blocks"][index]
+    if g.objective == "supervised" and spec["head"].get("type") == "lm_head":  # language model: next tokens
+        return {"kind": "lm_head", "in": spec["head"]["in"], "out": spec["head"]["out"]}
     if g.objective == "supervised":
         helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": spec["num_classes"]}
         if last_to_head:  # same shape as the model's head, so it can become the head
@@ -74,6 +79,11 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     last_to_head = s.objective == "supervised" and not s.finetune.enabled
     head_type = spec["head"].get("type", "linear_head")
+    if last_to_head and head_type == "lm_head":
+        raise StagetrainError(
+            "strategy.finetune.enabled=false makes the last block's auxiliary head the model's head, but a language "
+            "model's LM head shares the token embedding and is not an auxiliary head's copy. Keep "
+            "strategy.finetune.enabled=true: its fine-tune stage trains the model end to end.")
     if last_to_head and part_type(head_type).shared:
         raise StagetrainError(
             "strategy.finetune.enabled=false makes the last block's auxiliary head the model's head, which needs "
