@@ -108,6 +108,23 @@ def test_a_nan_gradient_is_named_before_the_learning_rate(tmp_path):
     assert "First non-finite thing found: a gradient" in str(err.value)
 
 
+def test_a_nan_in_the_input_batch_is_named_as_the_data(tmp_path, monkeypatch):
+    import stagetrain.runner
+
+    real = stagetrain.runner.load_data
+
+    def with_nan(ds, seed, *args):  # data read with a NaN in every sample (statistics were finite)
+        bundle = real(ds, seed, *args)
+        bundle.train.x[:, 0] = float("nan")
+        return bundle
+
+    monkeypatch.setattr(stagetrain.runner, "load_data", with_nan)
+    with pytest.raises(StagetrainError) as err:
+        train(make_cfg("dataset=synthetic", "strategy=scratch", "train.epochs=1", "plots=false"), tmp_path)
+    msg = str(err.value)
+    assert "First non-finite thing found: the stage's input batch" in msg and "lower learning rate will not" in msg
+
+
 def test_nan_weights_are_named_and_the_learning_rate_is_not_blamed(tmp_path):
     def poison(opt, args, kwargs):
         with torch.no_grad():

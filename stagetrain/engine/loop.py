@@ -181,7 +181,7 @@ class Engine:
         guard = self.nonfinite
         if self.world > 1:
             loss, self._agreed_stop = ranks.agree_step(loss, guard.exact, bool(self.stop_flag.get("signal")))
-        skip = guard.exact and not math.isfinite(loss.item()) and guard.found(k, stage, "loss")
+        skip = guard.exact and not math.isfinite(loss.item()) and guard.found(k, stage, "loss", h)
         rt.optimizer.zero_grad(set_to_none=True)
         if not skip:
             # DDP averages over ranks; slices of unequal size are weighted to the global mean

@@ -57,7 +57,7 @@ class NonFiniteGuard:
                            f"{self.device_type}, so at or before)")
         return False
 
-    def found(self, k: int, stage: Stage, what: str | None = None) -> bool:
+    def found(self, k: int, stage: Stage, what: str | None = None, batch: torch.Tensor | None = None) -> bool:
         """stop: raise. skip_batch: count and log the skipped batch and return True, unless
         NONFINITE_MAX_IN_A_ROW batches in a row were skipped: raise. ``what=None`` (the
         epoch's summed loss) always raises."""
@@ -81,14 +81,19 @@ class NonFiniteGuard:
                 "lower learning rate (optim.lr or the strategy's lr).")
         raise StagetrainError(
             f"The training {what} became non-finite (NaN or inf) {where}, LR {stage.lr:g}. "
-            f"{self.diagnosis(what)} The run stopped before that step changed the weights; the last "
+            f"{self.diagnosis(what, batch)} The run stopped before that step changed the weights; the last "
             "good checkpoint is kept unchanged."
         )
 
-    def diagnosis(self, what: str) -> str:
-        """The first non-finite thing found, before the learning rate is suspected: weights
-        that already held NaN/inf (a source's, or a previous step's), else the gradient
-        overflowing while the loss was finite, else the loss itself."""
+    def diagnosis(self, what: str, batch: torch.Tensor | None = None) -> str:
+        """The first non-finite thing found, before the learning rate is suspected: the stage's
+        input batch, weights that already held NaN/inf (a source's, or a previous step's), else
+        the gradient overflowing while the loss was finite, else the loss itself."""
+        if batch is not None and batch.is_floating_point() and not bool(torch.isfinite(batch).all()):
+            bad = int((~torch.isfinite(batch)).sum())
+            return (f"First non-finite thing found: the stage's input batch ({bad} of its {batch.numel()} values "
+                    "are NaN/inf): the data (or the frozen blocks' features of it), not the optimisation. Check "
+                    "the dataset's files or the arrays given to it. A lower learning rate will not help with that.")
         for i, p in enumerate(self.params):
             if not bool(torch.isfinite(p.detach()).all()):
                 at_start = self.state.global_step == 0
