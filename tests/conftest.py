@@ -168,6 +168,20 @@ def assert_epochs_exactly_once(run: Path) -> None:
             assert got == list(range(1, s["epochs"] + 1)), f"missing epochs in stage {s['stage']}"
 
 
+def copy_rewound_to_stage_1(run: Path, copy: Path) -> Path:
+    """A copy of a finished run as if stopped at the end of its first stage: only the stage-1
+    checkpoints kept, run.json "stopped" (resume=auto then continues from stage 1's end)."""
+    import shutil
+
+    shutil.copytree(run, copy)
+    for p in copy.glob("checkpoints/*.pt"):
+        if not p.name.startswith("stage-1-"):
+            p.unlink()
+    meta = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**meta, "status": "stopped"}))
+    return copy
+
+
 def resume_until_done(run: Path, args: list[str], cwd: Path) -> None:
     proc = run_cli(*args, f"hydra.run.dir={run}", "resume=auto", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,12 +5,9 @@ event's probe loss, and resume across a stacking step."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
-from conftest import assert_epochs_exactly_once, final_weights, make_cfg
+from conftest import assert_epochs_exactly_once, copy_rewound_to_stage_1, final_weights, make_cfg
 
 from stagetrain.families import transformer as family
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
@@ -137,12 +134,7 @@ def test_a_stacking_schedule_doubles_the_layers_and_resumes_bit_identical_across
     arch = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["arch"]
     assert [b["name"] for b in arch["blocks"]] == ["block1", "block2", "block3", "block4"]
     resumed = tmp_path / "resumed"  # restart from the end of stage 1: it stacks and trains to the same weights
-    shutil.copytree(run, resumed)
-    for p in resumed.glob("checkpoints/*.pt"):
-        if not p.name.startswith("stage-1-"):
-            p.unlink()
-    meta = json.loads((resumed / "run.json").read_text())
-    (resumed / "run.json").write_text(json.dumps({**meta, "status": "stopped"}))
+    copy_rewound_to_stage_1(run, resumed)
     assert train(make_cfg(*args, "resume=auto"), resumed)["status"] == "completed"
     ref, got = final_weights(run), final_weights(resumed)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)

@@ -5,13 +5,12 @@ every strategy on it (digits, one epoch)."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_epochs_exactly_once, make_cfg
+from conftest import assert_epochs_exactly_once, copy_rewound_to_stage_1, make_cfg
 from safetensors import safe_open
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -271,12 +270,7 @@ def test_grow_net2net_mlp_widening_and_identity_layers_keep_the_probe_loss(grow_
 def test_resume_from_the_stage_before_a_growth_is_bit_identical(grow_run, tmp_path):
     run, _ = grow_run
     resumed = tmp_path / "resumed"
-    shutil.copytree(run, resumed)
-    for p in resumed.glob("checkpoints/*.pt"):
-        if not p.name.startswith("stage-1-"):
-            p.unlink()
-    meta = json.loads((resumed / "run.json").read_text())
-    (resumed / "run.json").write_text(json.dumps({**meta, "status": "stopped"}))
+    copy_rewound_to_stage_1(run, resumed)
     info = train(make_cfg(*GROW, "resume=auto"), resumed)
     assert info["status"] == "completed"
     ref, got = _weights(run), _weights(resumed)
