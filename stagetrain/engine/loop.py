@@ -192,9 +192,8 @@ class Engine:
                                          bool(self.stop_flag.get("signal")) or self.world > 1 or budgeted)
             skip = guard.grads(k, stage, rt.optimizer, loss, look)
         passes = 1
-        if not skip:  # full-batch L-BFGS: its evaluations counted, the loss and logits after it logged
-            loss, logits, passes = (solver.solve(rt, h, y, stage.weight_decay) if stage.optimizer == "lbfgs"
-                                    else (loss, logits, rt.optimizer.step() or 1))
+        if not skip:
+            loss, logits, passes = solver.optimizer_step(rt, stage, h, y, loss, logits)
             self.state.nonfinite_streak = 0
         rt.scheduler.step()
         if not skip:  # a skipped batch counts in neither the epoch's loss nor its accuracy

@@ -18,6 +18,16 @@ from typing import Any
 import torch
 
 
+def optimizer_step(rt: Any, stage: Any, h: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
+                   logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The stage's optimizer step after the engine's forward and backward: (loss and logits to
+    log, forward-backward passes made). L-BFGS re-evaluates the batch; its result is logged."""
+    if stage.optimizer == "lbfgs":
+        return solve(rt, h, y, stage.weight_decay)
+    rt.optimizer.step()
+    return loss, logits, 1
+
+
 def solve(rt: Any, h: torch.Tensor, y: torch.Tensor, weight_decay: float
           ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """One L-BFGS step on the batch (h, y): (loss after it, logits after it, forward-backward
