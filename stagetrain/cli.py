@@ -200,11 +200,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """The job: one run, or a search over tune.lr (tune.py); then its equal-FLOPs control
+    """The job: one run, or a search over tune.lr / tune.grid (tune.py); then its equal-FLOPs control
     when compare.scratch=true."""
     from stagetrain.runner import train
 
-    if OmegaConf.select(cfg, "tune.lr", default=None) and not cfg.dry_run:
+    if (OmegaConf.select(cfg, "tune.lr", default=None) or OmegaConf.select(cfg, "tune.grid", default=None)) \
+            and not cfg.dry_run:
         from stagetrain.tune import run_search
 
         info = run_search(cfg, run_dir)

@@ -217,7 +217,7 @@ def _validate_run(cfg: RunConfig) -> None:
 
     check_objective(cfg.objective.metric, cfg.objective.mode)
     check_compare(cfg.compare.control_key, cfg.compare.control_value, cfg.compare.level)
-    check_tune(list(cfg.tune.lr), cfg.compare.scratch)
+    check_tune(list(cfg.tune.lr), cfg.tune.grid, cfg.compare.scratch, cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -173,6 +173,7 @@ class CompareConfig:
 @dataclass
 class TuneConfig:
     lr: list[float] = field(default_factory=list)  # non-empty: a search over optim.lr, selected on validation
+    grid: Any = None  # more keys to search: {key: [values]}, the product with lr
 
 
 @dataclass

@@ -43,13 +43,56 @@ def check_compare(key: str, value: str, level: float) -> None:
         raise StagetrainError(f"compare.level={level} is out of range: it must be in (0, 1), e.g. 0.95.")
 
 
-def check_tune(lrs: list[float], scratch_control: bool) -> None:
+# Keys a search may not vary: they define the job, the comparison or the data it is judged on.
+FIXED = ("tune", "compare", "objective", "seed", "resume", "dry_run", "hydra")
+DATA_TUNABLE = ("dataset.augment",)
+
+
+def check_tune(lrs: list[float], grid: Any, scratch_control: bool, cfg: Any = None) -> None:
+    """``tune.lr`` (learning rates > 0) and ``tune.grid`` (existing, tunable keys, each with a
+    non-empty list of values); a tuned job's equal-FLOPs control would be untuned, so it is refused."""
     if any(not float(v) > 0 for v in lrs):
         raise StagetrainError(f"tune.lr={list(lrs)} is not valid: give learning rates > 0, e.g. tune.lr=[0.0003,0.001,0.003].")
-    if lrs and scratch_control:
-        raise StagetrainError("tune.lr and compare.scratch=true exclude each other: a tuned arm's control must be "
-                              "tuned over the same grid. Run the scratch arm as its own arm with the same tune.lr "
-                              "(e.g. -m arm=scratch,layerwise_supervised tune.lr=[...]).")
+    grid = {} if grid is None else grid
+    if not hasattr(grid, "items"):
+        raise StagetrainError(f"tune.grid={grid!r} is not valid: give a mapping of config keys to lists of values, "
+                              "e.g. tune.grid={strategy.lr:[0.01,0.03],optim.weight_decay:[0,0.0001]}.")
+    for key, values in grid.items():
+        _check_grid_key(str(key), values, cfg, bool(lrs))
+    if (lrs or grid) and scratch_control:
+        raise StagetrainError("tune.lr / tune.grid and compare.scratch=true exclude each other: a tuned arm's control "
+                              "must be tuned over the same grid. Run the scratch arm as its own arm with the same "
+                              "tune settings (e.g. -m arm=scratch,layerwise_supervised tune.lr=[...]).")
+
+
+def _check_grid_key(key: str, values: Any, cfg: Any, with_lr: bool) -> None:
+    example = "e.g. tune.grid={strategy.lr:[0.01,0.03],optim.weight_decay:[0,0.0001]}"
+    root = key.split(".")[0]
+    if root in FIXED or (root == "dataset" and key not in DATA_TUNABLE) or (key == "optim.lr" and with_lr):
+        raise StagetrainError(
+            f"tune.grid key {key!r} cannot be searched: {', '.join(FIXED)} define the job and the comparison, and "
+            f"dataset.* the task it is judged on (only {', '.join(DATA_TUNABLE)} is tunable); optim.lr is tune.lr. "
+            f"Search training settings instead, {example}.")
+    if cfg is not None and not _has_key(cfg, key):
+        raise StagetrainError(f"tune.grid key {key!r} is not a setting of this run: name a config key by its full "
+                              f"dotted path, {example}.")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or not len(values):
+        raise StagetrainError(f"tune.grid.{key}={values!r} is not valid: give a non-empty list of values, {example}.")
+
+
+def _has_key(cfg: Any, key: str) -> bool:
+    """Whether the dotted ``key`` names a setting of ``cfg`` (a DictConfig or the typed settings)."""
+    node = cfg
+    for part in key.split("."):
+        if hasattr(node, "keys") and hasattr(node, "__getitem__"):
+            if part not in node.keys():
+                return False
+            node = node[part]
+        elif hasattr(node, "__dataclass_fields__") and part in node.__dataclass_fields__:
+            node = getattr(node, part)
+        else:
+            return False
+    return True
 
 
 def worst(metric: str, mode: str) -> float:

@@ -1,7 +1,8 @@
-"""``tune.lr=[...]``: one job becomes a search over learning rates, selected on validation.
+"""``tune.lr=[...]`` / ``tune.grid={key: [...]}``: one job becomes a search, selected on validation.
 
-Each value trains a complete trial run in ``<run dir>/tune/lr=<value>/`` (the job's config
-with ``optim.lr`` set; ``resume=auto``, so a re-run skips finished trials). The trial with
+Each setting (the product of ``tune.lr``, as ``optim.lr``, and ``tune.grid``'s lists) trains a
+complete trial run in ``<run dir>/tune/lr=<value>/`` (or ``key=value,...``: the job's config
+with the setting applied; ``resume=auto``, so a re-run skips finished trials). The trial with
 the best ``objective.metric`` -- a validation metric; the test split never takes part in
 the choice -- is selected. The job's own run.json reports the selected trial's metrics
 (the test accuracy to quote), the whole search's training FLOPs and seconds (every arm of a
@@ -11,6 +12,7 @@ and under ``tune`` every trial with its validation and test metrics.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,51 +29,106 @@ def is_trial(run: Path) -> bool:
     return run.parent.name == SUBDIR and (run.parent.parent / "run.json").is_file()
 
 
-def _trial(cfg: DictConfig, lr: float, run_dir: Path) -> dict[str, Any]:
+def settings(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Every trial's settings: the product of ``tune.lr`` (as ``optim.lr``) and ``tune.grid``."""
+    axes = ([("optim.lr", [float(v) for v in cfg.tune.lr])] if cfg.tune.lr else []) + [
+        (str(k), list(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)) for k, v in (cfg.tune.grid or {}).items()]
+    return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+def trial_name(setting: dict[str, Any]) -> str:
+    """The trial's folder: ``lr=<v>`` for a learning-rate search, else ``key=value,...``."""
+    if list(setting) == ["optim.lr"]:
+        return f"lr={float(setting['optim.lr']):g}"
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
+
+
+def trial_config(cfg: DictConfig, setting: dict[str, Any]) -> DictConfig:
+    """The job's config (resolved) with the trial's settings, untuned and uncontrolled; a value
+    of another kind than the key's (text for a number, a list for a scalar) is refused."""
+    from stagetrain.errors import StagetrainError
+
+    trial_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    trial_cfg.tune.lr, trial_cfg.tune.grid, trial_cfg.resume = [], None, "auto"
+    trial_cfg.compare.scratch = False
+    for key, value in setting.items():
+        current = OmegaConf.select(trial_cfg, key)
+        if current is not None and _kind(value) != _kind(current):
+            raise StagetrainError(f"tune.grid.{key}: the value {value!r} is not valid for {key}, which holds "
+                                  f"{_kind(current)} values (now {current!r}).")
+        OmegaConf.update(trial_cfg, key, value, merge=False)
+    return trial_cfg
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    if OmegaConf.is_config(value) or isinstance(value, (list, dict)):
+        return "list/mapping"
+    return "text"
+
+
+def _trial(trial_cfg: DictConfig, setting: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from stagetrain.errors import StagetrainError
     from stagetrain.runner import train
 
-    trial_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    trial_cfg.optim.lr, trial_cfg.tune.lr, trial_cfg.resume = float(lr), [], "auto"
-    trial_cfg.compare.scratch = False
-    path = run_dir / SUBDIR / f"lr={float(lr):g}"
+    path = run_dir / SUBDIR / trial_name(setting)
     try:
         info = train(trial_cfg, path)
     except (StagetrainError, RuntimeError) as e:  # a diverging trial is a result, not the end of the search
-        log.warning("tune: trial optim.lr=%g failed: %s", lr, e)
+        log.warning("tune: trial %s failed: %s", trial_name(setting), e)
         info = {"status": "failed", "error": str(e), "final": {}, "flops": 0.0, "seconds": 0.0}
-    return {"optim.lr": float(lr), "run_dir": str(path.resolve()), "info": info}
+    return {**setting, "run_dir": str(path.resolve()), "info": info}
 
 
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train every trial, select on validation, write and return the job's run.json."""
+    """Validate every trial, train them, select on validation, write and return the job's run.json."""
     from stagetrain.config import validate
     from stagetrain.errors import StagetrainError, run_exists_error
     from stagetrain.rundir import RunDir
     from stagetrain.search import direction, objective_value
 
-    validate(cfg)  # the job's own settings (tune.lr included), before any trial
+    validate(cfg)  # the job's own settings (tune included), before any trial
     rundir = RunDir(Path(run_dir))
     if cfg.resume == "never" and rundir.has_run():
         raise run_exists_error(run_dir)
+    grid = settings(cfg)
+    configs = [trial_config(cfg, setting) for setting in grid]
+    for trial_cfg in configs:  # a bad value is refused before the first trial trains
+        validate(trial_cfg)
     metric, mode = str(cfg.objective.metric), str(cfg.objective.mode)
-    trials = [_trial(cfg, lr, Path(run_dir)) for lr in cfg.tune.lr]
+    trials = [_trial(c, setting, Path(run_dir)) for c, setting in zip(configs, grid)]
     scored = [(objective_value(t["info"], metric, mode), t) for t in trials if t["info"].get("status") == "completed"]
     if not scored:
-        raise StagetrainError(f"tune.lr={list(cfg.tune.lr)}: every trial failed; see {Path(run_dir) / SUBDIR}.")
+        raise StagetrainError(f"tune: every trial of {_describe(cfg)} failed; see {Path(run_dir) / SUBDIR}.")
     sign = 1.0 if direction(metric, mode) == "max" else -1.0
     best = max(scored, key=lambda s: sign * s[0])[1]
+    keys = list(grid[0])
     info = dict(best["info"])
-    info["config"] = {**info["config"], "tune": {"lr": [float(v) for v in cfg.tune.lr]}}
+    info["config"] = {**info["config"], "tune": {"lr": [float(v) for v in cfg.tune.lr],
+                                                 "grid": _grid(cfg)}}
     info.update(run_dir=str(Path(run_dir).resolve()), flops=sum(float(t["info"].get("flops") or 0) for t in trials),
                 seconds=round(sum(float(t["info"].get("seconds") or 0) for t in trials), 3))
-    info["tune"] = {"metric": metric, "mode": direction(metric, mode), "trials": len(trials),
-                    "selected": {"optim.lr": best["optim.lr"], "run_dir": best["run_dir"]},
-                    "search": [{"optim.lr": t["optim.lr"], "status": t["info"].get("status"),
+    info["tune"] = {"metric": metric, "mode": direction(metric, mode), "trials": len(trials), "keys": keys,
+                    "selected": {**{k: best[k] for k in keys}, "run_dir": best["run_dir"]},
+                    "search": [{**{k: t[k] for k in keys}, "status": t["info"].get("status"),
                                 "run_dir": t["run_dir"], "flops": t["info"].get("flops"),
                                 **{k: v for k, v in (t["info"].get("final") or {}).items()}} for t in trials]}
     rundir.path.mkdir(parents=True, exist_ok=True)
     rundir.write_run_json(info)
-    log.info("tune: selected optim.lr=%g by %s (%s) over %d trials", best["optim.lr"], metric,
+    log.info("tune: selected %s by %s (%s) over %d trials", trial_name({k: best[k] for k in keys}), metric,
              direction(metric, mode), len(trials))
     return info
+
+
+def _describe(cfg: DictConfig) -> str:
+    parts = ([f"tune.lr={list(cfg.tune.lr)}"] if cfg.tune.lr else []) + (
+        [f"tune.grid={_grid(cfg)}"] if cfg.tune.grid else [])
+    return " ".join(parts)
+
+
+def _grid(cfg: DictConfig) -> dict[str, Any]:
+    grid = cfg.tune.grid
+    return OmegaConf.to_container(grid) if OmegaConf.is_config(grid) else dict(grid or {})

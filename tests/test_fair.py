@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from conftest import make_cfg
@@ -158,3 +159,50 @@ def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
         validate(make_cfg("tune.lr=[0.001,-1]"))
     with pytest.raises(StagetrainError, match="compare.scratch"):
         validate(make_cfg("tune.lr=[0.001]", "compare.scratch=true"))
+
+
+def test_tune_grid_searches_the_product_of_any_training_keys(tmp_path):
+    """tune.lr x tune.grid: every setting is a trial in its own folder with its settings
+    applied; the selected one is the best on validation and its test metric is reported."""
+    from stagetrain.tune import run_search
+
+    cfg = make_cfg("strategy=scratch", "train.epochs=2", "dataset.max_train=300", "plots=false",
+                   "tune.lr=[0.0001,0.003]", "tune.grid={optim.name:[sgd,adam],train.batch_size:[32]}")
+    info = run_search(cfg, tmp_path / "job")
+    search = info["tune"]["search"]
+    assert info["tune"]["keys"] == ["optim.lr", "optim.name", "train.batch_size"] and len(search) == 4
+    names = sorted(p.name for p in (tmp_path / "job" / "tune").iterdir())
+    assert names == ["optim.lr=0.0001,optim.name=adam,train.batch_size=32", "optim.lr=0.0001,optim.name=sgd,train.batch_size=32",
+                     "optim.lr=0.003,optim.name=adam,train.batch_size=32", "optim.lr=0.003,optim.name=sgd,train.batch_size=32"]
+    for row in search:  # each trial trained with its own settings
+        trial = json.loads((tmp_path / "job" / "tune" / Path(row["run_dir"]).name / "run.json").read_text())
+        assert (trial["config"]["optim"]["name"], trial["config"]["optim"]["lr"]) == (row["optim.name"], row["optim.lr"])
+        assert trial["config"]["train"]["batch_size"] == 32
+    best = max(search, key=lambda t: t["val/acc"])
+    assert {k: info["tune"]["selected"][k] for k in info["tune"]["keys"]} == {k: best[k] for k in info["tune"]["keys"]}
+    assert info["final"]["test/acc"] == best["test/acc"]
+    assert info["flops"] == pytest.approx(sum(t["flops"] for t in search))
+
+
+@pytest.mark.parametrize(("grid", "match"), [
+    ("{seed:[0,1]}", "cannot be searched"),
+    ("{dataset.classes:[[0,1]]}", "cannot be searched"),
+    ("{optim.lrr:[0.1]}", "not a setting of this run"),
+    ("{optim.weight_decay:[]}", "non-empty list"),
+    ("{optim.lr:[0.1]}", "optim.lr is tune.lr"),
+])
+def test_tune_grid_refuses_keys_that_define_the_job_and_unknown_or_empty_ones(grid, match):
+    from stagetrain.config import validate
+    from stagetrain.errors import StagetrainError
+
+    with pytest.raises(StagetrainError, match=match):
+        validate(make_cfg(f"tune.grid={grid}", "tune.lr=[0.001]"))
+
+
+def test_tune_grid_value_of_the_wrong_kind_is_refused_before_any_trial(tmp_path):
+    from stagetrain.errors import StagetrainError
+    from stagetrain.tune import run_search
+
+    with pytest.raises(StagetrainError, match="train.batch_size"):
+        run_search(make_cfg("strategy=scratch", "tune.grid={train.batch_size:[32,big]}"), tmp_path / "job")
+    assert not (tmp_path / "job" / "tune").exists()
