@@ -33,7 +33,7 @@ def settings(cfg: DictConfig) -> list[dict[str, Any]]:
     """Every trial's settings: the product of ``tune.lr`` (as ``optim.lr``) and ``tune.grid``."""
     axes = ([("optim.lr", [float(v) for v in cfg.tune.lr])] if cfg.tune.lr else []) + [
         (str(k), list(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)) for k, v in (cfg.tune.grid or {}).items()]
-    return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
 
 
 def trial_name(setting: dict[str, Any]) -> str:
@@ -99,7 +99,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for trial_cfg in configs:  # a bad value is refused before the first trial trains
         validate(trial_cfg)
     metric, mode = str(cfg.objective.metric), str(cfg.objective.mode)
-    trials = [_trial(c, setting, Path(run_dir)) for c, setting in zip(configs, grid)]
+    trials = [_trial(c, setting, Path(run_dir)) for c, setting in zip(configs, grid, strict=True)]
     scored = [(objective_value(t["info"], metric, mode), t) for t in trials if t["info"].get("status") == "completed"]
     if not scored:
         raise StagetrainError(f"tune: every trial of {_describe(cfg)} failed; see {Path(run_dir) / SUBDIR}.")
