@@ -2,7 +2,8 @@
 
 - *still falling* (stages that classify: their loss is comparable from start to end):
   more than ``STEEP`` of the stage's whole fall of the training loss
-  happened in its second half (at least 4 epochs). A converged stage makes nearly all its
+  happened in its second half (at least 4 epochs), unless its final training accuracy is
+  ``FITTED`` (the training set is learnt; the loss then falls towards 0). A converged stage makes nearly all its
   progress early (a 20-epoch digits MLP: 0.3% in the second half); an under-trained one is
   still descending when its schedule ends (the default linear probe of issue 17: 6.6%).
   More epochs or a larger learning rate would change its result, so a comparison built on
@@ -20,6 +21,7 @@ from typing import Any
 
 log = logging.getLogger("stagetrain")
 STEEP = 0.05  # share of a stage's training-loss fall that happened in its second half
+FITTED = 0.99  # final training accuracy at which a falling loss is no longer a warning
 
 
 def stage_warnings(events: list[dict[str, Any]], num_classes: int) -> list[str]:
@@ -33,7 +35,8 @@ def stage_warnings(events: list[dict[str, Any]], num_classes: int) -> list[str]:
         loss = [p[0] for p in points]
         half = len(loss) // 2
         scored = points[-1][1] is not None and min(loss) > 0  # a classifier's loss, not CD's or a decoder's
-        if scored and len(loss) >= 4 and loss[0] > loss[-1] and (loss[half] - loss[-1]) / (loss[0] - loss[-1]) > STEEP:
+        fitted = scored and points[-1][1] >= FITTED  # the training set is learnt: more epochs would only overfit
+        if scored and not fitted and len(loss) >= 4 and loss[0] > loss[-1] and (loss[half] - loss[-1]) / (loss[0] - loss[-1]) > STEEP:
             out.append(f"stage {stage} ({name}): training loss still falling at its end ({loss[half]:.4g} -> "
                        f"{loss[-1]:.4g} over its second half, {(loss[half] - loss[-1]) / (loss[0] - loss[-1]):.0%} "
                        "of its whole fall); it is under-trained: give it more epochs or a larger learning rate.")

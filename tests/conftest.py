@@ -228,3 +228,13 @@ def built_steps(monkeypatch) -> list:
 
     monkeypatch.setattr(runtime, "build_step", record)
     return built
+
+
+def engine_for(cfg):
+    """The engine a run of ``cfg`` would train (validated; plan, model and data built), on the CPU."""
+    from stagetrain.config import validate
+    from stagetrain.progress import Reporter
+    from stagetrain.runner import build_engine
+
+    validate(cfg)
+    return build_engine(cfg, torch.device("cpu"), None, Reporter("off"))[0]

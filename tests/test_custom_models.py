@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torchvision
-from conftest import make_cfg
+from conftest import engine_for, make_cfg
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -21,8 +21,7 @@ from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.models.custom import native_prefixes, rename
 from stagetrain.plan import Stage
-from stagetrain.progress import Reporter
-from stagetrain.runner import build_engine, train
+from stagetrain.runner import train
 
 CPU = torch.device("cpu")
 SMALL = ["model=custom", "model.target=custom_net.SmallNet", "model.stem=[conv,bn,act]",
@@ -42,11 +41,6 @@ def staged_from_module(spec, module):
     pairs = native_prefixes(spec)
     model.load_state_dict({rename(k, pairs): v for k, v in module.state_dict().items()})
     return model
-
-
-def engine_for(cfg):
-    validate(cfg)
-    return build_engine(cfg, CPU, None, Reporter("off"))[0]
 
 
 def test_custom_split_forward_equals_the_module_forward():

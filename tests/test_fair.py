@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import make_cfg
+from conftest import engine_for, make_cfg
 
 from stagetrain import compare, report, stats
 from stagetrain.runner import train
@@ -80,6 +80,49 @@ def test_linear_probe_at_defaults_trains_and_an_under_trained_one_is_flagged(tmp
     assert any("linear-probe" in w and "still falling" in w for w in old["warnings"])
     saved = json.loads((tmp_path / "old" / "run.json").read_text())
     assert saved["warnings"] == old["warnings"]
+
+
+def test_bitfit_at_defaults_trains_and_at_the_runs_lr_is_flagged(tmp_path):
+    """BitFit trains a few biases and a new head on a frozen backbone: at the run's LR (1e-3,
+    10 epochs) it stopped at 0.66 on digits 0-4 -> 5-9, still descending; its default factor
+    (30 x optim.lr) trains it."""
+    source = tmp_path / "source"
+    train(make_cfg("strategy=scratch", "dataset.classes=[0,1,2,3,4]", "model.widths=[128,128]", "plots=false"), source)
+    target = ["strategy=finetune", f"strategy.source={source}", "dataset.classes=[5,6,7,8,9]",
+              "strategy.mode=bitfit", "train.epochs=10", "plots=false"]
+    assert engine_for(make_cfg(*target)).plan.stages[0].lr == pytest.approx(0.03)
+    info = train(make_cfg(*target), tmp_path / "bitfit")
+    assert info["final"]["test/acc"] >= 0.85, info["final"]
+    assert not any("still falling" in w for w in info["warnings"])
+    slow = train(make_cfg(*target, "strategy.lr_factor=1"), tmp_path / "slow")
+    assert slow["final"]["test/acc"] < info["final"]["test/acc"]
+    assert any("bitfit" in w and "still falling" in w for w in slow["warnings"])
+
+
+@pytest.mark.parametrize("args", [
+    ["strategy=finetune", "strategy.source=random", "strategy.mode=gradual_unfreeze"],
+    ["strategy=finetune", "strategy.source=random", "strategy.mode=lp_ft"],
+    ["strategy=layerwise", "strategy.finetune.head_warmup_epochs=3"],
+])
+def test_every_head_only_stage_is_a_full_batch_probe_by_default(args):
+    """Head warm-ups (gradual unfreezing's first stage, LP-FT's LP, layer-wise fine-tuning's
+    warm-up) solve the head on frozen features with L-BFGS rather than a few epochs at the run's LR."""
+    stages = engine_for(make_cfg(*args, "plots=false")).plan.stages
+    heads = [st for st in stages if st.trainable == ["head"]]
+    assert len(heads) == 1 and heads[0].optimizer == "lbfgs" and heads[0].sched == "constant"
+    later = stages[stages.index(heads[0]) + 1:]
+    assert later and all(st.optimizer == "adam" for st in later)
+
+
+def test_a_falling_loss_on_a_learnt_training_set_is_not_a_warning():
+    from stagetrain.convergence import stage_warnings
+
+    def events(accs):
+        losses = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05]
+        return [{"split": "train", "stage": 1, "stage_name": "s", "loss": v, "acc": a} for v, a in zip(losses, accs, strict=True)]
+
+    assert stage_warnings(events([0.6, 0.8, 0.9, 0.95, 0.995, 1.0]), 10) == []
+    assert "still falling" in stage_warnings(events([0.6, 0.8, 0.85, 0.9, 0.92, 0.95]), 10)[0]
 
 
 def test_readme_rbm_example_reaches_095_on_digits(tmp_path):

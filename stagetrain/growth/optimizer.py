@@ -11,6 +11,7 @@ from stagetrain.models import StagedModel
 
 FIRST_MOMENTS = ("exp_avg", "momentum_buffer")
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
+MOMENT_KEYS = {"step", *FIRST_MOMENTS, *SECOND_MOMENTS}  # the state a first-order optimizer carries over
 
 
 def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: StagedModel) -> dict[str, Any]:
@@ -74,7 +75,8 @@ def map_optimizer_state(optimizer: torch.optim.Optimizer, model: StagedModel, pr
         entry = state.get(name)
         if entry is None or id(p) not in optimized:
             continue
-        if all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape for v in entry.values()):
+        if set(entry) <= MOMENT_KEYS and all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape
+                                             for v in entry.values()):  # not L-BFGS's history
             optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in entry.items()}
 
 

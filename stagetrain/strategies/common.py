@@ -27,6 +27,21 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
     return stage
 
 
+# A head-only stage on frozen features solved by full-batch L-BFGS (engine/solver.py): this
+# many steps of optim.LBFGS_ITERS iterations unless the strategy says otherwise (issue 17).
+LBFGS_STEPS = 5
+
+
+def head_probe_stage(cfg: Any, name: str, probe: str, steps: int, l2: float, lr: float, **fields: Any) -> Stage:
+    """A stage that trains only the head on frozen blocks: ``probe=lbfgs`` solves it with
+    full-batch L-BFGS (``steps`` steps, L2 penalty ``l2``), ``probe=gradient`` runs the run's
+    optimizer at ``lr`` for ``steps`` epochs."""
+    if probe == "lbfgs":
+        return stage_from_cfg(cfg, name=name, epochs=max(1, steps), trainable=["head"], optimizer="lbfgs", lr=1.0,
+                              sched="constant", weight_decay=float(l2), **fields)
+    return stage_from_cfg(cfg, name=name, epochs=max(1, steps), trainable=["head"], lr=float(lr), **fields)
+
+
 def all_groups(spec: dict[str, Any]) -> list[str]:
     """Every trainable group of a model, input to output: its stem (if any), blocks and head."""
     return (["stem"] if spec.get("stem") else []) + [b["name"] for b in spec["blocks"]] + ["head"]

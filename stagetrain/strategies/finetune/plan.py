@@ -17,15 +17,17 @@ classes) unless ``strategy.head=reuse``.
 | mode             | stages                                                            |
 |------------------|-------------------------------------------------------------------|
 | full             | everything trains                                                 |
-| linear_probe     | head only (``probe_lr``, 5 x epochs); the backbone frozen, features cached |
+| linear_probe     | head only, a probe (``probe=lbfgs``: full-batch L-BFGS; ``gradient``: ``probe_lr``, 5 x epochs); the backbone frozen, features cached |
 | partial          | blocks after the first ``freeze_blocks``, and the head            |
 | add_layers       | ``new_layers`` fresh blocks inserted before the head, and the head |
-| gradual_unfreeze | one stage per group, top down (head first), then everything       |
-| lp_ft            | linear probe (``probe_lr``), then everything at ``ft_lr_factor`` x the LR |
+| gradual_unfreeze | one stage per group, top down (the head first, as a probe), then everything |
+| lp_ft            | a probe, then everything at ``ft_lr_factor`` x the LR             |
 | bitfit           | every bias (Linear, conv, norm shift) of the stem and blocks, and the head |
 | lora             | low-rank adapters on ``lora.targets`` (every Linear), and the head; merged at the end |
 
-``strategy.lr_decay=d`` gives group i (block1 = 1 ... head = K+1) the LR lr * d^(K+1-i) in
+Without ``strategy.lr``, a mode trains at ``optim.lr`` x ``strategy.lr_factor`` (null: the
+mode's, ``MODE_LR_FACTOR``: bitfit 30, lora 10, add_layers 10 -- they train a small part on
+a frozen backbone -- others 1). ``strategy.lr_decay=d`` gives group i (block1 = 1 ... head = K+1) the LR lr * d^(K+1-i) in
 any mode (discriminative learning rates).
 """
 
@@ -46,8 +48,14 @@ from stagetrain.models import StagedModel, build_spec
 from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage
 from stagetrain.source import Source, load_bare, load_source
-from stagetrain.strategies.common import all_groups, head_input_shape, stage_from_cfg
-from stagetrain.strategies.finetune.config import RANDOM, source_dataset_cfg
+from stagetrain.strategies.common import (
+    LBFGS_STEPS,
+    all_groups,
+    head_input_shape,
+    head_probe_stage,
+    stage_from_cfg,
+)
+from stagetrain.strategies.finetune.config import MODE_LR_FACTOR, RANDOM, source_dataset_cfg
 from stagetrain.strategies.layerwise.plan import greedy_stages
 
 
@@ -160,20 +168,19 @@ def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list
     return new_blocks, ops
 
 
-# linear_probe's length: a multiple of the run's epochs. A head on frozen, cached features
-# costs a few percent of a full step, and at 1x (20 epochs, ~220 steps on digits) it stopped
-# at 0.40 test accuracy, still descending (issue 17).
+# linear_probe's length with probe=gradient: a multiple of the run's epochs. A head on frozen,
+# cached features costs a few percent of a full step, and at 1x (20 epochs, ~220 steps on
+# digits) it stopped at 0.40 test accuracy, still descending (issue 17).
 PROBE_EPOCHS = 5
-LBFGS_EPOCHS = 5  # strategy.probe=lbfgs: 5 full-batch steps of optim.LBFGS_ITERS iterations (or probe_epochs)
 
 
-def _probe(stage: Any, s: Any, name: str, n: int, probe_lr: float) -> Stage:
-    """A head-only stage on a frozen backbone: full-batch L-BFGS (engine/solver.py), or the
-    run's optimizer at ``probe_lr`` for n epochs (``strategy.probe=gradient``)."""
-    if s.probe == "lbfgs":
-        return stage(name, ["head"], int(s.probe_epochs or LBFGS_EPOCHS), optimizer="lbfgs", lr=1.0,
-                     sched="constant", weight_decay=float(s.probe_l2))
-    return stage(name, ["head"], n, lr=probe_lr)
+def mode_lr(cfg: Any) -> float:
+    """The mode's learning rate: ``strategy.lr``, else ``optim.lr`` x ``strategy.lr_factor``
+    (null: the mode's factor, ``MODE_LR_FACTOR``)."""
+    s = cfg.strategy
+    if s.lr is not None:
+        return float(s.lr)
+    return float(cfg.optim.lr) * float(s.lr_factor if s.lr_factor is not None else MODE_LR_FACTOR.get(s.mode, 1.0))
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
@@ -181,7 +188,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     blocks = [b["name"] for b in spec["blocks"]]
     stem = ["stem"] if spec.get("stem") else []
     epochs = int(s.epochs or cfg.train.epochs)
-    lr = float(s.lr or cfg.optim.lr)
+    lr = mode_lr(cfg)
     probe_lr = float(s.probe_lr or lr)  # head-only stages (frozen backbone): issue 17
     ops: list[dict[str, Any]] = []
     if s.mode == "add_layers":
@@ -196,14 +203,20 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
 
     def stage(name: str, trainable: list[str], n: int, **kw: Any) -> Stage:
         return stage_from_cfg(cfg, name=name, epochs=max(1, n), trainable=trainable, lr=kw.pop("lr", lr),
-                              lr_scale=lr_scale, bn=s.bn, cache=s.cache, **kw)
+                              lr_scale=lr_scale, bn=s.bn, cache=s.cache, description=f"{s.mode}: trains "
+                              f"{', '.join(trainable)}", **kw)
+
+    def probe(name: str, n: int) -> Stage:  # a head-only stage: L-BFGS steps, or n epochs at probe_lr
+        steps = int(s.probe_epochs or LBFGS_STEPS) if s.probe == "lbfgs" else n
+        return head_probe_stage(cfg, name, s.probe, steps, float(s.probe_l2), probe_lr, lr_scale=lr_scale,
+                                bn=s.bn, cache=s.cache, description=f"{s.mode}: trains head")
 
     plan = Plan("finetune", _pretrain_stages(cfg, spec) if s.pretrain.enabled else [])
     mode = s.mode
     if mode == "full":
         plan.stages += [stage("finetune-full", groups, epochs)]
     elif mode == "linear_probe":  # head only, on cached features
-        plan.stages += [_probe(stage, s, "linear-probe", int(s.probe_epochs or PROBE_EPOCHS * epochs), probe_lr)]
+        plan.stages += [probe("linear-probe", int(s.probe_epochs or PROBE_EPOCHS * epochs))]
     elif mode == "partial":
         kept = (stem if s.freeze_blocks == 0 else []) + blocks[s.freeze_blocks:]
         plan.stages += [stage(f"partial-{s.freeze_blocks}", [*kept, "head"], epochs)]
@@ -212,14 +225,14 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     elif mode == "gradual_unfreeze":
         every = int(s.unfreeze_every)
         top_down = groups[::-1]
-        for j in range(1, len(top_down)):
+        plan.stages.append(probe("unfreeze-1", every))  # the head alone first: a probe (issue 17)
+        for j in range(2, len(top_down)):
             plan.stages.append(stage(f"unfreeze-{j}", top_down[:j], every))
         plan.stages.append(stage("unfreeze-all", groups, epochs - every * (len(top_down) - 1)))
         plan.optimizer_state = "map"  # moments of already-trainable groups carry over
     elif mode == "lp_ft":
-        probe = int(s.probe_epochs or max(1, epochs // 2))
-        plan.stages += [_probe(stage, s, "lp", probe, probe_lr),
-                        stage("ft", groups, epochs - probe, lr=lr * float(s.ft_lr_factor))]
+        lp = int(s.probe_epochs or max(1, epochs // 2))
+        plan.stages += [probe("lp", lp), stage("ft", groups, epochs - lp, lr=lr * float(s.ft_lr_factor))]
     elif mode == "bitfit":
         partial = {g: ["*bias"] for g in stem + blocks}
         plan.stages += [stage("bitfit", groups, epochs, partial=partial)]
@@ -228,9 +241,6 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         plan.stages += [stage("lora", groups, epochs, ops=ops, partial=partial)]
         if s.lora.merge:
             plan.final_ops = [{"op": "merge_lora"}]
-    for st in plan.stages:
-        if st.dataset == "target":
-            st.description = f"{mode}: trains {', '.join(st.trainable)}"
     return plan
 
 

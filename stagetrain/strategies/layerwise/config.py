@@ -15,6 +15,8 @@ class FinetuneStageConfig:
     epochs: int | None = None
     lr: float | None = None
     head_warmup_epochs: int = 0
+    head_probe: str = "lbfgs"  # the warm-up: lbfgs (full-batch steps) | gradient (epochs at the run's LR)
+    probe_l2: float = 3.0e-4
 
 
 @dataclass
@@ -47,6 +49,9 @@ def validate(cfg: Any) -> None:
                        ("strategy.finetune.epochs", s.finetune.epochs), ("strategy.finetune.lr", s.finetune.lr)):
         if value is not None and not value > 0:
             raise StagetrainError(f"{key}={value} is out of range: it must be > 0.")
+    check_choice("strategy.finetune.head_probe", s.finetune.head_probe, ("lbfgs", "gradient"))
+    if not s.finetune.probe_l2 >= 0:
+        raise StagetrainError(f"strategy.finetune.probe_l2={s.finetune.probe_l2} is out of range: it must be >= 0.")
     if s.finetune.head_warmup_epochs < 0:
         raise StagetrainError(f"strategy.finetune.head_warmup_epochs={s.finetune.head_warmup_epochs} must be >= 0.")
     for level in as_list(s.noise):

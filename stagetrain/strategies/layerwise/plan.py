@@ -23,7 +23,12 @@ from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage
 from stagetrain.schema import as_list
-from stagetrain.strategies.common import all_groups, head_input_shape, stage_from_cfg
+from stagetrain.strategies.common import (
+    all_groups,
+    head_input_shape,
+    head_probe_stage,
+    stage_from_cfg,
+)
 
 
 def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
@@ -94,9 +99,9 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     if ft.enabled:
         lr = float(ft.lr) if ft.lr is not None else float(cfg.optim.lr)
         if ft.head_warmup_epochs:
-            stages.append(stage_from_cfg(
-                cfg, name="finetune-head", epochs=int(ft.head_warmup_epochs), trainable=["head"],
-                lr=float(cfg.optim.lr), cache=s.cache, description="new head on the frozen pretrained blocks"))
+            stages.append(head_probe_stage(
+                cfg, "finetune-head", ft.head_probe, int(ft.head_warmup_epochs), float(ft.probe_l2), float(cfg.optim.lr),
+                cache=s.cache, description="new head on the frozen pretrained blocks"))
         stages.append(stage_from_cfg(
             cfg, name="finetune", epochs=int(ft.epochs or cfg.train.epochs), trainable=all_groups(spec),
             lr=lr, description="every block and the head, from the greedy weights"))
