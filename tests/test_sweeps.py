@@ -159,16 +159,16 @@ def test_every_experiment_job_composes_and_plans(name, tmp_path):
 # A command-line value of a swept key replaces the experiment's list (one job).
 SMALL = {
     "strategies_digits": ["arm=layerwise_autoencoder", "seed=0", "strategy.epochs_per_layer=1"],
-    "layerwise_vs_scratch": ["arm=layerwise_rbm", "dataset.labeled_fraction=0.1", "strategy.epochs_per_layer=1"],
+    "layerwise_vs_scratch": ["arm=layerwise_rbm", "dataset.labeled_fraction=0.1", "seed=0", "strategy.epochs_per_layer=1"],
     "grow_vs_scratch": ["arm=grow_net2net", "seed=0", "strategy.epochs_per_stage=1"],
     "transfer_digits": ["strategy.mode=gradual_unfreeze", "strategy.pretrain.enabled=true",
                         "strategy.pretrain.epochs=1"],
-    "transfer_mnist_fashion": ["strategy.mode=lp_ft", "strategy.pretrain.enabled=true",
+    "transfer_mnist_fashion": ["strategy.mode=lp_ft", "strategy.pretrain.enabled=true", "seed=0",
                                "strategy.pretrain.epochs=1"],
-    "keras_transfer": ["strategy.pretrain.enabled=true", "strategy.pretrain.epochs=1"],
-    "net2net_cnn": ["strategy.op=net2net", "strategy.widths=[[8,8,8],[16,8,16]]", "strategy.epochs_per_stage=1",
+    "keras_transfer": ["strategy.pretrain.enabled=true", "seed=0", "strategy.pretrain.epochs=1"],
+    "net2net_cnn": ["strategy.op=net2net", "seed=0", "strategy.widths=[[8,8,8],[16,8,16]]", "strategy.epochs_per_stage=1",
                     "model.channels=[8,8]", "model.fc_widths=[8]"],
-    "resnet_layerwise_fashion": ["arm=layerwise_dgl", "strategy.epochs_per_layer=1", "strategy.finetune.epochs=1",
+    "resnet_layerwise_fashion": ["arm=layerwise_dgl", "seed=0", "strategy.epochs_per_layer=1", "strategy.finetune.epochs=1",
                                  "model.stage_channels=[8,8]"],
     "lm_grow_vs_scratch": ["arm=grow_stack", "seed=0", "strategy.epochs_per_stage=1", "strategy.final_epochs=1",
                            "model.d_model=16", "dataset.max_len=16", "dataset.val_fraction=0.1",
@@ -200,8 +200,12 @@ def test_every_experiment_runs_one_tiny_job(name, tmp_path, idx_root):
                    "progress=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"STAGETRAIN_DATA": str(root)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = summary_rows(sweep)
-    assert len(rows) == 1 and rows[0]["status"] == "completed"
-    assert float(rows[0]["test/loss" if lm else "test/acc"]) > 0
+    jobs = [r for r in rows if not r["job"].endswith("/control")]
+    assert len(jobs) == 1 and all(r["status"] == "completed" for r in rows)
+    assert float(jobs[0]["test/loss" if lm else "test/acc"]) > 0
+    controlled = "compare.scratch=false" not in SMALL[name] and "scratch: true" in (
+        REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
+    assert [r["job"] for r in rows if r not in jobs] == (["0/control"] if controlled else [])  # its equal-FLOPs control
 
 
 def test_a_sweep_over_an_earlier_sweeps_runs_needs_resume_and_touches_nothing(tmp_path):
