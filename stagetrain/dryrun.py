@@ -12,6 +12,7 @@ from stagetrain.engine.runtime import planned_length, prepare, wants_cache
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
 from stagetrain.objectives import probe_batch
+from stagetrain.optim import LBFGS_MAX_PASSES
 from stagetrain.plan import Plan, Stage
 from stagetrain.schema import RunConfig
 from stagetrain.strategies import hook
@@ -35,11 +36,12 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
         n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
         cacheable = p > 0 and stage.cache != "off"
-        per_sample = step + (0.0 if cacheable else pre)
+        passes = LBFGS_MAX_PASSES if stage.optimizer == "lbfgs" else 1  # at most: a line search's evaluations
+        per_sample = (step + (0.0 if cacheable else pre)) * passes
         epochs, _ = planned_length(stage, n, bs, per_sample)
         samples = n * epochs if stage.epochs is not None else min(n * epochs, stage.max_flops / per_sample)
-        plain = (step + pre) * samples
-        cached = pre * n + step * samples
+        plain = (step + pre) * passes * samples
+        cached = pre * n + step * passes * samples
         use_cache = wants_cache(stage, p, epochs)
         rows.append({"stage": stage, "samples": n, "epochs": epochs, "params": count_parameters(model),
                      "trainable": trainable_parameters(model, helper),

@@ -15,6 +15,9 @@ from torch import nn
 from stagetrain.plan import Stage
 
 LBFGS_ITERS = 50  # L-BFGS iterations per step (a full-batch stage takes one step per epoch)
+# the forward-backward passes one such step may make: torch's max_eval (5/4 of max_iter) and
+# the engine's pass before it and after it (engine/solver.py)
+LBFGS_MAX_PASSES = LBFGS_ITERS * 5 // 4 + 2
 
 
 def param_groups(stage: Stage, groups: dict[str, nn.Module]) -> list[dict[str, Any]]:

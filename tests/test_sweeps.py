@@ -242,3 +242,22 @@ def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data():
     pretrain, finetune = rows[0], rows[-1]
     assert pretrain["stage"].dataset == "source" and pretrain["samples"] == n_train, "all of MNIST"
     assert finetune["samples"] == n_labeled and n_labeled < n_train / 5, "10% of Fashion-MNIST"
+
+
+def test_dry_run_estimate_of_a_full_batch_probe_bounds_what_it_spends(tmp_path):
+    """An L-BFGS step makes many forward-backward passes (its line search); the dry run counts
+    the most one step may make, so its estimate bounds the run's measured FLOPs from above."""
+    from stagetrain.config import validate
+    from stagetrain.data import dataset_meta
+    from stagetrain.dryrun import estimate_plan
+    from stagetrain.runner import initial_spec, train
+    from stagetrain.strategies import STRATEGIES
+
+    cfg = make_cfg("strategy=finetune", "strategy.source=random", "strategy.mode=linear_probe",
+                   "dataset.classes=[5,6,7,8,9]", "plots=false")
+    settings = validate(cfg)
+    shape, classes, n_train, n_labeled = dataset_meta(settings.dataset)
+    spec = initial_spec(settings, shape, classes)
+    [row] = estimate_plan(settings, STRATEGIES["finetune"].build(settings, spec), spec, n_train, n_labeled)
+    spent = train(cfg, tmp_path / "probe")["flops"]
+    assert spent <= row["flops"] <= 5 * spent  # counting one pass per step said 1/60 of it
