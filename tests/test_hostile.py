@@ -38,6 +38,8 @@ NAN_KEYS = [  # every float a user can set, with what selects it
     (["strategy.lr"], ["strategy=finetune", "strategy.source=random"]),
     (["strategy.rbm_lr"], ["strategy=layerwise"]), (["strategy.finetune.lr"], ["strategy=layerwise"]),
     (["model.mlp_ratio"], ["model=transformer"]), (["model.dropout"], ["model=cnn"]),
+    (["strategy.lr_factor"], ["strategy=finetune", "strategy.source=random"]),
+    (["strategy.finetune.probe_l2"], ["strategy=layerwise"]),
 ]
 CASES: list[tuple[list[str], list[str]]] = []
 for (key,), extra in NAN_KEYS:
@@ -81,6 +83,18 @@ CASES += [
     (["strategy=grow", "strategy.lr_after_growth=-1", "dry_run=true"], ["strategy.lr_after_growth=-1"]),
     (["sched.warmup_epochs=-1", "dry_run=true"], ["sched.warmup_epochs=-1"]),
     (["checkpoint.every_steps=-1", "dry_run=true"], ["checkpoint.every_steps=-1"]),
+    (["strategy=layerwise", "strategy.finetune.head_probe=newton", "dry_run=true"],
+     ["strategy.finetune.head_probe", "lbfgs"]),
+    (["strategy=finetune", "strategy.source=random", "strategy.lr_factor=0", "dry_run=true"], ["strategy.lr_factor=0"]),
+    # ---- tune.grid: refused before any trial trains (braces doubled: rows are format strings)
+    ([*TRAIN, "tune.grid={{seed:[0,1]}}"], ["tune.grid key 'seed'", "cannot be searched"]),
+    ([*TRAIN, "tune.grid={{dataset.labeled_fraction:[0.1,1.0]}}"], ["dataset.labeled_fraction", "cannot be searched"]),
+    ([*TRAIN, "tune.grid={{optim.lrr:[0.1]}}"], ["'optim.lrr'", "not a setting of this run"]),
+    ([*TRAIN, "tune.grid=3"], ["tune.grid=3", "mapping"]),
+    ([*TRAIN, "tune.grid={{optim.weight_decay:[]}}"], ["tune.grid.optim.weight_decay", "non-empty list"]),
+    ([*TRAIN, "tune.grid={{train.batch_size:[32,big]}}"], ["tune.grid.train.batch_size", "'big'"]),
+    ([*TRAIN, "tune.grid={{optim.weight_decay:[0,nan]}}"], ["tune.grid.optim.weight_decay[1]=nan", "finite"]),
+    ([*TRAIN, "tune.grid={{train.epochs:[0]}}"], ["train.epochs=0", "> 0"]),
     # ---- sizes: refused before anything is allocated, with the numbers
     (["model.widths=[1000000000]", "dry_run=true"], ["model.widths[0]=1000000000", "at most 1,000,000"]),
     ([*TRAIN, "model.widths=[1000000000]"], ["model.widths[0]=1000000000", "at most 1,000,000"]),
