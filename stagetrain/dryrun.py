@@ -37,10 +37,10 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
         cacheable = p > 0 and stage.cache != "off"
         passes = LBFGS_MAX_PASSES if stage.optimizer == "lbfgs" else 1  # at most: a line search's evaluations
-        per_sample = (step + (0.0 if cacheable else pre)) * passes
+        per_sample = step * passes + (0.0 if cacheable else pre)  # a frozen prefix runs once per step
         epochs, _ = planned_length(stage, n, bs, per_sample)
         samples = n * epochs if stage.epochs is not None else min(n * epochs, stage.max_flops / per_sample)
-        plain = (step + pre) * passes * samples
+        plain = (step * passes + pre) * samples
         cached = pre * n + step * passes * samples
         use_cache = wants_cache(stage, p, epochs)
         rows.append({"stage": stage, "samples": n, "epochs": epochs, "params": count_parameters(model),

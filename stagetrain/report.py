@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain import compare
-from stagetrain.runread import number, read_events, read_info
+from stagetrain.runread import job_config, number, read_events, read_info
 from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
@@ -42,16 +42,6 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(set(runs))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
 def _varies(key: str, configs: list[dict[str, Any]]) -> bool:
     """Whether ``key`` differs between runs. A strategy option (``strategy.*``) counts only
     when it differs between runs of the same strategy: the strategy column already says
@@ -67,7 +57,7 @@ def _varies(key: str, configs: list[dict[str, Any]]) -> bool:
 def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per run, plus the config keys whose values differ between the runs."""
     infos = [(run, read_info(run)) for run in runs]  # never raises: a bad file is "unreadable"
-    configs = [_flatten(info.get("config", {})) for _, info in infos]
+    configs = [job_config(info) for _, info in infos]
     keys = sorted({k for c in configs for k in c})
     ignore = ("dataset.root", "progress", "resume", "dry_run")
     varying = [k for k in keys if k not in ignore and _varies(k, configs)]

@@ -61,9 +61,7 @@ def open_run(cfg: DictConfig, rundir: RunDir, write_config: bool) -> Start:
 def _config_for_resume(cfg: DictConfig, info: dict[str, Any], rundir: RunDir) -> DictConfig:
     """The interrupted run's own config; the command line may only change RESUME_FREE_KEYS."""
     saved = OmegaConf.create(info["config"])
-    current = OmegaConf.to_container(cfg, resolve=True)
-    changed = sorted(k for k in _diff_keys(current, OmegaConf.to_container(saved))
-                     if k.split(".")[0] not in RESUME_FREE_KEYS)
+    changed = changed_keys(cfg, info["config"])
     if changed and cfg.resume == "auto":  # the same command line again: differences are news
         log.warning("Resuming %s with its saved config; ignoring the differing values of: %s",
                     rundir.path, ", ".join(changed))
@@ -74,6 +72,13 @@ def _config_for_resume(cfg: DictConfig, info: dict[str, Any], rundir: RunDir) ->
     if OmegaConf.select(saved, "optim.fused") is None:  # saved before optim.fused existed: it ran unfused
         saved.optim.fused = False
     return saved
+
+
+def changed_keys(cfg: DictConfig, saved: dict[str, Any]) -> list[str]:
+    """The settings (dotted keys) in which ``cfg`` differs from a run's saved config, apart
+    from RESUME_FREE_KEYS."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    return sorted(k for k in _diff_keys(current, saved) if k.split(".")[0] not in RESUME_FREE_KEYS)
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

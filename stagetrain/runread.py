@@ -82,3 +82,25 @@ def read_events(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         events.append(event)
     return events, problems
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (lists as JSON text, so they compare and print)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def job_config(info: dict[str, Any]) -> dict[str, Any]:
+    """A run's flat config; a tuned job's searched keys read ``tuned`` (its run.json holds the
+    selected trial's values, which differ between seeds and must not split an arm's group)."""
+    config = flatten(info.get("config", {}))
+    tune = info.get("tune") if isinstance(info.get("tune"), dict) else {}
+    selected = tune.get("selected") if isinstance(tune.get("selected"), dict) else {}
+    for key in tune.get("keys") or [k for k in selected if k != "run_dir"]:
+        config[str(key)] = "tuned"
+    return config

@@ -74,10 +74,19 @@ def _check_grid_key(key: str, values: Any, cfg: Any, with_lr: bool) -> None:
             f"dataset.* the task it is judged on (only {', '.join(DATA_TUNABLE)} is tunable); optim.lr is tune.lr. "
             f"Search training settings instead, {example}.")
     if cfg is not None and not _has_key(cfg, key):
-        raise StagetrainError(f"tune.grid key {key!r} is not a setting of this run: name a config key by its full "
-                              f"dotted path, {example}.")
+        owner = f" (strategy={_get(cfg, 'strategy.name')} has no such setting)" if root == "strategy" else ""
+        raise StagetrainError(f"tune.grid key {key!r} is not a setting of this run{owner}: name one of its config "
+                              "keys by its full dotted path, e.g. tune.grid={optim.weight_decay:[0,0.0001],"
+                              "train.batch_size:[32,64]}.")
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or not len(values):
         raise StagetrainError(f"tune.grid.{key}={values!r} is not valid: give a non-empty list of values, {example}.")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part] if hasattr(node, "keys") else getattr(node, part, None)
+    return node
 
 
 def _has_key(cfg: Any, key: str) -> bool:

@@ -12,7 +12,9 @@ and under ``tune`` every trial with its validation and test metrics.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("stagetrain")
 SUBDIR = "tune"
+NAME_MAX = 120  # characters of a trial folder's name (file systems allow 255 bytes)
 
 
 def is_trial(run: Path) -> bool:
@@ -37,10 +40,28 @@ def settings(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def trial_name(setting: dict[str, Any]) -> str:
-    """The trial's folder: ``lr=<v>`` for a learning-rate search, else ``key=value,...``."""
+    """The trial's folder: ``lr=<v>`` for a learning-rate search, else ``key=value,...``; every
+    value written exactly (two values never share a folder), no path separators or spaces, and
+    a long name cut with a digest of the whole."""
     if list(setting) == ["optim.lr"]:
-        return f"lr={float(setting['optim.lr']):g}"
-    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
+        name = f"lr={_text(setting['optim.lr'])}"
+    else:
+        name = ",".join(f"{k}={_text(v)}" for k, v in setting.items())
+    name = name.replace("/", "_").replace("\\", "_").replace(" ", "").replace("..", "_.")
+    if len(name) > NAME_MAX:
+        name = f"{name[:NAME_MAX - 13]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, dict)) or OmegaConf.is_config(value):
+        plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        return json.dumps(plain, separators=(",", ":"))
+    return str(value)
 
 
 def trial_config(cfg: DictConfig, setting: dict[str, Any]) -> DictConfig:
@@ -75,12 +96,29 @@ def _trial(trial_cfg: DictConfig, setting: dict[str, Any], run_dir: Path) -> dic
     from stagetrain.runner import train
 
     path = run_dir / SUBDIR / trial_name(setting)
+    _check_not_stale(trial_cfg, path)
     try:
         info = train(trial_cfg, path)
     except (StagetrainError, RuntimeError) as e:  # a diverging trial is a result, not the end of the search
         log.warning("tune: trial %s failed: %s", trial_name(setting), e)
         info = {"status": "failed", "error": str(e), "final": {}, "flops": 0.0, "seconds": 0.0}
     return {**setting, "run_dir": str(path.resolve()), "info": info}
+
+
+def _check_not_stale(trial_cfg: DictConfig, path: Path) -> None:
+    """A trial folder that already holds a run is resumed only if that run has this trial's settings."""
+    from stagetrain.errors import StagetrainError
+    from stagetrain.resume import changed_keys
+    from stagetrain.rundir import RunDir
+
+    if not RunDir(path).has_run():
+        return
+    saved = RunDir(path).read_run_json().get("config")
+    changed = changed_keys(trial_cfg, saved) if isinstance(saved, dict) else ["its config (unreadable)"]
+    if changed:
+        raise StagetrainError(
+            f"tune: the trial folder {path} holds a run with other settings ({', '.join(changed[:6])}): a search "
+            "resumes only its own trials. Run this search in a new run directory (or delete that folder).")
 
 
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -92,9 +130,14 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     validate(cfg)  # the job's own settings (tune included), before any trial
     rundir = RunDir(Path(run_dir))
-    if cfg.resume == "never" and rundir.has_run():
-        raise run_exists_error(run_dir)
+    if cfg.resume == "never" and (rundir.has_run() or any(Path(run_dir, SUBDIR).glob("*/run.json"))):
+        raise run_exists_error(run_dir)  # an earlier search's job, or trials of one that stopped
     grid = settings(cfg)
+    names = [trial_name(setting) for setting in grid]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise StagetrainError(f"tune: the search lists the same setting twice ({', '.join(twice)}): give each key "
+                              "distinct values.")
     configs = [trial_config(cfg, setting) for setting in grid]
     for trial_cfg in configs:  # a bad value is refused before the first trial trains
         validate(trial_cfg)

@@ -82,6 +82,18 @@ def test_linear_probe_at_defaults_trains_and_an_under_trained_one_is_flagged(tmp
     assert saved["warnings"] == old["warnings"]
 
 
+def test_an_uncached_probe_charges_its_frozen_backbone_once_per_step_not_per_line_search_pass(tmp_path):
+    """Without the feature cache each L-BFGS step runs the frozen blocks once and the head for
+    every loss evaluation: 5 steps cost about 5 backbone passes over the data more than the
+    cached probe's one, not one per evaluation (~300)."""
+    args = ["strategy=finetune", "strategy.source=random", "strategy.mode=linear_probe", "dataset.classes=[5,6,7,8,9]",
+            "model.widths=[256,256]", "plots=false"]
+    cached = train(make_cfg(*args, "strategy.cache=on"), tmp_path / "cached")
+    plain = train(make_cfg(*args, "strategy.cache=off"), tmp_path / "plain")
+    assert plain["final"]["test/acc"] == pytest.approx(cached["final"]["test/acc"])
+    assert cached["flops"] < plain["flops"] <= 6 * cached["flops"]
+
+
 def test_bitfit_at_defaults_trains_and_at_the_runs_lr_is_flagged(tmp_path):
     """BitFit trains a few biases and a new head on a frozen backbone: at the run's LR (1e-3,
     10 epochs) it stopped at 0.66 on digits 0-4 -> 5-9, still descending; its default factor
@@ -194,6 +206,26 @@ def test_tune_selects_on_validation_only_and_records_the_search(tmp_path, monkey
     assert len(rows) == 2  # one row per job, not per trial
 
 
+def test_seeds_of_a_tuned_arm_that_select_different_settings_stay_one_group(tmp_path):
+    """A tuned job's run.json holds its selected trial's config; two seeds of one arm that
+    select different learning rates are still one arm in the report and the sweep summary."""
+    import shutil
+
+    from stagetrain.tune import run_search
+
+    run_search(make_cfg("strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false",
+                        "tune.lr=[0.00001,0.003]"), tmp_path / "0")
+    shutil.copytree(tmp_path / "0", tmp_path / "1")
+    info = json.loads((tmp_path / "1" / "run.json").read_text())
+    info["config"]["seed"] = 1
+    info["config"]["optim"]["lr"] = 0.00001 if info["config"]["optim"]["lr"] == 0.003 else 0.003
+    (tmp_path / "1" / "run.json").write_text(json.dumps(info))
+    rows, varying = report.load_rows([tmp_path / "0", tmp_path / "1"])
+    assert varying == ["seed"] and {r.get("optim.lr") for r in rows} == {None}
+    [group] = report.group_rows(rows, ["strategy"])
+    assert group["runs"] == 2
+
+
 def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
     from stagetrain.config import validate
     from stagetrain.errors import StagetrainError
@@ -240,6 +272,25 @@ def test_tune_grid_refuses_keys_that_define_the_job_and_unknown_or_empty_ones(gr
 
     with pytest.raises(StagetrainError, match=match):
         validate(make_cfg(f"tune.grid={grid}", "tune.lr=[0.001]"))
+
+
+def test_a_search_resumes_only_its_own_trials_and_never_shares_a_folder(tmp_path):
+    from stagetrain.errors import StagetrainError
+    from stagetrain.tune import run_search
+
+    args = ["strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false", "tune.lr=[0.001,0.003]"]
+    first = run_search(make_cfg(*args), tmp_path / "job")
+    again = run_search(make_cfg(*args, "resume=auto"), tmp_path / "job")  # the same search: its trials are reused
+    assert again["tune"]["search"] == first["tune"]["search"]
+    with pytest.raises(StagetrainError, match=r"other settings \(train.epochs\)"):
+        run_search(make_cfg(*args[:1], "train.epochs=2", *args[2:], "resume=auto"), tmp_path / "job")
+    (tmp_path / "job" / "run.json").unlink()  # a search that stopped before its summary: still not a new one
+    with pytest.raises(StagetrainError, match="already"):
+        run_search(make_cfg(*args), tmp_path / "job")
+    close = run_search(make_cfg(*args[:-1], "tune.grid={optim.weight_decay:[0.0001,0.000100000001]}"), tmp_path / "two")
+    assert len({t["run_dir"] for t in close["tune"]["search"]}) == 2  # 6 significant digits would merge them
+    with pytest.raises(StagetrainError, match="same setting twice"):
+        run_search(make_cfg(*args[:-1], "tune.grid={optim.weight_decay:[0.0001,0.0001]}"), tmp_path / "twice")
 
 
 def test_tune_grid_value_of_the_wrong_kind_is_refused_before_any_trial(tmp_path):

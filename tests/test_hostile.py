@@ -86,6 +86,8 @@ CASES += [
     (["strategy=layerwise", "strategy.finetune.head_probe=newton", "dry_run=true"],
      ["strategy.finetune.head_probe", "lbfgs"]),
     (["strategy=finetune", "strategy.source=random", "strategy.lr_factor=0", "dry_run=true"], ["strategy.lr_factor=0"]),
+    (["strategy=finetune", "strategy.source=random", "strategy.mode=gradual_unfreeze", "train.epochs=2",
+      "dry_run=true"], ["strategy.mode=gradual_unfreeze", "it has 2", "more than 3 epochs"]),
     # ---- tune.grid: refused before any trial trains (braces doubled: rows are format strings)
     ([*TRAIN, "tune.grid={{seed:[0,1]}}"], ["tune.grid key 'seed'", "cannot be searched"]),
     ([*TRAIN, "tune.grid={{dataset.labeled_fraction:[0.1,1.0]}}"], ["dataset.labeled_fraction", "cannot be searched"]),

@@ -161,7 +161,7 @@ SMALL = {
     "strategies_digits": ["arm=layerwise_autoencoder", "seed=0", "strategy.epochs_per_layer=1"],
     "layerwise_vs_scratch": ["arm=layerwise_rbm", "dataset.labeled_fraction=0.1", "seed=0", "strategy.epochs_per_layer=1"],
     "grow_vs_scratch": ["arm=grow_net2net", "seed=0", "strategy.epochs_per_stage=1"],
-    "transfer_digits": ["strategy.mode=gradual_unfreeze", "strategy.pretrain.enabled=true",
+    "transfer_digits": ["strategy.mode=bitfit", "strategy.pretrain.enabled=true",
                         "strategy.pretrain.epochs=1"],
     "transfer_mnist_fashion": ["strategy.mode=lp_ft", "strategy.pretrain.enabled=true", "seed=0",
                                "strategy.pretrain.epochs=1"],

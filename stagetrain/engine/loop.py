@@ -134,7 +134,7 @@ class Engine:
         st, cur, bs = self.state, self.state.cur, rt.batch_size
         perm = epoch_permutation(len(rt.indices), self.opts.seed, k, cur.epoch, self.device)
         xs = streaming.epoch_inputs(rt, perm, cur.batch, bs, self.world, self.opts.seed, k, cur.epoch)  # None: memory
-        per_sample = rt.step_flops + (rt.prefix_flops if rt.cache is None else 0.0)
+        prefix = rt.prefix_flops if rt.cache is None else 0.0  # the frozen prefix: once per step, not per pass
         start = time.perf_counter()
         for b in range(cur.batch, rt.steps_per_epoch):
             positions = perm[b * bs:(b + 1) * bs] if b < rt.steps_per_epoch - 1 else perm[b * bs:]
@@ -147,7 +147,7 @@ class Engine:
             st.global_step += 1
             cur.steps += 1
             cur.samples += m
-            st.charge(flops=per_sample * m * passes)
+            st.charge(flops=(rt.step_flops * passes + prefix) * m)
             self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}")
             stopping.after_step(self.plan, stage, st)
             signal = self.stop_flag.get("signal") if self.world == 1 else self._agreed_stop

@@ -179,7 +179,8 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     cacheable = prefix > 0 and stage.cache != "off"
     loader = EpochLoader(data.train.x) if data.train.streamed else None
     epochs, total = planned_length(stage, n, bs, step_flops + (0.0 if cacheable else prefix_flops))
-    scheduler = build_scheduler(optimizer, stage.sched, total, spe, opts.warmup_epochs, opts.step_size, opts.gamma)
+    warmup = 0 if stage.optimizer == "lbfgs" else opts.warmup_epochs  # a line search has no LR to warm up
+    scheduler = build_scheduler(optimizer, stage.sched, total, spe, warmup, opts.step_size, opts.gamma)
     set_train_mode(model, helper, stage)
     step = build_step(StageStep(stage, model, helper, prefix), opts, world, x, y)
     everything = len(indices) == len(data.train) and bool(torch.equal(indices, torch.arange(n, device=indices.device)))

@@ -223,12 +223,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     elif mode == "add_layers":
         plan.stages += [stage("add-layers", new_blocks + ["head"], epochs, ops=ops)]
     elif mode == "gradual_unfreeze":
-        every = int(s.unfreeze_every)
-        top_down = groups[::-1]
-        plan.stages.append(probe("unfreeze-1", every))  # the head alone first: a probe (issue 17)
-        for j in range(2, len(top_down)):
-            plan.stages.append(stage(f"unfreeze-{j}", top_down[:j], every))
-        plan.stages.append(stage("unfreeze-all", groups, epochs - every * (len(top_down) - 1)))
+        plan.stages += _unfreezing(stage, probe, groups, epochs, int(s.unfreeze_every))
         plan.optimizer_state = "map"  # moments of already-trainable groups carry over
     elif mode == "lp_ft":
         lp = int(s.probe_epochs or max(1, epochs // 2))
@@ -242,6 +237,21 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         if s.lora.merge:
             plan.final_ops = [{"op": "merge_lora"}]
     return plan
+
+
+def _unfreezing(stage: Any, probe: Any, groups: list[str], epochs: int, every: int) -> list[Stage]:
+    """gradual_unfreeze: the head alone (a probe), then one more group down every ``every``
+    epochs, then everything for the epochs left; refused when none are left."""
+    top_down, steps = groups[::-1], every * (len(groups) - 1)
+    if epochs - steps < 1:
+        raise StagetrainError(
+            f"strategy.mode=gradual_unfreeze unfreezes {len(groups) - 1} groups one by one, every "
+            f"strategy.unfreeze_every={every} epochs, which takes {steps} epochs; it has {epochs} (strategy.epochs, "
+            f"else train.epochs), leaving none for the final stage that trains everything. Give it more than "
+            f"{steps} epochs or a smaller strategy.unfreeze_every.")
+    stages = [probe("unfreeze-1", every)]  # the head alone first: a probe (issue 17)
+    stages += [stage(f"unfreeze-{j}", top_down[:j], every) for j in range(2, len(top_down))]
+    return [*stages, stage("unfreeze-all", groups, epochs - steps)]
 
 
 def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
