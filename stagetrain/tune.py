@@ -159,11 +159,26 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "search": [{**{k: t[k] for k in keys}, "status": t["info"].get("status"),
                                 "run_dir": t["run_dir"], "flops": t["info"].get("flops"),
                                 **{k: v for k, v in (t["info"].get("final") or {}).items()}} for t in trials]}
+    info["warnings"] = [*(info.get("warnings") or []), *edge_warnings(grid, {k: best[k] for k in keys})]
     rundir.path.mkdir(parents=True, exist_ok=True)
     rundir.write_run_json(info)
     log.info("tune: selected %s by %s (%s) over %d trials", trial_name({k: best[k] for k in keys}), metric,
              direction(metric, mode), len(trials))
     return info
+
+
+def edge_warnings(grid: list[dict[str, Any]], selected: dict[str, Any]) -> list[str]:
+    """A numeric key (3 or more values) whose selected value is the grid's smallest or largest:
+    the optimum may lie beyond the grid, so the arm may be under-tuned (logged and returned)."""
+    out = []
+    for key, value in selected.items():
+        values = sorted({s[key] for s in grid if isinstance(s[key], int | float) and not isinstance(s[key], bool)})
+        if len(values) >= 3 and value in (values[0], values[-1]):
+            side = "largest" if value == values[-1] else "smallest"
+            out.append(f"tune: the selected {key}={_text(value)} is the {side} value searched "
+                       f"({_text(values[0])} ... {_text(values[-1])}): the best setting may lie beyond the grid.")
+            log.warning(out[-1])
+    return out
 
 
 def _describe(cfg: DictConfig) -> str:

@@ -197,6 +197,7 @@ def test_tune_selects_on_validation_only_and_records_the_search(tmp_path, monkey
     assert clean["flops"] == pytest.approx(sum(t["flops"] for t in search))  # the whole search's budget
     assert clean["config"]["tune"]["lr"] == [0.00001, 0.003, 0.3]
     assert json.loads((tmp_path / "clean" / "run.json").read_text())["tune"] == clean["tune"]
+    assert not any(w.startswith("tune:") for w in clean["warnings"])  # the middle value won
 
     _poison_test_labels(monkeypatch)
     poisoned = run_search(make_cfg(*args), tmp_path / "poisoned")
@@ -224,6 +225,15 @@ def test_seeds_of_a_tuned_arm_that_select_different_settings_stay_one_group(tmp_
     assert varying == ["seed"] and {r.get("optim.lr") for r in rows} == {None}
     [group] = report.group_rows(rows, ["strategy"])
     assert group["runs"] == 2
+
+
+def test_a_setting_selected_at_the_edge_of_its_grid_is_warned_about(tmp_path):
+    from stagetrain.tune import run_search
+
+    info = run_search(make_cfg("strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false",
+                               "tune.lr=[0.000001,0.00001,0.0001]"), tmp_path / "job")
+    assert info["tune"]["selected"]["optim.lr"] == 0.0001
+    assert any("optim.lr=0.0001 is the largest value searched" in w for w in info["warnings"])
 
 
 def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
