@@ -152,7 +152,8 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:4]) + (f" ... ({len(keys)} in all)" if len(keys) > 4 else "")
 
 
-def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: bool, arch: str) -> None:
+def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: bool, arch: str,
+              check_only: bool = False) -> None:
     """Load a bare state dict into ``model``: keys renamed by ``prefixes`` (old -> new
     prefix, ``strategy.source_keys``), then from the user module's names to the parts'
     (``model=custom``/``torchvision``); the head is left out unless ``reuse_head``. Refuses,
@@ -184,8 +185,8 @@ def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: boo
             f"fit {arch} (a bare state dict has no architecture: model= gives it). {problems[0].upper() + problems[1:]}. The model's keys look like: {_listed(valid)}. Give the model= the "
             "file was saved from, or rename its keys with strategy.source_keys={old_prefix: new_prefix}"
             f"{'' if reuse_head else ' (the head is new: its keys are ignored)'}.")
-    state = {k: src.state[native[k]] for k in keep}
-    model.load_state_dict(state, strict=False)
+    if not check_only:  # check_only: a model on the meta device, for the dry run's check
+        model.load_state_dict({k: src.state[native[k]] for k in keep}, strict=False)
 
 
 def _head_class_count(model: Any, src: Source, native: dict[str, str], reuse_head: bool) -> None:

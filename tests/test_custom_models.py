@@ -21,7 +21,7 @@ from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.models.custom import native_prefixes, rename
 from stagetrain.plan import Stage
-from stagetrain.runner import train
+from stagetrain.runner import dry_run, train
 
 CPU = torch.device("cpu")
 SMALL = ["model=custom", "model.target=custom_net.SmallNet", "model.stem=[conv,bn,act]",
@@ -209,6 +209,8 @@ def test_mismatched_state_dict_is_refused(tmp_path):
     with pytest.raises(StagetrainError, match=r"does not fit model=torchvision model.arch=resnet18.*"
                                               r"Unexpected keys \(in the file, not the model\): layer1.2"):
         engine_for(cfg)
+    with pytest.raises(StagetrainError, match=r"Unexpected keys \(in the file, not the model\): layer1.2"):
+        dry_run(validate(make_cfg(*RESNET, "strategy=finetune", f"strategy.source={file}", "dry_run=true")))
 
 
 def test_safetensors_with_renamed_keys(tmp_path):

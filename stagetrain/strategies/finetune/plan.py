@@ -40,6 +40,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
+
 from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.families import family
@@ -87,6 +89,8 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
     src = _source(str(s.source), s.source_checkpoint)
     if src.arch is None:  # a bare state dict (.pth, foreign safetensors): model= gives the architecture
         arch = build_spec(cfg.model, in_shape, num_classes)
+        with torch.device("meta"):  # its keys checked against that architecture now (a dry run too), unallocated
+            load_bare(StagedModel(arch), src, dict(s.source_keys or {}), s.head == "reuse", _arch_name(cfg), True)
     else:
         arch = _source_arch(cfg, src, in_shape, num_classes)
     if s.freeze_blocks > len(arch["blocks"]) and s.mode == "partial":
@@ -123,6 +127,10 @@ def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: 
     return arch
 
 
+def _arch_name(cfg: Any) -> str:
+    return f"model={cfg.model.name}" + (f" model.arch={cfg.model.arch}" if hasattr(cfg.model, "arch") else "")
+
+
 def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     """Load the source weights (all but a new head); returns what run.json records."""
     s = cfg.strategy
@@ -137,8 +145,7 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     src = _source(str(s.source), s.source_checkpoint)
     record = {"path": str(src.path.resolve()), "sha256": src.sha256, "checkpoint": s.source_checkpoint}
     if src.arch is None:
-        arch = f"model={cfg.model.name}" + (f" model.arch={cfg.model.arch}" if hasattr(cfg.model, "arch") else "")
-        keys = dict(s.source_keys or {})
+        arch, keys = _arch_name(cfg), dict(s.source_keys or {})
         load_bare(model, src, keys, s.head == "reuse", arch)
         return {**record, "checkpoint": None, "format": "state_dict", "model": arch, "source_keys": keys}
     if s.source_keys:
