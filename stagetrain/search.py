@@ -82,26 +82,27 @@ def _check_grid_key(key: str, values: Any, cfg: Any, with_lr: bool) -> None:
         raise StagetrainError(f"tune.grid.{key}={values!r} is not valid: give a non-empty list of values, {example}.")
 
 
+_ABSENT = object()
+
+
 def _get(cfg: Any, key: str) -> Any:
+    """The value of the dotted ``key`` in ``cfg`` (a DictConfig or the typed settings), or
+    ``_ABSENT`` when it names no setting."""
     node = cfg
     for part in key.split("."):
-        node = node[part] if hasattr(node, "keys") else getattr(node, part, None)
+        if hasattr(node, "keys") and hasattr(node, "__getitem__"):
+            node = node[part] if part in node.keys() else _ABSENT
+        elif hasattr(node, "__dataclass_fields__") and part in node.__dataclass_fields__:
+            node = getattr(node, part)
+        else:
+            node = _ABSENT
+        if node is _ABSENT:
+            return node
     return node
 
 
 def _has_key(cfg: Any, key: str) -> bool:
-    """Whether the dotted ``key`` names a setting of ``cfg`` (a DictConfig or the typed settings)."""
-    node = cfg
-    for part in key.split("."):
-        if hasattr(node, "keys") and hasattr(node, "__getitem__"):
-            if part not in node.keys():
-                return False
-            node = node[part]
-        elif hasattr(node, "__dataclass_fields__") and part in node.__dataclass_fields__:
-            node = getattr(node, part)
-        else:
-            return False
-    return True
+    return _get(cfg, key) is not _ABSENT
 
 
 def worst(metric: str, mode: str) -> float:
