@@ -138,19 +138,25 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def kill_when(run: Path, args: list[str], cwd: Path, ready) -> None:
-    """Start the CLI, SIGKILL it once ``ready(events)`` is true for metrics.jsonl."""
+    """Start the CLI, SIGKILL it once ``ready(events)`` is true for metrics.jsonl (a moment
+    later: inside the next epoch, well before the run can end)."""
+    metrics = run / "metrics.jsonl"
+    kill_once(run, args, cwd, lambda: metrics.exists() and ready(read_metrics(metrics)), settle=0.05)
+
+
+def kill_once(run: Path, args: list[str], cwd: Path, fired: Callable[[], bool], settle: float = 0.0) -> None:
+    """Start the CLI in ``run``; SIGKILL it once ``fired()`` is true; fail if it ended first."""
     exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
     proc = subprocess.Popen([exe, *args, f"hydra.run.dir={run}"], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)})
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            metrics = run / "metrics.jsonl"
-            if metrics.exists() and ready(read_metrics(metrics)):
-                time.sleep(0.05)  # land inside the next epoch, well before the run can end
+            if fired():
+                time.sleep(settle)
                 proc.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
     finally:
         if proc.poll() is None:

@@ -5,15 +5,16 @@ storage decision recorded."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import assert_epochs_exactly_once, final_weights, make_cfg, resume_until_done
+from conftest import (
+    assert_epochs_exactly_once,
+    final_weights,
+    kill_once,
+    make_cfg,
+    resume_until_done,
+)
 
 from stagetrain.data import epoch_permutation, load_data
 from stagetrain.data.augment import epoch_key
@@ -114,24 +115,16 @@ def test_bad_storage_settings_are_refused_before_anything_runs(overrides, words)
 
 def _kill_mid_epoch(run, args, cwd):
     """Start the CLI; SIGKILL it once a mid-epoch checkpoint after epoch 1 exists."""
-    exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
-    proc = subprocess.Popen([exe, *args, f"hydra.run.dir={run}"], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last, deadline = run / "checkpoints" / "last.pt", time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                pos = torch.load(last, weights_only=True)["position"] if last.exists() else None
-            except Exception:  # noqa: BLE001 - being replaced right now
-                pos = None
-            if pos is not None and pos["epoch"] >= 1 and pos["batch"] > 0:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    last = run / "checkpoints" / "last.pt"
+
+    def mid_epoch() -> bool:
+        try:
+            pos = torch.load(last, weights_only=True)["position"] if last.exists() else None
+        except Exception:  # noqa: BLE001 - being replaced right now
+            pos = None
+        return pos is not None and pos["epoch"] >= 1 and pos["batch"] > 0
+
+    kill_once(run, args, cwd, mid_epoch)
 
 
 @pytest.mark.full  # three runs, one killed: ~45 s on 2 busy cores; `pytest --full`
