@@ -103,17 +103,26 @@ class Run:
         return load_data(self.config.dataset, seed=int(self.config.seed))
 
 
-def load(run_dir: str | Path) -> Run:
+def load(run_dir: str | Path, trust_target: str | None = None) -> Run:
     """Read a run directory: its record (run.json), config, metrics (metrics.jsonl) and the
     trained model, rebuilt from the architecture spec and weights in ``model.safetensors``
-    (written when a run completes). The model is on the CPU, in eval mode."""
+    (written when a run completes). The model is on the CPU, in eval mode.
+
+    A run of your own network (``model=custom``) names its class or builder in its files;
+    stagetrain calls it only when you vouch for it: ``trust_target="mypkg.nets.Net"``."""
+    from stagetrain import trust
+
+    with trust.vouched([trust_target] if trust_target else []):
+        return _load(Path(run_dir).expanduser())
+
+
+def _load(path: Path) -> Run:
     from omegaconf import OmegaConf
 
     from stagetrain.models import StagedModel
     from stagetrain.rundir import read_metrics
     from stagetrain.source import load_source
 
-    path = Path(run_dir).expanduser()
     if not (path / "run.json").is_file():
         raise StagetrainError(f"{path} is not a stagetrain run directory (no run.json).")
     info = json.loads((path / "run.json").read_text())

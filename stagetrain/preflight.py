@@ -78,10 +78,12 @@ def _structure(spec: Any) -> None:
 FILE_HINT = "It was not written by stagetrain, or was altered; use the file the run wrote."
 
 
-def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNITS) -> int:
+def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNITS,
+               weights: dict[str, Any] | None = None) -> int:
     """Validate an architecture spec and return its parameter count; StagetrainError naming
     ``source`` (e.g. ``strategy.source=<file>``) and what is wrong otherwise. ``cap`` bounds
-    every integer of the spec (a file's; the config's own sizes are checked by ``ranges``)."""
+    every integer of the spec (a file's; the config's own sizes are checked by ``ranges``).
+    ``weights`` (a file's state dict) must fit the spec: the same keys and shapes."""
     try:
         _structure(spec)
         _walk(spec, "spec", 0, [0], cap)
@@ -91,7 +93,10 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
 
     from stagetrain.models import StagedModel
 
-    if spec.get("shared"):  # the user's own module (model=custom/torchvision): its code, not data
+    if spec.get("shared"):  # the user's own module (model=custom/torchvision): code, run only when vouched for
+        from stagetrain import trust
+
+        trust.check_spec(spec, source)
         return 0
     try:
         with torch.device("meta"):
@@ -101,11 +106,29 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
     except Exception as e:  # noqa: BLE001 - any malformed field of a part
         raise StagetrainError(f"The architecture in {source} cannot be built ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else 'a malformed part'}).") from None
+    if weights is not None:
+        _check_fits(model.state_dict(), weights, source)
     params = sum(p.numel() for p in model.parameters())
     if params > MAX_PARAMETERS:
         raise StagetrainError(f"The architecture in {source} has {params:,} parameters, more than stagetrain "
                               f"runs ({MAX_PARAMETERS:,}).")
     return params
+
+
+def _check_fits(own: dict[str, Any], weights: dict[str, Any], source: str) -> None:
+    """A file's weights against the architecture the same file gives: keys and shapes."""
+    if not isinstance(weights, dict):
+        raise StagetrainError(f"The weights in {source} are a {type(weights).__name__}, not a state dict. {FILE_HINT}")
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    shapes = [f"{k} {list(getattr(weights[k], 'shape', []))} vs {list(own[k].shape)}" for k in own
+              if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(own[k].shape)]
+    problems = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in (
+        ("missing weights", missing), ("weights the architecture lacks", extra),
+        ("shapes (weights vs architecture)", shapes)) if keys]
+    if problems:
+        raise StagetrainError(f"The weights in {source} do not fit the architecture stored with them "
+                              f"({'; '.join(problems)}). {FILE_HINT}")
 
 
 def activation_elements(spec: dict[str, Any]) -> int:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain import checkpoint as ckpt
-from stagetrain import distributed, preflight
+from stagetrain import distributed, preflight, trust
 from stagetrain.config import engine_options, to_yaml, validate
 from stagetrain.data import DataBundle, dataset_meta, load_data
 from stagetrain.device import pick_device, seed_everything
@@ -38,7 +38,14 @@ log = logging.getLogger("stagetrain")
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    """Run one configured job; returns run.json's content (or the plan rows for a dry run)."""
+    """Run one configured job; returns run.json's content (or the plan rows for a dry run).
+    The code this launch's config names is vouched for first (``trust``): a resumed run's
+    saved config and every spec read from a file may name only that."""
+    with trust.vouched_by(cfg):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     settings = validate(cfg)
     if settings.dry_run:
         return dry_run(settings)

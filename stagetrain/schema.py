@@ -195,6 +195,7 @@ class RunConfig:
     dry_run: bool = False
     progress: str = "auto"
     plots: bool = True
+    trust_targets: list[str] = field(default_factory=list)  # callables a file's spec may name (trust.py)
 
 
 def as_list(value: Any) -> list:

@@ -9,6 +9,7 @@ from stagetrain.checkpoint.io import load
 from stagetrain.checkpoint.schema import describe
 from stagetrain.errors import StagetrainError
 from stagetrain.preflight import check_spec
+from stagetrain.trust import UntrustedCode
 
 log = logging.getLogger("stagetrain")
 
@@ -20,7 +21,9 @@ def latest_state(rundir: Any) -> dict[str, Any] | None:
     for path in candidates:
         try:
             state = load(path)
-            check_spec(state["arch"], f"checkpoint {path}")  # data until checked: sizes, types, blocks
+            check_spec(state["arch"], f"checkpoint {path}", weights=state["model"])  # data until checked
+        except UntrustedCode:
+            raise  # code the user has not vouched for: refused, not a damaged file to fall back from
         except StagetrainError as e:
             log.warning("%s Falling back to the previous checkpoint.", e)
             continue

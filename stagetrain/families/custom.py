@@ -19,6 +19,7 @@ spec is built.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +42,13 @@ class Config:
     in_channels_adapt: str = "none"  # repeat: one-channel images are repeated to 3 channels in the stem
 
 
-def resolve_target(path: str) -> Callable[..., Any]:
-    """The class or function ``path`` (``package.module.Name``) names, imported with importlib."""
+def resolve_target(path: str, where: str = "") -> Callable[..., Any]:
+    """The nn.Module class or builder function ``path`` (``package.module.Name``) names,
+    imported with importlib -- only when the user's config vouches for it (``trust.require``;
+    ``where`` says what named it when that was not the config: a file)."""
+    from stagetrain import trust
+
+    trust.require(path, where or f"model.target={path}, in a config read from a file (a run being resumed),")
     module_name, _, attr = str(path).rpartition(".")
     if not module_name:
         raise StagetrainError(f"model.target={path!r} is not a dotted import path; give e.g. "
@@ -53,9 +59,20 @@ def resolve_target(path: str) -> Callable[..., Any]:
         raise StagetrainError(f"model.target={path} cannot be imported ({type(e).__name__}: {e}). Give the "
                               "dotted path of an nn.Module class or a function returning one, importable "
                               "from this environment (e.g. torchvision.models.resnet18).") from None
-    if not callable(obj):
-        raise StagetrainError(f"model.target={path} is not a class or function (it is a {type(obj).__name__}).")
+    if not _builds_module(obj):
+        raise StagetrainError(f"model.target={path} is a {type(obj).__name__}, not an nn.Module class or a Python "
+                              "function that returns one; give e.g. torchvision.models.resnet18 or mypkg.nets.Net.")
     return obj
+
+
+def _builds_module(obj: Any) -> bool:
+    """An nn.Module subclass or a plain Python function (a builder): never a builtin such as
+    exec or eval, a method of an object, or another callable."""
+    if inspect.isclass(obj):
+        from torch import nn
+
+        return issubclass(obj, nn.Module)
+    return inspect.isfunction(obj)
 
 
 def heads(head: Any) -> list[str]:

@@ -58,7 +58,14 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
     from stagetrain.families.custom import resolve_target
 
     s = spec["shared"]
-    module = resolve_target(s["target"])(**s.get("kwargs", {}))
+    build = resolve_target(s["target"], "The architecture being built")
+    try:
+        module = build(**s.get("kwargs", {}))
+    except Exception as e:  # noqa: BLE001 - the user's constructor: any failure is theirs to read
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        raise StagetrainError(f"model.target={s['target']} could not build the network with kwargs "
+                              f"{s.get('kwargs', {})!r} ({type(e).__name__}: {first}). Check model.kwargs against "
+                              "the target's signature.") from None
     if not isinstance(module, nn.Module):
         raise StagetrainError(f"model.target={s['target']} returned a {type(module).__name__}, not an nn.Module.")
     _resize_head(module, spec["head"])

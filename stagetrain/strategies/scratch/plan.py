@@ -16,15 +16,35 @@ from stagetrain.plan import Plan
 from stagetrain.strategies.common import all_groups, stage_from_cfg
 from stagetrain.strategies.scratch.config import arch_file
 
+HEADER_MAX = 100 * 1024**2  # safetensors' own bound on a header
+
 
 def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """``model=``'s architecture, or the final one of the run ``strategy.arch_from`` names."""
     if cfg.strategy.arch_from is None:
         return build_spec(cfg.model, in_shape, num_classes)
-    from safetensors import safe_open
+    return read_arch(arch_file(cfg.strategy.arch_from), f"strategy.arch_from={cfg.strategy.arch_from}")
 
-    with safe_open(str(arch_file(cfg.strategy.arch_from)), framework="pt") as f:
-        return json.loads(f.metadata()["arch"])
+
+def read_arch(path: Any, where: str) -> dict[str, Any]:
+    """The ``arch`` metadata of a model.safetensors file (its header only, through the file
+    gate), checked as data: a spec a file gives names code only when the config vouches."""
+    from stagetrain import userfile
+    from stagetrain.errors import StagetrainError
+    from stagetrain.preflight import check_spec
+
+    with userfile.open_file(path, where, "source") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < size <= HEADER_MAX:
+            raise StagetrainError(f"{where}: {path} is not a safetensors file (its header size is {size}).")
+        try:
+            arch = json.loads(json.loads(f.read(size))["__metadata__"]["arch"])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise StagetrainError(f"{where}: {path} has no readable 'arch' metadata ({type(e).__name__}: {e}); "
+                                  "give a model.safetensors that stagetrain wrote.") from None
+    check_spec(arch, where)
+    return arch
 
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:

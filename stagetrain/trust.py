@@ -1,0 +1,108 @@
+"""Who may name code: the user's own config, never a file.
+
+A spec's ``custom_module`` part names a Python callable (``target``) that builds the user's
+network. A spec made from the config (``model=custom model.target=...``, ``model=torchvision``)
+names it because the user did; a spec read from a file (a checkpoint, a model.safetensors'
+``arch`` metadata, a run directory being resumed or loaded) is data, and whatever it names
+is called only when the user's config names the same target now:
+
+* the targets the launch's config names (``model.target`` of ``model=custom``,
+  ``torchvision.models.<model.arch>`` of ``model=torchvision``, and ``trust_targets=[...]``)
+  are vouched for by the run layer (``vouched``) before anything is read -- before a resume
+  swaps in the run's saved config, which is itself a file;
+* ``stagetrain.load(run_dir, trust_target=...)`` vouches for its argument;
+* torchvision's own builders of ``families.torchvision.ARCHS`` need no vouching (stagetrain's
+  table, built with ``weights=None``, never downloading).
+
+``require`` is called where a target is about to be imported and called
+(``models/custom.build_module``, ``families/custom.resolve_target``) and where a spec read
+from a file is checked (``preflight.check_spec``): nothing else calls a target. Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from stagetrain.errors import StagetrainError
+
+
+class UntrustedCode(StagetrainError):
+    """A file names code the user's config does not: refused, never a reason to fall back."""
+
+
+_VOUCHED: ContextVar[frozenset[str]] = ContextVar("stagetrain_vouched", default=frozenset())
+
+
+def builtin_targets() -> frozenset[str]:
+    """torchvision's builders in stagetrain's own table: trusted without vouching."""
+    from stagetrain.families.torchvision import ARCHS
+
+    return frozenset(f"torchvision.models.{arch}" for arch in ARCHS)
+
+
+def named_by(model: Any, extra: Iterable[str] | None = None) -> set[str]:
+    """The targets a config names: its model's (custom or torchvision) and ``trust_targets``."""
+    names = {str(t) for t in (extra or [])}
+    kind = getattr(model, "name", None) if not isinstance(model, dict) else model.get("name")
+    get = model.get if isinstance(model, dict) else lambda k, d=None: getattr(model, k, d)
+    if kind == "custom" and get("target"):
+        names.add(str(get("target")))
+    elif kind == "torchvision" and get("arch"):
+        names.add(f"torchvision.models.{get('arch')}")
+    return names
+
+
+@contextlib.contextmanager
+def vouched(targets: Iterable[str]) -> Iterator[None]:
+    """Within this block, a spec may name any of ``targets`` (added to those vouched already)."""
+    token = _VOUCHED.set(_VOUCHED.get() | frozenset(str(t) for t in targets))
+    try:
+        yield
+    finally:
+        _VOUCHED.reset(token)
+
+
+def vouched_by(cfg: Any) -> contextlib.AbstractContextManager[None]:
+    """``vouched`` for what a launch's own config names (its model and ``trust_targets``)."""
+    get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+    return vouched(named_by(get("model"), get("trust_targets")))
+
+
+def is_trusted(target: str) -> bool:
+    return target in _VOUCHED.get() or target in builtin_targets()
+
+
+def require(target: Any, where: str) -> None:
+    """Refuse to import or call ``target`` unless the user's config vouches for it now."""
+    if isinstance(target, str) and is_trusted(target):
+        return
+    shown = repr(target) if not isinstance(target, str) else target
+    raise UntrustedCode(
+        f"{where} names the Python callable {shown} to build its network, and stagetrain does not run code "
+        "that a file names: only code your own config names. Nothing was imported or called. If you trust "
+        f"this file and {shown} is your own network, name it in your config: trust_targets=[{shown}] (or "
+        f"model=custom model.target={shown} with its cut); from Python, stagetrain.load(..., "
+        f"trust_target='{shown}').")
+
+
+def check_spec(spec: dict[str, Any], where: str) -> None:
+    """A spec read from a file: its custom target (if any) vouched for, and a builtin
+    torchvision builder never asked for downloaded weights."""
+    shared = spec.get("shared")
+    if not shared:
+        return
+    if not isinstance(shared, dict) or shared.get("type") != "custom_module":
+        raise StagetrainError(f"The architecture in {where} has a 'shared' part that is not a custom_module; "
+                              "it was not built. It was not written by stagetrain, or was altered.")
+    require(shared.get("target"), f"The architecture in {where}")
+    kwargs = shared.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise StagetrainError(f"The architecture in {where} gives its target's kwargs as a "
+                              f"{type(kwargs).__name__}, not a mapping; it was not built.")
+    for key in ("weights", "weights_backbone"):
+        if kwargs.get(key) is not None and shared["target"] in builtin_targets():
+            raise StagetrainError(f"The architecture in {where} asks {shared['target']} for {key}="
+                                  f"{kwargs[key]!r}: stagetrain never downloads weights; it was not built.")
