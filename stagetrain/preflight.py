@@ -75,6 +75,28 @@ def _structure(spec: Any) -> None:
             raise ValueError(f"part {i} has activation {act!r} (known: {', '.join(ACTIVATIONS)})")
 
 
+SHARED_PARTS = {"stem": ("custom_stem", "vit_stem"), "blocks": ("custom_block",), "head": ("custom_head",)}
+
+
+def _shared_parts(spec: dict[str, Any]) -> None:
+    """The parts of a user module's spec: its own part types, with submodule paths as strings."""
+    from stagetrain.models.custom import GLUE
+
+    parts = [("stem", spec.get("stem") or {}), *(("blocks", b) for b in spec["blocks"]), ("head", spec["head"])]
+    for where, part in parts:
+        if where == "stem" and not part:
+            continue
+        if not isinstance(part, dict) or part.get("type") not in SHARED_PARTS[where]:
+            kind = part.get("type") if isinstance(part, dict) else part
+            raise ValueError(f"a {where} part of type {kind!r} (a user module's are {', '.join(SHARED_PARTS[where])})")
+        paths = [part[k] for k in ("path", "conv", "class_token", "pos_embedding", "dropout") if k in part]
+        paths += list(part.get("modules", [])) if isinstance(part.get("modules", []), list) else [None]
+        if not all(isinstance(x, str) for x in paths):
+            raise ValueError(f"a {where} part names its submodules with something other than strings")
+    if spec["head"].get("input", "none") not in GLUE:
+        raise ValueError(f"head input {spec['head'].get('input')!r} (known: {', '.join(GLUE)})")
+
+
 FILE_HINT = "It was not written by stagetrain, or was altered; use the file the run wrote."
 
 
@@ -97,6 +119,10 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
         from stagetrain import trust
 
         trust.check_spec(spec, source)
+        try:
+            _shared_parts(spec)
+        except ValueError as e:
+            raise StagetrainError(f"The architecture in {source} is not valid: {e}. {hint}") from None
         return 0
     try:
         with torch.device("meta"):

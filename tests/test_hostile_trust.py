@@ -21,9 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stagetrain import checkpoint as ckpt
+from stagetrain.errors import StagetrainError
 
 MARKER = "PWNED"  # created in the working directory by every hostile spec, if it ever ran
 FT = ["strategy=finetune", "train.epochs=1"]
+SMALL = ["model=custom", "model.target=custom_net.SmallNet", "model.stem=[conv,bn,act]", "model.blocks=[stage1,stage2]",
+         "model.head=fc", "model.head_input=pool_flatten", "dataset.max_train=64", "train.batch_size=64"]
 
 
 def _evil(marker: Path) -> dict[str, dict]:
@@ -128,6 +131,10 @@ CASES += [
     # weights that do not fit the architecture in the same file: refused before anything is built
     ([*FT, "strategy.source={pt_misfit}"], ["misfit.pt do not fit the architecture", "shapes"]),
     ([*FT, "strategy.source={st_misfit}", "dry_run=true"], ["misfit.safetensors do not fit", "blocks.block1"]),
+    # a vouched-for network whose parts in the file are malformed: refused as data, not a traceback
+    ([*FT, "strategy.source={custom_glue}", "trust_targets=[custom_net.SmallNet]"], ["head input 'os.system'"]),
+    ([*FT, "strategy.source={custom_block_type}", "trust_targets=[custom_net.SmallNet]"], ["of type 'linear'"]),
+    ([*FT, "strategy.source={custom_path_type}", "trust_targets=[custom_net.SmallNet]"], ["other than strings"]),
     # code named by the config itself must be a network builder, never a builtin such as exec
     (["model=custom", "model.target=builtins.exec", "model.blocks=[a]", "dry_run=true"],
      ["model.target=builtins.exec", "not an nn.Module class or a Python function"]),
@@ -147,7 +154,26 @@ def _id(args: list[str]) -> str:
 @pytest.fixture(scope="session")
 def files(tmp_path_factory, good_run) -> dict[str, Path]:  # noqa: F811
     base = tmp_path_factory.mktemp("trust")
-    return {**_craft(base, good_run, base / MARKER), "marker": base / MARKER}
+    return {**_craft(base, good_run, base / MARKER), **_custom(base), "marker": base / MARKER}
+
+
+def _custom(base: Path) -> dict[str, Path]:
+    """Files of a real model=custom run whose target is vouched for, with malformed parts."""
+    run = base / "custom"
+    assert run_main([*SMALL, *TINY[:2], *TINY[3:], f"hydra.run.dir={run}"]) == 0
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        arch = json.loads(f.metadata()["arch"])
+    tensors = load_file(str(run / "model.safetensors"))
+    block = arch["blocks"][0]
+    out = {}
+    for name, spec in {
+        "glue": {**arch, "head": {**arch["head"], "input": "os.system"}},
+        "block_type": {**arch, "blocks": [{**block, "type": "linear"}, *arch["blocks"][1:]]},
+        "path_type": {**arch, "blocks": [{**block, "path": ["stage1"]}, *arch["blocks"][1:]]},
+    }.items():
+        save_file(tensors, str(base / f"custom_{name}.safetensors"), metadata={"arch": json.dumps(spec)})
+        out[f"custom_{name}"] = base / f"custom_{name}.safetensors"
+    return out
 
 
 @pytest.fixture
@@ -204,8 +230,6 @@ def test_the_python_api_and_the_report_never_call_what_a_file_names(files, workd
     assert not files["marker"].exists()
 
 
-SMALL = ["model=custom", "model.target=custom_net.SmallNet", "model.stem=[conv,bn,act]", "model.blocks=[stage1,stage2]",
-         "model.head=fc", "model.head_input=pool_flatten", "dataset.max_train=64", "train.batch_size=64"]
 
 
 def test_your_own_network_runs_when_your_config_names_it(tmp_path, workdir, capsys):
@@ -224,7 +248,7 @@ def test_your_own_network_runs_when_your_config_names_it(tmp_path, workdir, caps
     info = json.loads((src / "run.json").read_text())  # the custom run, as if stopped mid-way
     (src / "run.json").write_text(json.dumps({**info, "status": "stopped"}))
     assert run_main([*SMALL, *TINY[:2], f"hydra.run.dir={src}", "resume=auto"]) == 0
-    with pytest.raises(stagetrain.api.StagetrainError, match="custom_net.SmallNet"):
+    with pytest.raises(StagetrainError, match="custom_net.SmallNet"):
         stagetrain.load(src)
     run = stagetrain.load(src, trust_target="custom_net.SmallNet")
     x = torch.zeros(2, 1, 8, 8)
