@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ from typing import Any
 import torch
 
 from stagetrain import checkpoint as ckpt
+from stagetrain import userfile
 from stagetrain.checkpoint.schema import weights
 from stagetrain.errors import StagetrainError
-
-MAX_SOURCE_BYTES = 16 * 1024**3  # a source file is read whole into memory
 
 
 @dataclass
@@ -71,6 +69,8 @@ def load_source(source: str, which: str = "best") -> Source:
     else:
         bare = _bare_state(data)
         src = Source(path, digest, None, bare) if bare is not None else Source(path, digest, *weights(ckpt.load(path)))
+    if isinstance(src.arch, dict) and not src.arch.get("shared"):
+        check_dtypes(src)  # stagetrain's own parts hold floats only (a bare file: load_bare checks, knowing the model)
     bad = next((k for k, v in src.state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise StagetrainError(f"strategy.source={path}: its weight {bad} holds NaN or inf values; a run started "
@@ -78,51 +78,57 @@ def load_source(source: str, which: str = "best") -> Source:
     if src.arch is not None:  # a spec read from a file is data: checked before anything is built from it
         from stagetrain.preflight import check_spec
 
-        check_spec(src.arch, f"strategy.source={path}")
+        check_spec(src.arch, f"strategy.source={path}", weights=src.state)
     return src
 
 
 def read_source_file(path: Path) -> bytes:
-    """The bytes of a source file: a regular file (not a FIFO, device or directory) that
-    fits in memory, or a StagetrainError naming the path and what it is."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the run
-    except OSError as e:
-        raise StagetrainError(f"strategy.source={path} cannot be read: {e.strerror or e}. Give a "
-                              "checkpoint (.pt), a model.safetensors file or a run directory.") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            kind = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
-                    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a file")
-            raise StagetrainError(f"strategy.source={path} is {kind}, not a regular file: give a checkpoint "
-                                  "(.pt), a model.safetensors file or a run directory.")
-        from stagetrain.preflight import available_bytes
+    """The bytes of a source file, through the file gate (``userfile``, kind "source"): a
+    regular file within the source limit (16 GB, at most half of ``ulimit -v``), read in
+    chunks, so nothing is reserved beyond what it holds; else a StagetrainError naming it."""
+    return userfile.read_bytes(path, "strategy.source=", "source")
 
-        have = available_bytes(None)[0]
-        limit = min(MAX_SOURCE_BYTES, have // 2) if have else MAX_SOURCE_BYTES
-        if st.st_size > limit:
-            raise StagetrainError(f"strategy.source={path} is {st.st_size / 1024**3:.3g} GB, more than the "
-                                  f"{limit / 1024**3:.3g} GB a source may have here (at most 16 GB, and half the "
-                                  "available memory): it is not a model this run can load.")
-        return f.read(limit + 1)
+
+def check_dtypes(src: Source, own: dict[str, torch.Tensor] | None = None) -> None:
+    """Refuse a weight whose dtype is not floating where the model's is (int8, bool or integer
+    tensors would be cast into the float model silently). ``own``: the model's state dict,
+    when known; else every tensor of the file must be floating. BatchNorm's
+    ``num_batches_tracked`` is an integer by design."""
+    for key, value in src.state.items():
+        if value.is_floating_point() or key.endswith("num_batches_tracked"):
+            continue
+        if own is not None and (key not in own or not own[key].is_floating_point()):
+            continue
+        raise StagetrainError(
+            f"strategy.source={src.path}: its weight {key} is {str(value.dtype).replace('torch.', '')}, not a "
+            "floating-point tensor, and the model's is floating-point; it is not loaded (it would be cast "
+            "silently, e.g. a quantized or boolean tensor). Give the float weights the model was saved with.")
 
 
 def _safetensors(path: Path, data: bytes, digest: str) -> Source:
-    from safetensors import safe_open
     from safetensors.torch import load
 
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load(data)
+        meta = _safetensors_metadata(data)
+        state = load(data)  # the bytes read through the gate, not the path again
     except Exception as e:
         raise StagetrainError(f"strategy.source={path} is not a readable safetensors file ({e}).") from None
     try:
         arch = json.loads(meta["arch"]) if "arch" in meta else None
-    except (ValueError, RecursionError) as e:
+    except (ValueError, RecursionError, TypeError) as e:
         raise StagetrainError(f"strategy.source={path}: its 'arch' metadata is not valid JSON ({e}).") from None
     return Source(path, digest, arch, state)
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file's header: an 8-byte little-endian length,
+    then that many bytes of JSON."""
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > len(data) - 8:
+        raise ValueError(f"its header claims {size:,} bytes, more than the file holds")
+    header = json.loads(data[8:8 + size])
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _bare_state(data: bytes) -> dict[str, torch.Tensor] | None:
@@ -168,6 +174,7 @@ def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: boo
         native[rename(renamed, pairs) or renamed] = key
     _head_class_count(model, src, native, reuse_head)
     own = model.state_dict()
+    check_dtypes(src, {native[k]: v for k, v in own.items() if k in native})
     keep = [k for k in native if reuse_head or not k.startswith("head.")]
     unexpected = [native[k] for k in keep if k not in own]
     missing = [rename(k, back) or k for k in own if k not in native and (reuse_head or not k.startswith("head."))

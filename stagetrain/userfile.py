@@ -60,6 +60,10 @@ def _size(n: float) -> str:
 
 
 def _where(path: Path, what: str) -> str:
+    """``what`` (the setting) and the path: "dataset.paths: a.txt", or "strategy.source=a.pt"
+    when ``what`` ends with "="."""
+    if what.endswith("="):
+        return f"{what}{path}"
     return f"{what}: {path}" if what else str(path)
 
 
@@ -78,7 +82,7 @@ def check_stat(st: os.stat_result, path: Path, what: str, kind: str) -> None:
     limit = limit_for(kind)
     if st.st_size > limit:
         raise StagetrainError(
-            f"{_where(path, what)} is {_size(st.st_size)}, more than the {_size(limit)} a {kind} file may have "
+            f"{_where(path, what)} is {_size(st.st_size)}, more than the {_size(limit)} {'an' if kind[0] in 'aeiou' else 'a'} {kind} file may have "
             f"here{' (half the address-space limit, ulimit -v)' if limit < LIMITS[kind] else ''}; it was not read.")
     stored = getattr(st, "st_blocks", None)
     if stored is not None and st.st_size > SPARSE_FROM and stored * 512 * SPARSE_RATIO < st.st_size:
@@ -120,12 +124,12 @@ def read_bytes(path: str | os.PathLike, what: str, kind: str) -> bytes:
                 if total > limit:  # grew while being read
                     raise StagetrainError(f"{_where(Path(path), what)} grew past {_size(limit)} while being read.")
                 parts.append(chunk)
+            return b"".join(parts)
         except OSError as e:
             raise _oserror(Path(path), what, e) from None
         except MemoryError:
             raise StagetrainError(f"{_where(Path(path), what)} ({_size(total)} read so far) does not fit in the "
                                   "memory this process may use.") from None
-    return b"".join(parts)
 
 
 def read_text(path: str | os.PathLike, what: str, kind: str = "data") -> str:
@@ -133,6 +137,9 @@ def read_text(path: str | os.PathLike, what: str, kind: str = "data") -> str:
     data = read_bytes(path, what, kind)
     try:
         return data.decode("utf-8")
+    except MemoryError:
+        raise StagetrainError(f"{_where(Path(path), what)} ({_size(len(data))}) does not fit in the memory this "
+                              "process may use once decoded.") from None
     except UnicodeDecodeError as e:
         p = Path(path)
         raise StagetrainError(
@@ -140,11 +147,39 @@ def read_text(path: str | os.PathLike, what: str, kind: str = "data") -> str:
             f"only: convert it first, e.g. iconv -f latin1 -t utf-8 {p.name} > {p.stem}.utf8.txt.") from None
 
 
-def walk(folder: str | os.PathLike, what: str) -> Iterator[Path]:
-    """The files under ``folder`` (sorted, recursively), each real file once: a symbolic link to
-    a folder is followed once; a link that leads back into a folder being walked is a loop and
-    is refused naming it."""
+def check_file(path: str | os.PathLike, what: str, kind: str) -> None:
+    """Refuse ``path`` as ``open_file`` would, reading nothing: for files another library
+    (torchvision) reads by name after this check."""
+    open_file(path, what, kind).close()
+
+
+def listing(folder: str | os.PathLike, what: str) -> tuple[list[Path], list[Path]]:
+    """(sub-folders, other entries) directly in ``folder``, each sorted by name; a link to a
+    folder counts as a folder. Other entries are not checked here: opening one does that."""
     root = Path(os.path.expanduser(str(folder)))
+    if not root.is_dir():
+        raise StagetrainError(f"{_where(root, what)} is not a folder.")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise _oserror(root, what, e) from None
+    folders, others = [], []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError as e:
+            raise _oserror(Path(entry.path), what, e) from None
+        (folders if is_dir else others).append(Path(entry.path))
+    return folders, others
+
+
+def walk(folder: str | os.PathLike, what: str, inside: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
+    """The files under ``folder`` (sorted, recursively), each real file once: a symbolic link to
+    a folder is followed once; a link that leads back into a folder being walked (or into one
+    of ``inside``: the folders ``folder`` is part of, e.g. a split folder) is a loop and is
+    refused naming it."""
+    root = Path(os.path.expanduser(str(folder)))
+    outer = tuple(os.path.realpath(os.path.expanduser(str(p))) for p in inside)
     seen_files: set[str] = set()
 
     def visit(d: Path, stack: tuple[str, ...]) -> Iterator[Path]:
@@ -173,4 +208,4 @@ def walk(folder: str | os.PathLike, what: str) -> Iterator[Path]:
 
     if not root.is_dir():
         raise StagetrainError(f"{_where(root, what)} is not a folder.")
-    yield from visit(root, ())
+    yield from visit(root, outer)

@@ -8,8 +8,10 @@ expansion is counted, on the node graph PyYAML composes without expanding anythi
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
+from stagetrain import userfile
 from stagetrain.errors import StagetrainError
 
 MAX_YAML_BYTES = 1024**2  # a config file is a few hundred bytes
@@ -43,15 +45,15 @@ def check_yaml_file(path: str | os.PathLike) -> None:
 
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            return  # Hydra says what is wrong with it
-        if size > MAX_YAML_BYTES:
-            raise StagetrainError(f"The config file {path} is {size:,} bytes, more than a config may have "
-                                  f"({MAX_YAML_BYTES:,}); it is not a stagetrain config.")
-        text = path.read_text(encoding="utf-8", errors="replace")
+        st = path.stat()
     except OSError:
+        return  # missing: Hydra says what is wrong with it
+    if stat.S_ISDIR(st.st_mode):
         return
+    if st.st_size > MAX_YAML_BYTES:
+        raise StagetrainError(f"The config file {path} is {st.st_size:,} bytes, more than a config may have "
+                              f"({MAX_YAML_BYTES:,}); it is not a stagetrain config.")
+    text = userfile.read_bytes(path, "the config file", "config").decode("utf-8", errors="replace")  # a FIFO: refused
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:

@@ -12,15 +12,18 @@ or once at the start (in memory).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from stagetrain import userfile
 from stagetrain.data.bundle import LazyInputs, Split
 from stagetrain.errors import StagetrainError
 
 TEST_FRACTION = 0.1  # held out as the test split when the folder has no test/
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
 
 class FolderReader:
@@ -34,19 +37,45 @@ class FolderReader:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.paths[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
-                if img.size != (self.size, self.size):
-                    img = img.resize((self.size, self.size), Image.BILINEAR)
-                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise StagetrainError(f"dataset=imagefolder: cannot read {path} as an image ({e}). Remove or "
-                                  "replace the file, then run again.") from None
+        data = decode(self.paths[i], self.channels, self.size)
         return data.view(self.size, self.size, self.channels).permute(2, 0, 1).contiguous()
+
+
+def decode(path: str, channels: int, size: int) -> torch.Tensor:
+    """The pixels of one image (opened through the file gate, kind "image"), converted and
+    resized: H*W*C uint8. A file that is not a readable image, is truncated, or declares more
+    pixels than Pillow's decompression-bomb limit is refused naming it."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    with userfile.open_file(path, "dataset.root", "image") as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as img:
+                    img = img.convert("L" if channels == 1 else "RGB")
+                    if img.size != (size, size):
+                        img = img.resize((size, size), Image.BILINEAR)
+                    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise StagetrainError(_bomb_message(path, e)) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+            cause = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if "truncated" in cause.lower() or isinstance(e, EOFError):
+                cause += "; the file is truncated"
+            raise StagetrainError(f"dataset=imagefolder: cannot read {path} as an image ({cause}). Remove or "
+                                  "replace the file, then run again.") from None
+
+
+def _bomb_message(path: str, e: BaseException) -> str:
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels than that"
+    return (f"dataset=imagefolder: {path} declares {pixels}, more than Pillow's decompression-bomb limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels; it was not decoded (a small file can expand to gigabytes). "
+            "Resize the image, or remove it.")
 
 
 def _folder(cfg: Any) -> Path:
@@ -60,26 +89,30 @@ def _folder(cfg: Any) -> Path:
 
 def _scan(folder: Path, classes: dict[str, int] | None) -> tuple[list[str], list[int], dict[str, int]]:
     """(files, labels, class -> index) of one split folder, with clear errors for an empty
-    folder, a class folder without images, or a class the training folder lacks."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    folder, a class folder without images, or a class the training folder lacks. Each class
+    folder is walked through the file gate: every real image once, a link loop named."""
+    names = [p.name for p in userfile.listing(folder, "dataset.root")[0]] if folder.is_dir() else []
     if not names:
         raise StagetrainError(f"dataset=imagefolder: {folder} has no class folders; put each class's images "
                               f"in {folder}/<class name>/ (extensions {', '.join(IMG_EXTENSIONS)}).")
-    found = find_classes(str(folder))[1]
-    if classes is not None and set(found) - set(classes):
-        raise StagetrainError(f"dataset=imagefolder: {folder} has classes {sorted(set(found) - set(classes))} "
+    if classes is not None and set(names) - set(classes):
+        raise StagetrainError(f"dataset=imagefolder: {folder} has classes {sorted(set(names) - set(classes))} "
                               f"that train/ does not have ({', '.join(classes)}).")
-    mapping = classes or found
-    samples = make_dataset(str(folder), {k: v for k, v in mapping.items() if k in found},
-                           extensions=IMG_EXTENSIONS, allow_empty=True)
-    counts = {c for _, c in samples}
-    empty = [name for name in found if mapping[name] not in counts]
+    mapping = classes or {name: i for i, name in enumerate(names)}
+    files: list[str] = []
+    labels: list[int] = []
+    empty = []
+    for name in names:
+        walked = userfile.walk(folder / name, "dataset.root", inside=(folder,))
+        found = [p for p in walked if p.name.lower().endswith(IMG_EXTENSIONS)]
+        images = [str(p) for p in sorted(found, key=lambda p: (str(p.parent), p.name))]  # torchvision's order
+        empty += [] if images else [name]
+        files += images
+        labels += [mapping[name]] * len(images)
     if empty:
         raise StagetrainError(f"dataset=imagefolder: the class folder(s) {', '.join(str(folder / e) for e in empty)} "
                               f"hold no images (extensions {', '.join(IMG_EXTENSIONS)}). Add images or remove the folder.")
-    return [p for p, _ in samples], [c for _, c in samples], mapping
+    return files, labels, mapping
 
 
 def _held_out(n: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from stagetrain import userfile
 from stagetrain.data.bundle import Split
 from stagetrain.errors import StagetrainError
 
@@ -94,11 +95,27 @@ def missing_data_message(name: str, root: Path) -> str:
             "With a network: add dataset.download=true to download and check them.")
 
 
+CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+
+
+def _check_files(name: str, root: Path) -> None:
+    """The dataset's files that exist pass the file gate before torchvision opens them by
+    name (a FIFO would block it, a sparse or huge file exhaust memory); missing ones are
+    left to torchvision's check, which ``missing_data_message`` explains."""
+    folder = root / RAW_FOLDERS[name]
+    names = CIFAR_FILES if name == "cifar10" else IDX_FILES
+    folder = folder if name == "cifar10" else folder / "raw"
+    for file in names:
+        if os.path.lexists(folder / file):
+            userfile.check_file(folder / file, f"dataset={name}", "data")
+
+
 def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Split, float]:
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
     root_path = Path(os.path.expanduser(root))
+    _check_files(name, root_path)
     try:
         parts = [cls(str(root_path), train=train, download=download) for train in (True, False)]
     except RuntimeError as e:  # torchvision's "Dataset not found or corrupted", or a short file
@@ -132,7 +149,8 @@ class IdxReader:
         if self._map is None:
             import numpy as np
 
-            self._map = np.memmap(self.path, np.uint8, "r", offset=16, shape=(self.n, *self.sample_shape))
+            with userfile.open_file(self.path, "dataset.root", "data") as f:  # the map keeps its own reference
+                self._map = np.memmap(f, np.uint8, "r", offset=16, shape=(self.n, *self.sample_shape))
         return self._map
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -155,10 +173,13 @@ def stream_images(cfg: Any, seed: int) -> tuple[Split, Split, float]:
     splits = []
     for part in ("train", "t10k"):
         images, labels = raw / f"{part}-images-idx3-ubyte", raw / f"{part}-labels-idx1-ubyte"
-        if not images.is_file() or not labels.is_file():
+        if not os.path.lexists(images) or not os.path.lexists(labels):
             raise StagetrainError(missing_data_message(cfg.name, root))
-        y = torch.frombuffer(bytearray(labels.read_bytes()[8:]), dtype=torch.uint8).long()
-        if images.stat().st_size != 16 + len(y) * 28 * 28:
+        what = f"dataset={cfg.name}"
+        y = torch.frombuffer(bytearray(userfile.read_bytes(labels, what, "data")[8:]), dtype=torch.uint8).long()
+        with userfile.open_file(images, what, "data") as f:
+            size = os.fstat(f.fileno()).st_size
+        if size != 16 + len(y) * 28 * 28:
             raise StagetrainError(f"dataset={cfg.name}: {images} does not hold {len(y)} 28x28 images, as its "
                                   f"labels file says; replace both files. {missing_data_message(cfg.name, root)}")
         splits.append(Split(LazyInputs(IdxReader(images, len(y), (1, 28, 28)), torch.arange(len(y))), y))

@@ -78,7 +78,8 @@ def _loader(x: LazyInputs, sampler: _Batches, persistent: bool) -> DataLoader:
 
 def _read(loader: DataLoader, device: torch.device | None) -> Iterator[torch.Tensor]:
     """The loader's batches on ``device``; a reader's StagetrainError raised in a worker
-    comes back as the same one-paragraph error, without the worker's traceback."""
+    comes back as the same one-paragraph error, without the worker's traceback, and a worker
+    killed by a signal (the out-of-memory killer, kill -9) stops the run with one paragraph."""
     try:
         for x in loader:
             yield x if device is None else x.to(device, non_blocking=True)
@@ -87,6 +88,26 @@ def _read(loader: DataLoader, device: torch.device | None) -> Iterator[torch.Ten
         if text.startswith("Caught StagetrainError"):
             raise StagetrainError(text.rsplit("StagetrainError: ", 1)[-1].strip()) from None
         raise
+    except RuntimeError as e:
+        died = worker_death(e, loader.num_workers)
+        if died is None:
+            raise
+        raise died from None
+
+
+def worker_death(e: BaseException, workers: int) -> StagetrainError | None:
+    """The one-paragraph error for PyTorch's "DataLoader worker (pid N) is killed by signal"
+    (or "exited unexpectedly"), None for any other error. The run stops there as after a
+    failure: its last checkpoint is kept, and resume=auto continues from it."""
+    text = str(e).strip()
+    if not text.startswith("DataLoader worker (pid"):
+        return None
+    cause = text.split(". ", 1)[0].rstrip(".")
+    return StagetrainError(
+        f"dataset.workers={workers}: a data-loading process died while reading the data ({cause}); the run "
+        "stopped there. A worker killed by signal 9 (Killed) was most often ended by the out-of-memory killer: "
+        "use fewer workers (dataset.workers=0 reads in this process) or give the job more memory. Continue the "
+        "run with resume=auto and the same hydra.run.dir: from its last checkpoint (from the start if it had none).")
 
 
 class EpochLoader:
