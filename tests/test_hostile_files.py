@@ -320,23 +320,40 @@ def test_numeric_labels_are_taken_by_value(tmp_path):
         ["1", "1", "1", "1", "1", "0.5", "1000", "nan", "cat", "01a"]
 
 
+COUNTER = {"path": ""}  # a file a byte longer per image read in a worker, shared by the forked workers
+
+
 def _die_in_worker(path: str, channels: int, size: int) -> torch.Tensor:
-    if torch.utils.data.get_worker_info() is not None:  # in a DataLoader worker: killed as by the OOM killer
-        os.kill(os.getpid(), signal.SIGKILL)
-    return torch.zeros(size * size * channels, dtype=torch.uint8)
+    """Images read normally until 30 have been read by workers, then the reading worker is
+    killed as by the out-of-memory killer: mid-training, after the statistics pass."""
+    if torch.utils.data.get_worker_info() is not None:
+        with open(COUNTER["path"], "ab") as f:
+            f.write(b".")
+        if os.path.getsize(COUNTER["path"]) > 30:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return torch.full((size * size * channels,), 100, dtype=torch.uint8)
 
 
-def test_a_killed_loader_worker_is_one_paragraph(tmp_path, workdir, monkeypatch, capsys):
+def test_a_loader_worker_killed_mid_training_is_one_paragraph_and_the_run_resumable(tmp_path, workdir, monkeypatch,
+                                                                                   capsys):
+    """Chosen behaviour: the run stops as after a failure (run.json "failed", the last
+    checkpoint kept), with one paragraph that names the signal and says resume=auto."""
     from stagetrain.data import imagefolder
 
     root = _image_root(tmp_path, "imgs", lambda f: None)
+    COUNTER["path"] = str(tmp_path / "reads")
     monkeypatch.setattr(imagefolder, "decode", _die_in_worker)  # the forked workers inherit it
-    code = run_main([*IMG, f"dataset.root={root}", "dataset.storage=stream", "dataset.workers=1", "progress=off",
-                     "plots=false", "device=cpu", "device.threads=1"])
+    run = tmp_path / "run"
+    code = run_main([*IMG, f"dataset.root={root}", "dataset.storage=stream", "dataset.workers=1", "train.epochs=20",
+                     "train.batch_size=2", f"hydra.run.dir={run}", "progress=off", "plots=false", "device=cpu",
+                     "device.threads=1"])
     text = capsys.readouterr()
     text = text.out + text.err
     assert code != 0 and "Traceback" not in text, text
     errors = [line for line in text.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, text
-    assert "dataset.workers=1: a data-loading process died" in errors[0] and "killed by signal" in errors[0]
+    assert "dataset.workers=1: a data-loading process died" in errors[0] and "killed by SIGKILL" in errors[0]
     assert "resume=auto" in errors[0]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "failed" and "killed by SIGKILL" in info["error"]
+    assert (run / "checkpoints" / "last.pt").exists()  # epochs before the kill were checkpointed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,42 +72,62 @@ def _loader(x: LazyInputs, sampler: _Batches, persistent: bool) -> DataLoader:
     the global RNG, so streaming leaves the training RNG (init, dropout, noise) untouched."""
     workers = x.workers
     pin = x.device is not None and x.device.type == "cuda"
+    if workers > 0:
+        _worker_deaths_noticed_by_the_loader()
     return DataLoader(_Items(x.reader, x.augment), sampler=sampler, batch_size=None, num_workers=workers,
                       pin_memory=pin, persistent_workers=persistent and workers > 0,
                       prefetch_factor=2 if workers > 0 else None, generator=torch.Generator().manual_seed(0))
+
+
+def _worker_deaths_noticed_by_the_loader() -> None:
+    """Keep PyTorch from installing its SIGCHLD handler, which raises a worker's death
+    wherever the main thread happens to be (mid-step: a traceback past every handler). The
+    loader itself then notices the dead worker when it next waits for a batch (within
+    5 s), inside ``_read``, which says so in one paragraph."""
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._SIGCHLD_handler_set = True
 
 
 def _read(loader: DataLoader, device: torch.device | None) -> Iterator[torch.Tensor]:
     """The loader's batches on ``device``; a reader's StagetrainError raised in a worker
     comes back as the same one-paragraph error, without the worker's traceback, and a worker
     killed by a signal (the out-of-memory killer, kill -9) stops the run with one paragraph."""
+    batches = iter(loader)
     try:
-        for x in loader:
+        for x in batches:
             yield x if device is None else x.to(device, non_blocking=True)
     except StagetrainError as e:
         text = str(e)
         if text.startswith("Caught StagetrainError"):
             raise StagetrainError(text.rsplit("StagetrainError: ", 1)[-1].strip()) from None
         raise
-    except RuntimeError as e:
-        died = worker_death(e, loader.num_workers)
+    except (RuntimeError, OSError, EOFError) as e:  # a dead worker's socket: ConnectionResetError
+        died = worker_death(e, loader.num_workers, getattr(batches, "_workers", []))
         if died is None:
             raise
         raise died from None
 
 
-def worker_death(e: BaseException, workers: int) -> StagetrainError | None:
-    """The one-paragraph error for PyTorch's "DataLoader worker (pid N) is killed by signal"
-    (or "exited unexpectedly"), None for any other error. The run stops there as after a
+def worker_death(e: BaseException, workers: int, processes: list[Any] = ()) -> StagetrainError | None:
+    """The one-paragraph error when a DataLoader worker died: PyTorch's "DataLoader worker
+    (pid N) exited unexpectedly" (or "is killed by signal"), or any error while one of
+    ``processes`` (the loader's workers) has ended by a signal, e.g. the connection reset a
+    batch in transit meets. None for any other error. The run stops there as after a
     failure: its last checkpoint is kept, and resume=auto continues from it."""
     text = str(e).strip()
-    if not text.startswith("DataLoader worker (pid"):
+    for w in processes:
+        if hasattr(w, "join") and w.exitcode is None:
+            w.join(timeout=0.2)  # a worker that is dying: its exit code in a moment
+    killed = [f"pid {w.pid} killed by {signal.Signals(-w.exitcode).name}" for w in processes
+              if isinstance(getattr(w, "exitcode", None), int) and w.exitcode < 0]
+    if not killed and not text.startswith("DataLoader worker (pid"):
         return None
-    cause = text.split(". ", 1)[0].rstrip(".")
+    cause = ", ".join(killed) or text.split(". ", 1)[0].rstrip(".")
     return StagetrainError(
         f"dataset.workers={workers}: a data-loading process died while reading the data ({cause}); the run "
-        "stopped there. A worker killed by signal 9 (Killed) was most often ended by the out-of-memory killer: "
-        "use fewer workers (dataset.workers=0 reads in this process) or give the job more memory. Continue the "
+        "stopped there. A worker killed by SIGKILL was most often ended by the out-of-memory killer: use "
+        "fewer workers (dataset.workers=0 reads in this process) or give the job more memory. Continue the "
         "run with resume=auto and the same hydra.run.dir: from its last checkpoint (from the start if it had none).")
 
 
