@@ -62,7 +62,13 @@ def windows(stream: torch.Tensor, length: int) -> Split:
 def _lm_bundle(ds: Any, seed: int) -> DataBundle:
     text = corpus_text(ds)
     tok = Tokenizer.build(ds.tokenizer, [text])
-    stream = tok.encode(text)
+    try:
+        stream = tok.encode(text)
+    except MemoryError:
+        raise StagetrainError(
+            f"dataset={ds.name}: the corpus ({len(text):,} characters) does not fit in the memory this process may "
+            "use as token ids (8 bytes a token, so about 8 times the text). Give less text, or run with more "
+            "memory (a higher ulimit -v).") from None
     n_train, n_val, _ = _part_sizes(len(stream), ds)
     parts = {"train": stream[:n_train], "val": stream[n_train:n_train + n_val], "test": stream[n_train + n_val:]}
     splits = {name: windows(part, ds.max_len) for name, part in parts.items()}
@@ -105,7 +111,7 @@ def _classification_bundle(ds: Any, seed: int) -> DataBundle:
         texts, labels = texts + test_texts, labels + test_labels
     else:
         train_pos, test_pos = _stratified_test(labels, ds.test_fraction)
-    seqs = [tok.encode(t) for t in texts]
+    seqs = [tok.encode(t[: ds.max_len + 1]) for t in texts]  # a token is >= 1 char: enough to pad or cut
     x = pad_batch(seqs, ds.max_len)
     y = torch.tensor([index[label] for label in labels], dtype=torch.long)
     train, test = (Split(x[p], y[p]) for p in (torch.tensor(train_pos), torch.tensor(test_pos, dtype=torch.long)))
