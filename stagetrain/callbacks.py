@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from stagetrain import compare, report
+from stagetrain.runread import clean
 
 log = logging.getLogger("stagetrain")
 SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
@@ -83,7 +84,20 @@ def _check_objective(config: DictConfig) -> None:
         quiet_optuna(config.hydra)
     except StagetrainError as e:
         print(f"Error: {e} Nothing was run.", file=sys.stderr)
+        _remove_unused_sweep_dir(Path(str(config.hydra.sweep.dir)))
         sys.exit(1)
+
+
+def _remove_unused_sweep_dir(sweep_dir: Path) -> None:
+    """A refused sweep leaves nothing behind: the sweep directory this command created for
+    its lock (``runlock.hold``) is removed again while it is still empty."""
+    from stagetrain import runlock
+
+    if runlock.created_here(sweep_dir) and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
+        from stagetrain.rundir import remove_tree_and_empty_parents
+
+        runlock.release(sweep_dir)
+        remove_tree_and_empty_parents(sweep_dir)
 
 
 def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
@@ -100,6 +114,7 @@ def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: P
     setting = " ".join(f"{k}={report.fmt(best[k])}" for k in keys)
     line = (f"selected by {metric} ({direction(metric, mode)}imum): job {best['job']} ({setting}): "
             f"{metric}={report.fmt(best[metric])}, test/acc={report.fmt(best.get('test/acc'))}")
+    line = clean(line)
     print(line)
     with (sweep_dir / "summary.md").open("a") as f:
         f.write(f"\n{line}\n")
@@ -140,7 +155,7 @@ class SweepSummary(Callback):
         if failed:
             print(f"{len(failed)} of {len(rows)} jobs did not complete:")
             for r in failed:
-                print(f"  {r['status']}: {r['run']}: {r['error']}")
+                print(f"  {r['status']}: {clean(r['run'])}: {r['error']}")
             print(f"Re-run the same command with hydra.sweep.dir={sweep_dir} resume=auto to retry "
                   "them; completed jobs are skipped.")
             sys.exit(1)

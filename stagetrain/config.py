@@ -10,7 +10,7 @@ only this module and the run layer (runner, resume, record, cli) touch OmegaConf
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -117,11 +117,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     Returns the typed settings (``settings``) that the run hands to strategies and the engine.
     """
     if isinstance(cfg, DictConfig):
-        known = [f.name for f in fields(RunConfig)]
-        for key in cfg:  # `+key=value` adds a top-level key Hydra's schema does not guard
-            if key not in known and key != "hydra":
-                raise StagetrainError(f"Unknown config key '{key}' (added with +{key}=...): stagetrain reads "
-                                      f"only {', '.join(known)}.{did_you_mean(str(key), known)}")
+        check_known_keys(cfg)
         cfg = settings(cfg)
     check_numbers(cfg)
     _validate_dataset(cfg.dataset)
@@ -130,6 +126,28 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
     config_module(cfg.strategy.name).validate(cfg)
     return cfg
+
+
+def check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Refuse a key that a typed section's schema lacks: ``+key=value`` and ``++key=value`` add
+    keys Hydra's schema does not guard (``+train.foo=1``), which nothing would read. Sections of
+    free form (``model.kwargs``, ``tune.grid``: plain mappings) may hold any key."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    known = [f.name for f in fields(schema)]
+    for key in node:
+        name = f"{prefix}{key}"
+        if prefix == "" and key == "hydra":  # Hydra's own settings: Hydra checks them
+            continue
+        if key not in known:
+            where = f"{prefix.rstrip('.')} has" if prefix else "stagetrain reads only"
+            hint = did_you_mean(str(key), known).replace("'", f"'{prefix}", 1)
+            raise StagetrainError(f"Unknown config key '{name}' (added with +{name}=...): {where} "
+                                  f"{', '.join(known)}.{hint}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+            check_known_keys(child, f"{name}.")
 
 
 def _validate_dataset(ds: DatasetConfig) -> None:

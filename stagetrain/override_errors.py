@@ -135,6 +135,50 @@ def explain(loader: Any, config_name: str, job: list[str], error: Exception) -> 
         raise StagetrainError(f"Unknown config key '{key}' in {_source(error)}.{hint}") from None
 
 
+def check_added_keys(loader: Any, config_name: str, job: list[str]) -> None:
+    """``+key=value`` / ``++key=value`` on a key the schema does not have: refused as an unknown
+    key, with the nearest valid key. Hydra lets ``+`` add any key, also inside a typed section
+    (``+train.foo=1``), where nothing would read it. Still allowed: the entries of a free-form
+    setting (``model.kwargs``, ``tune.grid``), config groups (``+experiment=...``), ``hydra.*``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parsed = OverridesParser.create().parse_overrides(job)
+    added = [o for o in parsed if o.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+             and not o.is_hydra_override() and not is_group(loader, o)]
+    if not added:
+        return
+    base = [o.input_line for o in parsed if not any(o is a for a in added)]
+    tree = _key_tree(loader, config_name, base)
+    if tree is None:
+        return  # the composition fails without them: explained elsewhere
+    for o in added:
+        key = str(o.key_or_group)
+        if _has_key(tree, key) or _free_form(tree, key):
+            continue
+        sign = "++" if o.type == OverrideType.FORCE_ADD else "+"
+        if "." not in key:
+            known = [str(k) for k in tree if k != "hydra"]
+            raise StagetrainError(f"Unknown config key '{key}' (added with {sign}{key}=...): stagetrain reads only "
+                                  f"{', '.join(known)}.{did_you_mean(key, known)}")
+        raise StagetrainError(f"Unknown config key '{key}' (added with {sign}{key}=...)."
+                              + _suggest(loader, config_name, base, tree, key))
+
+
+def _free_form(tree: DictConfig, key: str) -> bool:
+    """Whether ``key`` lies inside a setting of free form (a mapping or ``Any`` value such as
+    ``model.kwargs`` or ``tune.grid``), where any entry may be added; not in a typed section."""
+    node: Any = tree
+    for part in key.split("."):
+        if isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        else:
+            break
+    if isinstance(node, DictConfig):
+        return not is_dataclass(OmegaConf.get_type(node))
+    return isinstance(node, ListConfig) or type(node).__name__ == "AnyNode"
+
+
 def _source(error: BaseException) -> str:
     """The config ('model/tiny') a composition error names, else 'a config file'."""
     found = re.search(r"In '([^']+)'", str(error))

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from stagetrain import runlock
 from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.override_errors import (
+    check_added_keys,
     check_grammar,
     check_target_quoted,
     explain,
@@ -69,6 +70,7 @@ def check_command_line(argv: list[str]) -> list[str]:
         except Exception as e:  # noqa: BLE001
             explain(loader, config_name, job, e)  # raises what it can explain
             return []  # Hydra will say what is wrong
+        check_added_keys(loader, config_name, job)  # `+train.foo=1` composes, but nothing reads it
         cfg = cfg or composed
     if cfg is None:
         return []
@@ -78,6 +80,7 @@ def check_command_line(argv: list[str]) -> list[str]:
     if multirun:  # a sweep's jobs are validated (and locked) one by one as they run
         sweep_dir = _explicit(parsed, "hydra.sweep.dir")
         if sweep_dir is not None:
+            runlock.check_place(sweep_dir, "sweep directory", "hydra.sweep.dir")
             runlock.hold(sweep_dir, "sweep directory")
         else:
             runlock.check_creatable("outputs", "sweep directories under")
@@ -272,11 +275,13 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
     if target is None:  # a new directory under outputs/: refused here if it cannot be made
         runlock.check_creatable("outputs", "run directories under")
         return [], None
+    runlock.check_place(target, "run directory", "hydra.run.dir" if explicit is not None else "resume")
     path = runlock.identity(target)  # the run's one name, for the lock and every message
     if not (path / "run.json").is_file():
         return [], path
     if resume == "never":
         raise run_exists_error(path)
+    runlock.check_writable(path)  # resuming (or recording a skip) writes there
     from stagetrain.runread import read_info
 
     info = read_info(path)  # refused here, before Hydra appends to the run's log

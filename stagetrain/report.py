@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain import compare
-from stagetrain.runread import job_config, number, read_events, read_info
+from stagetrain.runread import clean, job_config, number, read_events, read_info
 from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
@@ -55,22 +55,24 @@ def _varies(key: str, configs: list[dict[str, Any]]) -> bool:
 
 
 def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """One row per run, plus the config keys whose values differ between the runs."""
+    """One row per run, plus the config keys whose values differ between the runs. Every
+    text read from a run directory (keys and values) is ``clean``: no terminal control."""
     infos = [(run, read_info(run)) for run in runs]  # never raises: a bad file is "unreadable"
-    configs = [job_config(info) for _, info in infos]
+    configs = [{clean(k): clean(v) for k, v in job_config(info).items()} for _, info in infos]
     keys = sorted({k for c in configs for k in c})
     ignore = ("dataset.root", "progress", "resume", "dry_run")
     varying = [k for k in keys if k not in ignore and _varies(k, configs)]
     rows = []
     for (run, info), config in zip(infos, configs, strict=True):
-        row: dict[str, Any] = {"run": str(run), "strategy": info.get("strategy", "?"), "status": info.get("status", "?")}
+        row: dict[str, Any] = {"run": str(run), "strategy": clean(info.get("strategy", "?")),
+                               "status": clean(info.get("status", "?"))}
         row.update({k: config.get(k) for k in varying if k != "strategy.name"})
         final = info.get("final") or {}
         row.update({m: final.get(m) for m in METRICS})
         row["flops"] = info.get("flops")
         row["seconds"] = info.get("seconds")
-        row["stop_reason"] = info.get("stop_reason")
-        error = info.get("error") or ""
+        row["stop_reason"] = clean(info.get("stop_reason"))
+        error = clean(info.get("error") or "")
         row["error"] = error.splitlines()[0][:300] if error else ""
         rows.append(row)
     return rows, [k for k in varying if k != "strategy.name"]
@@ -124,17 +126,20 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    """The rows as a table on the terminal; every cell is plain text (``clean``, and never
+    read as Rich markup: a value ``[link=...]`` stays that text)."""
     from rich.table import Table
+    from rich.text import Text
 
     from stagetrain.progress import make_console
 
     cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "run"]
-    table = Table(title=title)
+    table = Table(title=Text(clean(title)))
     for c in cols:
-        table.add_column(c)
+        table.add_column(Text(clean(str(c))))
     for r in rows:
         style = None if r.get("status", "completed") == "completed" else "red"
-        table.add_row(*(fmt(r.get(c)) for c in cols), style=style)
+        table.add_row(*(Text(clean(fmt(r.get(c)))) for c in cols), style=style)
     make_console().print(table)
 
 
@@ -206,7 +211,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = N
         stages: dict[int, list[tuple[float, float]]] = {}  # one segment per stage: greedy
         events, problems = read_events(metrics)            # stages score an auxiliary head
         for problem in problems:
-            print(f"unreadable (skipped): {problem}")
+            print(f"unreadable (skipped): {clean(problem)}")
         for e in events:
             flops, acc = number(e.get("flops")), number(e.get("acc"))
             if e.get("split") == "val" and flops and acc is not None:
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = [r for r in find_runs(args.paths) if not is_trial(r)]  # tune.lr trials: summarised by their job
     if not runs:
-        print(f"stagetrain-report: no runs found under {', '.join(map(str, args.paths))} "
+        print(f"stagetrain-report: no runs found under {clean(', '.join(map(str, args.paths)))} "
               "(a run directory holds a run.json). Give run directories or a sweep directory.", file=sys.stderr)
         return 2
     rows, varying = load_rows(runs)
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         by = [k.strip() for k in args.group_by.split(",")]
         unknown = [k for k in by if k not in rows[0]]
         if unknown:
-            print(f"stagetrain-report: --group-by {', '.join(unknown)} is not a column; columns: "
+            print(f"stagetrain-report: --group-by {clean(', '.join(unknown))} is not a column; columns: "
                   f"{', '.join(k for k in rows[0] if k != 'run')}.", file=sys.stderr)
             return 2
         by = compare.label_controls(rows, by)
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(compare.verdict_note("test/acc", args.control, args.level))
     failed = [r for r in rows if r["status"] != "completed"]
     for r in failed:
-        print(f"{r['status']}: {r['run']}: {r['error']}")
+        print(f"{r['status']}: {clean(r['run'])}: {r['error']}")
     by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
     writers = [(args.csv, lambda path: path.write_text(to_csv(table))),
                (args.markdown, lambda path: path.write_text(to_markdown(table))),
@@ -277,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write(path)
             except OSError as e:  # a directory, a read-only place, a full disk: say so, write the rest
-                print(f"stagetrain-report: could not write {path}: {e.strerror or e}.", file=sys.stderr)
+                print(f"stagetrain-report: could not write {clean(str(path))}: {e.strerror or e}.", file=sys.stderr)
                 code = 2
                 continue
-            print(f"wrote {path.resolve()}")
+            print(f"wrote {clean(str(path.resolve()))}")
     return code
 
 

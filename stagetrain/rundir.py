@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stagetrain import distributed
+from stagetrain import distributed, userfile
 from stagetrain.checkpoint import atomic_write, write_error
 from stagetrain.errors import StagetrainError
 from stagetrain.runread import read_events
@@ -77,10 +77,15 @@ class RunDir:
 
     def read_run_json(self) -> dict[str, Any]:
         """run.json as a dict; StagetrainError naming the file when it cannot be read
-        (truncated by a full disk, hand-edited, not a JSON object)."""
+        (truncated by a full disk, hand-edited, not a JSON object; a FIFO, a device or a file too
+        large for a run record is not read: the gate, ``userfile``)."""
         try:
-            info = json.loads(self.run_json.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            info = json.loads(userfile.read_bytes(self.run_json, "", "record").decode("utf-8"))
+        except StagetrainError as e:
+            raise StagetrainError(
+                f"Could not read the run record: {e} The run's status is unknown; move the directory aside, or restore "
+                "run.json (its config is also in .hydra/config.yaml), then try again.") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise StagetrainError(
                 f"Could not read {self.run_json}: {e}. The run's status is unknown; move the "
                 "directory aside, or restore run.json (its config is also in .hydra/config.yaml), "
@@ -190,17 +195,18 @@ class MetricsLog:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _count(self) -> int:
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return 0
-        with open(self.path, "rb") as f:
+        with userfile.open_file(self.path, "the metrics log", "record") as f:
             return sum(1 for _ in f)
 
     def _repair_partial_line(self) -> None:
-        """Drop a trailing half-written line (a kill mid-write); it is always replayed."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        """Drop a trailing half-written line (a kill mid-write); it is always replayed. A
+        metrics.jsonl that is not a regular file of a run record's size is refused (the gate)."""
+        if not os.path.lexists(self.path):
             return
-        data = self.path.read_bytes()
-        if not data.endswith(b"\n"):
+        data = userfile.read_bytes(self.path, "the metrics log", "record")
+        if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
             with open(self.path, "r+b") as f:
                 f.truncate(keep)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 from stagetrain.errors import StagetrainError
@@ -22,6 +23,15 @@ from stagetrain.errors import StagetrainError
 _held: dict[str, int] = {}  # identity -> open descriptor holding its lock
 _fork_hook = False  # os.register_at_fork done (once per process)
 _refused: set[str] = set()  # identities another process held when this one asked
+_created: set[str] = set()  # directories ``hold`` created (removed again when nothing ran in them)
+MIN_FREE = 1024**2  # a run writes .hydra/, its log, run.json and checkpoints: refused with less free
+# kernel and device file systems: what is written there is not stored (or changes the system)
+PSEUDO_FS = {"proc": "the kernel's process information", "sysfs": "the kernel's device and driver settings",
+             "devtmpfs": "the device files", "devpts": "the terminal devices", "cgroup": "control groups",
+             "cgroup2": "control groups", "debugfs": "kernel debugging", "tracefs": "kernel tracing",
+             "securityfs": "kernel security modules", "configfs": "kernel objects", "pstore": "crash records",
+             "bpf": "BPF objects", "mqueue": "message queues", "efivarfs": "firmware variables",
+             "binfmt_misc": "executable formats", "fusectl": "FUSE control", "nsfs": "namespaces"}
 
 
 class RunDirBusy(StagetrainError):
@@ -69,11 +79,15 @@ def hold(path: str | os.PathLike, what: str = "run directory") -> bool:
     real = identity(path)
     if str(real) in _held:
         return False
+    check_place(real, what)
+    existed = real.is_dir()
     try:
         real.mkdir(parents=True, exist_ok=True)
         fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise fs_error(real, f"create the {what}", e) from None
+    if not existed:
+        _created.add(str(real))
     import fcntl
 
     try:
@@ -114,17 +128,87 @@ def release(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def created_here(path: str | os.PathLike) -> bool:
+    """Whether ``hold`` of this command created the directory ``path`` (so it may remove it)."""
+    try:
+        return str(identity(path)) in _created
+    except StagetrainError:
+        return False
+
+
 def release_all() -> None:
     """Give up every lock (a new command in this process: the previous one has ended)."""
     _refused.clear()
+    _created.clear()
     while _held:
         os.close(_held.popitem()[1])
+
+
+def nearest_existing(target: Path) -> Path:
+    """``target`` or its nearest ancestor that exists."""
+    return next((p for p in [target, *target.parents] if os.path.lexists(p)), Path("/"))
+
+
+def _fs_type(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (Linux: /proc/self/mountinfo), or None."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:  # the kernel's, not the user's
+            mounts = [line.split() for line in f]
+    except OSError:
+        return None
+    real, best, kind = os.path.realpath(path), "", None
+    for fields in mounts:
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[fields.index("-") + 1]
+    return kind
+
+
+def check_place(path: str | os.PathLike, what: str = "run directory", setting: str = "") -> None:
+    """Refuse a directory on a kernel or device file system (/proc, /sys, /dev: nothing
+    written there is stored) or on a disk with less than ``MIN_FREE`` free, before anything is
+    written there."""
+    target = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if os.path.lexists(target) and not target.is_dir():
+        return  # a file in the way: creating the directory says so
+    verb = "use" if target.is_dir() else "create"
+    named = f"Could not {verb} the {what} {target}{f' ({setting}={path})' if setting else ''}"
+    kind = _fs_type(nearest_existing(target))
+    if kind in PSEUDO_FS:
+        raise StagetrainError(f"{named}: it is on the {kind} file system ({PSEUDO_FS[kind]}), not on a disk: "
+                              "nothing written there is kept, and writing may change the system. Use a folder "
+                              f"of yours, e.g. {setting or 'hydra.run.dir'}=outputs/my_run.")
+    try:
+        st = os.statvfs(nearest_existing(target))
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if st.f_blocks and free < MIN_FREE:
+        raise StagetrainError(f"{named}: the disk holding it has {free // 1024} KB free, less "
+                              f"than the {MIN_FREE // 1024**2} MB a run needs for its config, log, run.json and "
+                              "checkpoints; free some disk space or use another directory.")
+
+
+def check_writable(path: str | os.PathLike, what: str = "run directory") -> None:
+    """Refuse an existing directory this process may not write into (a read-only mount, no
+    permission): a resumed run rewrites run.json, its log and checkpoints there."""
+    real = Path(path)
+    if os.access(real, os.W_OK | os.X_OK):
+        return
+    cause = "is on a read-only file system" if os.statvfs(real).f_flag & os.ST_RDONLY else "may not be written by you"
+    raise StagetrainError(f"The {what} {real} {cause}: continuing its run (or recording that it is complete) "
+                          "writes run.json, checkpoints and stagetrain.log there. Copy it to a writable place "
+                          f"(cp -r {real} <new dir>) and resume the copy; nothing was written.")
 
 
 def check_creatable(path: str | os.PathLike, what: str = "run directory") -> None:
     """Refuse, without writing anything, a directory that cannot be created: the nearest
     existing ancestor must be a directory this process may write to."""
     target = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    check_place(target, what)
     for parent in [target, *target.parents]:
         if not os.path.lexists(parent):
             continue

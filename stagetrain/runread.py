@@ -5,17 +5,40 @@ list, with ``"config": null`` or an error that is a number; a metrics.jsonl with
 or binary line that a resumed run kept. Nothing here raises on such content: a file that
 cannot be used gives a run of status ``unreadable`` with the reason, a bad metrics line is
 skipped and reported, and every field a report reads comes back with the type it expects.
-No torch: ``stagetrain-report`` starts in well under a second.
+Files are opened through the gate (``userfile``, kind ``record``): a run.json or
+metrics.jsonl that is a FIFO, a device or larger than a run record can be is unreadable,
+never read (a report never hangs). Text a report prints from a run directory goes through
+``clean`` first: a run name or error message cannot drive the terminal. No torch:
+``stagetrain-report`` starts in well under a second.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-MAX_RUN_JSON_BYTES = 64 * 1024**2  # a run.json is a few kB; anything this large is not one
+from stagetrain import userfile
+from stagetrain.errors import StagetrainError
+
+# terminal control sequences: CSI (ESC [ ... final), OSC / DCS / SOS / PM / APC (ESC ] ... BEL or
+# ESC \\), their 8-bit forms, then any other ESC + one character
+_SEQUENCE = re.compile(r"(\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+                       r"|(\x1b[\]P^_X]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(\x07|\x1b\\|\x9c)?"
+                       r"|\x1b[ -~]?")
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that
+# reorder what a terminal shows (U+202A-202E, U+2066-2069)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: Any) -> Any:
+    """``text`` with terminal control sequences removed and other control characters shown
+    as ``?`` (tab and newline kept); a value that is not a string is returned as it is."""
+    if not isinstance(text, str):
+        return text
+    return _CONTROL.sub("?", _SEQUENCE.sub("", text))
 
 
 def number(v: Any) -> float | int | None:
@@ -34,10 +57,10 @@ def read_info(run: Path) -> dict[str, Any]:
     that cannot be read or is not a run record gives status ``unreadable`` and the reason."""
     path = Path(run) / "run.json"
     try:
-        if path.stat().st_size > MAX_RUN_JSON_BYTES:
-            return unreadable(f"run.json: {path.stat().st_size:,} bytes is too large to be a run record")
-        info = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        info = json.loads(userfile.read_bytes(path, "", "record").decode("utf-8"))
+    except StagetrainError as e:  # a FIFO, a device, a folder, too large, a link loop: not read
+        return unreadable(str(e))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         return unreadable(f"run.json: {type(e).__name__}: {str(e)[:200]}")
     if not isinstance(info, dict):
         return unreadable(f"run.json holds a JSON {type(info).__name__}, not a run record (an object)")
@@ -62,9 +85,9 @@ def read_events(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     UTF-8, not JSON, not an object). A half-written last line (a run being written) is
     left out silently."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return [], [f"{path}: {e.strerror or e}"]
+        data = userfile.read_bytes(path, "", "record")
+    except StagetrainError as e:
+        return [], [str(e)]
     lines = data.split(b"\n")
     partial = not data.endswith(b"\n")
     events, problems = [], []

@@ -10,6 +10,7 @@ into the choice. Pure Python: the command-line layer imports it without torch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
@@ -154,9 +155,8 @@ def prepare_sweeper(hydra_cfg: Any, subdir: str, resume: str) -> None:
     """An Optuna search with SQLite storage: create the folder the database goes in (the
     sweep directory does not exist yet when the study opens), and refuse continuing such a
     search into job folders named by job number alone: a second invocation numbers its
-    trials from 0 again, and resume=auto would take an earlier trial's result for a new one."""
-    from pathlib import Path
-
+    trials from 0 again, and resume=auto would take an earlier trial's result for a new one.
+    The storage itself is checked first (``check_storage``)."""
     sweeper = getattr(hydra_cfg, "sweeper", None)
     storage = sweeper.get("storage") if sweeper is not None and hasattr(sweeper, "get") else None
     if not storage:
@@ -167,8 +167,80 @@ def prepare_sweeper(hydra_cfg: Any, subdir: str, resume: str) -> None:
             "not reuse: add 'hydra.sweep.subdir=${hydra.job.num}_${stagetrain_uid:}' (as the first "
             "invocation should have). Otherwise trial 0 of this invocation would find trial 0 of the "
             "last one completed and report its result for other parameters.")
-    if str(storage).startswith("sqlite:///"):
-        Path(str(storage)[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    database = check_storage(str(storage))
+    if database is not None:
+        from stagetrain.runlock import fs_error
+
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise fs_error(database.parent, "create the folder of hydra.sweeper.storage", e) from None
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_storage(storage: str) -> Any:
+    """``hydra.sweeper.storage`` checked before the study opens: a URL SQLAlchemy reads with a
+    driver that is installed; for SQLite, the database file (returned as a Path; None for other
+    databases and in-memory SQLite) is a SQLite database or absent or empty, and its folder can
+    be written. Other databases are reached only when the study opens."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    where = f"hydra.sweeper.storage={storage}"
+    try:
+        url = make_url(storage)
+        dialect = url.get_dialect()
+        driver = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)
+        if callable(driver):
+            driver()
+    except ImportError as e:
+        raise StagetrainError(f"{where}: its database driver is not installed ({e}); install it, or use a "
+                              "sqlite:/// URL.") from None
+    except NoSuchModuleError:  # an ArgumentError too: first
+        raise StagetrainError(f"{where}: no database driver for '{storage.split(':', 1)[0]}' is installed "
+                              "(SQLAlchemy knows sqlite, postgresql, mysql, ...); use a sqlite:/// URL.") from None
+    except ArgumentError:
+        raise StagetrainError(f"{where} is not a database URL: give e.g. 'hydra.sweeper.storage=sqlite:///"
+                              "${hydra.sweep.dir}/optuna.db' (SQLite, a file in the sweep directory).") from None
+    if url.get_backend_name() == "sqlite" and url.host:
+        raise StagetrainError(f"{where} names a host ({url.host}); a SQLite URL names a file after three slashes: "
+                              f"sqlite:///{url.host}{'/' + url.database if url.database else ''} (relative) or "
+                              "sqlite:////abs/path/optuna.db (absolute).")
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return _check_sqlite_file(Path(url.database).expanduser(), where)
+
+
+def _check_sqlite_file(path: Path, where: str) -> Path:
+    """An existing SQLite database must be one (read through the gate: a FIFO or a device is
+    refused unread); a new one needs a folder this process may create and write."""
+    import os
+
+    from stagetrain import runlock, userfile
+
+    if os.path.lexists(path):
+        with userfile.open_file(path, where, "data") as f:
+            head = f.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise StagetrainError(f"{where}: {path} is not a SQLite database (it starts with {head[:8]!r}, not "
+                                  "'SQLite format 3'); Optuna would fail on it. Name a new file or the database "
+                                  "of an earlier search.")
+        if not (os.access(path.parent, os.W_OK | os.X_OK) and os.access(path, os.W_OK)):
+            cause = ("is on a read-only file system" if os.statvfs(path.parent).f_flag & os.ST_RDONLY
+                     else "may not be written by you")
+            raise StagetrainError(f"{where}: {path} {cause}; a search writes every trial into its database (and "
+                                  "SQLite a journal next to it). Copy it to a writable folder and name the copy.")
+        return path
+    folder = runlock.nearest_existing(path.parent)
+    cause = ("is not a folder" if not folder.is_dir() else "is on a read-only file system"
+             if os.statvfs(folder).f_flag & os.ST_RDONLY else "may not be written by you"
+             if not os.access(folder, os.W_OK | os.X_OK) else "")
+    if cause:
+        raise StagetrainError(f"{where}: the database {path} cannot be created: {folder} {cause}. Name a file in "
+                              "a writable folder, e.g. 'hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db'.")
+    return path
 
 
 def quiet_optuna(hydra_cfg: Any) -> None:
@@ -192,19 +264,14 @@ def quiet_optuna(hydra_cfg: Any) -> None:
 def selected(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
     """The completed row with the best ``metric`` (read from each run's run.json ``final``),
     as a search selects it: on validation only. None when no run completed."""
-    import json
-    from pathlib import Path
+    from stagetrain.runread import read_info
 
     best, best_value = None, None
     sign = 1.0 if direction(metric, mode) == "max" else -1.0
     for row in rows:
         if row.get("status") != "completed":
             continue
-        try:
-            final = json.loads((Path(row["run"]) / "run.json").read_text()).get("final") or {}
-        except (OSError, ValueError):
-            continue
-        value = final.get(metric)
+        value = read_info(Path(row["run"]))["final"].get(metric)  # through the gate; never raises
         if value is not None and math.isfinite(float(value)) and (best is None or sign * value > sign * best_value):
             best, best_value = row, float(value)
     return None if best is None else {**best, metric: best_value}
