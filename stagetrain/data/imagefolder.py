@@ -60,9 +60,13 @@ def decode(path: str, channels: int, size: int) -> torch.Tensor:
                     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise StagetrainError(_bomb_message(path, e)) from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        except UnidentifiedImageError:
+            raise StagetrainError(f"dataset=imagefolder: cannot read {path} as an image (not an image format "
+                                  "Pillow reads: PNG, JPEG, BMP, TIFF, WebP...). Remove or replace the file, then "
+                                  "run again.") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
             cause = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            if "truncated" in cause.lower() or isinstance(e, EOFError):
+            if isinstance(e, EOFError) and "truncated" not in cause:
                 cause += "; the file is truncated"
             raise StagetrainError(f"dataset=imagefolder: cannot read {path} as an image ({cause}). Remove or "
                                   "replace the file, then run again.") from None
