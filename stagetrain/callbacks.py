@@ -58,9 +58,9 @@ def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float 
     return rows
 
 
-def _remove_dry_sweep_dir(sweep_dir: Path) -> None:
-    """A dry-run sweep leaves only Hydra's multirun.yaml and empty job folders: remove them
-    (and the date folders Hydra made for them, when empty)."""
+def remove_empty_sweep_dir(sweep_dir: Path) -> None:
+    """A sweep that ran nothing (a dry run, a refused start) leaves only Hydra's multirun.yaml and
+    empty job folders: remove them (and the date folders Hydra made for them, when empty)."""
     if not sweep_dir.is_dir() or any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
         return
     from stagetrain.rundir import remove_tree_and_empty_parents
@@ -139,7 +139,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if config.get("dry_run"):  # dry runs write nothing, so there is nothing to summarise
-            _remove_dry_sweep_dir(sweep_dir)
+            remove_empty_sweep_dir(sweep_dir)
             return
         control = f"{config.compare.control_key}={config.compare.control_value}"
         rows = write_summary(sweep_dir, control, float(config.compare.level))

@@ -175,7 +175,10 @@ def remove_tree_and_empty_parents(path: Path) -> None:
     for parent in resolved.parents:
         if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
             break
-        parent.rmdir()
+        try:
+            parent.rmdir()
+        except OSError:  # a mount point, or another process's: it stays
+            break
 
 
 class MetricsLog:

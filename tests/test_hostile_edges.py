@@ -10,8 +10,9 @@ no traceback, nothing left behind: ``+key``/``++key`` on keys the schema lacks, 
 directory on /proc, /sys or /dev, a full disk, resume=auto on a read-only run directory, an
 Optuna storage that is not a database. Every row runs the real CLI in-process.
 
-The full disk is a real tmpfs of 64 KB filled to the last byte (``mount -t tmpfs``); the
-read-only run directory is a read-only bind mount (``mount -o remount,bind,ro``), since
+The full disk is a real tmpfs of 64 KB filled to the last byte (``mount -t tmpfs``), refused
+before anything is written, and a tmpfs of 4 inodes, where Hydra's own first writes (the
+job's log, ``.hydra/config.yaml``) fail with ENOSPC; the read-only run directory is a read-only bind mount (``mount -o remount,bind,ro``), since
 tests run as root, where ``chmod a-w`` stops no write. Without the right to mount, those
 rows are skipped, saying why.
 """
@@ -204,6 +205,12 @@ def places(tmp_path_factory, good_run) -> Iterator[dict[str, Path | str]]:  # no
         out["full"] = full
     else:
         out["full"] = f"cannot mount a tmpfs to fill ({why})"
+    ino = base / "ino"  # bytes to spare, but only 3 files: Hydra's own writes hit ENOSPC
+    ino.mkdir()
+    why = _mount("-t", "tmpfs", "-o", "size=4m,nr_inodes=4", "tmpfs", str(ino))
+    if why is None:
+        mounted.append(ino)
+    out["ino"] = ino if why is None else f"cannot mount a tmpfs with 4 inodes ({why})"
     ro = base / "ro"
     ro.mkdir()
     why = _mount("--bind", str(src), str(ro))
@@ -251,6 +258,9 @@ REFUSED: list[tuple[list[str], list[str]]] = [
     # ---- a full disk (a 64 KB tmpfs filled to the last byte)
     ([*TINY, "hydra.run.dir={full}/run"], ["hydra.run.dir=", "0 KB free", "free some disk space"]),
     (["-m", *TINY, "seed=0,1", "hydra.sweep.dir={full}/sweep"], ["hydra.sweep.dir=", "0 KB free"]),
+    # ---- a disk that fills as Hydra writes .hydra/ and the job's log (a tmpfs of 4 inodes)
+    ([*TINY, "hydra.run.dir={ino}/run"], ["Could not write", ".hydra/config.yaml: No space left on device"]),
+    (["-m", *TINY, "seed=0,1", "hydra.sweep.dir={ino}/sweep"], ["stagetrain.log: No space left on device"]),
     # ---- resume on a read-only run directory (a read-only bind mount)
     ([*TINY, "hydra.run.dir={ro}/stopped", "resume=auto"], ["read-only file system", "cp -r"]),
     ([*TINY, "hydra.run.dir={ro}/run", "resume=auto"], ["read-only file system"]),
@@ -279,7 +289,7 @@ def test_the_refused_table_has_distinct_rows():
 
 @pytest.mark.parametrize("args,expected", REFUSED, ids=[_id(a) for a, _ in REFUSED])
 def test_hostile_edge_is_refused_cleanly(args, expected, places, workdir, capsys):
-    needed = {name for name in ("full", "ro", "base") if any(f"{{{name}}}" in a for a in args)}
+    needed = {name for name in ("full", "ino", "ro", "base") if any(f"{{{name}}}" in a for a in args)}
     for name in needed:
         if isinstance(places[name], str):
             pytest.skip(places[name])
