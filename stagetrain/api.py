@@ -68,12 +68,25 @@ def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None 
     if code not in (0, None) or info is None:
         record = None
         if run_dir is not None and (Path(run_dir) / "run.json").is_file():
-            record = json.loads((Path(run_dir) / "run.json").read_text())
+            record = _record(Path(run_dir))
         raise RunFailed(error or f"stagetrain {' '.join(argv)} exited with status {code}", record)
     if info.get("dry_run") or "run_dir" not in info:
         return info
-    path = Path(info["run_dir"]) / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else info
+    path = Path(info["run_dir"])
+    return _record(path) if (path / "run.json").is_file() else info
+
+
+def _record(run_dir: Path) -> dict[str, Any]:
+    """A run directory's run.json, through the file gate (a regular file of bounded size)."""
+    from stagetrain import userfile
+
+    try:
+        info = json.loads(userfile.read_bytes(run_dir / "run.json", "run.json", "record"))
+    except (ValueError, RecursionError) as e:
+        raise StagetrainError(f"{run_dir / 'run.json'} is not a readable run record ({e}).") from None
+    if not isinstance(info, dict):
+        raise StagetrainError(f"{run_dir / 'run.json'} is not a run record (a JSON {type(info).__name__}).")
+    return info
 
 
 @dataclass
@@ -125,7 +138,7 @@ def _load(path: Path) -> Run:
 
     if not (path / "run.json").is_file():
         raise StagetrainError(f"{path} is not a stagetrain run directory (no run.json).")
-    info = json.loads((path / "run.json").read_text())
+    info = _record(path)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise StagetrainError(

@@ -132,12 +132,12 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
     except Exception as e:  # noqa: BLE001 - any malformed field of a part
         raise StagetrainError(f"The architecture in {source} cannot be built ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else 'a malformed part'}).") from None
-    if weights is not None:
-        _check_fits(model.state_dict(), weights, source)
     params = sum(p.numel() for p in model.parameters())
     if params > MAX_PARAMETERS:
         raise StagetrainError(f"The architecture in {source} has {params:,} parameters, more than stagetrain "
                               f"runs ({MAX_PARAMETERS:,}).")
+    if weights is not None:
+        _check_fits(model.state_dict(), weights, source)
     return params
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from stagetrain import userfile
 from stagetrain.checkpoint.schema import CONFIG_KEY, REQUIRED
 from stagetrain.errors import StagetrainError
 
@@ -171,12 +172,13 @@ def load(path: Path) -> dict[str, Any]:
     lies in a run directory's checkpoints/) belongs to that run.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise StagetrainError(f"Checkpoint {path} does not exist.")
-    if path.stat().st_size == 0:
+    data = userfile.read_bytes(path, "checkpoint", "source")  # a regular file of bounded size, or refused
+    if not data:
         raise StagetrainError(f"Checkpoint {path} is empty (0 bytes): it was not written completely.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, corrupt or unsafe files
         reason = _torch_reason(e)
         if "GLOBAL" in reason:
@@ -227,9 +229,9 @@ def _check_belongs_to_run(path: Path, state: dict[str, Any]) -> None:
     if path.parent.name != "checkpoints" or not run_json.is_file():
         return
     try:
-        run_cfg = json.loads(run_json.read_text()).get("config") or {}
+        run_cfg = json.loads(userfile.read_bytes(run_json, "run.json", "record")).get("config") or {}
         ckpt_cfg = yaml.safe_load(state[CONFIG_KEY]) or {}
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError, StagetrainError):
         return  # run.json being rewritten or not ours to judge: the other checks stand
     ours = _leaves({k: run_cfg.get(k) for k in IDENTITY_KEYS if k in run_cfg})
     theirs = _leaves({k: ckpt_cfg.get(k) for k in IDENTITY_KEYS if k in ckpt_cfg})
