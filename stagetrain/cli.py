@@ -10,12 +10,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain.config import register_configs
 from stagetrain.errors import StagetrainError
+from stagetrain.hydrawrites import guard_hydra_writes
 from stagetrain.plan import StopReason
 
 log = logging.getLogger("stagetrain")
@@ -67,57 +67,7 @@ OmegaConf.register_new_resolver("stagetrain_hydra_subdir", _hydra_subdir, replac
 register_configs()
 
 
-class HydraWriteError(CompactHydraException):
-    """Hydra could not write into a job's directory; Hydra prints it as it is (one line)."""
-
-
-def _refuse_hydra_write(e: OSError, path: object) -> None:
-    """One ``Error:`` paragraph for a write Hydra failed before the job started (a full disk),
-    with the directories made for the job removed again (they hold nothing of a run yet)."""
-    from stagetrain.callbacks import remove_empty_sweep_dir
-    from stagetrain.runlock import fs_error
-
-    error = fs_error(path, "write", e)
-    last["error"] = str(error)
-    try:
-        hydra_cfg = HydraConfig.get()
-        RunDir(Path(hydra_cfg.runtime.output_dir)).remove_if_unused()
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            remove_empty_sweep_dir(Path(hydra_cfg.sweep.dir))
-    except Exception:  # noqa: BLE001 - Hydra's config is not set yet: nothing was made for a job
-        pass
-    raise HydraWriteError(f"Error: {error} Nothing was run.") from None
-
-
-def _guard_hydra_writes() -> None:
-    """Hydra opens a job's ``stagetrain.log`` and writes ``.hydra/*.yaml`` (a sweep's
-    ``multirun.yaml``) before the job starts. A full disk or another write failure there
-    becomes one paragraph (``_refuse_hydra_write``) instead of Hydra's traceback."""
-    import hydra.core.utils as hydra_utils
-
-    if getattr(hydra_utils._save_config, "stagetrain_guard", False):
-        return
-    save_original, log_original = hydra_utils._save_config, hydra_utils.configure_log
-
-    def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
-        try:
-            save_original(cfg, filename, output_dir)
-        except OSError as e:
-            _refuse_hydra_write(e, Path(output_dir) / filename)
-
-    def configure_log(*args: Any, **kwargs: Any) -> None:
-        try:
-            log_original(*args, **kwargs)
-        except ValueError as e:  # logging.config's wrapper of the OSError opening the log file
-            if not isinstance(e.__cause__, OSError):
-                raise
-            _refuse_hydra_write(e.__cause__, e.__cause__.filename or "the job's log")
-
-    save_config.stagetrain_guard = True  # type: ignore[attr-defined]
-    hydra_utils._save_config, hydra_utils.configure_log = save_config, configure_log
-
-
-_guard_hydra_writes()
+guard_hydra_writes(lambda message: last.__setitem__("error", message))
 
 
 def print_summary(info: dict[str, Any]) -> None:
@@ -256,16 +206,18 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The job: one run, or a search over tune.lr / tune.grid (tune.py); then its equal-FLOPs control
     when compare.scratch=true."""
+    from stagetrain import trust
     from stagetrain.runner import train
 
-    if (OmegaConf.select(cfg, "tune.lr", default=None) or OmegaConf.select(cfg, "tune.grid", default=None)) \
-            and not cfg.dry_run:
-        from stagetrain.tune import run_search
+    with trust.vouched_by(cfg):  # this job's own config names the code that may run (trust.py)
+        if (OmegaConf.select(cfg, "tune.lr", default=None) or OmegaConf.select(cfg, "tune.grid", default=None)) \
+                and not cfg.dry_run:
+            from stagetrain.tune import run_search
 
-        info = run_search(cfg, run_dir)
-    else:
-        info = train(cfg, run_dir)
-    _control(cfg, info, run_dir)
+            info = run_search(cfg, run_dir)
+        else:
+            info = train(cfg, run_dir)
+        _control(cfg, info, run_dir)
     return info
 
 

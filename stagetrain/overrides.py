@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stagetrain import runlock
+from stagetrain import runlock, trust
 from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.override_errors import (
     check_added_keys,
@@ -246,7 +246,8 @@ def _validate(cfg: DictConfig) -> None:
     from stagetrain.config import validate
 
     try:
-        validate(cfg)
+        with trust.vouched_by(cfg):  # the command line's own config: its model.target is the user's
+            validate(cfg)
     except StagetrainError:
         raise
     except OmegaConfBaseException as e:
@@ -266,12 +267,9 @@ def _check_run_dir(cfg: DictConfig, parsed: list[Any]) -> tuple[list[str], Path 
     if explicit is not None and explicit.strip() == "":
         raise StagetrainError("hydra.run.dir= is empty: give a directory, or leave it out for a new "
                               "run directory under outputs/.")
-    if resume not in ("never", "auto"):
-        if not (Path(resume).expanduser() / "run.json").is_file():
-            raise no_run_error(resume)
-        target: str | None = explicit or resume
-    else:
-        target = explicit
+    if resume not in ("never", "auto") and not (Path(resume).expanduser() / "run.json").is_file():
+        raise no_run_error(resume)
+    target = explicit or resume if resume not in ("never", "auto") else explicit
     if target is None:  # a new directory under outputs/: refused here if it cannot be made
         runlock.check_creatable("outputs", "run directories under")
         return [], None
