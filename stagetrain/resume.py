@@ -21,7 +21,7 @@ from stagetrain.rundir import RunDir
 log = logging.getLogger("stagetrain")
 
 # keys that may differ between an interrupted run and its resumption
-RESUME_FREE_KEYS = {"resume", "progress", "dry_run", "plots"}
+RESUME_FREE_KEYS = {"resume", "progress", "dry_run", "plots", "trust_targets"}  # trust: vouched by the launch
 
 
 @dataclass
