@@ -47,3 +47,29 @@ def fingerprint(root: Path) -> dict[str, str]:
         else:
             out[key] = "dir"
     return out
+
+
+def assert_refused(code: int, text: str, expected: list[str]) -> str:
+    """The checks every refused input must pass: a non-zero exit, no traceback, exactly one
+    ``Error:`` paragraph, holding every ``expected`` fragment. Returns that paragraph."""
+    assert code != 0, text
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("Error:") or "[ERROR]" in line]
+    assert len(errors) == 1, f"not one error paragraph:\n{text}"
+    for e in expected:
+        assert e in errors[0], f"{e!r} not in:\n{errors[0]}"
+    return errors[0]
+
+
+def idx_root(base: Path, name: str, damage) -> Path:
+    """``base/name``: a small MNIST root (60 train, 30 test IDX images) after ``damage(raw folder)``."""
+    from conftest import make_idx_images, write_idx
+
+    raw = base / name / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 60), ("t10k", 30)):
+        x, y = make_idx_images(n, 0, 0)
+        write_idx(raw / f"{split}-images-idx3-ubyte", x)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", y)
+    damage(raw)
+    return base / name
