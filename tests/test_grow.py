@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
+    DATA_ROOT,
     assert_epochs_exactly_once,
     final_weights,
     kill_when,
@@ -267,3 +268,60 @@ def test_dry_run_lists_each_stages_growth_operations():
     assert growth[0] == ""
     assert growth[1] == "widen block1 to 64 (net2net, noise 0)"
     assert growth[2] == "deepen after block1 (identity)"
+
+
+# ---- grow's default schedule follows the model family (issue 28)
+
+@pytest.mark.parametrize(("model", "expected"), [
+    (["model=mlp"], [[16], [64], [256]]),
+    (["model=cnn"], [[4, 8], [8, 16], [16, 32]]),
+    (["model=resnet"], [[4, 8, 16], [8, 16, 32], [16, 32, 64]]),
+    (["model=transformer", "model.n_layers=4", "model.d_model=32"], [[128], [128, 128], [128] * 4]),
+    (["model=transformer"], [[256], [256, 256]]),
+    (["model=transformer", "model.n_layers=1"], [[64], [128], [256]]),
+])
+def test_default_grow_schedule_follows_the_model_family(model, expected):
+    from stagetrain.strategies.grow.config import schedule, validate
+
+    cfg = make_cfg("strategy=grow", *model)
+    assert cfg.strategy.widths is None
+    assert schedule(cfg) == expected
+    validate(cfg)
+
+
+TINY_LM = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=3", "plots=false",
+           "train.batch_size=16", "dataset.max_len=16", "strategy.epochs_per_stage=1", "train.epochs=1"]
+
+
+def test_default_grow_deepens_a_transformer_lm_on_a_local_text_file(tmp_path):
+    corpus = tmp_path / "poem.txt"
+    corpus.write_text("roses are red, violets are blue, sugar is sweet and so are you.\n" * 60, encoding="utf-8")
+    info = train(make_cfg("strategy=grow", "dataset=text", f"dataset.paths=[{corpus}]", *TINY_LM), tmp_path / "run")
+    assert [s["params"] for s in info["stages"]] == sorted({s["params"] for s in info["stages"]})
+    assert len(info["stages"]) == 3 and info["stop_reason"] == "epochs"
+    growths = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "growth"]
+    assert len(growths) == 2
+    for e in growths:  # the new layers are zero-output: the function is unchanged
+        assert e["probe_loss_after"] == pytest.approx(e["probe_loss_before"], abs=1e-5, rel=1e-5)
+
+
+def test_default_grow_widens_a_resnet_to_its_own_channels(tmp_path):
+    info = train(make_cfg("strategy=grow", "model=resnet", "strategy.epochs_per_stage=1", "train.epochs=1",
+                          "plots=false"), tmp_path / "run")
+    assert len(info["stages"]) == 3 and info["stop_reason"] == "epochs"
+    arch = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["arch"]
+    assert [b["out"] for b in arch["blocks"]] == list(make_cfg("model=resnet").model.stage_channels)
+    assert info["stages"][-1]["params"] > info["stages"][0]["params"]
+
+
+FORTUNES = DATA_ROOT / "text" / "fortunes"
+
+
+@pytest.mark.skipif(not (FORTUNES / "zippy").is_file(),
+                    reason=f"needs the fortunes collection, not found in {FORTUNES}: put it in ../shared/data/text/"
+                           "fortunes beside the repository, or set STAGETRAIN_DATA")
+def test_default_grow_runs_a_transformer_on_fortunes(tmp_path):
+    """The README's plain command, each stage cut to a small FLOP share (not to other widths)."""
+    info = train(make_cfg("strategy=grow", "model=transformer", "dataset=fortunes", f"dataset.root={DATA_ROOT}", "plots=false",
+                          "strategy.trigger=flops_share", "strategy.flop_budget=6e9"), tmp_path / "run")
+    assert len(info["stages"]) == 2 and info["stages"][1]["params"] > info["stages"][0]["params"]

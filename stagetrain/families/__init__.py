@@ -9,7 +9,10 @@ A family module has no torch import (the config layer loads it at start-up) and 
   types are registered by a module under ``stagetrain/models/``; the stem and every block
   record their ``out_shape`` (without the batch dimension);
 * optionally ``grow_widths(model)`` / ``with_grow_widths(model, widths)`` -- the per-block
-  widths ``strategy=grow`` schedules (without them, grow refuses the family).
+  widths ``strategy=grow`` schedules (without them, grow refuses the family);
+* optionally ``grow_schedule(model)`` -- grow's default per-stage widths (when neither
+  ``strategy.widths`` nor ``strategy.width_factor`` is set); without it, the final widths
+  / 4, / 2, / 1 (``halving_schedule``).
 """
 
 from __future__ import annotations
@@ -38,3 +41,17 @@ def grow_widths(model: object) -> list[int]:
             f"strategy=grow cannot grow model={model.name}: its blocks are not of registered growable "  # type: ignore[attr-defined]
             f"types. Families grow supports: {', '.join(growable)}.")
     return list(fam.grow_widths(model))
+
+
+def halving_schedule(final: list[int], stages: int = 3) -> list[list[int]]:
+    """``stages`` stages ending at ``final``, each half as wide as the next."""
+    return [[max(1, round(w / 2 ** (stages - 1 - k))) for w in final] for k in range(stages)]
+
+
+def grow_schedule(model: object) -> list[list[int]]:
+    """grow's default schedule for ``model``: the family's own, else the halving schedule."""
+    final = grow_widths(model)
+    fam = family(model.name)  # type: ignore[attr-defined]
+    if hasattr(fam, "grow_schedule"):
+        return [list(w) for w in fam.grow_schedule(model)]
+    return halving_schedule(final)

@@ -63,3 +63,8 @@ def grow_widths(m: Any) -> list[int]:
 
 def with_grow_widths(m: Any, widths: list[int]) -> Any:
     return replace(m, widths=list(widths))
+
+
+def grow_schedule(m: Any) -> list[list[int]]:
+    """grow's default: one hidden layer of 16 -> 64 -> 256 units (the quick start's growth)."""
+    return [[16], [64], [256]]

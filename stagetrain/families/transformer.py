@@ -202,3 +202,13 @@ def grow_widths(m: Any) -> list[int]:
 
 def with_grow_widths(m: Any, widths: list[int]) -> Any:
     return replace(m, mlp_hidden=[int(w) for w in widths], n_layers=len(widths))
+
+
+def grow_schedule(m: Any) -> list[list[int]]:
+    """grow's default: depth 1 -> 2 -> n_layers at the model's own MLP widths (new layers are
+    zero-output, exact); a one-layer model widens its MLP instead (/ 4, / 2, / 1)."""
+    widths = layer_widths(m)
+    if len(widths) == 1:
+        return [[max(1, round(widths[0] / f))] for f in (4, 2, 1)]
+    depths = sorted({1, 2, len(widths)})
+    return [widths[:d] for d in depths]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families import grow_widths
+from stagetrain.families import grow_schedule, grow_widths
 from stagetrain.plan import TARGET_KEYS, parse_target
 from stagetrain.schema import StrategyConfig, as_list
 
@@ -14,7 +14,7 @@ from stagetrain.schema import StrategyConfig, as_list
 @dataclass
 class Config(StrategyConfig):
     name: str = "grow"
-    widths: Any = field(default_factory=lambda: [[16], [64], [256]])
+    widths: Any = None  # null: the model family's default schedule (families.grow_schedule)
     width_factor: float | None = None
     stages: int | None = None
     depths: list[int] | None = None
@@ -36,12 +36,15 @@ class Config(StrategyConfig):
 
 
 def schedule(cfg: Any) -> list[list[int]]:
-    """Per-stage block widths, from widths / width_factor+stages / depths, cut at max_stages."""
+    """Per-stage block widths, from widths / width_factor+stages / the family's default, then
+    depths, cut at max_stages."""
     s = cfg.strategy
     final = grow_widths(cfg.model)
     if s.width_factor is not None:
         n = int(s.stages or 3)
         widths = [[max(1, round(w / s.width_factor ** (n - 1 - k))) for w in final] for k in range(n)]
+    elif s.widths is None:
+        widths = grow_schedule(cfg.model)
     else:
         widths = [[int(w) for w in as_list(stage)] for stage in as_list(s.widths)]
     n = max(len(widths), len(s.depths or []), len(s.data_fractions or []))
