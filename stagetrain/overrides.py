@@ -32,16 +32,15 @@ from stagetrain.override_errors import (
     first_line,
     is_group,
 )
+from stagetrain.sweepcheck import check_jobs, composer
 
 CONFIG_MODULE = "pkg://stagetrain.conf"
 
 
 def check_command_line(argv: list[str]) -> list[str]:
-    """Raise StagetrainError for a command line that would fail; return overrides to add.
-
-    The returned overrides (``hydra.output_subdir=null`` when the run directory already
-    holds a run) keep Hydra from rewriting files an earlier run wrote.
-    """
+    """Raise StagetrainError for a command line that would fail; return overrides to add
+    (``hydra.output_subdir=null`` when the run directory already holds a run: Hydra must not
+    rewrite the files an earlier run wrote). A sweep: every job checked (sweepcheck.py)."""
     runlock.release_all()  # a new command in this process: the previous one has ended
     args = _parse_args(argv)
     if args is None or args.help or args.hydra_help or args.info or args.shell_completion \
@@ -61,10 +60,10 @@ def check_command_line(argv: list[str]) -> list[str]:
     multirun = args.multirun or any(
         o.key_or_group == "hydra.mode" and o.get_value_element_as_str() == "MULTIRUN" for o in parsed)
     _check_group_options(loader, parsed)
-    cfg = None
+    cfg, compose = None, composer(loader, config_name)  # a sweep's variants: composed fast after the first
     for job in _variants(parsed) if multirun else [list(args.overrides)]:
         try:
-            composed = loader.load_configuration(config_name, job, RunMode.RUN)
+            composed = loader.load_configuration(config_name, job, RunMode.RUN) if cfg is None else compose(job)
         except StagetrainError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -77,7 +76,8 @@ def check_command_line(argv: list[str]) -> list[str]:
     _check_missing(loader, cfg)
     if args.cfg:
         return []
-    if multirun:  # a sweep's jobs are validated (and locked) one by one as they run
+    if multirun:  # every job of the sweep validated now (sweepcheck.py); each locked as it runs
+        check_jobs(compose, cfg, parsed, _validate)
         sweep_dir = _explicit(parsed, "hydra.sweep.dir")
         if sweep_dir is not None:
             runlock.check_place(sweep_dir, "sweep directory", "hydra.sweep.dir")
@@ -92,7 +92,6 @@ def check_command_line(argv: list[str]) -> list[str]:
     return extra
 
 
-# ------------------------------------------------------------------ setup
 def _parse_args(argv: list[str]) -> argparse.Namespace | None:
     """Hydra's own flags parsed as Hydra will; None when argparse would refuse them."""
     from hydra._internal.utils import get_args_parser

@@ -15,9 +15,11 @@ from conftest import (
     assert_epochs_exactly_once,
     final_weights,
     kill_when,
+    make_cfg,
     resume_until_done,
     run_cli,
 )
+from omegaconf import OmegaConf
 
 # big enough that an epoch takes a noticeable fraction of a second on 2 cores
 SLOW = ["dataset=synthetic", "dataset.n_train=4000", "dataset.shape=[1,28,28]", "model.widths=[256,256]",
@@ -81,3 +83,32 @@ def test_sigterm_checkpoints_marks_stopped_and_resume_dir_continues(tmp_path):
     ref, got = final_weights(reference), final_weights(run)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert_epochs_exactly_once(run)
+
+
+# ---- resume compares only what the user typed (issue 28)
+
+def test_changed_keys_counts_only_the_typed_overrides():
+    from stagetrain.resume import changed_keys
+
+    saved = OmegaConf.to_container(make_cfg("strategy=grow", "train.epochs=3"), resolve=True)
+    now = make_cfg("train.epochs=5", "resume=somewhere")
+    assert "strategy.name" in changed_keys(now, saved)  # no command line known: everything
+    assert changed_keys(now, saved, ["resume=somewhere"]) == []
+    assert changed_keys(now, saved, ["resume=somewhere", "train.epochs=5"]) == ["train.epochs"]
+    assert changed_keys(make_cfg("strategy=scratch"), saved, ["strategy=scratch", "++seed=0"]) == ["strategy"]
+    assert changed_keys(make_cfg("strategy=grow", "train.epochs=3"), saved, ["strategy=grow"]) == []
+
+
+def test_resume_warns_only_about_keys_the_user_typed(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli("strategy=grow", "strategy.widths=[[8],[16]]", "strategy.epochs_per_stage=1", "train.epochs=1",
+                    "progress=off", "plots=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "stopped"}))  # as if stopped at its end
+    bare = run_cli(f"resume={run}", "progress=off", cwd=tmp_path)
+    assert bare.returncode == 0 and "differing" not in bare.stdout + bare.stderr, bare.stdout + bare.stderr
+    (run / "run.json").write_text(json.dumps({**info, "status": "stopped"}))
+    typed = run_cli(f"resume={run}", "progress=off", "train.epochs=7", "seed=0", cwd=tmp_path)
+    out = typed.stdout + typed.stderr
+    assert typed.returncode == 0 and "ignoring the differing values of: train.epochs\n" in out, out

@@ -55,15 +55,54 @@ def test_sweep_writes_summary_table_groups_and_plots(tmp_path):
 
 def test_one_failed_job_does_not_stop_the_others_and_is_listed(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "strategy=scratch", "train.batch_size=32,0", "train.epochs=1,2", *TINY[1:],
+    bogus = tmp_path / "bogus.pt"  # exists, so the pre-check passes it; not a checkpoint: the job fails
+    bogus.write_bytes(b"not a checkpoint")
+    proc = run_cli("-m", "strategy=finetune", f"strategy.source=random,{bogus}", "train.epochs=1,2", *TINY[1:],
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 1, "a sweep with a failed job exits non-zero"
     rows = {r["job"]: r for r in summary_rows(sweep)}
     assert {j: r["status"] for j, r in rows.items()} == {
         "0": "completed", "1": "completed", "2": "failed", "3": "failed"}, "jobs after the failure ran"
-    assert "train.batch_size" in rows["2"]["error"]
+    assert "bogus.pt" in rows["2"]["error"]
     assert "2 of 4 jobs did not complete" in proc.stdout
-    assert "failed:" in proc.stdout and "train.batch_size" in proc.stdout
+    assert "failed:" in proc.stdout and "bogus.pt" in proc.stdout
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "slurm"])
+def test_a_sweep_with_a_failing_combination_is_refused_before_any_job_is_launched(launcher, tmp_path):
+    """The README's SLURM sweep without strategy.source: every combination is validated first,
+    the failing ones are listed, nothing is submitted or written (no sweep directory)."""
+    chosen = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    proc = run_cli("-m", *chosen, "strategy=layerwise,grow,finetune", "seed=0,1,2", *TINY,
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    error = proc.stderr.strip()
+    assert error.startswith("Error: The sweep was not started: 3 of 9 combinations would fail.")
+    assert "#6 strategy=finetune seed=0, #7 strategy=finetune seed=1, #8 strategy=finetune seed=2: " \
+           "strategy=finetune needs strategy.source=" in error
+    assert "\n" not in error and "Traceback" not in proc.stdout + proc.stderr, "one paragraph"
+    assert list(tmp_path.iterdir()) == [], "nothing was written"
+
+
+def test_the_sweep_check_covers_an_experiments_own_sweep(tmp_path):
+    """hydra.sweeper.params of an experiment are expanded as Hydra's basic sweeper does."""
+    proc = run_cli("-m", "experiment=grow_vs_scratch", "train.batch_size=0", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "9 of 9 combinations would fail" in proc.stderr, proc.stderr[-2000:]
+    assert "#0 arm=scratch seed=0" in proc.stderr and "train.batch_size=0 is out of range" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_of_hundreds_of_combinations_is_checked_in_seconds():
+    from stagetrain.errors import StagetrainError
+    from stagetrain.overrides import check_command_line
+
+    start = time.perf_counter()
+    check_command_line(["-m", "strategy=layerwise,grow,scratch", "seed=range(0,100)", "dry_run=true"])
+    ok = time.perf_counter() - start  # 300 jobs: about 2 s on a busy 2-core machine
+    with pytest.raises(StagetrainError, match=r"100 of 300 combinations would fail\. #200 strategy=finetune "
+                       r"seed=0, .* and 94 more: strategy=finetune needs"):
+        check_command_line(["-m", "strategy=layerwise,grow,finetune", "seed=range(0,100)"])
+    assert ok < 30, f"checking 300 combinations took {ok:.1f} s"
 
 
 def _sweep_args(sweep: Path) -> list[str]:

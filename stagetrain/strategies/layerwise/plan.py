@@ -48,6 +48,26 @@ def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dic
             "tied": bool(g.tied), "kernel": block.get("kernel"), "pool": block.get("pool", 0)}
 
 
+# The LRs left null follow the objective. A supervised greedy stage trains one block and a
+# fresh auxiliary head for a few epochs: at optim.lr (1e-3) the quick start's three stages
+# were still descending (under-trained warnings); at 3x they converge (digits, seed 0:
+# test/acc 0.972 -> 0.969, no warning). Sigmoid RBM blocks fine-tune slowly: at 1e-3 the
+# fine-tuned network reached 0.675 on digits, at 3e-3 0.856, at 1e-2 0.953.
+GREEDY_LR_FACTOR = {"supervised": 3.0}
+FINETUNE_LR_FACTOR = {"rbm": 10.0}
+
+
+def greedy_lr(cfg: Any, g: Any) -> float:
+    """A greedy stage's LR: strategy.lr, else optim.lr x the objective's factor."""
+    return float(g.lr) if g.lr is not None else float(cfg.optim.lr) * GREEDY_LR_FACTOR.get(g.objective, 1.0)
+
+
+def finetune_lr(cfg: Any, s: Any) -> float:
+    """The fine-tune stage's LR: strategy.finetune.lr, else optim.lr x the objective's factor."""
+    ft = s.finetune
+    return float(ft.lr) if ft.lr is not None else float(cfg.optim.lr) * FINETUNE_LR_FACTOR.get(s.objective, 1.0)
+
+
 def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = False,
                   dataset: str = "target") -> list[Stage]:
     """One greedy stage per block. ``g`` holds the greedy settings (objective,
@@ -64,7 +84,7 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
     supervised = g.objective == "supervised"
     stages: list[Stage] = []
     for i, name in enumerate(blocks):
-        greedy = {"optimizer": g.optimizer or cfg.optim.name, "lr": float(g.lr or cfg.optim.lr)}
+        greedy = {"optimizer": g.optimizer or cfg.optim.name, "lr": greedy_lr(cfg, g)}
         if g.objective == "rbm":
             greedy = {"optimizer": "sgd", "lr": float(g.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
         to_head = last_to_head and i == len(blocks) - 1
@@ -97,7 +117,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     stages = greedy_stages(cfg, spec, s, last_to_head)
     ft = s.finetune
     if ft.enabled:
-        lr = float(ft.lr) if ft.lr is not None else float(cfg.optim.lr)
+        lr = finetune_lr(cfg, s)
         if ft.head_warmup_epochs:
             stages.append(head_probe_stage(
                 cfg, "finetune-head", ft.head_probe, int(ft.head_warmup_epochs), float(ft.probe_l2), float(cfg.optim.lr),
