@@ -26,9 +26,11 @@ log = logging.getLogger("stagetrain")
 SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
 
 
-def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float = 0.95) -> list[dict[str, Any]]:
+def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float = 0.95,
+                  answer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows. With
-    several seeds: mean ± t-interval per group, and each arm against ``control`` (compare.py)."""
+    several seeds: mean ± t-interval per group, and each arm against ``control`` (compare.py);
+    ``answer`` (when given) receives those ``groups`` and the grouping columns ``by``."""
     from stagetrain.tune import is_trial
 
     runs = [r for r in report.find_runs([sweep_dir]) if not is_trial(r)]  # a search's trials: in its job's row
@@ -50,6 +52,8 @@ def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float 
                      "verdicts against the control\n\n"
                      + report.to_markdown(groups) + "\n" + compare.verdict_note("test/acc", control, level) + "\n")
     (sweep_dir / "summary.md").write_text(markdown)
+    if answer is not None:
+        answer.update(groups=groups, by=by)
     try:
         report.plot(rows, sweep_dir / "summary.png", by=by, intervals=compare.interval_points(groups))
         report.plot_curves(rows, sweep_dir / "curves.png", by)
@@ -101,10 +105,13 @@ def _remove_unused_sweep_dir(sweep_dir: Path) -> None:
 
 
 def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
-    """The job a search selects (best ``objective.metric``, a validation metric), with its
-    test result; also appended to summary.md."""
-    from stagetrain.search import direction, selected
+    """The job a search (an optimising sweeper: Optuna) selects (best ``objective.metric``, a
+    validation metric), with its test result; also appended to summary.md. A comparison's
+    sweep selects nothing: its best job is a lucky seed (``tune.lr`` selects inside each job)."""
+    from stagetrain.search import direction, is_search, selected
 
+    if not is_search(config.hydra):
+        return
     metric, mode = str(config.objective.metric), str(config.objective.mode)
     best = selected(rows, metric, mode)
     if best is None or len(rows) < 2:
@@ -127,14 +134,18 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_objective(config)
         sweep_dir = Path(config.hydra.sweep.dir)
-        if config.get("dry_run") or config.get("resume") != "never" or not sweep_dir.is_dir():
+        if config.get("dry_run"):
             return
-        if report.find_runs([sweep_dir]):
+        if config.get("resume") == "never" and sweep_dir.is_dir() and report.find_runs([sweep_dir]):
             print(f"Error: the sweep directory {sweep_dir} already holds the runs of an earlier sweep. "
                   "Add resume=auto to continue that sweep (completed jobs are skipped, the others "
                   "continue), or leave hydra.sweep.dir at its default for a new sweep directory. "
                   "Nothing was run or changed.", file=sys.stderr)
             sys.exit(1)
+        if config.get("logger", {}).get("mlflow"):  # the parent MLflow run of the jobs' runs
+            from stagetrain.mlflowlog import start_sweep
+
+            start_sweep(sweep_dir, config.logger.get("mlflow_uri"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -142,13 +153,21 @@ class SweepSummary(Callback):
             remove_empty_sweep_dir(sweep_dir)
             return
         control = f"{config.compare.control_key}={config.compare.control_value}"
-        rows = write_summary(sweep_dir, control, float(config.compare.level))
+        answer: dict[str, Any] = {}
+        rows = write_summary(sweep_dir, control, float(config.compare.level), answer)
+        if config.get("logger", {}).get("mlflow"):
+            from stagetrain.mlflowlog import end_sweep
+
+            end_sweep(sweep_dir, rows, config.logger.get("mlflow_uri"))
         if not rows:
             log.warning("Sweep %s: no job wrote a run.json; nothing to summarise.", sweep_dir)
             return
         cols = ["job", *[c for c in rows[0] if c not in ("run", "job", "error", *SHORT)
                          and c not in report.METRICS], *SHORT]
         report.print_table([{c: r.get(c) for c in cols} for r in rows], f"sweep {sweep_dir}")
+        if answer.get("groups"):  # a seeded sweep: the answer, in 100 columns (the wide table: summary.md)
+            compare.print_verdicts(answer["groups"], answer["by"], f"verdicts against {control}, "
+                                   f"{len({r.get('seed') for r in rows})} seeds (test/acc)")
         _print_selected(config, rows, sweep_dir)
         failed = [r for r in rows if r["status"] != "completed"]
         print(f"summary: {sweep_dir / 'summary.md'} (also summary.csv, summary.png, curves.png)")

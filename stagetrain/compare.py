@@ -100,3 +100,74 @@ def interval_points(groups: list[dict[str, Any]], metric: str = "test/acc") -> l
         if isinstance(x, int | float) and isinstance(y, int | float) and not math.isnan(half):
             pts.append((float(x), float(y), float(half)))
     return pts
+
+
+def verdict_rows(groups: list[dict[str, Any]], by: list[str], metric: str = "test/acc") -> list[dict[str, str]]:
+    """The answer of a comparison, one short row per arm: arm, n, mean ± interval, the control it
+    is compared with, the paired difference [interval] and the verdict (``with_intervals``'s groups)."""
+    out = []
+    for g in groups:
+        half = next((v for k, v in g.items() if k.startswith(f"{metric} ±")), None)
+        mean = g.get(f"{metric} mean")
+        diff = g.get("diff")
+        out.append({
+            "arm": _arm(g, by), "n": str(g.get("runs", "")),
+            "mean ± interval": "" if mean is None else f"{_num(mean)} ± {_num(half)}",
+            "vs": _short_control(g.get("vs")),
+            "difference [interval]": "" if diff is None else
+            f"{diff:+.4f} [{_num(g.get('diff low'), '+')}, {_num(g.get('diff high'), '+')}]",
+            "verdict": str(g.get("verdict") or ("control" if diff is None and g.get("vs") is None else "")),
+        })
+    return out
+
+
+def _arm(g: dict[str, Any], by: list[str]) -> str:
+    """``layerwise label_fraction=0.1``: the strategy, then the last part of each other key."""
+    from stagetrain.report import fmt
+
+    parts = [str(g[k]) if k == "strategy" else f"{k.rsplit('.', 1)[-1]}={g[k] if isinstance(g[k], int) else fmt(g[k])}"
+             for k in by if g.get(k) is not None]
+    return " ".join(parts) or "(all runs)"
+
+
+def _num(v: Any, sign: str = "") -> str:
+    return "n/a" if not isinstance(v, int | float) or math.isnan(v) else f"{v:{sign}.4f}"
+
+
+def _short_control(vs: Any) -> str:
+    """``strategy=scratch`` -> ``scratch``; the own equal-FLOPs controls -> ``own scratch``."""
+    if vs is None:
+        return ""
+    return "own scratch" if str(vs).startswith("own ") else str(vs).partition("=")[2] or str(vs)
+
+
+WIDTH = 100  # the verdict table fits a 100-column terminal; the wide table goes to files
+
+
+def print_verdicts(groups: list[dict[str, Any]], by: list[str], title: str, metric: str = "test/acc",
+                   console: Any = None) -> None:
+    """The compact verdict table on the terminal, at most ``WIDTH`` columns wide: long arm
+    names wrap, the numbers and the verdict never do."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from stagetrain.runread import clean
+
+    if console is None:
+        from stagetrain.progress import make_console
+
+        term = make_console()
+        console = Console(width=min(WIDTH, term.width) if term.is_terminal else WIDTH, soft_wrap=False)
+    from rich import box
+
+    table = Table(title=Text(clean(title)), box=box.SIMPLE_HEAD, expand=True)
+    level = next((k.split("±")[1] for g in groups for k in g if k.startswith(f"{metric} ±")), "")
+    for col in ("arm", "n", f"{metric} ± {level}".strip(), "vs", "difference [interval]", "verdict"):
+        wrap = col in ("arm", "vs")
+        table.add_column(Text(col), overflow="fold" if wrap else "ellipsis", no_wrap=not wrap,
+                         ratio=1 if col == "arm" else None)
+    style = {"better": "green", "worse": "red"}
+    for r in verdict_rows(groups, by, metric):
+        table.add_row(*(Text(clean(v)) for v in r.values()), style=style.get(r["verdict"]))
+    console.print(table)

@@ -9,8 +9,10 @@ per-epoch lines go to ``stagetrain.log`` only (as they do with ``progress=off``)
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -50,14 +52,28 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def running_loss(sums: list[Any] | None) -> float | None:
+    """The epoch's mean training loss so far from the engine's epoch sums (loss sum, correct,
+    samples); reading it synchronises a GPU, so the bar reads it a few times a second at most."""
+    if not sums or not float(sums[2]):
+        return None
+    return float(sums[0]) / float(sums[2])
+
+
 class Reporter:
-    def __init__(self, mode: str, interval: float = 30.0):
+    """The live bar shows the stage (its description), steps, the epoch, the epoch's running
+    training loss and the last validation metric (``val/acc``, else ``val/loss``)."""
+
+    LOSS_EVERY = 0.5  # seconds between two reads of the running loss
+
+    def __init__(self, mode: str, interval: float = 30.0, console: Console | None = None):
         self.mode = resolve_mode(mode)
         self.interval = interval
         self._last = time.monotonic()
         self._bar: Progress | None = None
         self._task = None
-        self.console = make_console()
+        self._loss_at, self._loss, self._val = -math.inf, "", ""
+        self.console = console or make_console()
         if self.mode == "rich":
             self._route_logging_through_rich()
         keep_file_only_off_the_console()
@@ -87,16 +103,28 @@ class Reporter:
             if self._task is not None:
                 self._bar.remove_task(self._task)
             self._task = self._bar.add_task(label, total=total_steps, completed=done_steps, status="")
+            self._loss_at, self._loss, self._val = -math.inf, "", ""
 
-    def step(self, text: str) -> None:
+    def step(self, text: str, sums: list[Any] | None = None) -> None:
+        """One optimizer step; ``sums``: the engine's epoch sums, for the running loss."""
         if self.mode == "rich" and self._bar is not None:
-            self._bar.update(self._task, advance=1, status=text)
+            now = time.monotonic()
+            if sums is not None and now - self._loss_at >= self.LOSS_EVERY:
+                self._loss_at, loss = now, running_loss(sums)
+                self._loss = "" if loss is None else f"loss {loss:.4g}"
+            status = "  ".join(t for t in (text, self._loss, self._val) if t)
+            self._bar.update(self._task, advance=1, status=status)
         elif self.mode == "plain" and time.monotonic() - self._last > self.interval:
             self._last = time.monotonic()
             log.info("  %s", text)
 
-    def epoch_end(self, text: str) -> None:
+    def epoch_end(self, text: str, metrics: dict[str, float] | None = None) -> None:
+        """``metrics``: the epoch's ``train/...`` and ``val/...`` values; the bar keeps the last
+        validation accuracy (or loss) until the next epoch ends."""
         self._last = time.monotonic()
+        name = next((m for m in ("val/acc", "val/loss") if m in (metrics or {})), None)
+        if name is not None:
+            self._val = f"{name} {metrics[name]:.4g}"
         if self._bar is not None:  # drawn at least once per epoch, however short (auto-refresh is timed)
             self._bar.refresh()
         log.info("%s", text, extra=self._epoch_extra)

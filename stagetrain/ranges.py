@@ -43,6 +43,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "strategy.lr_decay": (0, 1, False, True),
     "strategy.rbm_lr": (0, None, False, True),
     "strategy.cache_max_bytes": (0, None, True, True),
+    "logger.every_steps": (0, None, True, True),
 }
 
 

@@ -7,7 +7,8 @@
 One row per run: strategy, the overrides that differ between the runs, final val/test
 metrics, FLOPs, wall time, status and stop reason. Failed and unfinished runs are listed
 with their error line, never dropped. ``--group-by KEY[,KEY]`` aggregates runs that differ
-only in seed: mean and standard deviation per group.
+only in seed and prints the verdict table (arm, n, mean ± interval, difference to the
+control [interval], verdict) in 100 columns; every group column goes to --markdown/--csv.
 """
 
 from __future__ import annotations
@@ -264,9 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         by = compare.label_controls(rows, by)
         table = compare.with_intervals(group_rows(rows, by), rows, by, control=args.control, level=args.level)
-    print_table(table, f"{len(runs)} runs" + (f", grouped by {args.group_by}" if args.group_by else ""))
-    if args.group_by:
-        print(compare.verdict_note("test/acc", args.control, args.level))
+    if args.group_by:  # the answer in 100 columns; every group column: --markdown / --csv
+        compare.print_verdicts(table, by, f"{len(runs)} runs, grouped by {args.group_by}")
+        print(compare.verdict_note("test/acc", args.control, args.level)
+              + ("" if args.csv or args.markdown else " Every column (std, FLOPs, time): --markdown FILE."))
+    else:
+        print_table(table, f"{len(runs)} runs")
     failed = [r for r in rows if r["status"] != "completed"]
     for r in failed:
         print(f"{r['status']}: {clean(r['run'])}: {r['error']}")

@@ -84,6 +84,8 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
 
         check_run(record.info, rundir.path, parts.datasets["target"].num_classes)
     record.finish(engine, final)
+    for sink in engine.sinks:  # MLflow: run.json and the model as artifacts, the run's status
+        getattr(sink, "finish", lambda: None)()
     distributed.barrier()
     return record.info
 
@@ -167,12 +169,18 @@ def _banner(settings: RunConfig, parts: Parts, engine: Engine, record: RunRecord
 
 
 def _sinks(settings: RunConfig, rundir: RunDir, record: RunRecord) -> list[Any]:
-    """Where metric events go besides metrics.jsonl: TensorBoard when asked."""
-    if not settings.logger.tensorboard:
-        return []
-    from stagetrain.tensorboard import TensorBoardSink
+    """Where metric events go besides metrics.jsonl: TensorBoard and MLflow when asked."""
+    lg, sinks = settings.logger, []
+    if lg.tensorboard:
+        from stagetrain.tensorboard import TensorBoardSink
 
-    return [TensorBoardSink(rundir.path, record.info["config"])]
+        sinks.append(TensorBoardSink(rundir.path, record.info["config"], record.info["plan"], lg.every_steps))
+    if lg.mlflow:
+        from stagetrain.mlflowlog import MlflowSink
+
+        sinks.append(MlflowSink(rundir.path, record.info["config"], record.info["plan"], lg.every_steps,
+                                lg.mlflow_uri, lambda: record.info.get("status", "")))
+    return sinks
 
 
 def _distributed_note(record: RunRecord, settings: RunConfig) -> None:
@@ -204,10 +212,10 @@ def _run(engine: Engine, record: RunRecord, settings: RunConfig, rundir: RunDir,
         raise
     finally:
         engine.reporter.close()
+        if settings.plots and main:  # before the sinks close: MLflow uploads a failed run's plots
+            write_plots(rundir)
         for sink in engine.sinks:
             sink.close()
-        if settings.plots and main:
-            write_plots(rundir)
         if stopped:  # all ranks stopped at the same step: leave together, once rank 0 has written
             distributed.barrier()
 

@@ -154,6 +154,9 @@ class StrategyConfig:
 @dataclass
 class LoggerConfig:
     tensorboard: bool = False
+    every_steps: int = 50  # TensorBoard / MLflow: training loss and LR every N steps (0: per epoch only)
+    mlflow: bool = False  # also log to MLflow (extra: stagetrain[mlflow])
+    mlflow_uri: str | None = None  # MLflow tracking URI; None: the file store <cwd>/mlruns
 
 
 @dataclass

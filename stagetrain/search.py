@@ -135,6 +135,13 @@ def sweeper_directions(hydra_cfg: Any) -> list[str]:
     return ["max" if "max" in str(v).lower() else "min" for v in values]
 
 
+def is_search(hydra_cfg: Any) -> bool:
+    """Whether a sweep searches (a sweeper that optimises, e.g. Optuna) rather than compares
+    arms: only a search selects one job; a comparison's "best" job is a lucky seed."""
+    target = str(getattr(getattr(hydra_cfg, "sweeper", None), "get", lambda *_: "")("_target_") or "")
+    return bool(sweeper_directions(hydra_cfg)) or "optuna" in target.lower()
+
+
 def check_sweeper(hydra_cfg: Any, metric: str, mode: str) -> None:
     """Refuse a sweeper optimising the other way than ``objective`` (a maximising sweeper
     given val/loss would search for the worst setting)."""

@@ -75,3 +75,40 @@ def test_pareto_front_keeps_only_undominated_points():
 def test_one_number_format():
     assert [fmt(v) for v in (50826, 0.95833333, 12.3456, 1234567890.0, 3, None, "x")] == \
         ["50,826", "0.9583", "12.35", "1.235e+09", "3", "", "x"]
+
+
+def test_group_by_prints_the_verdict_table_in_100_columns(sweep):
+    proc = report(str(sweep / "sweep"), "--group-by", "strategy", cwd=sweep)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("verdict: ")[0]
+    assert max(len(line) for line in table.splitlines()) <= 100, table
+    grow = next(line for line in table.splitlines() if line.strip().startswith("grow"))
+    assert grow.rstrip().endswith(("better", "worse", "no evidence")) and "scratch" in grow, table
+    assert "control" in next(line for line in table.splitlines() if line.strip().startswith("scratch"))
+    assert "…" not in table and "--markdown FILE" in proc.stdout
+
+
+def _end_of_sweep(sweep_dir: Path, sweeper: dict, capsys) -> str:
+    from omegaconf import OmegaConf
+
+    from stagetrain.callbacks import SweepSummary
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "sweeper": sweeper},
+                            "compare": {"control_key": "strategy", "control_value": "scratch", "level": 0.95},
+                            "objective": {"metric": "val/acc", "mode": "auto"}, "logger": {"mlflow": False}})
+    SweepSummary().on_multirun_end(cfg)
+    return capsys.readouterr().out
+
+
+def test_a_comparison_prints_verdicts_and_selects_no_job_a_search_selects_one(sweep, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep / "sweep", copy)
+    out = _end_of_sweep(copy, {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}, capsys)
+    assert "selected by" not in out and "selected by" not in (copy / "summary.md").read_text()
+    verdicts = out.split("verdicts against strategy=scratch")[1].split("summary: ")[0]
+    assert max(len(line) for line in verdicts.splitlines()) <= 100 and "control" in verdicts, out
+    out = _end_of_sweep(copy, {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                               "direction": "maximize"}, capsys)
+    assert "selected by val/acc (maximum): job " in out

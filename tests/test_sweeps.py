@@ -300,3 +300,27 @@ def test_dry_run_estimate_of_a_full_batch_probe_bounds_what_it_spends(tmp_path):
     [row] = estimate_plan(settings, STRATEGIES["finetune"].build(settings, spec), spec, n_train, n_labeled)
     spent = train(cfg, tmp_path / "probe")["flops"]
     assert spent <= row["flops"] <= 5 * spent  # counting one pass per step said 1/60 of it
+
+
+def test_tensorboard_logs_the_lr_used_every_n_steps_and_greedy_heads_apart(tmp_path):
+    """logger.every_steps: train/lr is the LR the optimizer used (falling over a cosine stage,
+    never the 0.0 the scheduler holds after the stage's last step) and train_steps/loss is
+    written every N steps; a greedy stage's auxiliary-head metrics have their own tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg("strategy=layerwise", "strategy.epochs_per_layer=1", "train.epochs=1", "plots=false",
+                   "logger.tensorboard=true", "logger.every_steps=5")
+    train(cfg, tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    lr = [(s.step, s.value) for s in events.Scalars("train/lr")]
+    assert [s for s, _ in lr][:3] == [5, 10, 15] and all(v > 0 for _, v in lr), lr
+    assert lr[0][1] > lr[1][1] > lr[2][1], "a cosine stage: the LR used falls step by step"
+    assert [s.step for s in events.Scalars("train_steps/loss")][:3] == [5, 10, 15]
+    greedy = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl")
+              if e.get("split") == "val" and e["stage_name"].startswith("greedy")]
+    assert greedy and len(events.Scalars(f"aux/{greedy[0]['stage_name']}/val/acc")) == 1
+    final_stage = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl")
+                   if e.get("split") == "val" and not e["stage_name"].startswith("greedy")]
+    assert [s.step for s in events.Scalars("val/acc")] == [e["step"] for e in final_stage], (
+        "val/acc is the final model's only")

@@ -36,6 +36,7 @@ from stagetrain.progress import Reporter
 from stagetrain.rundir import MetricsLog, RunDir
 
 Event = dict[str, Any]
+_no_step = lambda *_: None  # noqa: E731 - a sink without step-level logging
 
 
 class Engine:
@@ -148,7 +149,9 @@ class Engine:
             cur.steps += 1
             cur.samples += m
             st.charge(flops=(rt.step_flops * passes + prefix) * m)
-            self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}")
+            self.reporter.step(f"epoch {cur.epoch + 1}/{rt.epochs}", cur.epoch_sums)
+            for sink in self.sinks:  # step-level logging (logger.every_steps): each sink keeps its own pace
+                getattr(sink, "on_step", _no_step)(st.global_step, k + 1, cur.epoch_sums, rt.scheduler)
             stopping.after_step(self.plan, stage, st)
             signal = self.stop_flag.get("signal") if self.world == 1 else self._agreed_stop
             if signal or (self.opts.every_steps and st.global_step % self.opts.every_steps == 0):
@@ -223,7 +226,7 @@ class Engine:
         cur.epoch, cur.batch, cur.epoch_sums = cur.epoch + 1, 0, [0.0, 0.0, 0.0]
         stopping.after_epoch(self.plan, stage, st, rt.epochs, self.opts.patience)
         self.reporter.epoch_end(f"stage {k + 1} {stage.name} epoch {cur.epoch}/{rt.epochs}: "
-                                + " ".join(f"{m}={v:.4f}" for m, v in cur.metrics.items()))
+                                + " ".join(f"{m}={v:.4f}" for m, v in cur.metrics.items()), cur.metrics)
         self._save_last(k, stage)
         if is_best and self.rundir is not None:
             save(self._snapshot(k, stage), self.rundir.best)
