@@ -27,10 +27,13 @@ def run_control(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     returns what the staged run's run.json records under ``control``. A failed control is
     recorded and logged; it never fails the staged run."""
     from stagetrain.errors import StagetrainError
+    from stagetrain.resume import saved_config
     from stagetrain.rundir import RunDir
     from stagetrain.runner import train
+    from stagetrain.trust import UntrustedCode
 
     control_dir = Path(run_dir) / SUBDIR
+    saved_config(info, Path(run_dir) / "run.json")  # the record may be a file (a completed run resumed)
     cfg = OmegaConf.create(info["config"])
     cfg.strategy = {"name": "scratch", "epochs": None, "flops": float(info["flops"]),
                     "arch_from": str(Path(run_dir).resolve())}
@@ -39,9 +42,11 @@ def run_control(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     log.info("compare.scratch: training the scratch control of %s for %.4g FLOPs in %s",
              run_dir, float(info["flops"]), control_dir)
     try:
-        ctrl = train(cfg, control_dir)
+        ctrl = train(cfg, control_dir, vouch=False)  # the launch vouched (cli._train); the record is a file
         record = {"run_dir": str(control_dir.resolve()), "status": ctrl.get("status"), "flops": ctrl.get("flops"),
                   "final": ctrl.get("final", {}), "stages": [s.get("epochs") for s in ctrl.get("stages", [])]}
+    except UntrustedCode:
+        raise  # a file named code: the command is refused, nothing recorded
     except (StagetrainError, RuntimeError, ValueError, OSError) as e:
         log.error("The scratch control of %s failed: %s", run_dir, e)
         record = {"run_dir": str(control_dir.resolve()), "status": "failed", "error": str(e)}

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from stagetrain import specfile
 from stagetrain.errors import StagetrainError
+from stagetrain.specfile import FILE_HINT
 
 MAX_BLOCKS = 1000  # blocks of one model; the deepest family default has 12
 MAX_UNITS = 1_000_000  # any one size in a spec: units, channels, classes, tokens
@@ -75,31 +77,6 @@ def _structure(spec: Any) -> None:
             raise ValueError(f"part {i} has activation {act!r} (known: {', '.join(ACTIVATIONS)})")
 
 
-SHARED_PARTS = {"stem": ("custom_stem", "vit_stem"), "blocks": ("custom_block",), "head": ("custom_head",)}
-
-
-def _shared_parts(spec: dict[str, Any]) -> None:
-    """The parts of a user module's spec: its own part types, with submodule paths as strings."""
-    from stagetrain.models.custom import GLUE
-
-    parts = [("stem", spec.get("stem") or {}), *(("blocks", b) for b in spec["blocks"]), ("head", spec["head"])]
-    for where, part in parts:
-        if where == "stem" and not part:
-            continue
-        if not isinstance(part, dict) or part.get("type") not in SHARED_PARTS[where]:
-            kind = part.get("type") if isinstance(part, dict) else part
-            raise ValueError(f"a {where} part of type {kind!r} (a user module's are {', '.join(SHARED_PARTS[where])})")
-        paths = [part[k] for k in ("path", "conv", "class_token", "pos_embedding", "dropout") if k in part]
-        paths += list(part.get("modules", [])) if isinstance(part.get("modules", []), list) else [None]
-        if not all(isinstance(x, str) for x in paths):
-            raise ValueError(f"a {where} part names its submodules with something other than strings")
-    if spec["head"].get("input", "none") not in GLUE:
-        raise ValueError(f"head input {spec['head'].get('input')!r} (known: {', '.join(GLUE)})")
-
-
-FILE_HINT = "It was not written by stagetrain, or was altered; use the file the run wrote."
-
-
 def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNITS,
                weights: dict[str, Any] | None = None) -> int:
     """Validate an architecture spec and return its parameter count; StagetrainError naming
@@ -115,21 +92,21 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
 
     from stagetrain.models import StagedModel
 
+    user_code = False
     if spec.get("shared"):  # the user's own module (model=custom/torchvision): code, run only when vouched for
         from stagetrain import trust
 
         trust.check_spec(spec, source)
-        try:
-            _shared_parts(spec)
-        except ValueError as e:
-            raise StagetrainError(f"The architecture in {source} is not valid: {e}. {hint}") from None
-        return 0
+        specfile.check_shared_parts(spec, source, hint)
+        user_code = spec["shared"]["target"] not in trust.builtin_targets()
     try:
         with torch.device("meta"):
             model = StagedModel(spec)
-    except StagetrainError as e:
-        raise StagetrainError(f"The architecture in {source} cannot be built: {e}") from None
     except Exception as e:  # noqa: BLE001 - any malformed field of a part
+        if user_code:  # a vouched-for module that does not build on the meta device: built for real later
+            return 0
+        if isinstance(e, StagetrainError):
+            raise StagetrainError(f"The architecture in {source} cannot be built: {e}") from None
         raise StagetrainError(f"The architecture in {source} cannot be built ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else 'a malformed part'}).") from None
     params = sum(p.numel() for p in model.parameters())
@@ -137,24 +114,8 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
         raise StagetrainError(f"The architecture in {source} has {params:,} parameters, more than stagetrain "
                               f"runs ({MAX_PARAMETERS:,}).")
     if weights is not None:
-        _check_fits(model.state_dict(), weights, source)
+        specfile.check_fits(model.state_dict(), weights, source)
     return params
-
-
-def _check_fits(own: dict[str, Any], weights: dict[str, Any], source: str) -> None:
-    """A file's weights against the architecture the same file gives: keys and shapes."""
-    if not isinstance(weights, dict):
-        raise StagetrainError(f"The weights in {source} are a {type(weights).__name__}, not a state dict. {FILE_HINT}")
-    missing = [k for k in own if k not in weights]
-    extra = [k for k in weights if k not in own]
-    shapes = [f"{k} {list(getattr(weights[k], 'shape', []))} vs {list(own[k].shape)}" for k in own
-              if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(own[k].shape)]
-    problems = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in (
-        ("missing weights", missing), ("weights the architecture lacks", extra),
-        ("shapes (weights vs architecture)", shapes)) if keys]
-    if problems:
-        raise StagetrainError(f"The weights in {source} do not fit the architecture stored with them "
-                              f"({'; '.join(problems)}). {FILE_HINT}")
 
 
 def activation_elements(spec: dict[str, Any]) -> int:

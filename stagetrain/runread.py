@@ -124,6 +124,7 @@ def job_config(info: dict[str, Any]) -> dict[str, Any]:
     config = flatten(info.get("config", {}))
     tune = info.get("tune") if isinstance(info.get("tune"), dict) else {}
     selected = tune.get("selected") if isinstance(tune.get("selected"), dict) else {}
-    for key in tune.get("keys") or [k for k in selected if k != "run_dir"]:
+    keys = tune.get("keys") if isinstance(tune.get("keys"), list) else None
+    for key in keys or [k for k in selected if k != "run_dir"]:
         config[str(key)] = "tuned"
     return config

@@ -115,7 +115,7 @@ def label_name(value: Any) -> str:
         number = Decimal(text.strip())
     except InvalidOperation:
         return text
-    if not number.is_finite():
+    if not number.is_finite() or abs(number.adjusted()) > 30:  # 1e5000 is a name, not a class number
         return text
     if number == number.to_integral_value():
         return str(int(number))

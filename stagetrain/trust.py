@@ -79,7 +79,7 @@ def require(target: Any, where: str) -> None:
     """Refuse to import or call ``target`` unless the user's config vouches for it now."""
     if isinstance(target, str) and is_trusted(target):
         return
-    shown = repr(target) if not isinstance(target, str) else target
+    shown = target if isinstance(target, str) and target.isprintable() and len(target) <= 200 else repr(target)[:200]
     raise UntrustedCode(
         f"{where} names the Python callable {shown} to build its network, and stagetrain does not run code "
         "that a file names: only code your own config names. Nothing was imported or called. If you trust "
@@ -102,7 +102,10 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
     if not isinstance(kwargs, dict):
         raise StagetrainError(f"The architecture in {where} gives its target's kwargs as a "
                               f"{type(kwargs).__name__}, not a mapping; it was not built.")
-    for key in ("weights", "weights_backbone"):
-        if kwargs.get(key) is not None and shared["target"] in builtin_targets():
+    if shared["target"] not in builtin_targets():
+        return
+    for key, value in kwargs.items():  # weights=, weights_backbone=, pretrained=, pretrained_backbone=, ...
+        if ("weights" in str(key) or "pretrained" in str(key)) and value not in (None, False):
             raise StagetrainError(f"The architecture in {where} asks {shared['target']} for {key}="
-                                  f"{kwargs[key]!r}: stagetrain never downloads weights; it was not built.")
+                                  f"{value!r}: stagetrain never downloads weights, and a file cannot ask it to; "
+                                  "it was not built.")

@@ -3,7 +3,10 @@ in-process CLI call, and the checks every refused input must pass."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,17 @@ def idx_root(base: Path, name: str, damage) -> Path:
         write_idx(raw / f"{split}-labels-idx1-ubyte", y)
     damage(raw)
     return base / name
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging the suite) when the body takes longer than ``seconds``."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s: it blocks")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -23,32 +23,17 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile import TINY, assert_refused, fingerprint, good_run, run_main  # noqa: F401 - good_run: the session's real run
+from hostile import TINY, assert_refused, deadline, fingerprint, good_run, run_main  # noqa: F401 - good_run: the session's real run
 
 from stagetrain import report
 
 ESC, CSI8 = "\x1b", "\x9b"
-
-
-@contextlib.contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    """Fail (instead of hanging the suite) when the body takes longer than ``seconds``."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s: it blocks")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ------------------------------------------------------------------ the report table

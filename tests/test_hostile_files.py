@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_cfg
-from hostile import TINY, assert_refused, fingerprint, idx_root, run_main
+from hostile import TINY, assert_refused, deadline, fingerprint, idx_root, run_main
 
 from stagetrain import checkpoint as ckpt
 from stagetrain import userfile
@@ -346,3 +346,13 @@ def test_a_loader_worker_killed_mid_training_is_one_paragraph_and_the_run_resuma
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and "killed by SIGKILL" in info["error"]
     assert (run / "checkpoints" / "last.pt").exists()  # epochs before the kill were checkpointed
+
+
+def test_a_number_like_label_of_any_size_is_a_name_and_cheap():
+    """A label such as 1e5000 would take minutes (or raise) as an integer: beyond 1e30 a label
+    is kept as written, and deciding so costs nothing."""
+    from stagetrain.textfiles import label_name
+
+    with deadline(60):  # fails instead of hanging the suite should the bound go
+        assert [label_name(v) for v in ("1e5000", "1e99999999", "-1e-5000", "1e30", "2.5e1")] == \
+            ["1e5000", "1e99999999", "-1e-5000", str(10**30), "25"]

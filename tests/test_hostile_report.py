@@ -74,6 +74,7 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     ("config is null", _edit(config=None), ["--plot", "p.png"], "2 runs"),
     ("config is a list", _edit(config=[1, 2]), ["--csv", "t.csv"], "2 runs"),
     ("error is a number", _edit(status="failed", error=42), [], "failed:"),
+    ("tune keys is a number", _edit(tune={"keys": 5}), ["--group-by", "strategy"], "2 runs"),
     ("error is an object", _edit(status="failed", error={"why": "x"}), [], '"why"'),
     ("error is a list", _edit(status="failed", error=["a", "b"]), ["--markdown", "t.md"], "failed:"),
     ("status is a number", _edit(status=7), [], "7"),

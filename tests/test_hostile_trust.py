@@ -135,6 +135,21 @@ CASES += [
     ([*FT, "strategy.source={custom_glue}", "trust_targets=[custom_net.SmallNet]"], ["head input 'os.system'"]),
     ([*FT, "strategy.source={custom_block_type}", "trust_targets=[custom_net.SmallNet]"], ["of type 'linear'"]),
     ([*FT, "strategy.source={custom_path_type}", "trust_targets=[custom_net.SmallNet]"], ["other than strings"]),
+    # the review's inputs: a record that vouches for itself, downloads, casts, lora, escapes, saved configs
+    (["hydra.run.dir={ctrlrun}", "resume=auto", "compare.scratch=true", "strategy=layerwise", *TINY[1:]],
+     ["strategy.arch_from=", "subprocess.run"]),
+    ([*FT, "strategy.source={tv_pretrained}", "dry_run=true"], ["tv_pretrained.safetensors", "pretrained=True"]),
+    ([*FT, "strategy.source={tv_backbone}"], ["weights_backbone='DEFAULT'", "never downloads"]),
+    (["strategy=scratch", "strategy.arch_from={tv_pretrained}", "dry_run=true"], ["pretrained=True"]),
+    ([*FT, "strategy.source={tv_int8}"], ["tv_int8.safetensors", "not floating-point", "int8"]),
+    ([*FT, "strategy.source={tv_lora}", "dry_run=true"], ["tv_lora.safetensors", "lora target"]),
+    ([*FT, "strategy.source={tv_lora_str}"], ["tv_lora_str.safetensors", "lora entry"]),
+    ([*FT, "strategy.source={tv_escape}"], ["tv_escape.safetensors", "\\x1b[2J"]),
+    (["resume={cfg_env}", *TINY], ["interpolation at dataset.root", "${{oc.env:HOME}}"]),
+    (["hydra.run.dir={cfg_interp}", "resume=auto", *TINY], ["interpolation at train.epochs"]),
+    (["resume={cfg_missing}", *TINY], ["its 'config' is missing"]),
+    (["resume={cfg_string}", *TINY], ["its 'config' is a str"]),
+    (["resume={cfg_list}", *TINY], ["its 'config' is a list"]),
     # code named by the config itself must be a network builder, never a builtin such as exec
     (["model=custom", "model.target=builtins.exec", "model.blocks=[a]", "dry_run=true"],
      ["model.target=builtins.exec", "not an nn.Module class or a Python function"]),
@@ -154,7 +169,63 @@ def _id(args: list[str]) -> str:
 @pytest.fixture(scope="session")
 def files(tmp_path_factory, good_run) -> dict[str, Path]:  # noqa: F811
     base = tmp_path_factory.mktemp("trust")
-    return {**_craft(base, good_run, base / MARKER), **_custom(base), "marker": base / MARKER}
+    return {**_craft(base, good_run, base / MARKER), **_custom(base), **_reviewed(base, good_run, base / MARKER),
+            "marker": base / MARKER}
+
+
+def _torchvision_file(base: Path, name: str, kwargs: dict | None = None, change=None, spec_edit=None) -> Path:
+    """A model.safetensors of a model=torchvision mobilenet_v3_small, altered."""
+    from conftest import make_cfg
+
+    from stagetrain.models import StagedModel, build_spec
+
+    cfg = make_cfg("model=torchvision", "model.arch=mobilenet_v3_small")
+    spec = build_spec(cfg.model, (1, 32, 32), 10)
+    tensors = {k: v.contiguous() for k, v in StagedModel(spec).state_dict().items()}
+    if kwargs:
+        spec["shared"]["kwargs"] = {**spec["shared"]["kwargs"], **kwargs}
+    if spec_edit:
+        spec = spec_edit(spec)
+    if change:
+        change(tensors)
+    save_file(tensors, str(base / f"{name}.safetensors"), metadata={"arch": json.dumps(spec)})
+    return base / f"{name}.safetensors"
+
+
+def _reviewed(base: Path, run: Path, marker: Path) -> dict[str, Path]:
+    """The review's inputs: a completed run whose record vouches for the callable its
+    model.safetensors names (reached by compare.scratch's control); builtin builders asked for
+    downloads; int8 weights; a lora entry that names no layer; saved configs that are not data."""
+    made: dict[str, Path] = {}
+    ctrl = base / "ctrlrun"
+    shutil.copytree(run, ctrl)
+    info = json.loads((ctrl / "run.json").read_text())
+    info["strategy"], info["config"]["trust_targets"] = "layerwise", ["subprocess.run"]
+    (ctrl / "run.json").write_text(json.dumps(info))
+    shutil.copy(base / "run.safetensors", ctrl / "model.safetensors")
+    made["ctrlrun"] = ctrl
+    made["tv_pretrained"] = _torchvision_file(base, "tv_pretrained", {"pretrained": True})
+    made["tv_backbone"] = _torchvision_file(base, "tv_backbone", {"weights_backbone": "DEFAULT"})
+    made["tv_int8"] = _torchvision_file(base, "tv_int8", change=lambda t: t.update(
+        {k: t[k].to(torch.int8) for k in list(t)[:1]}))
+    made["tv_lora"] = _torchvision_file(base, "tv_lora", spec_edit=lambda s: {
+        **s, "lora": {"rank": 2, "alpha": 2.0, "targets": ["blocks.features_1.block.0.1"]}})
+    made["tv_lora_str"] = _torchvision_file(base, "tv_lora_str", spec_edit=lambda s: {
+        **s, "lora": {"rank": 2, "alpha": 2.0, "targets": "x"}})
+    made["tv_escape"] = _torchvision_file(base, "tv_escape", spec_edit=lambda s: {
+        **s, "shared": {**s["shared"], "target": "custom_net.SmallNet\x1b[2J\x1b]0;owned\x07\nFAKE: all good"}})
+    for name, config in {"cfg_env": {**info["config"], "dataset": {**info["config"]["dataset"],
+                                                                   "root": "${oc.env:HOME}"}},
+                         "cfg_missing": None, "cfg_string": "hello", "cfg_list": [1, 2],
+                         "cfg_interp": {**info["config"], "train": {**info["config"]["train"], "epochs": "${nope}"}}}.items():
+        d = base / name
+        shutil.copytree(run, d)
+        record = {**info, "status": "stopped", "strategy": "scratch", "config": config}
+        if config is None:
+            del record["config"]
+        (d / "run.json").write_text(json.dumps(record))
+        made[name] = d
+    return made
 
 
 def _custom(base: Path) -> dict[str, Path]:
@@ -192,13 +263,14 @@ def test_a_file_never_names_code_that_runs(args, expected, files, workdir, capsy
     marker = files["marker"]
     args = [a.format(**files) for a in args]
     expected = [e.format(**files) for e in expected]
-    runs = [files["evilrun"], files["cfgrun"]]
+    runs = [files[name] for name in ("evilrun", "cfgrun", "ctrlrun", "cfg_env", "cfg_interp")]
     logs = [(r / "stagetrain.log").read_bytes() for r in runs]
     before = [fingerprint(workdir), *(_unlogged(r) for r in runs)]
     code = run_main([*args, "progress=off", "plots=false", "device=cpu", "device.threads=1"])
     text = capsys.readouterr()
     text = text.out + text.err
     assert not marker.exists() and not (workdir / MARKER).exists(), f"code named by a file ran:\n{text}"
+    assert "\x1b" not in text and not any(line.startswith("FAKE") for line in text.splitlines()), text
     assert_refused(code, text, expected)
     assert [fingerprint(workdir), *(_unlogged(r) for r in runs)] == before, "a refused input changed files"
     for run, log in zip(runs, logs, strict=True):  # a refused resume is told in the run's log, appended

@@ -90,9 +90,21 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
 
 
 def attach(model: nn.Module, lora: dict[str, Any]) -> None:
-    """Replace each target layer by its adapted version (weights kept, B = 0)."""
-    for name in lora["targets"]:
-        _set(model, name, _adapted(model.get_submodule(name), int(lora["rank"]), float(lora["alpha"])))
+    """Replace each target layer by its adapted version (weights kept, B = 0). A spec's lora
+    entry may come from a file: its targets must be Linear/Conv2d layers inside the blocks."""
+    targets = lora.get("targets") if isinstance(lora, dict) else None
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets) \
+            or not isinstance(lora.get("rank"), int) or not isinstance(lora.get("alpha"), int | float):
+        raise StagetrainError(f"the spec's lora entry {str(lora)[:200]} is not {{rank: int, alpha: number, "
+                              "targets: [layer names]}")
+    for name in targets:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if not name.startswith("blocks.") or not isinstance(layer, nn.Linear | nn.Conv2d):
+            raise StagetrainError(f"the spec's lora target {name!r} is not a Linear or Conv2d layer inside the blocks")
+        _set(model, name, _adapted(layer, int(lora["rank"]), float(lora["alpha"])))
 
 
 def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = None) -> Any:
