@@ -116,7 +116,8 @@ class Reporter:
             self._bar.update(self._task, advance=1, status=status)
         elif self.mode == "plain" and time.monotonic() - self._last > self.interval:
             self._last = time.monotonic()
-            log.info("  %s", text)
+            loss = running_loss(sums)
+            log.info("  %s%s", text, "" if loss is None else f"  loss {loss:.4g}")
 
     def epoch_end(self, text: str, metrics: dict[str, float] | None = None) -> None:
         """``metrics``: the epoch's ``train/...`` and ``val/...`` values; the bar keeps the last
