@@ -153,7 +153,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     from stagetrain import runlock
     from stagetrain.errors import StopRequested
     from stagetrain.guard import locked_train, say_error
-    from stagetrain.launch import requeue_after_stop
+    from stagetrain.launch import requeue_after_stop, resume_hint
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -161,8 +161,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         info = locked_train(_train, cfg, run_dir, multirun)
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
-        message = (f"Stopped by {e} after writing a checkpoint; continue with resume=auto "
-                   f"hydra.run.dir={run_dir}") if stopped else str(e)
+        message = f"Stopped by {e} after writing a checkpoint; {resume_hint(run_dir, multirun)}" if stopped else str(e)
         last["error"] = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
@@ -184,8 +183,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during a step
         RunDir(run_dir).remove_if_unused()
         if RunDir(run_dir).has_run():
-            log.error("Interrupted by Ctrl-C; the last checkpoint is kept: continue with resume=auto "
-                      "hydra.run.dir=%s", run_dir)
+            log.error("Interrupted by Ctrl-C; the last checkpoint is kept: %s", resume_hint(run_dir, multirun))
         else:
             log.error("Interrupted by Ctrl-C before training started; nothing was written.")
         sys.exit(EXIT_INTERRUPTED)
@@ -231,6 +229,18 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
         run_control(info, run_dir)
 
 
+def _with_torchvision(line: str) -> str:
+    """The version line with torchvision's version beside torch's (``model=torchvision`` builds
+    its networks); from the package metadata, nothing imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = f"torchvision {version('torchvision')}"
+    except PackageNotFoundError:
+        found = "torchvision not installed"
+    return line if "torchvision" in line else line.replace(", hydra-core", f", {found}, hydra-core", 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script (``_main``), with SIGTERM before training a clean exit and every
     lock released when the command ends (``guard.command``)."""
@@ -255,7 +265,7 @@ def _main(argv: list[str] | None = None) -> None:
     if "--version" in argv or "-V" in argv:
         from stagetrain.helppage import version_text
 
-        print(version_text())
+        print(_with_torchvision(version_text()))
         return
     if "--help" in argv or "-h" in argv:  # Hydra's own page: --hydra-help
         from stagetrain.helppage import help_text

@@ -25,9 +25,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("stagetrain")
@@ -82,6 +85,23 @@ def limit_job_threads(threads: int) -> None:
 
         torch.set_num_threads(share[0])
         log.info("torch threads: %d (%s)", share[0], share[1])
+
+
+def resume_hint(run_dir: Path, multirun: bool) -> str:
+    """How to continue a stopped run: ``resume=auto hydra.run.dir=<run>`` for one run; for a job
+    of a sweep, the whole sweep command again with ``resume=auto`` in the same sweep directory
+    (completed jobs are skipped, this one continues, the rest run). A submitit job is requeued
+    by itself: its own directory is named."""
+    if not multirun or _in_submitit_job():
+        return f"continue with resume=auto hydra.run.dir={shlex.quote(str(run_dir))}"
+    from hydra.core.hydra_config import HydraConfig
+
+    drop = ("resume", "hydra.sweep.dir", "hydra.output_subdir")
+    args = [a for a in sys.argv[1:] if a.lstrip("+~").split("=", 1)[0] not in drop]
+    command = [Path(sys.argv[0]).name or "stagetrain", *args, f"hydra.sweep.dir={HydraConfig.get().sweep.dir}",
+               "resume=auto"]
+    return ("continue the sweep (completed jobs are skipped, this one continues) with: "
+            + " ".join(shlex.quote(a) for a in command))
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:

@@ -55,14 +55,15 @@ def _varies(key: str, configs: list[dict[str, Any]]) -> bool:
     return any(len(values) > 1 for values in by_strategy.values())
 
 
-def load_rows(runs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """One row per run, plus the config keys whose values differ between the runs. Every
-    text read from a run directory (keys and values) is ``clean``: no terminal control."""
+def load_rows(runs: list[Path], wanted: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per run, plus the config keys whose values differ between the runs, and the
+    ``wanted`` keys (--group-by) that any run has: blank where a run lacks it (``strategy.objective``
+    of a scratch run). Every text read from a run directory (keys and values) is ``clean``."""
     infos = [(run, read_info(run)) for run in runs]  # never raises: a bad file is "unreadable"
     configs = [{clean(k): clean(v) for k, v in job_config(info).items()} for _, info in infos]
     keys = sorted({k for c in configs for k in c})
     ignore = ("dataset.root", "progress", "resume", "dry_run")
-    varying = [k for k in keys if k not in ignore and _varies(k, configs)]
+    varying = [k for k in keys if (k not in ignore and _varies(k, configs)) or k in (wanted or [])]
     rows = []
     for (run, info), config in zip(infos, configs, strict=True):
         row: dict[str, Any] = {"run": str(run), "strategy": clean(info.get("strategy", "?")),
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stagetrain-report: no runs found under {clean(', '.join(map(str, args.paths)))} "
               "(a run directory holds a run.json). Give run directories or a sweep directory.", file=sys.stderr)
         return 2
-    rows, varying = load_rows(runs)
+    rows, varying = load_rows(runs, [k.strip() for k in (args.group_by or "").split(",")])
     table = rows
     if args.group_by:
         by = [k.strip() for k in args.group_by.split(",")]

@@ -127,6 +127,9 @@ def test_help_and_version_do_not_import_torch_and_hydra_help_stays():
     import torch
 
     assert f"torch {torch.__version__.split('+')[0]}" in proc.stdout and f"hydra-core {hydra.__version__}" in proc.stdout
+    import torchvision
+
+    assert f"torchvision {torchvision.__version__.split('+')[0]}" in proc.stdout
     assert proc.stdout.startswith("stagetrain ")
     hydra_help = run_cli("--hydra-help", cwd=REPO)
     assert hydra_help.returncode == 0 and "Hydra (" in hydra_help.stdout and "--multirun" in hydra_help.stdout
@@ -158,3 +161,30 @@ def test_a_terminal_shows_the_progress_display_and_the_table_and_the_log_gets_th
     assert "epoch 1/3" in screen, "the progress display"
     log = (tmp_path / "run" / "stagetrain.log").read_text()
     assert all(f"stage 1 train epoch {e}/3: " in log for e in (1, 2, 3)), log
+
+
+def test_ctrl_c_in_a_sweep_prints_the_sweep_command_that_continues_it(tmp_path):
+    """Not one job's resume=auto hydra.run.dir=...: the whole -m command, in the same sweep
+    directory, with resume=auto (README "Comparing strategies": completed jobs are skipped)."""
+    import signal
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "stagetrain")
+    args = ["-m", "strategy=scratch", "train.epochs=2,500", "progress=off", "plots=false", "model.widths=[16]"]
+    proc = subprocess.Popen([exe, *args, "hydra.sweep.dir=sw"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "sw" / "1" / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    expected = ("stagetrain -m strategy=scratch train.epochs=2,500 progress=off plots=false 'model.widths=[16]' "
+                "hydra.sweep.dir=sw resume=auto")
+    assert "continue the sweep" in out and expected in out, out[-3000:]
+    assert "hydra.run.dir=" not in out

@@ -324,3 +324,19 @@ def test_tensorboard_logs_the_lr_used_every_n_steps_and_greedy_heads_apart(tmp_p
                    if e.get("split") == "val" and not e["stage_name"].startswith("greedy")]
     assert [s.step for s in events.Scalars("val/acc")] == [e["step"] for e in final_stage], (
         "val/acc is the final model's only")
+
+
+def test_report_groups_by_a_key_only_some_runs_have(tmp_path):
+    """README's `--group-by strategy,strategy.objective`: scratch runs lack strategy.objective;
+    it is a column all the same, blank for them (it was refused as 'not a column')."""
+    sweep = tmp_path / "arms"
+    proc = run_cli("-m", "arm=scratch,layerwise_supervised", "seed=0,1", *TINY, "dataset.max_train=100",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exe = Path(sys.executable).parent / "stagetrain-report"
+    out = tmp_path / "arms.csv"
+    report = subprocess.run([str(exe), str(sweep), "--group-by", "strategy,strategy.objective", "--level", "0.9",
+                             "--csv", str(out)], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    groups = {(r["strategy"], r["strategy.objective"]): r for r in csv.DictReader(io.StringIO(out.read_text()))}
+    assert set(groups) == {("scratch", ""), ("layerwise", "supervised")}, groups
