@@ -20,8 +20,7 @@ def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, 
         f"est. {fmt(float(sum(r['flops'] for r in rows)))} training FLOPs" + (f" ({resumed})" if resumed else ""),
         f"  run directory  {run_dir}",
         f"  device         {device.type} ({threads}, {'bf16 autocast' if bf16 else 'fp32'})",
-        f"  data           {data.name}: train {fmt(len(data.train))} (labelled {fmt(len(data.labeled))}), "
-        f"val {fmt(len(data.val))}, test {fmt(len(data.test))}, {data.num_classes} classes",
+        f"  data           {_data_line(data)}",
         f"  storage        {_storage(data)}",
         f"  model          {fmt(params)} parameters",
     ]
@@ -32,6 +31,16 @@ def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, 
         lines.append(f"  stage {k + 1} {s.name}: trains {fmt(row['trainable'])} of {fmt(row['params'])} "
                      f"({', '.join(s.trainable)}), {s.objective}, {budget}{grows}")
     return "\n".join(lines)
+
+
+def _data_line(data: DataBundle) -> str:
+    """Split sizes; a classifier's labelled share and classes, a language model's vocabulary
+    (its targets are the next tokens: no labels, no classes)."""
+    sizes = f"val {fmt(len(data.val))}, test {fmt(len(data.test))}"
+    if data.info.get("task") == "lm":
+        return f"{data.name}: train {fmt(len(data.train))} windows, {sizes}, vocabulary of {data.num_classes} tokens"
+    return (f"{data.name}: train {fmt(len(data.train))} (labelled {fmt(len(data.labeled))}), {sizes}, "
+            f"{data.num_classes} classes")
 
 
 def _storage(data: DataBundle) -> str:

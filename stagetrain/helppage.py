@@ -45,7 +45,6 @@ LINES = {  # group/option -> one line
     "device/auto": "CUDA if available, else Apple MPS, else CPU; the default",
     "device/cpu": "the CPU (device.threads sets the threads)",
     "device/cuda": "a CUDA GPU (device.precision=bf16 for autocast)",
-    "hydra/launcher/slurm": "SLURM job arrays through submitit (extra stagetrain[slurm])",
 }
 
 EXAMPLES = [
@@ -113,11 +112,32 @@ def _first_sentence(yaml_text: str) -> str:
     return first if len(first) <= 75 else first[:72].rsplit(" ", 1)[0] + " ..."
 
 
+LAUNCHERS = {  # hydra/launcher option -> (the plugin module it needs, one line, the extra installing it)
+    "basic": (None, "Hydra's default: the jobs one after another in this process", None),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel local jobs (hydra.launcher.n_jobs)", "joblib"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "SLURM job arrays through submitit", "slurm"),
+}
+
+
+def _launchers() -> list[tuple[str, str]]:
+    """The launchers, each saying whether this environment can use it (its plugin installed)."""
+    from importlib.util import find_spec
+
+    out = []
+    for name, (module, line, extra) in LAUNCHERS.items():
+        try:
+            usable = module is None or find_spec(module) is not None
+        except (ImportError, ValueError):
+            usable = False
+        out.append((name, line if usable else f"not installed here: pip install 'stagetrain[{extra}]'"))
+    return out
+
+
 def help_text() -> str:
     groups = []
     for group, what in GROUPS.items():
         groups.append(f"  {group}: {what}")
-        for option, comment in _options(group):
+        for option, comment in _launchers() if group == "hydra/launcher" else _options(group):
             line = LINES.get(f"{group}/{option}", comment)
             row = f"    {option:<22} {line}" if line else f"    {option}"
             groups.append(row if len(row) <= 100 else row[:96].rsplit(" ", 1)[0] + " ...")

@@ -89,7 +89,15 @@ def missing_data_message(name: str, root: Path) -> str:
         folder = folder / "raw"
         where = f"the four uncompressed IDX files in {folder}/ ({', '.join(IDX_FILES)})"
         offline = OFFLINE_SOURCES[name].format(folder=folder)
-    return (f"dataset={name}: the files were not found (or failed torchvision's checks) under {root}. "
+    names = CIFAR_FILES if name == "cifar10" else IDX_FILES
+    missing = [f for f in names if not os.path.lexists(folder / f)]
+    if missing and len(missing) < len(names):  # name what is missing, not the whole set
+        gz = [f for f in missing if os.path.lexists(folder / f"{f}.gz")]
+        found = (f"the files were not found: {folder}/ lacks {', '.join(missing)} (the other {len(names) - len(missing)} files are there"
+                 + (f"; gunzip {', '.join(g + '.gz' for g in gz)}" if gz else "") + ")")
+    else:
+        found = f"the files were not found (or failed torchvision's checks) under {root}"
+    return (f"dataset={name}: {found}. "
             f"stagetrain reads {where}. Offline: {offline}. Data somewhere else: set dataset.root=<folder> "
             f"or the STAGETRAIN_DATA environment variable to the folder that holds {RAW_FOLDERS[name]}/. "
             "With a network: add dataset.download=true to download and check them.")

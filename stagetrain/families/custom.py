@@ -22,6 +22,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
@@ -58,11 +59,26 @@ def resolve_target(path: str, where: str = "") -> Callable[..., Any]:
     except (ImportError, AttributeError) as e:
         raise StagetrainError(f"model.target={path} cannot be imported ({type(e).__name__}: {e}). Give the "
                               "dotted path of an nn.Module class or a function returning one, importable "
-                              "from this environment (e.g. torchvision.models.resnet18).") from None
+                              "from this environment (e.g. torchvision.models.resnet18)."
+                              + _path_hint(e, module_name)) from None
     if not _builds_module(obj):
         raise StagetrainError(f"model.target={path} is a {type(obj).__name__}, not an nn.Module class or a Python "
                               "function that returns one; give e.g. torchvision.models.resnet18 or mypkg.nets.Net.")
     return obj
+
+
+def _path_hint(error: Exception, module_name: str) -> str:
+    """For a package that is not on Python's path: how to put the current folder there (the
+    ``stagetrain`` console script does not search the folder it is started in)."""
+    if not isinstance(error, ModuleNotFoundError):
+        return ""
+    top = module_name.split(".")[0]
+    here = Path.cwd()
+    found = (here / top).is_dir() or (here / f"{top}.py").is_file()
+    where = f"'{top}' is in the current folder ({here}), but the" if found else "The"
+    return (f" {where} current folder is not on Python's import path when stagetrain runs: start it as "
+            f"`PYTHONPATH=. stagetrain ...` (or PYTHONPATH=<the folder holding {top}>), or install your "
+            "package (`pip install -e .`).")
 
 
 def _builds_module(obj: Any) -> bool:
