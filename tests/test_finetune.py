@@ -284,3 +284,29 @@ def test_mnist_to_fashion_mnist_in_one_run(idx_root, tmp_path):
     assert names == ["pretrain-greedy-block1", "pretrain-greedy-block2", "finetune-full"]
     assert info["stages"][0]["samples"] == 800 and "val/loss" in info["stages"][0]["final"]
     assert info["final"]["test/acc"] > 0.6  # the small IDX Fashion-MNIST of conftest, 800 images, 2 epochs
+
+
+# ---- the L-BFGS probe stops at convergence (issue 28)
+
+def test_lbfgs_probe_stops_at_convergence_with_the_fixed_pass_accuracy(mlp_source, tmp_path, monkeypatch):
+    from stagetrain.engine import solver
+
+    passes: list[int] = []
+    step = solver.optimizer_step
+
+    def counted(rt, stage, *args):
+        out = step(rt, stage, *args)
+        passes.append(out[2] if stage.optimizer == "lbfgs" else 0)
+        return out
+
+    monkeypatch.setattr(solver, "optimizer_step", counted)
+    runs = {}
+    for name, tols in (("fixed", (0.0, 0.0)), ("tolerance", (solver.GRAD_TOL, solver.CHANGE_TOL))):
+        monkeypatch.setattr(solver, "GRAD_TOL", tols[0])
+        monkeypatch.setattr(solver, "CHANGE_TOL", tols[1])
+        passes.clear()
+        info = train(ft_cfg(mlp_source, "linear_probe", "plots=false"), tmp_path / name)
+        runs[name] = (info["final"]["test/acc"], sum(passes), info["stages"][-1]["flops"])
+    (fixed_acc, fixed_passes, fixed_flops), (acc, used, flops) = runs["fixed"], runs["tolerance"]
+    assert abs(acc - fixed_acc) <= 0.005, runs
+    assert used < fixed_passes and flops < fixed_flops, runs

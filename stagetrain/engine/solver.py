@@ -9,13 +9,24 @@ support 0.9). Such a stage takes its whole training set as one batch; each step 
 and an L2 penalty of ``stage.weight_decay / 2 * |W|^2`` on the weight matrices. Every
 loss evaluation is one forward and backward pass over the batch, and the engine charges
 the FLOPs of each one.
+
+The solver stops at convergence, not after a fixed number of passes: when the largest
+gradient entry is at most ``GRAD_TOL`` or the loss changes by less than ``CHANGE_TOL``
+between iterations. A later step of a converged probe makes no pass of its own (its
+result is the engine's pass). The passes used are counted on the stage runtime
+(``rt.solver_passes``) and logged when the stage's probe converges.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
+
+log = logging.getLogger("stagetrain")
+GRAD_TOL = 1e-4  # largest |gradient| entry of the penalised loss at which the probe has converged
+CHANGE_TOL = 1e-9  # loss change (and step size) between iterations below which it stops
 
 
 def optimizer_step(rt: Any, stage: Any, h: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
@@ -23,6 +34,9 @@ def optimizer_step(rt: Any, stage: Any, h: torch.Tensor, y: torch.Tensor, loss: 
     """The stage's optimizer step after the engine's forward and backward: (loss and logits to
     log, forward-backward passes made). L-BFGS re-evaluates the batch; its result is logged."""
     if stage.optimizer == "lbfgs":
+        if getattr(rt, "solver_converged", False):  # nothing left to solve: the engine's pass is the result
+            rt.solver_passes = getattr(rt, "solver_passes", 0) + 1
+            return loss, logits, 1
         return solve(rt, h, y, stage.weight_decay)
     rt.optimizer.step()
     return loss, logits, 1
@@ -45,7 +59,16 @@ def solve(rt: Any, h: torch.Tensor, y: torch.Tensor, weight_decay: float
         loss.backward()
         return loss
 
+    group = rt.optimizer.param_groups[0]
+    group["tolerance_grad"], group["tolerance_change"] = GRAD_TOL, CHANGE_TOL
+    state = rt.optimizer.state[params[0]]
+    before = state.get("n_iter", 0)
     rt.optimizer.step(closure)
     with torch.no_grad():
         loss, logits = rt.step(h, y)
+    iters = state.get("n_iter", 0) - before
+    rt.solver_passes = getattr(rt, "solver_passes", 0) + evals + 2
+    if iters < group["max_iter"] and evals < group["max_eval"]:  # stopped by a tolerance, not by a cap
+        rt.solver_converged = True
+        log.info("L-BFGS probe converged after %d forward-backward passes (loss %.6g)", rt.solver_passes, float(loss))
     return loss, logits, evals + 2
