@@ -57,3 +57,24 @@ def test_deterministic_sets_cublas_workspace_and_deterministic_algorithms(monkey
         assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+# ---- default CPU threads follow the model's size (issue 28)
+
+def test_threads_default_to_one_for_a_small_model_and_the_choice_says_why(monkeypatch):
+    from stagetrain import device as dev
+    from stagetrain.schema import DeviceConfig
+
+    monkeypatch.setattr(dev, "job_threads", lambda: None)
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    try:
+        small = dev.choose_threads(DeviceConfig(), cpu, 3.2e5)  # the digits MLP
+        assert small["threads"] == 1 == torch.get_num_threads() and "small model" in small["reason"]
+        big = dev.choose_threads(DeviceConfig(), cpu, 1e9)
+        assert big["threads"] == dev._default_threads() == torch.get_num_threads() and "default" in big["reason"]
+        assert dev.choose_threads(DeviceConfig(threads=3), cpu, 3.5e5) == {"threads": 3, "reason": "device.threads"}
+        monkeypatch.setattr(dev, "job_threads", lambda: (2, "joblib launcher, n_jobs=4 on 8 CPUs"))
+        assert dev.choose_threads(DeviceConfig(), cpu, 3.5e5)["reason"].startswith("joblib launcher")
+    finally:
+        torch.set_num_threads(before)
