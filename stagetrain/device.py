@@ -66,8 +66,9 @@ def seed_everything(seed: int) -> None:
 # Training FLOPs per sample up to which one CPU thread is used when device.threads is not set.
 # Measured on a busy 2-core machine (load 4-6): a digits MLP epoch (3.2e5 FLOPs/sample) took
 # 0.02-1.4 s on 2 threads against 0.013-0.021 s on 1; an MLP of 670k parameters on 28x28 inputs
-# (3.2e6 FLOPs/sample), 0.8-4.8 s against 0.16-0.18 s. A resnet on CIFAR-10 is 7.4e7. Small steps cannot feed several threads:
-# they wait on each other (and on other processes) more than they compute.
+# (3.2e6 FLOPs/sample), 0.8-4.8 s against 0.16-0.18 s (a resnet on CIFAR-10: 7.4e7). Small
+# steps cannot feed several threads: they wait on each other (and on other processes) more
+# than they compute.
 ONE_THREAD_FLOPS = 2e7
 
 
