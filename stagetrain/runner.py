@@ -21,10 +21,11 @@ from stagetrain import checkpoint as ckpt
 from stagetrain import distributed, preflight, trust
 from stagetrain.config import engine_options, to_yaml, validate
 from stagetrain.data import DataBundle, dataset_meta, load_data
-from stagetrain.device import pick_device, seed_everything
+from stagetrain.device import choose_threads, pick_device, seed_everything
 from stagetrain.dryrun import estimate_plan, print_plan
 from stagetrain.engine import Engine
 from stagetrain.errors import StagetrainError, StopRequested
+from stagetrain.flops import analytic_flops
 from stagetrain.launch import continue_on_requeue, stop_on_signals
 from stagetrain.models import StagedModel, build_spec, count_parameters
 from stagetrain.plan import Plan
@@ -66,6 +67,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         OmegaConf.to_container(start.cfg, resolve=True), settings.seed, device,
         start.previous.get("source") if start.state is not None else parts.source, start.previous)
     record.info["data"] = parts.datasets["target"].info  # storage and why, statistics, classes, tokenizer
+    record.info["threads"] = choose_threads(settings.device, device, analytic_flops(parts.model, 0))
     engine = Engine(parts.plan, engine_options(settings, to_yaml(start.cfg)), parts.datasets, parts.model, device,
                     Reporter(settings.progress if main else "off"), rundir if main else None, stop_flag={},
                     sinks=_sinks(settings, rundir, record) if main else [], on_update=record.update)

@@ -245,7 +245,7 @@ class Engine:
             "trainable": list(stage.trainable), "epochs": cur.epoch, "steps": cur.steps,
             "samples": cur.samples, "flops": cur.flops, "seconds": round(cur.seconds, 3),
             "params": count_parameters(self.model), "trainable_params": trainable_parameters(self.model, rt.helper),
-            "cache": rt.cache_note,
+            "cache": rt.cache_note, "solver_passes": getattr(rt, "solver_passes", None),  # L-BFGS: passes used
             "final": dict(cur.metrics), "best": dict(cur.best_metrics),
             "stop_reason": reason.value, "stop_message": reason.message, "complexity_score": score,
         })
