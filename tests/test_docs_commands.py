@@ -49,7 +49,7 @@ from conftest import DATA_ROOT, has_real_data
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SHORT = ["train.epochs=1", "dataset.max_train=300", "plots=false", "progress=off"]
+SHORT = ["train.epochs=3", "dataset.max_train=300", "plots=false", "progress=off"]
 NOT_RUN = ("<!-- docs-test: not run", "<!-- sbatch-example:")  # the sbatch script: tests/test_launchers.py
 PROGRAMS = ("stagetrain", "stagetrain-report", "python", "torchrun", "STAGETRAIN_DATA=")
 NEEDS_DATA = re.compile(r"mnist|fashion|fortunes|shared/data|experiment=(?!strategies_digits|transfer_digits)|text")
