@@ -56,9 +56,14 @@ def client(uri: str | None) -> tuple[Any, str]:
 
 
 def _read_id(path: Path) -> str | None:
+    """The MLflow run id a run directory recorded (through the file gate); None when absent or unreadable."""
+    from stagetrain import userfile
+
+    if not path.exists():
+        return None
     try:
-        return str(json.loads(path.read_text())["run_id"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(json.loads(userfile.read_bytes(path, "", "record"))["run_id"])
+    except (StagetrainError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -20,6 +20,7 @@ from stagetrain.runner import train
 LEGACY = Path(__file__).parent / "data" / "legacy_layerwise_run"
 ARGS = ["strategy=layerwise", "model.widths=[16,8]", "strategy.epochs_per_layer=1", "train.epochs=2",
         "plots=false", "device=cpu"]
+GREEDY_LR = "strategy.lr=0.001"  # the old default of the greedy stages (optim.lr; today's null means 3 x optim.lr)
 UNFUSED = "optim.fused=false"  # the old code's Adam; a resumed old run keeps it (resume.py)
 
 
@@ -36,7 +37,7 @@ def test_a_run_stopped_before_the_redesign_resumes_bit_identical_to_a_fresh_run(
     assert [s["name"] for s in info["stages"]] == ["greedy-block1", "greedy-block2", "finetune"]
     assert info["config"]["optim"]["fused"] is False
     fresh = tmp_path / "fresh"
-    train(make_cfg(*ARGS, UNFUSED), fresh)
+    train(make_cfg(*ARGS, UNFUSED, GREEDY_LR), fresh)
     a, b = final_weights(run), final_weights(fresh)
     assert a.keys() == b.keys()
     old = ckpt.load(LEGACY / "checkpoints" / "last.pt")["model"]  # the legacy run's weights after stage 2
