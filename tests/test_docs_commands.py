@@ -19,6 +19,11 @@ Which commands run (the rule, also in README "Tests and benchmarks"):
   this suite inside itself; ``.ci/run`` runs the README's on a fresh machine. In ``pip install
   ... && stagetrain``, the part after ``&&`` runs.
 
+A documented experiment (``stagetrain -m experiment=<name> ...``: its sweep trains for hours as
+written) runs with ``dry_run=true`` appended, a documented override: every job of the sweep
+is composed, checked and planned, nothing trained. A later command of the same block that
+reads what that sweep would write (``benchmarks/lm_grow.py --from-sweep``) is then not run.
+
 Commands run as written in a copy of the repository (``<tmp>/main``, with ``<tmp>/shared``
 pointing at ``../shared``), with ``STAGETRAIN_DATA`` set to the shared data. A ``stagetrain``
 command that trains gets ``SHORT`` appended (documented overrides; a later value of a key wins):
@@ -179,12 +184,17 @@ def _params() -> list:
     return out
 
 
+EXPERIMENT = re.compile(r"(^|\s)-m\s.*\bexperiment=")
+
+
 def shorten(command: str) -> str:
-    """``SHORT`` appended to a stagetrain command that trains, before a trailing comment."""
+    """``SHORT`` appended to a stagetrain command that trains, before a trailing comment; a
+    documented experiment's sweep gets ``dry_run=true`` instead (the rule above)."""
     if not re.search(r"(^|\s|\$\(which )stagetrain(\)|\s|$)", command) or "dry_run=true" in command:
         return command
     body, comment = _split_comment(command)
-    return f"{body.rstrip()} {' '.join(SHORT)}{comment}"
+    added = ["dry_run=true", "progress=off"] if EXPERIMENT.search(body) else SHORT
+    return f"{body.rstrip()} {' '.join(added)}{comment}"
 
 
 def _split_comment(command: str) -> tuple[str, str]:
@@ -220,7 +230,12 @@ def run_block(block: Block, cwd: Path) -> str:
         return _done[block.id]
     failures = [f"(an earlier block it depends on) {w.id}: {f}" for w in _writers(block) if (f := run_block(w, cwd))]
     env = {**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    dry = False  # a documented experiment ran as a dry run: what reads its outputs is not run
     for command in block.commands:
+        if block.lang == "bash" and EXPERIMENT.search(command):
+            dry = True
+        elif dry and "stagetrain" not in command:
+            continue
         if block.lang == "python":
             argv = [sys.executable, "-c", command]
         else:
@@ -239,6 +254,8 @@ def test_the_documents_hold_commands():
     quick = next(b for b in ALL if b.doc == "README.md")
     assert quick.commands[0].startswith("stagetrain "), "pip install -e . && stagetrain: the part after && runs"
     assert shorten("stagetrain -m strategy=a,b  # x") == f"stagetrain -m strategy=a,b {' '.join(SHORT)}  # x"
+    assert shorten("stagetrain -m experiment=grow_vs_scratch seed=0,1") == \
+        "stagetrain -m experiment=grow_vs_scratch seed=0,1 dry_run=true progress=off"
     assert len([c for b in ALL for c in b.commands]) > 60
 
 
