@@ -15,7 +15,6 @@ process, and returns the run record that the run wrote to ``run.json``::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,16 +76,10 @@ def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None 
 
 
 def _record(run_dir: Path) -> dict[str, Any]:
-    """A run directory's run.json, through the file gate (a regular file of bounded size)."""
-    from stagetrain import userfile
+    """A run directory's run.json (through the file gate; a damaged one is a StagetrainError)."""
+    from stagetrain.rundir import RunDir
 
-    try:
-        info = json.loads(userfile.read_bytes(run_dir / "run.json", "run.json", "record"))
-    except (ValueError, RecursionError) as e:
-        raise StagetrainError(f"{run_dir / 'run.json'} is not a readable run record ({e}).") from None
-    if not isinstance(info, dict):
-        raise StagetrainError(f"{run_dir / 'run.json'} is not a run record (a JSON {type(info).__name__}).")
-    return info
+    return RunDir(run_dir).read_run_json()
 
 
 @dataclass

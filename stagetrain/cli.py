@@ -229,18 +229,6 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
         run_control(info, run_dir)
 
 
-def _with_torchvision(line: str) -> str:
-    """The version line with torchvision's version beside torch's (``model=torchvision`` builds
-    its networks); from the package metadata, nothing imported."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        found = f"torchvision {version('torchvision')}"
-    except PackageNotFoundError:
-        found = "torchvision not installed"
-    return line if "torchvision" in line else line.replace(", hydra-core", f", {found}, hydra-core", 1)
-
-
 def main(argv: list[str] | None = None) -> None:
     """The console script (``_main``), with SIGTERM before training a clean exit and every
     lock released when the command ends (``guard.command``)."""
@@ -265,7 +253,7 @@ def _main(argv: list[str] | None = None) -> None:
     if "--version" in argv or "-V" in argv:
         from stagetrain.helppage import version_text
 
-        print(_with_torchvision(version_text()))
+        print(version_text())
         return
     if "--help" in argv or "-h" in argv:  # Hydra's own page: --hydra-help
         from stagetrain.helppage import help_text

@@ -157,9 +157,9 @@ def version(dist: str) -> str:
 
 
 def version_text() -> str:
-    """One line: stagetrain's, torch's and Hydra's versions (from the installed packages'
-    metadata, so that torch is not imported)."""
-    return (f"stagetrain {version('stagetrain')} (torch {version('torch')}, "
+    """One line: stagetrain's, torch's, torchvision's (``model=torchvision`` builds its networks)
+    and Hydra's versions (from the installed packages' metadata, so that torch is not imported)."""
+    return (f"stagetrain {version('stagetrain')} (torch {version('torch')}, torchvision {version('torchvision')}, "
             f"hydra-core {version('hydra-core')}, Python {_python()})")
 
 

@@ -255,18 +255,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stagetrain-report: no runs found under {clean(', '.join(map(str, args.paths)))} "
               "(a run directory holds a run.json). Give run directories or a sweep directory.", file=sys.stderr)
         return 2
-    rows, varying = load_rows(runs, [k.strip() for k in (args.group_by or "").split(",")])
+    keys = [k.strip() for k in args.group_by.split(",")] if args.group_by else []
+    rows, varying = load_rows(runs, keys)
     table = rows
     if args.group_by:
-        by = [k.strip() for k in args.group_by.split(",")]
-        unknown = [k for k in by if k not in rows[0]]
+        unknown = [k for k in keys if k not in rows[0]]
         if unknown:
             print(f"stagetrain-report: --group-by {clean(', '.join(unknown))} is not a column; columns: "
                   f"{', '.join(k for k in rows[0] if k != 'run')}.", file=sys.stderr)
             return 2
-        by = compare.label_controls(rows, by)
+        by = compare.label_controls(rows, keys)
         table = compare.with_intervals(group_rows(rows, by), rows, by, control=args.control, level=args.level)
-    if args.group_by:  # the answer in 100 columns; every group column: --markdown / --csv
+        # the answer in 100 columns; every group column: --markdown / --csv
         compare.print_verdicts(table, by, f"{len(runs)} runs, grouped by {args.group_by}")
         print(compare.verdict_note("test/acc", args.control, args.level)
               + ("" if args.csv or args.markdown else " Every column (std, FLOPs, time): --markdown FILE."))
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if r["status"] != "completed"]
     for r in failed:
         print(f"{r['status']}: {clean(r['run'])}: {r['error']}")
-    by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
+    by = keys or None
     writers = [(args.csv, lambda path: path.write_text(to_csv(table))),
                (args.markdown, lambda path: path.write_text(to_markdown(table))),
                (args.plot, lambda path: plot(rows, path, by=by, intervals=compare.interval_points(table))),

@@ -209,14 +209,11 @@ def check_creatable(path: str | os.PathLike, what: str = "run directory") -> Non
     existing ancestor must be a directory this process may write to."""
     target = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
     check_place(target, what)
-    for parent in [target, *target.parents]:
-        if not os.path.lexists(parent):
-            continue
-        if not parent.is_dir():
-            e = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-            raise fs_error(target, f"create the {what}", e)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            ro = os.statvfs(parent).f_flag & os.ST_RDONLY
-            code = errno.EROFS if ro else errno.EACCES
-            raise fs_error(target, f"create the {what} (in {parent})", OSError(code, os.strerror(code)))
-        return
+    parent = nearest_existing(target)
+    if not parent.is_dir():
+        e = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        raise fs_error(target, f"create the {what}", e)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        ro = os.statvfs(parent).f_flag & os.ST_RDONLY
+        code = errno.EROFS if ro else errno.EACCES
+        raise fs_error(target, f"create the {what} (in {parent})", OSError(code, os.strerror(code)))

@@ -135,10 +135,15 @@ def sweeper_directions(hydra_cfg: Any) -> list[str]:
     return ["max" if "max" in str(v).lower() else "min" for v in values]
 
 
+def _sweeper_target(hydra_cfg: Any) -> str:
+    """The sweeper's ``_target_`` (its class path), or "" without one."""
+    return str(getattr(getattr(hydra_cfg, "sweeper", None), "get", lambda *_: "")("_target_") or "")
+
+
 def is_search(hydra_cfg: Any) -> bool:
     """Whether a sweep searches (a sweeper that optimises, e.g. Optuna) rather than compares
     arms: only a search selects one job; a comparison's "best" job is a lucky seed."""
-    target = str(getattr(getattr(hydra_cfg, "sweeper", None), "get", lambda *_: "")("_target_") or "")
+    target = _sweeper_target(hydra_cfg)
     return bool(sweeper_directions(hydra_cfg)) or "optuna" in target.lower()
 
 
@@ -256,7 +261,7 @@ def quiet_optuna(hydra_cfg: Any) -> None:
     own handler). Imports them here, before the sweeper does, so the levels hold."""
     import logging
 
-    target = str(getattr(getattr(hydra_cfg, "sweeper", None), "get", lambda *_: "")("_target_") or "")
+    target = _sweeper_target(hydra_cfg)
     if "optuna" not in target.lower():
         return
     for name in ("alembic", "sqlalchemy"):

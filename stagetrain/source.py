@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -69,8 +69,6 @@ def load_source(source: str, which: str = "best") -> Source:
     else:
         bare = _bare_state(data)
         src = Source(path, digest, None, bare) if bare is not None else Source(path, digest, *weights(ckpt.load(path)))
-    if isinstance(src.arch, dict) and not src.arch.get("shared"):
-        check_dtypes(src)  # stagetrain's own parts hold floats only (a bare file: load_bare checks, knowing the model)
     bad = next((k for k, v in src.state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise StagetrainError(f"strategy.source={path}: its weight {bad} holds NaN or inf values; a run started "
@@ -89,27 +87,19 @@ def read_source_file(path: Path) -> bytes:
     return userfile.read_bytes(path, "strategy.source=", "source")
 
 
-def check_dtypes(src: Source, own: dict[str, torch.Tensor] | None = None) -> None:
-    """Refuse a weight whose dtype is not floating where the model's is (int8, bool or integer
-    tensors would be cast into the float model silently). ``own``: the model's state dict,
-    when known; else every tensor of the file must be floating. BatchNorm's
-    ``num_batches_tracked`` is an integer by design."""
-    for key, value in src.state.items():
-        if value.is_floating_point() or key.endswith("num_batches_tracked"):
-            continue
-        if own is not None and (key not in own or not own[key].is_floating_point()):
-            continue
-        raise StagetrainError(
-            f"strategy.source={src.path}: its weight {key} is {str(value.dtype).replace('torch.', '')}, not a "
-            "floating-point tensor, and the model's is floating-point; it is not loaded (it would be cast "
-            "silently, e.g. a quantized or boolean tensor). Give the float weights the model was saved with.")
+def check_dtypes(src: Source, own: dict[str, torch.Tensor]) -> None:
+    """Refuse a bare file's weight whose dtype is not floating where the model's (``own``, under
+    the file's key names) is. A file with an architecture is checked by ``check_spec``."""
+    from stagetrain.specfile import check_floats
+
+    check_floats(own, src.state, f"strategy.source={src.path}")
 
 
 def _safetensors(path: Path, data: bytes, digest: str) -> Source:
     from safetensors.torch import load
 
     try:
-        meta = _safetensors_metadata(data)
+        meta = safetensors_metadata(io.BytesIO(data))
         state = load(data)  # the bytes read through the gate, not the path again
     except Exception as e:
         raise StagetrainError(f"strategy.source={path} is not a readable safetensors file ({e}).") from None
@@ -120,13 +110,20 @@ def _safetensors(path: Path, data: bytes, digest: str) -> Source:
     return Source(path, digest, arch, state)
 
 
-def _safetensors_metadata(data: bytes) -> dict[str, Any]:
-    """The ``__metadata__`` of a safetensors file's header: an 8-byte little-endian length,
-    then that many bytes of JSON."""
-    size = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or size > len(data) - 8:
+HEADER_MAX = 100 * 1024**2  # safetensors' own bound on a header
+
+
+def safetensors_metadata(f: BinaryIO) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file's header, read from ``f`` (at its start): an
+    8-byte little-endian length, then that many bytes of JSON. ValueError when it is not one."""
+    head = f.read(8)
+    size = int.from_bytes(head, "little")
+    if len(head) < 8 or not 0 < size <= HEADER_MAX:
+        raise ValueError(f"its header size is {size:,}, not that of a safetensors header")
+    body = f.read(size)
+    if len(body) < size:
         raise ValueError(f"its header claims {size:,} bytes, more than the file holds")
-    header = json.loads(data[8:8 + size])
+    header = json.loads(body)
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else {}
 

@@ -42,17 +42,23 @@ def _shared_parts(spec: dict[str, Any]) -> None:
         raise ValueError(f"head input {spec['head'].get('input')!r} (known: {', '.join(GLUE)})")
 
 
+def check_floats(own: dict[str, Any], weights: dict[str, Any], source: str) -> None:
+    """Refuse a tensor of ``weights`` that is not floating-point where the model's (``own``,
+    under the same key) is: an int8 or bool tensor would be cast into it silently."""
+    for k in own:
+        if k in weights and own[k].is_floating_point() and hasattr(weights[k], "is_floating_point") \
+                and not weights[k].is_floating_point():
+            raise StagetrainError(
+                f"{source}: its weight {k} is {str(weights[k].dtype).replace('torch.', '')}: not floating-point, "
+                "where the model's weight is; it is not loaded (it would be cast silently, e.g. a "
+                "quantized or boolean tensor). Give the float weights the model was saved with.")
+
+
 def check_fits(own: dict[str, Any], weights: dict[str, Any], source: str) -> None:
-    """A file's weights against the architecture the same file gives: keys and shapes."""
+    """A file's weights against the architecture the same file gives: keys, shapes, dtypes."""
     if not isinstance(weights, dict):
         raise StagetrainError(f"The weights in {source} are a {type(weights).__name__}, not a state dict. {FILE_HINT}")
-    cast = [f"{k} ({str(weights[k].dtype).replace('torch.', '')})" for k in own if k in weights
-            and own[k].is_floating_point() and hasattr(weights[k], "is_floating_point")
-            and not weights[k].is_floating_point()]
-    if cast:
-        raise StagetrainError(f"The weights in {source} hold tensors that are not floating-point where the model's "
-                              f"are: {', '.join(cast[:3])}{' ...' if len(cast) > 3 else ''}; they are not cast. "
-                              f"{FILE_HINT}")
+    check_floats(own, weights, source)
     missing = [k for k in own if k not in weights]
     extra = [k for k in weights if k not in own]
     shapes = [f"{k} {list(getattr(weights[k], 'shape', []))} vs {list(own[k].shape)}" for k in own

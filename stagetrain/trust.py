@@ -14,9 +14,9 @@ is called only when the user's config names the same target now:
 * torchvision's own builders of ``families.torchvision.ARCHS`` need no vouching (stagetrain's
   table, built with ``weights=None``, never downloading).
 
-``require`` is called where a target is about to be imported and called
-(``models/custom.build_module``, ``families/custom.resolve_target``) and where a spec read
-from a file is checked (``preflight.check_spec``): nothing else calls a target. Torch-free.
+``require`` is called where a target is imported (``families/custom.resolve_target``, the
+only importer: ``models/custom.build_module`` goes through it) and where a spec read from a
+file is checked (``preflight.check_spec`` via ``check_spec``). Torch-free.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ def builtin_targets() -> frozenset[str]:
     return frozenset(f"torchvision.models.{arch}" for arch in ARCHS)
 
 
-def named_by(model: Any, extra: Iterable[str] | None = None) -> set[str]:
-    """The targets a config names: its model's (custom or torchvision) and ``trust_targets``."""
-    names = {str(t) for t in (extra or [])}
-    kind = getattr(model, "name", None) if not isinstance(model, dict) else model.get("name")
-    get = model.get if isinstance(model, dict) else lambda k, d=None: getattr(model, k, d)
-    if kind == "custom" and get("target"):
-        names.add(str(get("target")))
-    elif kind == "torchvision" and get("arch"):
-        names.add(f"torchvision.models.{get('arch')}")
+def named_by(cfg: Any) -> set[str]:
+    """The targets a launch's config (a DictConfig or a dict) names: its model's (custom or
+    torchvision) and ``trust_targets``."""
+    model = cfg.get("model") or {}
+    names = {str(t) for t in cfg.get("trust_targets") or []}
+    if model.get("name") == "custom" and model.get("target"):
+        names.add(str(model.get("target")))
+    elif model.get("name") == "torchvision" and model.get("arch"):
+        names.add(f"torchvision.models.{model.get('arch')}")
     return names
 
 
@@ -67,8 +67,7 @@ def vouched(targets: Iterable[str]) -> Iterator[None]:
 
 def vouched_by(cfg: Any) -> contextlib.AbstractContextManager[None]:
     """``vouched`` for what a launch's own config names (its model and ``trust_targets``)."""
-    get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-    return vouched(named_by(get("model"), get("trust_targets")))
+    return vouched(named_by(cfg))
 
 
 def is_trusted(target: str) -> bool:

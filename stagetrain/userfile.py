@@ -187,16 +187,8 @@ def walk(folder: str | os.PathLike, what: str, inside: tuple[str | os.PathLike, 
         if real in stack:
             raise StagetrainError(f"{_where(d, what)} is a symbolic link loop: it leads back to {real}, a folder "
                                   "it is inside. Remove the link; each image or file is read once.")
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError as e:
-            raise _oserror(d, what, e) from None
-        for entry in entries:
-            p = Path(entry.path)
-            try:
-                is_dir = entry.is_dir()
-            except OSError as e:
-                raise _oserror(p, what, e) from None
+        folders, files = listing(d, what)
+        for p, is_dir in sorted([*((p, True) for p in folders), *((p, False) for p in files)], key=lambda e: e[0].name):
             if is_dir:
                 yield from visit(p, (*stack, real))
                 continue
@@ -206,6 +198,4 @@ def walk(folder: str | os.PathLike, what: str, inside: tuple[str | os.PathLike, 
             seen_files.add(target)
             yield p
 
-    if not root.is_dir():
-        raise StagetrainError(f"{_where(root, what)} is not a folder.")
     yield from visit(root, outer)

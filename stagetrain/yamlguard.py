@@ -14,7 +14,7 @@ from pathlib import Path
 from stagetrain import userfile
 from stagetrain.errors import StagetrainError
 
-MAX_YAML_BYTES = 1024**2  # a config file is a few hundred bytes
+MAX_YAML_BYTES = userfile.LIMITS["config"]  # a config file is a few hundred bytes
 MAX_EXPANDED_NODES = 100_000
 
 

@@ -81,15 +81,13 @@ OFFLINE_SOURCES = {  # where to get the files without torchvision's download
 def missing_data_message(name: str, root: Path) -> str:
     """What to do when the dataset files are not under ``root``: where they go, how to get
     them without a network, how to point stagetrain at another folder, how to download."""
-    folder = root / RAW_FOLDERS[name]
+    folder, names = _raw_files(name, root)
     if name == "cifar10":
         where = f"the extracted cifar-10-python.tar.gz, i.e. {folder}/data_batch_1 ... test_batch"
         offline = "copy the extracted archive from a machine that has it"
     else:
-        folder = folder / "raw"
         where = f"the four uncompressed IDX files in {folder}/ ({', '.join(IDX_FILES)})"
         offline = OFFLINE_SOURCES[name].format(folder=folder)
-    names = CIFAR_FILES if name == "cifar10" else IDX_FILES
     missing = [f for f in names if not os.path.lexists(folder / f)]
     if missing and len(missing) < len(names):  # name what is missing, not the whole set
         gz = [f for f in missing if os.path.lexists(folder / f"{f}.gz")]
@@ -106,13 +104,18 @@ def missing_data_message(name: str, root: Path) -> str:
 CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
 
 
+def _raw_files(name: str, root: Path) -> tuple[Path, list[str]]:
+    """The folder torchvision reads ``name``'s files from under ``root``, and their names."""
+    if name == "cifar10":
+        return root / RAW_FOLDERS[name], CIFAR_FILES
+    return root / RAW_FOLDERS[name] / "raw", IDX_FILES
+
+
 def _check_files(name: str, root: Path) -> None:
     """The dataset's files that exist pass the file gate before torchvision opens them by
     name (a FIFO would block it, a sparse or huge file exhaust memory); missing ones are
     left to torchvision's check, which ``missing_data_message`` explains."""
-    folder = root / RAW_FOLDERS[name]
-    names = CIFAR_FILES if name == "cifar10" else IDX_FILES
-    folder = folder if name == "cifar10" else folder / "raw"
+    folder, names = _raw_files(name, root)
     for file in names:
         if os.path.lexists(folder / file):
             userfile.check_file(folder / file, f"dataset={name}", "data")

@@ -12,7 +12,7 @@ A family module has no torch import (the config layer loads it at start-up) and 
   widths ``strategy=grow`` schedules (without them, grow refuses the family);
 * optionally ``grow_schedule(model)`` -- grow's default per-stage widths (when neither
   ``strategy.widths`` nor ``strategy.width_factor`` is set); without it, the final widths
-  / 4, / 2, / 1 (``halving_schedule``).
+  / 4, / 2, / 1 (``scaled_schedule``).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def grow_widths(model: object) -> list[int]:
     return list(fam.grow_widths(model))
 
 
-def halving_schedule(final: list[int], stages: int = 3) -> list[list[int]]:
-    """``stages`` stages ending at ``final``, each half as wide as the next."""
-    return [[max(1, round(w / 2 ** (stages - 1 - k))) for w in final] for k in range(stages)]
+def scaled_schedule(final: list[int], factor: float = 2, stages: int = 3) -> list[list[int]]:
+    """``stages`` stages ending at ``final``, each ``factor`` times narrower than the next."""
+    return [[max(1, round(w / factor ** (stages - 1 - k))) for w in final] for k in range(stages)]
 
 
 def grow_schedule(model: object) -> list[list[int]]:
@@ -54,4 +54,4 @@ def grow_schedule(model: object) -> list[list[int]]:
     fam = family(model.name)  # type: ignore[attr-defined]
     if hasattr(fam, "grow_schedule"):
         return [list(w) for w in fam.grow_schedule(model)]
-    return halving_schedule(final)
+    return scaled_schedule(final)

@@ -209,6 +209,8 @@ def grow_schedule(m: Any) -> list[list[int]]:
     zero-output, exact); a one-layer model widens its MLP instead (/ 4, / 2, / 1)."""
     widths = layer_widths(m)
     if len(widths) == 1:
-        return [[max(1, round(widths[0] / f))] for f in (4, 2, 1)]
+        from stagetrain.families import scaled_schedule
+
+        return scaled_schedule(widths)
     depths = sorted({1, 2, len(widths)})
     return [widths[:d] for d in depths]

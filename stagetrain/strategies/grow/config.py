@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families import grow_schedule, grow_widths
+from stagetrain.families import grow_schedule, grow_widths, scaled_schedule
 from stagetrain.plan import TARGET_KEYS, parse_target
 from stagetrain.schema import StrategyConfig, as_list
 
@@ -41,8 +41,7 @@ def schedule(cfg: Any) -> list[list[int]]:
     s = cfg.strategy
     final = grow_widths(cfg.model)
     if s.width_factor is not None:
-        n = int(s.stages or 3)
-        widths = [[max(1, round(w / s.width_factor ** (n - 1 - k))) for w in final] for k in range(n)]
+        widths = scaled_schedule(final, s.width_factor, int(s.stages or 3))
     elif s.widths is None:
         widths = grow_schedule(cfg.model)
     else:

@@ -16,8 +16,6 @@ from stagetrain.plan import Plan
 from stagetrain.strategies.common import all_groups, stage_from_cfg
 from stagetrain.strategies.scratch.config import arch_file
 
-HEADER_MAX = 100 * 1024**2  # safetensors' own bound on a header
-
 
 def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """``model=``'s architecture, or the final one of the run ``strategy.arch_from`` names."""
@@ -32,14 +30,11 @@ def read_arch(path: Any, where: str) -> dict[str, Any]:
     from stagetrain import userfile
     from stagetrain.errors import StagetrainError
     from stagetrain.preflight import check_spec
+    from stagetrain.source import safetensors_metadata
 
     with userfile.open_file(path, where, "source") as f:
-        head = f.read(8)
-        size = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < size <= HEADER_MAX:
-            raise StagetrainError(f"{where}: {path} is not a safetensors file (its header size is {size}).")
         try:
-            arch = json.loads(json.loads(f.read(size))["__metadata__"]["arch"])
+            arch = json.loads(safetensors_metadata(f)["arch"])
         except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise StagetrainError(f"{where}: {path} has no readable 'arch' metadata ({type(e).__name__}: {e}); "
                                   "give a model.safetensors that stagetrain wrote.") from None
