@@ -188,7 +188,9 @@ def test_experiments_are_documented_sweeps():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_job_composes_and_plans(name, tmp_path):
-    proc = run_cli("-m", f"experiment={name}", "dry_run=true", f"hydra.sweep.dir={tmp_path / 'dry'}", cwd=tmp_path)
+    env = {"STAGETRAIN_DATA": str(tiny_fortunes(tmp_path / "data"))} if name in TEXT_EXPERIMENTS else None
+    proc = run_cli("-m", f"experiment={name}", "dry_run=true", f"hydra.sweep.dir={tmp_path / 'dry'}", cwd=tmp_path,
+                   env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("Dry run: nothing was trained") == _sweep_size(name)
     assert "ERROR" not in proc.stderr
