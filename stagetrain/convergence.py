@@ -57,3 +57,18 @@ def check_run(info: dict[str, Any], run_dir: Path, num_classes: int) -> list[str
         log.warning("%s", w)
     info["warnings"] = found
     return found
+
+
+def under_trained(info: dict[str, Any]) -> bool:
+    """Whether a run (run.json's content) has an under-trained stage.
+
+    True when any entry of its ``convergence`` list has ``converged`` false (the stage's loss
+    was still falling at its end) or ``barely_learnt`` true (it ended within 10% of its
+    trivial baseline). Runs recorded before the list existed (no ``convergence`` key, or
+    not a list) are unknown, and unknown reads as False: never a crash on an old run.json.
+    """
+    entries = info.get("convergence") if isinstance(info, dict) else None
+    if not isinstance(entries, list):
+        return False
+    return any(isinstance(e, dict) and (e.get("converged") is False or e.get("barely_learnt") is True)
+               for e in entries)
