@@ -27,6 +27,7 @@ from stagetrain.schema import (
     DATASETS,
     OPTIMIZERS,
     SCHEDULES,
+    SHARDS,
     STORAGES,
     STREAMABLE,
     TEXT_DATASETS,
@@ -94,6 +95,7 @@ def engine_options(cfg: RunConfig, config_yaml: str) -> Any:
         on_nonfinite=cfg.train.on_nonfinite, every_steps=int(cfg.checkpoint.every_steps),
         stage_checkpoints=bool(cfg.checkpoint.stage_checkpoints),
         bf16=cfg.device.precision == "bf16", compile=bool(cfg.device.compile),
+        shard=str(cfg.device.shard), activation_checkpointing=bool(cfg.device.activation_checkpointing),
         cache_max_bytes=int(getattr(cfg.strategy, "cache_max_bytes", CACHE_MAX_BYTES)),
         cache_dtype=str(getattr(cfg.strategy, "cache_dtype", "fp32")),
         warmup_epochs=int(cfg.sched.warmup_epochs), step_size=int(cfg.sched.step_size),
@@ -228,6 +230,7 @@ def _validate_run(cfg: RunConfig) -> None:
     _positive("checkpoint.every_steps", cfg.checkpoint.every_steps, allow_zero=True)
     check_choice("device.name", cfg.device.name, ("auto", "cpu", "cuda", "mps"))
     check_choice("device.precision", cfg.device.precision, ("fp32", "bf16"))
+    check_choice("device.shard", cfg.device.shard, SHARDS)
     _positive("device.threads", cfg.device.threads, allow_zero=True)
     check_choice("progress", cfg.progress, ("auto", "rich", "plain", "off"))
     _positive("seed", cfg.seed, allow_zero=True)

@@ -21,6 +21,7 @@ STORAGES = ("auto", "memory", "stream")
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data/augment.py builds them
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
+SHARDS = ("none", "fsdp")  # device.shard: none (one whole model per rank, DDP) | fsdp (FSDP2 under torchrun)
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 OBJECTIVES = ("supervised", "autoencoder", "denoising", "rbm")  # layer-wise ones; "lm" is the head's own
 CACHE_MAX_BYTES = 2 * 1024**3  # default budget of a frozen-prefix feature cache
@@ -144,6 +145,8 @@ class DeviceConfig:
     compile: bool = False
     threads: int = 0
     deterministic: bool = False
+    shard: str = "none"  # none | fsdp (torchrun: FSDP2 fully_shard per block, sharded checkpoints)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
 
 @dataclass

@@ -22,6 +22,8 @@ class EngineOptions:
     stage_checkpoints: bool = True
     bf16: bool = False  # bf16 autocast for forward passes
     compile: bool = False  # torch.compile each stage's step
+    shard: str = "none"  # none | fsdp: under torchrun, FSDP2 fully_shard per block within each stage
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     cache_max_bytes: int = CACHE_MAX_BYTES  # frozen-prefix feature cache budget
     cache_dtype: str = "fp32"  # fp32 | bf16 storage of cached features
     warmup_epochs: int = 0  # LR schedule: linear warm-up epochs at each stage start
