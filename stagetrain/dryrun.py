@@ -14,6 +14,7 @@ from stagetrain.models import StagedModel, count_parameters, trainable_parameter
 from stagetrain.objectives import probe_batch
 from stagetrain.optim import LBFGS_MAX_PASSES
 from stagetrain.plan import Plan, Stage
+from stagetrain.preflight import memory_of, shard_count
 from stagetrain.schema import RunConfig
 from stagetrain.strategies import hook
 
@@ -28,11 +29,12 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
     extra = (hook(cfg.strategy.name, "datasets") or (lambda c: {}))(cfg)  # e.g. in-run pretraining
     sizes = {"target": (n_train, n_labeled), **{k: tuple(dataset_meta(v)[2:4]) for k, v in extra.items()}}
     bs = int(cfg.train.batch_size)
+    shards = shard_count(cfg.device)  # device.shard=fsdp under torchrun: per-rank memory of the shards
     rows = []
     for stage in plan.stages:
         for op in stage.ops:
             model, _ = apply_op(model, op, g)
-        helper, p, step, pre = prepare(model, stage, x, y)
+        helper, p, step, pre, aux = prepare(model, stage, x, y)
         n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
         n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
         cacheable = p > 0 and stage.cache != "off"
@@ -46,7 +48,9 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
         rows.append({"stage": stage, "samples": n, "epochs": epochs, "params": count_parameters(model),
                      "trainable": trainable_parameters(model, helper),
                      "flops": cached if use_cache else plain, "flops_no_cache": plain,
-                     "flops_cache": cached if p > 0 else None, "growth": describe_ops(stage)})
+                     "flops_cache": cached if p > 0 else None, "growth": describe_ops(stage),
+                     "aux_flops": aux * passes * samples,  # the auxiliary head's share of flops
+                     "memory_per_rank": memory_of(model, model.spec, bs, 0, shards).device, "shards": shards})
     return rows
 
 
@@ -63,6 +67,10 @@ def describe_ops(stage: Stage) -> str:
     return "; ".join(out)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.3g} GB" if n >= 1024**3 else f"{n / 1024**2:.3g} MB"
+
+
 def print_plan(plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
     from rich.table import Table
 
@@ -70,15 +78,23 @@ def print_plan(plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
 
     table = Table(title=f"stagetrain plan: strategy={plan.strategy} ({params:,} parameters at the start)")
     for col in ("stage", "name", "growth", "objective", "trains", "data", "epochs", "params",
-                "est. FLOPs", "FLOPs no cache"):
+                "est. FLOPs", "of which aux head", "FLOPs no cache", "memory/rank"):
         table.add_column(col)
     for k, row in enumerate(rows):
         s = row["stage"]
         budget = str(row["epochs"]) if s.epochs is not None else f"{row['epochs']} ({s.max_flops:.3g} FLOPs)"
         table.add_row(str(k + 1), s.name, row["growth"] or "-", s.objective, ", ".join(s.trainable),
                       f"{s.data} ({row['samples']:,}/epoch)", budget, f"{row['params']:,}", f"{row['flops']:.3g}",
-                      f"{row['flops_no_cache']:.3g}" if row["flops_cache"] is not None else "-")
+                      f"{row['aux_flops']:.3g}" if row["aux_flops"] else "-",
+                      f"{row['flops_no_cache']:.3g}" if row["flops_cache"] is not None else "-",
+                      _size(row["memory_per_rank"]))
     console = make_console()
     console.print(table)
     total = sum(r["flops"] for r in rows)
-    console.print(f"Total estimated training FLOPs: {total:.3g}. Dry run: nothing was trained or written.")
+    aux = sum(r["aux_flops"] for r in rows)
+    of_aux = f" (auxiliary heads: {aux:.3g}, {aux / total:.1%})" if aux and total else ""
+    console.print(f"Total estimated training FLOPs: {total:.3g}{of_aux}. Dry run: nothing was trained or written.")
+    shards = rows[0]["shards"] if rows else 1
+    console.print("memory/rank: fp32 weights, gradients and Adam state" + (
+        f" sharded over {shards} ranks (device.shard=fsdp), plus the largest unit gathered whole" if shards > 1
+        else "") + ", and activations of a batch (the in-memory dataset not included)")
