@@ -27,9 +27,31 @@ def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, 
     for k, row in enumerate(rows):
         s = row["stage"]
         budget = f"{fmt(row['epochs'])} epochs" if s.epochs is not None else f"{fmt(float(s.max_flops))} FLOPs"
+        budget = f"auto epochs (max {fmt(row['epochs'])})" if s.auto else budget
         grows = f"; {row['growth']}" if row.get("growth") else ""
         lines.append(f"  stage {k + 1} {s.name}: trains {fmt(row['trainable'])} of {fmt(row['params'])} "
                      f"({', '.join(s.trainable)}), {s.objective}, {budget}{grows}")
+    return "\n".join(lines)
+
+
+MARKS = {True: "converged", False: "STILL FALLING", None: "?"}
+
+
+def final_table(info: dict[str, Any]) -> str:
+    """The run's closing table, one row per stage: its final validation metric beside
+    "chance" (the objective's trivial baseline, ``baselines.py``), how far beyond chance it
+    got, and a mark -- converged, STILL FALLING (under-trained), BARELY LEARNT (within 10%
+    of chance), ? (one epoch: not judged) -- from run.json's ``convergence``."""
+    rows = [("stage", "objective", "final", "chance", "beyond chance", "mark")]
+    for e in info.get("convergence") or []:
+        final = "-" if e["final"] is None else f"val {e['metric']} {fmt(float(e['final']))}"
+        chance = "-" if e["baseline"] is None else f"{fmt(float(e['baseline']))} ({e['baseline_kind']})"
+        beyond = "-" if e["beyond_baseline"] is None else f"{e['beyond_baseline']:.0%}"
+        mark = MARKS[e["converged"]] + (", BARELY LEARNT" if e["barely_learnt"] else "")
+        rows.append((f"{e['stage']} {e['name']}", e["objective"], final, chance, beyond, mark))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["stage convergence (chance: the objective's trivial baseline on the same split)"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
 
 

@@ -83,6 +83,7 @@ def print_plan(plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
     for k, row in enumerate(rows):
         s = row["stage"]
         budget = str(row["epochs"]) if s.epochs is not None else f"{row['epochs']} ({s.max_flops:.3g} FLOPs)"
+        budget = f"auto (max {row['epochs']})" if s.auto else budget  # est. FLOPs: at the max
         table.add_row(str(k + 1), s.name, row["growth"] or "-", s.objective, ", ".join(s.trainable),
                       f"{s.data} ({row['samples']:,}/epoch)", budget, f"{row['params']:,}", f"{row['flops']:.3g}",
                       f"{row['aux_flops']:.3g}" if row["aux_flops"] else "-",

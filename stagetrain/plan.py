@@ -23,6 +23,7 @@ class StopReason(str, enum.Enum):
     SIGNAL = "signal"
     STAGE_BUDGET = "stage_budget"
     COMPLEXITY = "complexity"
+    PLATEAU = "plateau"
 
     @property
     def message(self) -> str:
@@ -34,6 +35,7 @@ class StopReason(str, enum.Enum):
             "signal": "stopped by a signal; resume with resume=auto",
             "stage_budget": "spent its share of the compute budget",
             "complexity": "val loss + lambda * parameters stopped improving (complexity penalty)",
+            "plateau": "validation loss plateaued (epochs=auto)",
         }[self.value]
 
 
@@ -64,6 +66,7 @@ class Stage:
     data_fraction: float = 1.0  # use this leading fraction of a fixed seeded order of the data
     patience: int | None = None  # stage-level early stop (default: train.patience)
     max_flops: float | None = None  # stage compute budget (the flops_share trigger)
+    auto: dict[str, Any] | None = None  # epochs=auto: {"patience": p, "min_delta": d}; ``epochs`` is then the max
     partial: dict[str, list[str]] = field(default_factory=dict)  # group -> parameter-name patterns (fnmatch) that train
     bn: str = "eval"  # BatchNorm of frozen groups: eval | train_stats | train_affine
     description: str = ""
@@ -107,3 +110,18 @@ def parse_target(text: str) -> tuple[str, str, float]:
 def target_met(text: str, metrics: dict[str, float]) -> bool:
     key, op, value = parse_target(text)
     return key in metrics and TARGET_OPS[op](float(metrics[key]), value)
+
+
+AUTO = "auto"
+AUTO_DEFAULTS = {"patience": 3, "min_delta": 0.005, "max_epochs": 100}  # a strategy's `auto` block defaults
+
+
+def auto_length(epochs: Any, auto: Any = None) -> dict[str, Any]:
+    """A stage's length fields from an epochs option that may be ``auto``: ``{"epochs": n}``,
+    or ``{"epochs": auto.max_epochs, "auto": {"patience", "min_delta"}}`` -- train until the
+    stage's validation loss has not improved by more than ``min_delta`` (relative) for
+    ``patience`` epochs, at most ``max_epochs`` (the LR schedule spans the maximum)."""
+    if epochs != AUTO:
+        return {"epochs": int(epochs)}
+    get = (lambda k: AUTO_DEFAULTS[k]) if auto is None else (lambda k: getattr(auto, k))  # noqa: E731
+    return {"epochs": int(get("max_epochs")), "auto": {"patience": int(get("patience")), "min_delta": float(get("min_delta"))}}

@@ -84,10 +84,10 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     record.update(engine)
     continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
-    if main:  # under-trained stages: warned in the log and in run.json (convergence.py)
-        from stagetrain.convergence import check_run
+    if main:  # under-trained / barely-learnt stages: the log, run.json, the final table (convergence.py)
+        from stagetrain.convergence import check_after_run
 
-        check_run(record.info, rundir.path, parts.datasets["target"].num_classes)
+        check_after_run(record.info, rundir.path, parts.plan, parts.datasets, settings.progress != "off")
     record.finish(engine, final)
     for sink in engine.sinks:  # MLflow: run.json and the model as artifacts, the run's status
         getattr(sink, "finish", lambda: None)()

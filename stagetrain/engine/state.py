@@ -25,6 +25,8 @@ class StageState:
     metrics: dict[str, float] = field(default_factory=dict)  # latest epoch's train/ and val/ metrics
     best_metrics: dict[str, float] = field(default_factory=dict)
     epoch_sums: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, samples
+    plateau_best: float | None = None  # epochs=auto: the lowest validation loss that counted as an improvement
+    plateau_bad: int = 0  # ... and the epochs since it (checkpoints before epochs=auto lack both: the defaults)
 
 
 @dataclass

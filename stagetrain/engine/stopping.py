@@ -20,6 +20,7 @@ def after_epoch(plan: Plan, stage: Stage, st: RunState, epochs: int, default_pat
     planned epochs (for a FLOP-bounded stage, what its budget buys)."""
     patience = stage.patience or default_patience
     cur = st.cur
+    plateau(stage, st)
     if cur.stop is not None:
         return
     if plan.target and stage.uses_head and target_met(plan.target, cur.metrics):
@@ -28,6 +29,22 @@ def after_epoch(plan: Plan, stage: Stage, st: RunState, epochs: int, default_pat
         cur.stop = (StopReason.EPOCHS if stage.epochs is not None else StopReason.STAGE_BUDGET).value
     elif patience and cur.bad_epochs >= patience:
         cur.stop = StopReason.PATIENCE.value
+    elif stage.auto and cur.plateau_bad >= int(stage.auto["patience"]):
+        cur.stop = StopReason.PLATEAU.value
+
+
+def plateau(stage: Stage, st: RunState) -> None:
+    """``epochs=auto`` (``stage.auto``): count the epochs since the stage's validation loss (its
+    training loss without a validation split) last fell by more than ``min_delta`` relative to
+    the best so far; ``after_epoch`` stops the stage after ``patience`` of them."""
+    cur = st.cur
+    loss = cur.metrics.get("val/loss", cur.metrics.get("train/loss"))
+    if not stage.auto or loss is None:
+        return
+    if cur.plateau_best is None or loss < cur.plateau_best - float(stage.auto["min_delta"]) * abs(cur.plateau_best):
+        cur.plateau_best, cur.plateau_bad = float(loss), 0
+    else:
+        cur.plateau_bad += 1
 
 
 def update_best(st: RunState, val: dict[str, float]) -> None:

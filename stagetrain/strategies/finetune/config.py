@@ -9,6 +9,7 @@ from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.schema import CACHE_MAX_BYTES, DATASETS, StrategyConfig
+from stagetrain.strategies.layerwise.config import AutoConfig, check_epochs
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
 # The learning rate of a mode that trains a small part on a frozen backbone, as a multiple of
@@ -36,7 +37,8 @@ class PretrainConfig:
     dataset: str | None = None
     classes: list[int] | None = None
     objective: str = "supervised"
-    epochs: int = 5
+    epochs: Any = 5  # or "auto": until each pretraining stage's validation loss plateaus (pretrain.auto)
+    auto: AutoConfig = field(default_factory=AutoConfig)
     lr: float | None = None
     noise: float = 0.2
     tied: bool = True
@@ -88,8 +90,9 @@ def validate(cfg: Any) -> None:
             _validate_text_pretrain(cfg)
         if p.dataset is not None:
             check_choice("strategy.pretrain.dataset", p.dataset, DATASETS)
-        if p.epochs <= 0 or (p.lr is not None and p.lr <= 0) or not 0 <= p.noise < 1:
-            raise StagetrainError("strategy.pretrain: epochs and lr must be > 0 and noise in [0, 1).")
+        check_epochs("strategy.pretrain.epochs", p.epochs, p.auto, "strategy.pretrain.auto")
+        if (p.lr is not None and p.lr <= 0) or not 0 <= p.noise < 1:
+            raise StagetrainError("strategy.pretrain: lr must be > 0 and noise in [0, 1).")
         if s.head == "reuse":
             raise StagetrainError("strategy.head=reuse needs a source run; in-run pretraining always gets a new head.")
         from stagetrain.data import dataset_meta  # torch: only when pretraining needs the shapes

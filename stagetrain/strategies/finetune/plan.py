@@ -48,7 +48,7 @@ from stagetrain.families import family
 from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel, build_spec
 from stagetrain.models.registry import part_type
-from stagetrain.plan import Plan, Stage
+from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.source import Source, load_bare, load_source
 from stagetrain.strategies.common import (
     LBFGS_STEPS,
@@ -272,17 +272,19 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
                   "targets": "tokens"}
         what = "masked tokens (15%, 80/10/10)" if p.objective == "mlm" else "the next token"
         return [stage_from_cfg(
-            cfg, name=f"pretrain-{p.objective}", epochs=int(p.epochs), trainable=[*all_groups(spec)[:-1], "helper"],
+            cfg, name=f"pretrain-{p.objective}", **auto_length(p.epochs, p.auto),
+            trainable=[*all_groups(spec)[:-1], "helper"],
             objective=p.objective, dataset="source", data="all", helper=helper, lr=float(p.lr or cfg.optim.lr),
             description=f"every block on every training text without its label, predicting {what}")]
     if p.objective == "supervised":
         classes = dataset_meta(source_dataset_cfg(cfg))[1]
         blocks = all_groups(spec)[:-1]
         return [stage_from_cfg(
-            cfg, name="pretrain", epochs=int(p.epochs), trainable=[*blocks, "helper"], dataset="source",
+            cfg, name="pretrain", **auto_length(p.epochs, p.auto), trainable=[*blocks, "helper"], dataset="source",
             helper={"kind": "aux_head", "in_shape": head_input_shape(spec), "out": classes},
             lr=float(p.lr or cfg.optim.lr), description="every block, with a source head, on the source data")]
     settings = SimpleNamespace(objective=p.objective, epochs_per_layer=p.epochs, lr=p.lr, optimizer=None,
                                noise=p.noise, tied=p.tied, aux_head="linear", cd_k=1, rbm_lr=0.05,
                                cache=cfg.strategy.cache)
-    return [replace(st, name=f"pretrain-{st.name}") for st in greedy_stages(cfg, spec, settings, dataset="source")]
+    return [replace(st, name=f"pretrain-{st.name}", **auto_length(p.epochs, p.auto))
+            for st in greedy_stages(cfg, spec, settings, dataset="source")]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.plan import AUTO_DEFAULTS
 from stagetrain.schema import CACHE_MAX_BYTES, OBJECTIVES, StrategyConfig, as_list
 
 
@@ -20,10 +21,20 @@ class FinetuneStageConfig:
 
 
 @dataclass
+class AutoConfig:
+    """``epochs=auto``: train a stage until its validation loss plateaus."""
+
+    patience: int = AUTO_DEFAULTS["patience"]  # epochs without a relative improvement above min_delta, then it stops
+    min_delta: float = AUTO_DEFAULTS["min_delta"]  # relative improvement of the best validation loss that counts
+    max_epochs: int = AUTO_DEFAULTS["max_epochs"]  # at most this many (the LR schedule spans them; dry runs count them)
+
+
+@dataclass
 class Config(StrategyConfig):
     name: str = "layerwise"
     objective: str = "supervised"
-    epochs_per_layer: int = 5
+    epochs_per_layer: Any = 5  # or "auto": until the stage's validation loss plateaus (strategy.auto)
+    auto: AutoConfig = field(default_factory=AutoConfig)
     lr: float | None = None
     optimizer: str | None = None
     noise: Any = field(default_factory=lambda: [0.1, 0.2, 0.3])
@@ -44,7 +55,8 @@ def validate(cfg: Any) -> None:
     check_choice("strategy.cache_dtype", s.cache_dtype, ("fp32", "bf16"))
     if s.optimizer is not None:
         check_choice("strategy.optimizer", s.optimizer, ("sgd", "adam", "adamw"))
-    for key, value in (("strategy.epochs_per_layer", s.epochs_per_layer), ("strategy.cd_k", s.cd_k),
+    check_epochs("strategy.epochs_per_layer", s.epochs_per_layer, s.auto, "strategy.auto")
+    for key, value in (("strategy.cd_k", s.cd_k),
                        ("strategy.lr", s.lr), ("strategy.rbm_lr", s.rbm_lr),
                        ("strategy.finetune.epochs", s.finetune.epochs), ("strategy.finetune.lr", s.finetune.lr)):
         if value is not None and not value > 0:
@@ -66,3 +78,18 @@ def validate(cfg: Any) -> None:
                 "strategy.objective=rbm trains each block as a restricted Boltzmann machine, which needs "
                 "sigmoid MLP blocks without BatchNorm: add model=mlp model.activation=sigmoid model.bn=false."
             )
+
+
+def check_epochs(key: str, value: Any, auto: Any, auto_key: str) -> None:
+    """An epochs option that may be ``auto`` (then its ``auto`` block is checked too)."""
+    if value == "auto":
+        if isinstance(auto.patience, bool) or not isinstance(auto.patience, int) or auto.patience < 1 \
+                or not isinstance(auto.max_epochs, int) or auto.max_epochs < 1 or not 0 <= auto.min_delta < 1:
+            raise StagetrainError(f"{auto_key}: patience and max_epochs must be whole numbers >= 1 and min_delta "
+                                  f"in [0, 1) (got patience={auto.patience}, max_epochs={auto.max_epochs}, "
+                                  f"min_delta={auto.min_delta}).")
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StagetrainError(f"{key}={value!r} is not valid: give a whole number of epochs >= 1, or auto (train "
+                              f"until the stage's validation loss plateaus; {auto_key}.patience, .min_delta and "
+                              ".max_epochs say how).")

@@ -21,7 +21,7 @@ from typing import Any
 
 from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import part_type
-from stagetrain.plan import Plan, Stage
+from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.schema import as_list
 from stagetrain.strategies.common import (
     all_groups,
@@ -89,7 +89,7 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
             greedy = {"optimizer": "sgd", "lr": float(g.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
         to_head = last_to_head and i == len(blocks) - 1
         stages.append(stage_from_cfg(
-            cfg, name=f"greedy-{name}", epochs=int(g.epochs_per_layer),
+            cfg, name=f"greedy-{name}", **auto_length(g.epochs_per_layer, getattr(g, "auto", None)),
             trainable=(["stem"] if i == 0 and spec.get("stem") else []) + [name, "helper"],
             objective=g.objective, stop_block=i + 1, helper=_helper(g, spec, i, to_head),
             helper_to_head=to_head, data="labeled" if supervised else "all", cache=g.cache,
