@@ -32,7 +32,23 @@ def measure_step_flops(
     ``x`` is a normalised model-input batch of PROBE_BATCH samples; ``prefix`` is the
     number of frozen leading blocks whose output is the stage's input.
     """
+    return measure_stage_flops(stage, model, helper, x, y, prefix)[:2]
+
+
+AUX_KINDS = ("aux_head", "lm_head")  # helpers that are auxiliary heads: their cost is reported apart
+
+
+def measure_stage_flops(
+    stage: Stage, model: StagedModel, helper: nn.Module | None, x: torch.Tensor,
+    y: torch.Tensor, prefix: int,
+) -> tuple[float, float, float]:
+    """``measure_step_flops`` and, third, the auxiliary head's share of the training FLOPs
+    per sample (0 without one): its forward and backward alone, on the input it received in
+    the measured step (with that input's gradient when the block below trains)."""
     model_c, helper_c = copy.deepcopy(model), copy.deepcopy(helper)
+    seen: list[torch.Tensor] = []
+    if helper_c is not None and (stage.helper or {}).get("kind") in AUX_KINDS:
+        helper_c.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         with FlopCounterMode(display=False) as prefix_counter, torch.no_grad():
@@ -41,8 +57,18 @@ def measure_step_flops(
             loss, _ = stage_loss(stage, model_c, helper_c, h.detach(), y, prefix, training=True)
             if loss.requires_grad:
                 loss.backward()
+        aux = _helper_flops(helper_c, seen[0]) if seen and loss.requires_grad else 0.0
     n = x.shape[0]
-    return step_counter.get_total_flops() / n, prefix_counter.get_total_flops() / n
+    return step_counter.get_total_flops() / n, prefix_counter.get_total_flops() / n, aux / n
+
+
+def _helper_flops(helper: nn.Module, z: torch.Tensor) -> float:
+    """FLOPs of the helper's forward and backward on ``z`` (all of them, for the batch)."""
+    z_in = z.detach().requires_grad_(z.requires_grad)
+    with FlopCounterMode(display=False) as counter:
+        out = helper(z_in)
+        out.float().sum().backward()
+    return float(counter.get_total_flops())
 
 
 def analytic_flops(model: StagedModel, first_trainable: int) -> float:

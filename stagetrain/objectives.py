@@ -1,6 +1,7 @@
 """Stage objectives: the loss of one batch, and the helper modules some objectives need.
 
 * supervised  -- cross-entropy through the model's head, or through an auxiliary head
+                 (stagetrain/auxheads.py: linear, conv, mlp_sr)
 * lm          -- causal language modelling: next-token cross-entropy (nats) through the
                  model's per-position ``lm_head`` (a supervised stage through an LM head is one),
                  or through an auxiliary LM head (layer-wise on LM data; in-run pretraining on
@@ -25,43 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagetrain.auxheads import build_aux_head
 from stagetrain.models import Block, StagedModel
 from stagetrain.plan import Stage
-
-
-class AuxHead(nn.Module):
-    """Auxiliary classifier on a block's output: Linear (vectors), [k convs] + global average
-    pool + Linear (feature maps [C, H, W]), or mean over positions + LayerNorm + Linear
-    (sequences [T, D], like a pre-LN Transformer's pooled head)."""
-
-    def __init__(self, spec: dict[str, Any]):
-        super().__init__()
-        shape = spec["in_shape"]
-        layers: list[nn.Module] = []
-        if len(shape) == 3:
-            c = shape[0]
-            for _ in range(spec.get("extra_layers", 0)):
-                layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
-            layers += [nn.AdaptiveAvgPool2d(1)]
-            width = c
-        elif len(shape) == 2:  # LayerNorm without affine: a sequence head's final norm at its init
-            layers += [MeanOverPositions(), nn.LayerNorm(shape[1], elementwise_affine=False)]
-            width = shape[1]
-        else:
-            width = shape[0]
-        self.body = nn.Sequential(*layers, nn.Flatten())
-        self.layer = nn.Linear(width, spec["out"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(self.body(x))
-
-
-class MeanOverPositions(nn.Module):
-    """Mean over a sequence's positions, skipping padding (all-zero rows, see models/transformer.py)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep = x.ne(0).any(-1).unsqueeze(-1).to(x.dtype)
-        return (x * keep).sum(1) / keep.sum(1).clamp_min(1)
 
 
 class Decoder(nn.Module):
@@ -117,7 +84,7 @@ class AuxLMHead(nn.Module):
 def build_helper(spec: dict[str, Any] | None) -> nn.Module | None:
     if spec is None:
         return None
-    kinds = {"aux_head": AuxHead, "decoder": Decoder, "rbm": RBMVisible, "lm_head": AuxLMHead}
+    kinds = {"aux_head": build_aux_head, "decoder": Decoder, "rbm": RBMVisible, "lm_head": AuxLMHead}
     return kinds[spec["kind"]](spec)
 
 

@@ -243,7 +243,7 @@ class Engine:
         st.summaries.append({
             "stage": k + 1, "name": stage.name, "objective": stage.objective,
             "trainable": list(stage.trainable), "epochs": cur.epoch, "steps": cur.steps,
-            "samples": cur.samples, "flops": cur.flops, "seconds": round(cur.seconds, 3),
+            "samples": cur.samples, "flops": cur.flops, "aux_flops": rt.aux_flops * cur.samples, "seconds": round(cur.seconds, 3),
             "params": count_parameters(self.model), "trainable_params": trainable_parameters(self.model, rt.helper),
             "cache": rt.cache_note, "solver_passes": getattr(rt, "solver_passes", None),  # L-BFGS: passes used
             "final": dict(cur.metrics), "best": dict(cur.best_metrics),

@@ -20,7 +20,7 @@ from stagetrain.checkpoint import set_rng_state
 from stagetrain.data import DataBundle
 from stagetrain.data.stream import EpochLoader
 from stagetrain.engine.options import EngineOptions
-from stagetrain.flops import PROBE_BATCH, measure_step_flops
+from stagetrain.flops import PROBE_BATCH, measure_stage_flops
 from stagetrain.growth import map_optimizer_state
 from stagetrain.models import StagedModel
 from stagetrain.objectives import build_helper, stage_loss
@@ -113,18 +113,20 @@ class StageRuntime:
     all_samples: bool = False  # indices are 0..n-1 of the training split: no gather per batch
     loader: Any = None  # data.stream.EpochLoader of a streamed training split
     batch_size: int = 0  # the stage's batch: train.batch_size, or every sample for full-batch L-BFGS
+    aux_flops: float = 0.0  # the auxiliary head's share of step_flops (reported apart, charged in it)
 
 
 def prepare(model: StagedModel, stage: Stage, x: torch.Tensor, y: torch.Tensor
-            ) -> tuple[nn.Module | None, int, float, float]:
-    """The stage's helper, its frozen prefix and FLOPs per sample, with freezing applied."""
+            ) -> tuple[nn.Module | None, int, float, float, float]:
+    """The stage's helper, its frozen prefix and FLOPs per sample (training, prefix forward,
+    the auxiliary head's share of training), with freezing applied."""
     helper = build_helper(stage.helper)
     if helper is not None:
         helper.to(x.device)
     freeze(model, stage)
     prefix = prefix_len(model, stage)
-    step_flops, prefix_flops = measure_step_flops(stage, model, helper, x, y, prefix)
-    return helper, prefix, step_flops, prefix_flops
+    step_flops, prefix_flops, aux_flops = measure_stage_flops(stage, model, helper, x, y, prefix)
+    return helper, prefix, step_flops, prefix_flops, aux_flops
 
 
 def stage_indices(data: DataBundle, stage: Stage, seed: int) -> torch.Tensor:
@@ -166,7 +168,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     indices = stage_indices(data, stage, opts.seed)
     probe = indices[:PROBE_BATCH]
     x, y = data.normalize(data.train.x[probe], plan.input_norm), data.train.y[probe]
-    helper, prefix, step_flops, prefix_flops = prepare(model, stage, x, y)
+    helper, prefix, step_flops, prefix_flops, aux_flops = prepare(model, stage, x, y)
     n = len(indices)
     bs = n if stage.optimizer == "lbfgs" else opts.batch_size  # L-BFGS: the whole set is one batch
     spe = steps_per_epoch(n, bs)
@@ -186,7 +188,7 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     everything = len(indices) == len(data.train) and bool(torch.equal(indices, torch.arange(n, device=indices.device)))
     return StageRuntime(data, helper, prefix, indices, spe, epochs, total, step_flops, prefix_flops,
                         optimizer, scheduler, step, cache_note="pending" if cacheable else "off",
-                        all_samples=everything, loader=loader, batch_size=bs)
+                        all_samples=everything, loader=loader, batch_size=bs, aux_flops=aux_flops)
 
 
 def resume_inside(rt: StageRuntime, saved: Any) -> None:

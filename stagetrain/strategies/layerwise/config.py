@@ -39,7 +39,10 @@ class Config(StrategyConfig):
     optimizer: str | None = None
     noise: Any = field(default_factory=lambda: [0.1, 0.2, 0.3])
     tied: bool = True
-    aux_head: Any = "linear"
+    aux_head: Any = "linear"  # linear | conv | mlp_sr, or k (int): linear with k plain 3x3 convs (older runs)
+    aux_layers: int | None = None  # conv: 3x3 convs; mlp_sr: 1x1 convs (null: 2 / 3, as published)
+    aux_width: int | None = None  # channels of those convs (null: the block's own)
+    aux_grid: int | None = None  # average pooling to grid x grid before the classifier (null: 2)
     cd_k: int = 1
     rbm_lr: float = 0.05
     cache: str = "auto"
@@ -69,8 +72,7 @@ def validate(cfg: Any) -> None:
     for level in as_list(s.noise):
         if not isinstance(level, int | float) or not 0 <= level < 1:
             raise StagetrainError(f"strategy.noise={as_list(s.noise)} is not valid: give masking levels in [0, 1), one value or one per layer.")
-    if s.aux_head != "linear" and not (isinstance(s.aux_head, int) and s.aux_head >= 0):
-        raise StagetrainError(f"strategy.aux_head={s.aux_head!r} is not valid: use 'linear' or a number of extra conv layers (>= 0).")
+    check_aux_head(s)
     if s.objective == "rbm":
         m = cfg.model
         if m.name != "mlp" or m.activation != "sigmoid" or m.bn:
@@ -78,6 +80,31 @@ def validate(cfg: Any) -> None:
                 "strategy.objective=rbm trains each block as a restricted Boltzmann machine, which needs "
                 "sigmoid MLP blocks without BatchNorm: add model=mlp model.activation=sigmoid model.bn=false."
             )
+
+
+AUX_HEADS = ("linear", "conv", "mlp_sr")  # stagetrain/auxheads.py HEADS (this module stays torch-free)
+
+
+def check_aux_head(s: Any) -> None:
+    """strategy.aux_head is a kind or an old-style integer; its options are whole numbers in
+    range, and only given to the kinds that read them (conv, mlp_sr)."""
+    kind = s.aux_head
+    if isinstance(kind, bool) or not (kind in AUX_HEADS or (isinstance(kind, int) and kind >= 0)):
+        raise StagetrainError(
+            f"strategy.aux_head={kind!r} is not valid: choose one of {', '.join(AUX_HEADS)} (the auxiliary "
+            "classifier of supervised greedy stages), or a whole number k >= 0 (the older head: k plain 3x3 "
+            "convs, global pooling and a linear layer).")
+    for key, low in (("aux_layers", 0), ("aux_width", 1), ("aux_grid", 1)):
+        value = getattr(s, key, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise StagetrainError(f"strategy.{key}={value!r} is out of range: give a whole number >= {low} (or null: "
+                                  "the published default).")
+        if kind not in ("conv", "mlp_sr"):
+            raise StagetrainError(
+                f"strategy.{key}={value} is an option of the conv and mlp_sr auxiliary heads, but "
+                f"strategy.aux_head={kind!r}: add strategy.aux_head=conv (or mlp_sr), or drop strategy.{key}.")
 
 
 def check_epochs(key: str, value: Any, auto: Any, auto_key: str) -> None:

@@ -3,8 +3,9 @@
 Stage l trains block l alone on the (frozen, cacheable) output of blocks 1..l-1, through
 a helper that exists only in that stage:
 
-* supervised  -- an auxiliary classifier (Linear; for CNNs pooling + optional k convs; for
-                 sequences mean over positions + LayerNorm + Linear); on language-model data
+* supervised  -- an auxiliary classifier (strategy.aux_head, stagetrain/auxheads.py: linear --
+                 Linear, for CNNs global pooling [+ k plain convs], for sequences mean over
+                 positions + LayerNorm + Linear; conv -- layerCNN's; mlp_sr -- DGL's); on language-model data
                  (model.head=lm) an auxiliary LM head (LayerNorm + Linear to the vocabulary, per
                  position) trained on the next tokens
 * autoencoder -- a decoder (tied W^T or untied) reconstructing the block's input
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stagetrain.auxheads import DEFAULTS as AUX_DEFAULTS
 from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage, auto_length
@@ -31,17 +33,37 @@ from stagetrain.strategies.common import (
 )
 
 
+def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> dict[str, Any]:
+    """A supervised greedy stage's auxiliary classifier (stagetrain/auxheads.py), its options
+    resolved to the published defaults so the plan and run.json show what was built."""
+    helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": classes}
+    kind = g.aux_head
+    if kind in ("conv", "mlp_sr"):
+        if len(block["out_shape"]) != 3:
+            raise StagetrainError(
+                f"strategy.aux_head={kind} builds a convolutional auxiliary head ({'3x3' if kind == 'conv' else '1x1'} "
+                f"convs with BatchNorm, pooled to a grid), which reads feature maps [channels, height, width]; block "
+                f"{block['name']} (type {block['type']!r}) outputs shape {list(block['out_shape'])}. For MLP and "
+                "Transformer blocks use strategy.aux_head=linear (a linear layer; sequences are averaged first).")
+        options = {"layers": g.aux_layers, "width": g.aux_width, "grid": g.aux_grid}
+        defaults = {**AUX_DEFAULTS[kind], "width": block["out_shape"][0]}
+        helper |= {"head": kind} | {k: int(defaults[k] if v is None else v) for k, v in options.items()}
+        helper |= {k: v for k, v in AUX_DEFAULTS[kind].items() if k not in helper}
+    elif kind != "linear" and len(block["out_shape"]) == 3:  # an older run's integer: k plain convs before pooling
+        helper["extra_layers"] = int(kind)
+    return helper
+
+
 def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
     block = spec["blocks"][index]
+    if g.objective == "supervised" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
+        aux_head_spec(g, block, spec["num_classes"])
     if g.objective == "supervised" and spec["head"].get("type") == "lm_head":  # language model: next tokens
         return {"kind": "lm_head", "in": spec["head"]["in"], "out": spec["head"]["out"]}
+    if g.objective == "supervised" and last_to_head:  # the model head's shape: it becomes the head
+        return {"kind": "aux_head", "in_shape": head_input_shape(spec), "out": spec["num_classes"]}
     if g.objective == "supervised":
-        helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": spec["num_classes"]}
-        if last_to_head:  # same shape as the model's head, so it can become the head
-            helper["in_shape"] = head_input_shape(spec)
-        elif len(block["out_shape"]) == 3 and g.aux_head != "linear":  # feature maps: k convs before pooling
-            helper["extra_layers"] = int(g.aux_head)
-        return helper
+        return aux_head_spec(g, block, spec["num_classes"])
     if g.objective == "rbm":
         return {"kind": "rbm", "in": block["in"]}
     return {"kind": "decoder", "type": block["type"], "in": block["in"], "out": block["out"],
