@@ -16,6 +16,12 @@
   directory holds a run, the job's submission is rewritten with ``resume=auto``, so whatever
   requeues it (submitit, SLURM preemption, an admin's ``scontrol requeue``) continues the run
   instead of refusing an occupied directory; a fresh sweep never sees the change.
+* **Several tasks per job.** With ``hydra.launcher.tasks_per_node`` > 1 (or ``nodes`` > 1)
+  SLURM starts each sweep job as several tasks; the preset's Hydra callback ``SlurmRanks``
+  makes each task one torch.distributed rank before the job runs (``RANK``, ``LOCAL_RANK``,
+  ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` from SLURM's own
+  variables: ``torch_env_from_slurm``), so the run is the same data-parallel (or FSDP) run
+  torchrun would start, with one run directory written by rank 0.
 
 submitit is imported only inside a submitit job; nothing here is needed for a plain run.
 """
@@ -25,13 +31,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 log = logging.getLogger("stagetrain")
 
@@ -60,7 +69,8 @@ def job_threads() -> tuple[int, str] | None:
     """The torch thread count this job's launcher leaves it, and why; None when it has the machine."""
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if slurm_cpus and slurm_cpus.isdigit() and int(slurm_cpus) > 0:
-        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun inside the job
+        # torchrun inside the job shares the task's cores; a rank that is its own SLURM task has them all
+        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if "TORCHELASTIC_RUN_ID" in os.environ else 1
         return max(1, int(slurm_cpus) // procs), f"SLURM job with cpus_per_task={slurm_cpus}"
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -75,6 +85,56 @@ def job_threads() -> tuple[int, str] | None:
     if n_jobs < 0:  # joblib's convention: -1 is every CPU, -2 all but one, ...
         n_jobs = max(1, cpus + 1 + n_jobs)
     return max(1, cpus // n_jobs), f"joblib launcher, n_jobs={n_jobs} on {cpus} CPUs"
+
+
+def _tasks_per_node(text: str) -> list[int]:
+    """SLURM's tasks-per-node list expanded: '2(x3),1' -> [2, 2, 2, 1]."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if m:
+            out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[03-05,09],cpu1' -> 'gpu03'."""
+    m = re.match(r"([^,\[]+)(?:\[([^,\]-]+))?", nodelist)
+    return (m.group(1) + (m.group(2) or "")) if m else "127.0.0.1"
+
+
+def torch_env_from_slurm(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """torch.distributed's env:// variables for this SLURM task of a job step with several
+    tasks: RANK = SLURM_PROCID, LOCAL_RANK = SLURM_LOCALID, WORLD_SIZE = the step's tasks,
+    LOCAL_WORLD_SIZE = its tasks on this node, MASTER_ADDR = the step's first node (where
+    task 0 runs), MASTER_PORT = 20000 + job id mod 40000 (jobs sharing a node differ). A
+    MASTER_ADDR / MASTER_PORT already set is kept. Empty for a one-task step, or when a
+    launcher inside the job (torchrun) has set WORLD_SIZE itself."""
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+    if tasks <= 1 or "WORLD_SIZE" in env or "SLURM_PROCID" not in env:
+        return {}
+    per_node = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""))
+    node = int(env.get("SLURM_NODEID", "0"))
+    job = env.get("SLURM_JOB_ID", "0")
+    return {"RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "WORLD_SIZE": str(tasks),
+            "LOCAL_WORLD_SIZE": str(per_node[node] if node < len(per_node) else 1),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or _first_host(
+                env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")),
+            "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(job) % 40000 if job.isdigit() else 29500)}
+
+
+class SlurmRanks(Callback):
+    """Hydra callback of the ``hydra/launcher=slurm`` preset: before a job of several SLURM
+    tasks runs, each task becomes one torch.distributed rank (``torch_env_from_slurm``) --
+    before the run directory's lock is taken, which only rank 0 holds."""
+
+    def on_job_start(self, config: Any = None, **kwargs: Any) -> None:
+        env = torch_env_from_slurm()
+        if env:
+            os.environ.update(env)
+            log.info("SLURM task %s of %s: torch.distributed rank %s (local rank %s), rendezvous %s:%s",
+                     env["RANK"], env["WORLD_SIZE"], env["RANK"], env["LOCAL_RANK"], env["MASTER_ADDR"],
+                     env["MASTER_PORT"])
 
 
 def limit_job_threads(threads: int) -> None:

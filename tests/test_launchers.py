@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import DATA_ROOT, REPO, assert_epochs_exactly_once, final_weights, run_cli, run_dirs
 
+from stagetrain.launch import torch_env_from_slurm
 from stagetrain.rundir import read_metrics
 
 SLURM_UP = REPO / ".ci" / "slurm-up"
@@ -117,6 +118,58 @@ def test_slurm_sweep_jobs_are_scheduled_by_slurm_and_complete(tmp_path, slurm):
         assert "epoch 1/" in out and "\x1b[" not in out
     shown = subprocess.run(["scontrol", "show", "job", array_id], capture_output=True, text=True).stdout
     assert shown.count("JobState=COMPLETED") == 3, shown
+
+
+# ---------------------------------------------------------------- several SLURM tasks per job
+def test_each_slurm_task_gets_the_torch_distributed_environment():
+    """SLURM's variables of a job step (the input, written out) -> torchrun's; nothing else changes."""
+    task = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2),4", "SLURM_JOB_ID": "123456",
+            "SLURM_STEP_NODELIST": "gpu[07-09],cpu1", "SLURM_JOB_NODELIST": "gpu[07-09],cpu1,cpu2"}
+    assert torch_env_from_slurm(task) == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8",
+                                          "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "gpu07",
+                                          "MASTER_PORT": str(20000 + 123456 % 40000)}
+    # a rendezvous given by the user is kept
+    given = torch_env_from_slurm({**task, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"})
+    assert (given["MASTER_ADDR"], given["MASTER_PORT"]) == ("10.0.0.1", "29400")
+    # one task per job (the default), or torchrun inside the job: left alone
+    assert torch_env_from_slurm({**task, "SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "1"}) == {}
+    assert torch_env_from_slurm({**task, "WORLD_SIZE": "16"}) == {}
+    assert torch_env_from_slurm({}) == {}
+
+
+@pytest.mark.full
+def test_slurm_job_of_two_tasks_is_one_two_rank_ddp_run(tmp_path, slurm):
+    """hydra.launcher.tasks_per_node=2: one SLURM job, two tasks, each a torch.distributed rank;
+    one run directory (rank 0 writes it), the same weights as torchrun's 2-process run."""
+    sweep = tmp_path / "sweep"
+    args = ["strategy=scratch", "train.epochs=2", "plots=false", "progress=off", "device=cpu"]
+    try:
+        proc = run_cli("-m", *SLURM, "hydra.launcher.tasks_per_node=2", *args, f"hydra.sweep.dir={sweep}",
+                       cwd=tmp_path, timeout=300)
+    finally:
+        _cancel(sweep)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run_dirs(sweep) == [sweep / "0"]
+    info = _assert_complete(sweep / "0")
+    assert info["distributed"]["world_size"] == 2, info.get("distributed")
+    (job,) = _job_ids(sweep)
+    script = (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script, script
+    for rank in (0, 1):
+        out = (sweep / ".submitit" / job / f"{job}_{rank}_log.out").read_text()
+        assert f"SLURM task {rank} of 2: torch.distributed rank {rank} (local rank {rank})" in out, out
+    # each task is its own SLURM task with its own core: not split as between torchrun's processes
+    assert "torch threads: 1 (SLURM job with cpus_per_task=1)" in (sweep / "0" / "stagetrain.log").read_text()
+    # the same run under torchrun: the same ranks, batches and reductions, so the same weights
+    exe = Path(sys.executable).parent
+    reference = subprocess.run([str(exe / "torchrun"), "--nproc-per-node", "2", str(exe / "stagetrain"), *args,
+                                f"hydra.run.dir={tmp_path / 'torchrun'}"], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=300, env={**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)})
+    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
+    ours, theirs = final_weights(sweep / "0"), final_weights(tmp_path / "torchrun")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "the SLURM-task ranks trained differently"
 
 
 def _train_epochs(run: Path) -> int:
