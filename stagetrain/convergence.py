@@ -7,8 +7,13 @@ pretraining, grow's stages):
   loss the stage logs for its val split each epoch: an auxiliary head's cross-entropy, the
   masked tokens' cross-entropy, the reconstruction error; an RBM logs its mean-field
   reconstruction error there, not its contrastive-divergence loss, which is not comparable
-  across epochs), else its training loss. With at least 4 epochs: more than ``STEEP`` of the
-  stage's whole fall happened in its second half. With 2-3 epochs: the last epoch took more
+  across epochs) **and** its training loss: a stage is still falling when both are (a
+  training loss that falls while the validation loss does not is fitting, not learning; a
+  validation loss that falls while the training loss has settled is the decaying LR's
+  noise -- the rule on the training loss alone was calibrated in issue 17); with one curve
+  only (no validation split; an RBM's CD), on that one. A curve with at least 4 epochs: more than ``STEEP`` of the
+  stage's whole fall happened in its second half (a validation curve's fall counted from
+  the first epoch's training loss, the closest the log comes to the stage's start). With 2-3 epochs: the last epoch took more
   than ``SHORT_FALL`` off the loss. A converged stage makes nearly all its progress early (a
   20-epoch digits MLP: 0.3% in the second half); an under-trained one is still descending
   when its schedule ends (the default linear probe of issue 17: 6.6%; 6 epochs of MLM on
@@ -51,16 +56,19 @@ def _series(events: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, lis
     return out
 
 
-def still_falling(loss: list[float]) -> tuple[bool, str] | None:
+def still_falling(loss: list[float], start: float | None = None) -> tuple[bool, str] | None:
     """Whether a loss curve (one value per epoch) was still falling at its end, and how;
-    None with fewer than 2 points."""
+    None with fewer than 2 points. ``start``: the loss before the first value (a validation
+    curve's: the first epoch's training loss), so the whole fall counts from the stage's start."""
     n = len(loss)
     if n < 2:
         return None
     if n < 4:
         fall = (loss[-2] - loss[-1]) / max(abs(loss[-2]), 1e-12)
         return fall > SHORT_FALL, f"{loss[-2]:.4g} -> {loss[-1]:.4g} over its last epoch ({fall:.1%})"
-    half = n // 2
+    if start is not None and start > loss[0]:
+        loss = [start, *loss]
+    half = len(loss) // 2
     share = (loss[half] - loss[-1]) / (loss[0] - loss[-1]) if loss[0] > loss[-1] else 0.0
     return share > STEEP, (f"{loss[half]:.4g} -> {loss[-1]:.4g} over its second half, {share:.0%} of its whole fall")
 
@@ -73,13 +81,13 @@ def _judge(s: dict[str, list[Any]], objective: str, stop: str | None) -> tuple[b
         return True, which, f"stopped: {stop}"
     if train and train[-1][1] is not None and float(train[-1][1]) >= FITTED:  # more epochs: sharper, not better
         return True, which, f"training accuracy {float(train[-1][1]):.3g}: the training set is learnt"
-    if s["val"]:
-        verdict = still_falling(s["val"])
-        return (None if verdict is None else not verdict[0]), which, verdict[1] if verdict else ""
-    if objective == "rbm" or not train:  # contrastive divergence: not comparable across epochs
-        return None, which, ""
-    verdict = still_falling([p[0] for p in train])
-    return (None if verdict is None else not verdict[0]), "training", verdict[1] if verdict else ""
+    comparable = [p[0] for p in train] if objective != "rbm" else []  # CD is no comparable loss
+    on_train = still_falling(comparable) if comparable else None
+    on_val = still_falling(s["val"], comparable[0] if comparable else None) if s["val"] else None
+    if on_val is None or on_train is None:  # one curve to judge (or none)
+        verdict = on_val or on_train
+        return (None if verdict is None else not verdict[0]), which if on_val else "training", verdict[1] if verdict else ""
+    return not (on_val[0] and on_train[0]), which, on_val[1] + ("" if on_train[0] else "; training loss settled")
 
 
 def _beyond(metric: str, final: float | None, base: float | None) -> float | None:
