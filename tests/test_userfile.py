@@ -36,6 +36,11 @@ ALLOWED = {
     ("source.py", "ckpt.load"): "checkpoint.io.load, which reads through the gate",
     ("checkpoint/io.py", "torch.load"): "torch.load of io.BytesIO over the bytes read through the gate",
     ("checkpoint/resume.py", "load"): "checkpoint.io.load: the reading happens there",
+    ("checkpoint/sharded.py", "load"): "checkpoint.io.load of a sharded checkpoint's state.pt: the reading happens there",
+    ("checkpoint/sharded.py", "dcp.load"): "DCP reads shard files whose SHA-256 was checked through the gate; tensors "
+                                           "with torch.load(weights_only=True), .metadata through the gate (SafeReader)",
+    ("checkpoint/sharded.py", "_MetadataUnpickler(io.BytesIO(data)).load"): "unpickles bytes read through the gate, "
+                                           "building only DCP's metadata classes, torch dtypes, sizes and paths",
     ("runlock.py", "os.open"): "the run or sweep directory itself, opened to hold its flock",
     ("runlock.py", "open"): "/proc/self/mountinfo, the kernel's",
     ("callbacks.py", "(sweep_dir / 'summary.md').open"): "the sweep summary we append to",

@@ -45,6 +45,23 @@ def snapshot(model: Any, helper: nn.Module | None, optimizer: torch.optim.Optimi
     }
 
 
+def sharded_meta(arch: dict[str, Any], scheduler: Any, optimizer_groups: list[dict[str, Any]], stage: int,
+                 stage_name: str | None, run_state: dict[str, Any], config_yaml: str, trainable: list[str],
+                 metrics_lines: int, lr_groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``state.pt`` of a sharded checkpoint (``checkpoint.sharded``): the snapshot's keys, with
+    the model, helper and optimizer tensors left to the DCP files (``model`` empty, ``helper``
+    None); ``optimizer`` keeps the param groups of ``get_optimizer_state_dict`` (hyperparameters,
+    parameter names)."""
+    return {
+        "arch": arch, "model": {}, "helper": None,
+        "optimizer": {"param_groups": optimizer_groups}, "scheduler": scheduler.state_dict(),
+        "position": {"stage": stage, "stage_name": stage_name, "epoch": run_state["epoch"],
+                     "batch": run_state["batch"], "global_step": run_state["global_step"]},
+        "run_state": run_state, "rng": rng_state(), CONFIG_KEY: config_yaml, "trainable": list(trainable),
+        "param_groups": lr_groups, "metrics_lines": metrics_lines,
+    }
+
+
 @dataclass
 class Restored:
     """A loaded checkpoint, by meaning."""

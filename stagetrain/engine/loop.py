@@ -16,19 +16,19 @@ import torch
 from torch import nn
 
 from stagetrain import distributed
-from stagetrain.checkpoint import save, set_rng_state, snapshot
+from stagetrain.checkpoint import save, set_rng_state
 from stagetrain.checkpoint.schema import restore
 from stagetrain.data import DataBundle, epoch_permutation
-from stagetrain.engine import ranks, solver, stopping, streaming
+from stagetrain.engine import ranks, saving, sharding, solver, stopping, streaming
 from stagetrain.engine.cache import build_cache
 from stagetrain.engine.evaluate import evaluate
 from stagetrain.engine.growing import PROBE_SAMPLES, grow
 from stagetrain.engine.nonfinite import NonFiniteGuard, checkpoint_may_follow
 from stagetrain.engine.options import EngineOptions
-from stagetrain.engine.runtime import StageRuntime, enter_stage, resume_inside, set_train_mode
+from stagetrain.engine.runtime import StageRuntime, enter_stage, set_train_mode
 from stagetrain.engine.state import RunState, StageState
 from stagetrain.errors import StopRequested
-from stagetrain.growth import apply_op, optimizer_state_by_name
+from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
 from stagetrain.objectives import objective_of, split_metrics
 from stagetrain.plan import Plan, Stage, StopReason
@@ -53,6 +53,7 @@ class Engine:
         self.stop_flag = stop_flag if stop_flag is not None else {}
         self.sinks, self.on_update = sinks or [], on_update
         self.world = distributed.world_size()  # processes under torchrun; 1 otherwise
+        sharding.require_launched(options, self.world)
         self.state = RunState()
         self.rt: StageRuntime | None = None  # the stage in progress
         self.metrics: MetricsLog | None = None
@@ -79,7 +80,7 @@ class Engine:
         """Load a checkpoint's model and position; stage objects are restored on entry."""
         saved = restore(state)
         self.model = StagedModel(saved.arch).to(self.device)
-        self.model.load_state_dict(saved.model)
+        saving.load_model(self.model, state)  # either format
         self.state = self.nonfinite.state = RunState.from_flat(saved.run_state)
         if distributed.rank() != 0:  # the saved epoch sums are global: rank 0 carries them on
             self.state.cur.epoch_sums = [0.0, 0.0, 0.0]
@@ -116,7 +117,7 @@ class Engine:
         self.rt = rt = enter_stage(self.model, stage, self.datasets[stage.dataset], self.plan, self.opts,
                                    self.world, prev, mappings)
         if resuming_inside:
-            resume_inside(rt, restore(pending))
+            saving.resume_stage(rt, pending)
         else:
             self._log({"event": "stage_start", "stage": k + 1, "stage_name": stage.name,
                        "trainable": list(stage.trainable), "objective": stage.objective,
@@ -228,18 +229,18 @@ class Engine:
         self.reporter.epoch_end(f"stage {k + 1} {stage.name} epoch {cur.epoch}/{rt.epochs}: "
                                 + " ".join(f"{m}={v:.4f}" for m, v in cur.metrics.items()), cur.metrics)
         self._save_last(k, stage)
-        if is_best and self.rundir is not None:
-            save(self._snapshot(k, stage), self.rundir.best)
+        if is_best:  # sharded: every rank joins the gather
+            saving.save_best(self, k, stage)
         if self.on_update is not None:
             self.on_update(self)
 
     def _end_stage(self, k: int, stage: Stage, rt: StageRuntime) -> None:
         st, cur = self.state, self.state.cur
+        self.model, st.prev_optim = saving.end_stage(self, rt, stage, self.plan.optimizer_state == "map")
         if stage.helper_to_head and rt.helper is not None:
             self.model.head.layer.load_state_dict(rt.helper.layer.state_dict())
         reason = StopReason(cur.stop or StopReason.EPOCHS.value)
         score = stopping.complexity(self.plan, stage, st, count_parameters(self.model))
-        st.prev_optim = optimizer_state_by_name(rt.optimizer, self.model) if self.plan.optimizer_state == "map" else {}
         st.summaries.append({
             "stage": k + 1, "name": stage.name, "objective": stage.objective,
             "trainable": list(stage.trainable), "epochs": cur.epoch, "steps": cur.steps,
@@ -261,7 +262,8 @@ class Engine:
 
     def _evaluate(self, stage: Stage | None, split: str, limit: int | None = None) -> dict[str, float]:
         bundle = self.data if stage is None else self.datasets[stage.dataset]
-        out = evaluate(self.model, self.helper, bundle, split, stage, self.plan.input_norm,
+        model, helper = saving.evaluated(self, stage)  # sharded: a gathered copy
+        out = evaluate(model, helper, bundle, split, stage, self.plan.input_norm,
                        self.opts.eval_batch_size, self.opts.bf16, limit)
         if stage is not None and stage.trainable:
             set_train_mode(self.model, self.helper, stage)
@@ -282,18 +284,7 @@ class Engine:
                 sink(event)
 
     def _snapshot(self, k: int, stage: Stage | None, run_state: dict[str, Any] | None = None) -> dict[str, Any]:
-        rt = self.rt if stage is not None else None
-        return snapshot(self.model, rt.helper if rt else None, rt.optimizer if rt else None,
-                        rt.scheduler if rt else None, k, stage.name if stage else None,
-                        run_state or self.state.flat(), self.opts.config_yaml,
-                        list(stage.trainable) if stage else [], self.metrics.position if self.metrics else 0)
+        return saving.plain_snapshot(self, k, stage, run_state)
 
     def _save_last(self, k: int, stage: Stage) -> None:
-        sums = self.state.cur.epoch_sums
-        if self.world > 1:  # every rank joins; rank 0 saves the global sums
-            sums = distributed.all_sum(sums)
-        if self.rundir is None:
-            return
-        flat = self.state.flat()
-        flat["epoch_sums"] = [float(v) for v in sums]
-        save(self._snapshot(k, stage, flat), self.rundir.last, keep_previous=self.rundir.last_prev)
+        saving.save_last(self, k, stage)

@@ -19,6 +19,7 @@ from torch import nn
 from stagetrain.checkpoint import set_rng_state
 from stagetrain.data import DataBundle
 from stagetrain.data.stream import EpochLoader
+from stagetrain.engine import sharding
 from stagetrain.engine.options import EngineOptions
 from stagetrain.flops import PROBE_BATCH, measure_stage_flops
 from stagetrain.growth import map_optimizer_state
@@ -113,6 +114,7 @@ class StageRuntime:
     all_samples: bool = False  # indices are 0..n-1 of the training split: no gather per batch
     loader: Any = None  # data.stream.EpochLoader of a streamed training split
     batch_size: int = 0  # the stage's batch: train.batch_size, or every sample for full-batch L-BFGS
+    sharded: bool = False  # device.shard=fsdp: the trainable groups are FSDP units (engine/sharding.py)
     aux_flops: float = 0.0  # the auxiliary head's share of step_flops (reported apart, charged in it)
 
 
@@ -172,23 +174,30 @@ def enter_stage(model: StagedModel, stage: Stage, data: DataBundle, plan: Plan, 
     n = len(indices)
     bs = n if stage.optimizer == "lbfgs" else opts.batch_size  # L-BFGS: the whole set is one batch
     spe = steps_per_epoch(n, bs)
+    sharding.set_activation_checkpointing(model, opts.activation_checkpointing)
+    step = StageStep(stage, model, helper, prefix)
+    sharded = sharding.wanted(opts, stage, world, any(p.requires_grad for p in step.parameters()))
+    if sharded:  # in place, before the optimizer sees the parameters (DTensor shards from here on)
+        sharding.shard(step, x.device, opts.bf16)
     groups = {name: model.group(name) for name in model.group_names}
     if helper is not None:
         groups["helper"] = helper
     optimizer = build_optimizer(stage, param_groups(stage, groups), opts.fused_optimizer)
     if prev_optim:
         map_optimizer_state(optimizer, model, prev_optim, mappings)
+        if sharded:
+            sharding.to_shards(optimizer)
     cacheable = prefix > 0 and stage.cache != "off"
     loader = EpochLoader(data.train.x) if data.train.streamed else None
     epochs, total = planned_length(stage, n, bs, step_flops + (0.0 if cacheable else prefix_flops))
     warmup = 0 if stage.optimizer == "lbfgs" else opts.warmup_epochs  # a line search has no LR to warm up
     scheduler = build_scheduler(optimizer, stage.sched, total, spe, warmup, opts.step_size, opts.gamma)
     set_train_mode(model, helper, stage)
-    step = build_step(StageStep(stage, model, helper, prefix), opts, world, x, y)
+    step = build_step(step, opts, 1 if sharded else world, x, y)  # sharded: FSDP reduces, no DDP
     everything = len(indices) == len(data.train) and bool(torch.equal(indices, torch.arange(n, device=indices.device)))
     return StageRuntime(data, helper, prefix, indices, spe, epochs, total, step_flops, prefix_flops,
                         optimizer, scheduler, step, cache_note="pending" if cacheable else "off",
-                        all_samples=everything, loader=loader, batch_size=bs, aux_flops=aux_flops)
+                        all_samples=everything, loader=loader, batch_size=bs, sharded=sharded, aux_flops=aux_flops)
 
 
 def resume_inside(rt: StageRuntime, saved: Any) -> None:

@@ -1,0 +1,186 @@
+"""Sharded checkpoints (``device.shard=fsdp``): torch.distributed.checkpoint (DCP) folders.
+
+Within a sharded stage ``checkpoints/last.dcp/`` holds::
+
+    __0_0.distcp, __1_0.distcp, ...   each rank's shards of the model, helper and optimizer state (DCP)
+    .metadata                          DCP's index of every tensor's chunks (written by rank 0)
+    state.pt                           the rest, in the ordinary checkpoint format: architecture, position,
+                                       run state, scheduler, RNG, config, optimizer param groups
+    manifest.json                      written last: format, world size, position, SHA-256 of every file
+
+Writing is atomic: every rank writes into ``.last.dcp.tmp/``; once all ranks' files are there
+rank 0 writes ``state.pt``, then the manifest (with each file's digest), then renames the
+folder to ``last.dcp`` (the previous one becomes ``last-prev.dcp``). A folder without a
+manifest, a file missing, or one whose digest differs is refused with one paragraph, and the
+previous checkpoint is used, as for a damaged ``last.pt``.
+
+Reading trusts no pickle: DCP holds tensors only (a non-tensor entry is refused); its
+``.metadata`` (a pickle) is read through the gate (``userfile``) and unpickled by
+``_MetadataUnpickler``, which builds only DCP's own metadata classes, torch dtypes and
+sizes and a path; the tensor files are checked against the manifest through the gate and
+read by DCP with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stagetrain import userfile
+from stagetrain.checkpoint.io import _fsync_dir, atomic_write, load, save
+from stagetrain.errors import StagetrainError
+
+FORMAT = "stagetrain-sharded-checkpoint"
+MANIFEST, META = "manifest.json", "state.pt"
+SUFFIX = ".dcp"
+_META_CLASSES = {("torch.distributed.checkpoint.metadata", n) for n in (
+    "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "MetadataIndex",
+    "StorageMeta", "_MEM_FORMAT_ENCODING")} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath")}
+
+
+def folder_of(path: Path) -> Path:
+    """``checkpoints/last.pt`` -> ``checkpoints/last.dcp``: the sharded twin of a checkpoint path."""
+    return path.with_suffix(SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with userfile.open_file(path, "sharded checkpoint file", "source") as f:
+        while chunk := f.read(userfile.CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_sharded(tensors: dict[str, Any], meta: dict[str, Any], path: Path, keep_previous: Path | None,
+                 world: int) -> None:
+    """Every rank calls this at the same point: DCP writes each rank's shards, rank 0 completes it."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    bad = [k for k, v in _flat(tensors).items() if not torch.is_tensor(v)]
+    if bad:
+        raise ValueError(f"a sharded checkpoint holds tensors only, not {bad[:3]}")
+    tmp = path.parent / f".{path.name}.tmp"
+    if dist.get_rank() == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # a write a kill interrupted: never read
+    dist.barrier()
+    dcp.save(tensors, checkpoint_id=str(tmp))
+    if dist.get_rank() == 0:
+        try:
+            save(meta, tmp / META)
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            manifest = {"format": FORMAT, "version": 1, "world_size": world, "position": meta["position"],
+                        "files": {name: _sha256(tmp / name) for name in files}}
+            atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+            if keep_previous is not None and path.exists():
+                if keep_previous.exists():
+                    shutil.rmtree(keep_previous)
+                os.replace(path, keep_previous)
+            elif path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as e:
+            from stagetrain.checkpoint.io import write_error
+
+            raise write_error(path, "sharded checkpoint", e) from None
+    dist.barrier()
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return {k2: v2 for k, v in obj.items() for k2, v2 in _flat(v, f"{prefix}{k}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def _refuse(path: Path, what: str) -> StagetrainError:
+    return StagetrainError(
+        f"Sharded checkpoint {path} is incomplete or corrupt: {what}. A sharded checkpoint counts only when "
+        f"every rank's file and its {MANIFEST} (written last, with a SHA-256 of each file) are there and "
+        "match; this one was not loaded. Do not train on it.")
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The manifest of a complete, untampered sharded checkpoint; StagetrainError otherwise."""
+    if not (path / MANIFEST).exists():
+        raise _refuse(path, f"it has no {MANIFEST} (a write that did not finish)")
+    try:
+        manifest = json.loads(userfile.read_bytes(path / MANIFEST, "sharded checkpoint manifest", "record"))
+    except (ValueError, UnicodeDecodeError):
+        raise _refuse(path, f"its {MANIFEST} is not valid JSON") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if manifest.get("format") != FORMAT or not isinstance(files, dict) or not isinstance(manifest.get("world_size"), int):
+        raise _refuse(path, f"its {MANIFEST} is not a stagetrain sharded-checkpoint manifest")
+    ranks = {f"__{r}_0.distcp" for r in range(manifest["world_size"])}
+    missing = sorted((ranks | {".metadata", META}) - set(files)) + sorted(n for n in files if not (path / n).exists())
+    if missing:
+        raise _refuse(path, f"{', '.join(missing)} missing")
+    wrong = [n for n, digest in files.items() if _sha256(path / n) != digest]
+    if wrong:
+        raise _refuse(path, f"the SHA-256 of {', '.join(sorted(wrong))} does not match the manifest")
+    return manifest
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    """The checked ``state.pt`` of a verified sharded checkpoint, marked with its folder."""
+    state = load(path / META)
+    from stagetrain.checkpoint.io import _check_belongs_to_run
+
+    _check_belongs_to_run(path, state)
+    state["sharded"] = str(path)
+    return state
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata classes, torch dtypes, sizes and paths; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _META_CLASSES:
+            return getattr(importlib.import_module(module), name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+def _reader(path: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            data = userfile.read_bytes(path / ".metadata", "sharded checkpoint metadata", "record")
+            try:
+                metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+            except Exception as e:  # any unpickling failure: refused, nothing called
+                raise _refuse(path, f".metadata was refused ({e}); nothing was executed from it") from None
+            entries = getattr(metadata, "state_dict_metadata", None)
+            if not isinstance(entries, dict) or not all(isinstance(v, TensorStorageMetadata) for v in entries.values()):
+                raise _refuse(path, ".metadata names entries that are not tensors")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(path))
+
+
+def load_tensors(path: Path, targets: dict[str, Any]) -> None:
+    """Fill ``targets`` (plain tensors or DTensor shards, any world size: DCP reshards) in place."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # a single process: DCP says it assumes no process group
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(targets, storage_reader=_reader(path))
