@@ -19,6 +19,7 @@ from typing import Any
 from stagetrain import stats
 
 CONTROL = "strategy=scratch"
+UNDER = "under-trained"  # a run with a stage still falling at its end or barely beyond its baseline
 CONTROL_KEYS = ("strategy.arch_from", "strategy.flops", "compare.scratch")  # tell controls apart, not arms
 
 
@@ -68,11 +69,21 @@ def with_intervals(groups: list[dict[str, Any]], rows: list[dict[str, Any]], by:
             if ctrl:
                 d = stats.paired({r.get("seed", 0): r[metric] for r in members},
                                  {r.get("seed", 0): r[metric] for r in ctrl}, level)
+                verdict = stats.verdict(d["low"], d["high"], not metric.endswith("loss"))
                 g.update({"vs": "own equal-FLOPs scratch" if own else control, "pairs": d["n"], "diff": d["diff"], "diff low": d["low"],
                           "diff high": d["high"],
-                          "verdict": stats.verdict(d["low"], d["high"], not metric.endswith("loss"))})
+                          "verdict": flag_verdict(verdict, bool(g.get(UNDER)), any(r.get(UNDER) for r in ctrl))})
         out.append(g)
     return out
+
+
+def flag_verdict(verdict: str, arm_under: bool, control_under: bool = False) -> str:
+    """The verdict with the under-training flag: an under-trained arm's "worse" reads
+    "under-trained" (it measures the budget, not the method); its other verdicts, and every
+    verdict against an under-trained control, carry the flag beside them."""
+    if arm_under:
+        return UNDER if verdict == "worse" else f"{verdict} ({UNDER})"
+    return f"{verdict} (control {UNDER})" if control_under else verdict
 
 
 def _own_controls(members: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,7 +99,10 @@ def verdict_note(metric: str, control: str, level: float = stats.LEVEL) -> str:
     """The sentence that states what the verdict column means."""
     return (f"verdict: {metric} of the arm minus its control ({control}, same other settings), paired by "
             f"seed; 'better'/'worse' when the two-sided {level * 100:g}% t-interval of the mean difference "
-            "excludes 0, else 'no evidence' (also with fewer than 2 seeds).")
+            "excludes 0, else 'no evidence' (also with fewer than 2 seeds). 'under-trained' instead of "
+            "'worse', '(under-trained)' beside any other verdict: a run of the arm has a stage still "
+            "falling at its end or within 10% of its trivial baseline (run.json convergence); "
+            "'(control under-trained)': the control's. chance: the trivial baseline (majority class).")
 
 
 def interval_points(groups: list[dict[str, Any]], metric: str = "test/acc") -> list[tuple[float, float, float]]:
@@ -116,9 +130,17 @@ def verdict_rows(groups: list[dict[str, Any]], by: list[str], metric: str = "tes
             "vs": _short_control(g.get("vs")),
             "difference [interval]": "" if diff is None else
             f"{diff:+.4f} [{_num(g.get('diff low'), '+')}, {_num(g.get('diff high'), '+')}]",
-            "verdict": str(g.get("verdict") or ("control" if diff is None and g.get("vs") is None else "")),
+            **({"chance": _num(g.get("chance"))} if any("chance" in h for h in groups) else {}),
+            "verdict": str(g.get("verdict") or _control_verdict(g, diff)),
         })
     return out
+
+
+def _control_verdict(g: dict[str, Any], diff: Any) -> str:
+    """A group without a difference: the control (flagged when under-trained), or blank."""
+    if diff is not None or g.get("vs") is not None:
+        return ""
+    return f"control ({UNDER})" if g.get(UNDER) else "control"
 
 
 def _arm(g: dict[str, Any], by: list[str]) -> str:
@@ -163,11 +185,14 @@ def print_verdicts(groups: list[dict[str, Any]], by: list[str], title: str, metr
 
     table = Table(title=Text(clean(title)), box=box.SIMPLE_HEAD, expand=True)
     level = next((k.split("±")[1] for g in groups for k in g if k.startswith(f"{metric} ±")), "")
-    for col in ("arm", "n", f"{metric} ± {level}".strip(), "vs", "difference [interval]", "verdict"):
-        wrap = col in ("arm", "vs")
-        table.add_column(Text(col), overflow="fold" if wrap else "ellipsis", no_wrap=not wrap,
-                         ratio=1 if col == "arm" else None)
-    style = {"better": "green", "worse": "red"}
-    for r in verdict_rows(groups, by, metric):
+    rows = verdict_rows(groups, by, metric)
+    cols = list(rows[0]) if rows else ["arm", "n", "mean ± interval", "vs", "difference [interval]", "verdict"]
+    for col in cols:
+        wrap = col in ("arm", "vs", "verdict")  # a flagged verdict may take two lines, never an ellipsis
+        name = f"{metric} ± {level}".strip() if col == "mean ± interval" else col
+        table.add_column(Text(name), overflow="fold" if wrap else "ellipsis", no_wrap=not wrap,
+                         ratio=1 if col == "arm" else None, max_width=16 if col == "verdict" else None)
+    style = {"better": "green", "worse": "red", UNDER: "yellow"}
+    for r in rows:
         table.add_row(*(Text(clean(v)) for v in r.values()), style=style.get(r["verdict"]))
     console.print(table)

@@ -9,6 +9,11 @@ metrics, FLOPs, wall time, status and stop reason. Failed and unfinished runs ar
 with their error line, never dropped. ``--group-by KEY[,KEY]`` aggregates runs that differ
 only in seed and prints the verdict table (arm, n, mean ± interval, difference to the
 control [interval], verdict) in 100 columns; every group column goes to --markdown/--csv.
+Runs whose run.json has the convergence check (``convergence``, ``baselines``) add the columns
+``under-trained`` (a stage still falling at its end or barely beyond its trivial baseline;
+per group: how many runs) and ``chance`` (the majority-class accuracy); an under-trained
+arm's "worse" reads "under-trained" and its other verdicts carry the flag (compare.py).
+Older runs have neither column and no flag.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain import compare
-from stagetrain.runread import clean, job_config, number, read_events, read_info
+from stagetrain.plots import group_label, pareto_front, plot, plot_curves  # noqa: F401 - report.plot etc.
+from stagetrain.runread import baseline, clean, job_config, read_info, under_trained_flag
 from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
-MARKERS = ("o", "s", "^", "D")  # past matplotlib's 10 colours, groups differ by marker / line style
-LINES = ("-", "--", ":", "-.")
+UNDER = compare.UNDER  # the column: the run has a stage that did not converge or barely learnt
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -76,7 +81,12 @@ def load_rows(runs: list[Path], wanted: list[str] | None = None) -> tuple[list[d
         row["stop_reason"] = clean(info.get("stop_reason"))
         error = clean(info.get("error") or "")
         row["error"] = error.splitlines()[0][:300] if error else ""
+        row.update({UNDER: under_trained_flag(info), "chance": baseline(info)})
         rows.append(row)
+    for col in (UNDER, "chance"):  # runs recorded before the convergence check: no such columns
+        if all(r[col] is None for r in rows):
+            for r in rows:
+                del r[col]
     return rows, [k for k in varying if k != "strategy.name"]
 
 
@@ -94,6 +104,12 @@ def group_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]
             values = [m[col] for m in members if isinstance(m.get(col), int | float)]
             g[f"{col} mean"] = statistics.fmean(values) if values else None
             g[f"{col} std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+        flags = [m[UNDER] for m in members if m.get(UNDER) is not None]
+        if flags:  # how many of the group's runs have an under-trained stage (compare marks the verdict)
+            g[UNDER] = sum(flags)
+        chance = [m["chance"] for m in members if isinstance(m.get("chance"), int | float)]
+        if chance:
+            g["chance"] = statistics.fmean(chance)
         out.append(g)
     return out
 
@@ -143,98 +159,6 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         style = None if r.get("status", "completed") == "completed" else "red"
         table.add_row(*(Text(clean(fmt(r.get(c)))) for c in cols), style=style)
     make_console().print(table)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by another with fewer-or-equal FLOPs and higher-or-equal metric."""
-    front, best = [], float("-inf")
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if y > best:
-            front.append((x, y))
-            best = y
-    return front
-
-
-def group_label(row: dict[str, Any], by: list[str] | None) -> str:
-    """A legend label: the strategy, then ``key=value`` of the other grouping columns."""
-    by = by or ["strategy"]
-    value = lambda v: str(v) if isinstance(v, int) else fmt(v)  # noqa: E731 - a seed is not 1,000
-    parts = [str(row.get(k)) if k == "strategy" else f"{k.removeprefix('strategy.')}={value(row.get(k))}"
-             for k in by if row.get(k) is not None]
-    return " ".join(parts)
-
-
-def plot(rows: list[dict[str, Any]], path: Path, metric: str = "test/acc", by: list[str] | None = None,
-         intervals: list[tuple[float, float, float]] | None = None) -> None:
-    """Final metric against training FLOPs for every completed run, with the Pareto front;
-    one colour per group (``by`` columns, default the strategy); ``intervals``: a group mean
-    with its confidence interval as an error bar (``compare.interval_points``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in rows if r["status"] == "completed" and r.get(metric) is not None and r.get("flops")]
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for i, label in enumerate(sorted({group_label(r, by) for r in done})):
-        pts = [(r["flops"], r[metric]) for r in done if group_label(r, by) == label]
-        ax.scatter(*zip(*pts, strict=True), label=label, alpha=0.8, marker=MARKERS[i // 10 % len(MARKERS)])
-    for i, (x, y, half) in enumerate(intervals or []):
-        ax.errorbar([x], [y], yerr=[half], color="black", capsize=4, lw=1, marker="_", ms=14,
-                    label="group mean, confidence interval (summary.md)" if i == 0 else None)
-    front = pareto_front([(r["flops"], r[metric]) for r in done])
-    if front:
-        ax.plot(*zip(*front, strict=True), color="black", lw=1, ls="--", marker="o", mfc="none",
-                ms=11, label="Pareto front (circled)")
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} against compute ({len(done)} runs)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_curves(rows: list[dict[str, Any]], path: Path, by: list[str] | None = None) -> None:
-    """Validation accuracy against cumulative training FLOPs, one line per run, one colour per group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by = by or ["strategy"]
-    fig, ax = plt.subplots(figsize=(10, 5))
-    curves = []
-    for row in rows:
-        metrics = Path(row["run"]) / "metrics.jsonl"
-        if row["status"] != "completed" or not os.path.lexists(metrics):
-            continue
-        stages: dict[int, list[tuple[float, float]]] = {}  # one segment per stage: greedy
-        events, problems = read_events(metrics)            # stages score an auxiliary head
-        for problem in problems:
-            print(f"unreadable (skipped): {clean(problem)}")
-        for e in events:
-            flops, acc = number(e.get("flops")), number(e.get("acc"))
-            if e.get("split") == "val" and flops and acc is not None:
-                stages.setdefault(str(e.get("stage")), []).append((flops, acc))
-        curves += [(group_label(row, by), pts) for pts in stages.values()]
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    order = {g: i for i, g in enumerate(sorted({g for g, _ in curves}))}
-    labelled: set[str] = set()
-    for group, pts in curves:  # colours in the same order as plot()'s; past 10 groups, new line styles
-        i = order[group]
-        ax.plot(*zip(*pts, strict=True), color=cycle[i % len(cycle)], ls=LINES[i // len(cycle) % len(LINES)],
-                alpha=0.7, lw=1.2, label=None if group in labelled else group)
-        labelled.add(group)
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative training FLOPs")
-    ax.set_ylabel("val/acc")
-    ax.set_title("validation accuracy against compute, one line per run and stage")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

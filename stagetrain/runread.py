@@ -128,3 +128,25 @@ def job_config(info: dict[str, Any]) -> dict[str, Any]:
     for key in keys or [k for k in selected if k != "run_dir"]:
         config[str(key)] = "tuned"
     return config
+
+
+def under_trained_flag(info: dict[str, Any]) -> bool | None:
+    """Whether a run has an under-trained stage (``convergence.under_trained``: a stage still
+    falling at its end, or barely beyond its trivial baseline); None for a run recorded
+    before run.json had a ``convergence`` list (unknown: no flag)."""
+    from stagetrain.convergence import under_trained
+
+    return under_trained(info) if isinstance(info.get("convergence"), list) else None
+
+
+def baseline(info: dict[str, Any], key: str = "acc") -> float | None:
+    """The trivial baseline ("chance") of a run's ``acc`` (run.json ``baselines.accuracy``,
+    the majority class) or, for ``loss``, of its last stage's objective (its ``convergence``
+    entry); None for runs recorded without them."""
+    if key == "acc":
+        baselines = info.get("baselines") if isinstance(info.get("baselines"), dict) else {}
+        acc = baselines.get("accuracy") if isinstance(baselines.get("accuracy"), dict) else {}
+        return number(acc.get("value"))
+    entries = info.get("convergence") if isinstance(info.get("convergence"), list) else []
+    entries = [e for e in entries if isinstance(e, dict)]
+    return number(entries[-1].get("baseline")) if entries else None
