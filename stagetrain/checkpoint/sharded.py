@@ -153,22 +153,28 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
 
 
-def _reader(path: Path) -> Any:
-    from torch.distributed.checkpoint import FileSystemReader
+def _metadata(path: Path) -> Any:
+    """DCP's ``.metadata`` of ``path``, read through the gate and unpickled by the allowlist; tensors only."""
     from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 
+    data = userfile.read_bytes(path / ".metadata", "sharded checkpoint metadata", "record")
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+    except Exception as e:  # any unpickling failure: refused, nothing called
+        raise _refuse(path, f".metadata was refused ({e}); nothing was executed from it") from None
+    entries = getattr(metadata, "state_dict_metadata", None)
+    if not isinstance(entries, dict) or not all(isinstance(v, TensorStorageMetadata) for v in entries.values()):
+        raise _refuse(path, ".metadata names entries that are not tensors")
+    if getattr(metadata, "storage_meta", None) is None:
+        metadata.storage_meta = StorageMeta()
+    return metadata
+
+
+def _reader(path: Path, metadata: Any) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+
     class SafeReader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            data = userfile.read_bytes(path / ".metadata", "sharded checkpoint metadata", "record")
-            try:
-                metadata = _MetadataUnpickler(io.BytesIO(data)).load()
-            except Exception as e:  # any unpickling failure: refused, nothing called
-                raise _refuse(path, f".metadata was refused ({e}); nothing was executed from it") from None
-            entries = getattr(metadata, "state_dict_metadata", None)
-            if not isinstance(entries, dict) or not all(isinstance(v, TensorStorageMetadata) for v in entries.values()):
-                raise _refuse(path, ".metadata names entries that are not tensors")
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:  # never DCP's pickle.load
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
@@ -181,6 +187,7 @@ def load_tensors(path: Path, targets: dict[str, Any]) -> None:
 
     import torch.distributed.checkpoint as dcp
 
+    metadata = _metadata(path)  # refused here, before DCP reads anything
     with warnings.catch_warnings():  # a single process: DCP says it assumes no process group
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(targets, storage_reader=_reader(path))
+        dcp.load(targets, storage_reader=_reader(path, metadata))

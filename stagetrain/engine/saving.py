@@ -20,7 +20,7 @@ from stagetrain.checkpoint import save, set_rng_state, snapshot
 from stagetrain.checkpoint.schema import restore, sharded_meta
 from stagetrain.checkpoint.sharded import folder_of, load_tensors, save_sharded
 from stagetrain.engine import sharding
-from stagetrain.engine.runtime import StageRuntime, resume_inside
+from stagetrain.engine.runtime import StageRuntime, freeze, resume_inside
 from stagetrain.models import StagedModel
 from stagetrain.plan import Stage
 
@@ -142,6 +142,7 @@ def end_stage(engine: Any, rt: StageRuntime, stage: Stage, want_optim: bool) -> 
     step = stage_module(rt.step)
     prev = sharding.full_optimizer_state(step, rt.optimizer) if want_optim else {}
     model, rt.helper = sharding.gathered(step, stage, engine.device)
+    freeze(model, stage)  # what the stage trained, as the summary counts it
     return model, prev
 
 
