@@ -116,7 +116,9 @@ def check_epochs(key: str, value: Any, auto: Any, auto_key: str) -> None:
                                   f"in [0, 1) (got patience={auto.patience}, max_epochs={auto.max_epochs}, "
                                   f"min_delta={auto.min_delta}).")
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StagetrainError(f"{key}={value!r} is not valid: give a whole number of epochs >= 1, or auto (train "
-                              f"until the stage's validation loss plateaus; {auto_key}.patience, .min_delta and "
-                              ".max_epochs say how).")
+    how = (f"or auto (train until the stage's validation loss plateaus; {auto_key}.patience, .min_delta and "
+           ".max_epochs say how)")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StagetrainError(f"{key}={value} is not valid: expected an integer number of epochs (>= 1), {how}.")
+    if value < 1:
+        raise StagetrainError(f"{key}={value} is out of range: give a whole number of epochs >= 1, {how}.")
