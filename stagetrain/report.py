@@ -30,7 +30,7 @@ from typing import Any
 
 from stagetrain import compare
 from stagetrain.plots import group_label, pareto_front, plot, plot_curves  # noqa: F401 - report.plot etc.
-from stagetrain.runread import baseline, clean, job_config, read_info, under_trained_flag
+from stagetrain.runread import baseline, clean, job_config, number, read_info, under_trained_flag
 from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
@@ -114,6 +114,32 @@ def group_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]
     return out
 
 
+def stage_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]]:
+    """Per group (``by``) and stage, from run.json ``convergence`` (runs recorded before it:
+    left out): how many runs' stage converged and how many barely learnt, and the means of its
+    final metric, its trivial baseline ("chance") and how far beyond it the stage got."""
+    stages: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        entries = read_info(Path(row["run"])).get("convergence") if row["status"] == "completed" else None
+        for e in entries if isinstance(entries, list) else []:
+            if isinstance(e, dict):
+                key = (*[row.get(k) for k in by], e.get("stage"), clean(str(e.get("name"))))
+                stages.setdefault(key, []).append(e)
+    out = []
+    for key, entries in stages.items():
+        g: dict[str, Any] = {**dict(zip(by, key[:-2], strict=True)), "stage": key[-2], "name": key[-1]}
+        g["objective"] = clean(str(entries[0].get("objective")))
+        g["metric"] = clean(str(entries[0].get("metric")))
+        g["converged"] = f"{sum(e.get('converged') is True for e in entries)}/{len(entries)}"
+        g["barely learnt"] = f"{sum(e.get('barely_learnt') is True for e in entries)}/{len(entries)}"
+        for col, field in (("final", "final"), ("chance", "baseline"), ("beyond chance", "beyond_baseline")):
+            values = [v for e in entries if (v := number(e.get(field))) is not None]
+            g[col] = statistics.fmean(values) if values else None
+        g["epochs"] = "/".join(str(e.get("epochs")) for e in entries)
+        out.append(g)
+    return out
+
+
 def fmt(v: Any) -> str:
     """The one number format of stagetrain's tables: integers with thousands separators
     (50,826), every other number to 4 significant digits (0.9583, 12.35, 1.234e+09)."""
@@ -173,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", default="strategy=scratch", help="with --group-by: the control runs "
                         "(key=value) each group is compared with, paired by seed; --level: its interval level")
     parser.add_argument("--level", type=float, default=0.95)
+    parser.add_argument("--stages", type=Path, help="write, per group and stage, whether it converged and how "
+                        "far beyond its trivial baseline it got (run.json convergence), as Markdown")
     args = parser.parse_args(argv)
     runs = [r for r in find_runs(args.paths) if not is_trial(r)]  # tune.lr trials: summarised by their job
     if not runs:
@@ -181,14 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     keys = [k.strip() for k in args.group_by.split(",")] if args.group_by else []
     rows, varying = load_rows(runs, keys)
-    table = rows
+    table, stage_by = rows, ["strategy"]
     if args.group_by:
         unknown = [k for k in keys if k not in rows[0]]
         if unknown:
             print(f"stagetrain-report: --group-by {clean(', '.join(unknown))} is not a column; columns: "
                   f"{', '.join(k for k in rows[0] if k != 'run')}.", file=sys.stderr)
             return 2
-        by = compare.label_controls(rows, keys)
+        by = stage_by = compare.label_controls(rows, keys)
         table = compare.with_intervals(group_rows(rows, by), rows, by, control=args.control, level=args.level)
         # the answer in 100 columns; every group column: --markdown / --csv
         compare.print_verdicts(table, by, f"{len(runs)} runs, grouped by {args.group_by}")
@@ -202,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     by = keys or None
     writers = [(args.csv, lambda path: path.write_text(to_csv(table))),
                (args.markdown, lambda path: path.write_text(to_markdown(table))),
+               (args.stages, lambda path: path.write_text(to_markdown(stage_rows(rows, stage_by)))),
                (args.plot, lambda path: plot(rows, path, by=by, intervals=compare.interval_points(table))),
                (args.curves, lambda path: plot_curves(rows, path, by))]
     code = 0

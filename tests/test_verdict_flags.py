@@ -94,6 +94,20 @@ def test_report_flags_the_arm_in_the_table_and_its_files(sweeps):
     assert "under-trained" in (root / "g.md").read_text()
 
 
+def test_report_stages_say_per_group_and_stage_whether_it_converged(sweeps):
+    root, _, _ = sweeps
+    proc = report(str(root / "short"), "--group-by", "train.epochs", "--control", "train.epochs=30",
+                  "--stages", "s.md", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    lines = (root / "s.md").read_text().splitlines()
+    cols = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r["train.epochs"]: r for r in ({c: v.strip() for c, v in zip(cols, line.strip("|").split("|"), strict=True)}
+                                           for line in lines[2:])}
+    assert rows["2"]["converged"] == "0/3" and rows["30"]["converged"] == "3/3", lines
+    assert rows["30"]["barely learnt"] == "0/3" and float(rows["30"]["beyond chance"]) > 0.9
+    assert float(rows["2"]["chance"]) == pytest.approx(float(rows["30"]["chance"]))
+
+
 def test_report_keeps_a_converged_arms_verdict(sweeps):
     root, _, _ = sweeps
     proc = report(str(root / "labels"), "--group-by", "dataset.labeled_fraction",
