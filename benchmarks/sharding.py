@@ -28,6 +28,7 @@ times on this shared machine carry the usual +-10-20%.
     python benchmarks/sharding.py            # d_model 512, 8 layers (25M parameters), 2 repeats: ~5 min on 2 cores
     python benchmarks/sharding.py --quick    # d_model 64, 2 layers, 1 repeat: a smoke test
     python benchmarks/sharding.py --arms ddp # one arm only
+    python benchmarks/sharding.py --arms ddp,fsdp,fsdp_reshard   # with the what-if arm (recorded run)
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ from typing import Any
 SIZES = {"full": {"d_model": 512, "n_layers": 8, "n_heads": 8, "batch": 64, "max_train": 640, "epochs": 3},
          "quick": {"d_model": 64, "n_layers": 2, "n_heads": 4, "batch": 32, "max_train": 256, "epochs": 2},
          "gpu": {"d_model": 1024, "n_layers": 8, "n_heads": 16, "batch": 256, "max_train": 1280, "epochs": 3}}
-ARMS = {"ddp": "device.shard=none", "fsdp": "device.shard=fsdp"}
+ARMS = {"ddp": "device.shard=none", "fsdp": "device.shard=fsdp", "fsdp_reshard": "device.shard=fsdp"}
+# what-if arms: the engine's own code with one PyTorch default changed in the worker process
+WHAT_IF = {"fsdp_reshard": "fully_shard(..., reshard_after_forward=True): every unit frees its gathered "
+                           "parameters after its forward (the engine's units are each their own FSDP root, "
+                           "and FSDP2 keeps a root's parameters gathered from forward to backward by default)"}
 
 
 def overrides(size: dict[str, int], arm: str, device: str) -> list[str]:
@@ -69,9 +74,10 @@ def _local_bytes(t: Any) -> int:
     return local.numel() * local.element_size()
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
+    """This process's resident set (``VmHWM``: its high-water mark so far), bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -89,6 +95,16 @@ def worker(args: argparse.Namespace) -> None:
 
     rank = int(os.environ.get("RANK", "0"))
     seen: list[dict[str, Any]] = []
+    if args.what_if == "fsdp_reshard":
+        import torch.distributed.fsdp as fsdp
+
+        original = fsdp.fully_shard
+
+        def resharding(module: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("reshard_after_forward", True)
+            return original(module, **kwargs)
+
+        fsdp.fully_shard = resharding
 
     def measure(optimizer: torch.optim.Optimizer, *_: Any) -> None:
         if len(seen) >= 3:
@@ -98,7 +114,7 @@ def worker(args: argparse.Namespace) -> None:
         seen.append({"params": sum(_local_bytes(p) for p in params),
                      "grads": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
                      "optimizer": sum(_local_bytes(v) for v in state),
-                     "sharded": any(isinstance(p, DTensor) for p in params)})
+                     "sharded": any(isinstance(p, DTensor) for p in params), "hwm": _rss("VmHWM")})
 
     register_optimizer_step_post_hook(measure)
     cfg = make_cfg(*args.overrides)
@@ -114,8 +130,11 @@ def worker(args: argparse.Namespace) -> None:
     with no_run_plots():
         train(cfg, Path(args.run_dir))
     best = max(seen, key=lambda s: s["params"] + s["grads"] + s["optimizer"]) if seen else {}
+    best = {k: v for k, v in best.items() if k != "hwm"}
     out = {"rank": rank, "rss_before": before, "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-           "state": best, "state_bytes": sum(v for k, v in best.items() if k != "sharded"),
+           "state": best, "state_bytes": sum(best.get(k, 0) for k in ("params", "grads", "optimizer")),
+           # the high-water mark after 3 training steps: training alone, before any evaluation or checkpoint
+           "rss_delta_training": (seen[-1]["hwm"] - before) if seen else None,
            "sharded": best.get("sharded", False), "params": estimate.params,
            "preflight": {"state": estimate.state, "gathered": estimate.gathered, "activations": estimate.activations,
                          "device": estimate.device}}
@@ -139,7 +158,8 @@ def run_arm(arm: str, size: dict[str, int], device: str, nproc: int, root: Path)
     work = Path(tempfile.mkdtemp(prefix=f"{arm}-", dir=root))
     exe = Path(sys.executable).parent
     command = [str(exe / "torchrun"), "--nproc-per-node", str(nproc), str(Path(__file__).resolve()), "--worker",
-               "--run-dir", str(work / "run"), "--worker-out", str(work), "--", *overrides(size, arm, device)]
+               "--run-dir", str(work / "run"), "--worker-out", str(work), "--what-if", arm if arm in WHAT_IF else "",
+               "--", *overrides(size, arm, device)]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -160,14 +180,21 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cuda: bool) -> dict[str, An
     for arm, rs in runs.items():
         out[arm] = {"state_bytes_per_rank": max(r["state_bytes"] for x in rs for r in x["ranks"]),
                     "peak_bytes_per_rank": max(r[peak_key] for x in rs for r in x["ranks"]),
+                    # rank 0 also writes the checkpoints; the other ranks only train
+                    "peak_bytes_by_rank": [max(x["ranks"][k][peak_key] for x in rs) for k in range(len(rs[0]["ranks"]))],
+                    "training_peak_bytes_per_rank": None if cuda else max(r["rss_delta_training"] for x in rs
+                                                                          for r in x["ranks"]),
                     "rss_peak_per_rank": max(r["rss_peak"] for x in rs for r in x["ranks"]),
                     "preflight_state_per_rank": rs[0]["ranks"][0]["preflight"]["state"],
                     "preflight_device_per_rank": rs[0]["ranks"][0]["preflight"]["device"],
                     "sharded": all(r["sharded"] for x in rs for r in x["ranks"]),
                     "step_s": min(x["step_s"] for x in rs), "params": rs[0]["ranks"][0]["params"]}
-    if {"ddp", "fsdp"} <= out.keys():
-        out["fsdp_vs_ddp"] = {k: out["fsdp"][k] / out["ddp"][k] for k in
-                              ("state_bytes_per_rank", "peak_bytes_per_rank", "rss_peak_per_rank", "step_s")}
+    for arm in [a for a in out if a != "ddp" and "ddp" in out]:
+        out[f"{arm}_vs_ddp"] = {k: out[arm][k] / out["ddp"][k] for k in
+                                ("state_bytes_per_rank", "peak_bytes_per_rank", "training_peak_bytes_per_rank",
+                                 "rss_peak_per_rank", "step_s") if out[arm][k] is not None}
+        out[f"{arm}_vs_ddp"]["peak_bytes_by_rank"] = [a / b for a, b in zip(out[arm]["peak_bytes_by_rank"],
+                                                                           out["ddp"]["peak_bytes_by_rank"], strict=True)]
     return out
 
 
@@ -181,6 +208,7 @@ def part(name: str, size: dict[str, int], device: str, nproc: int, arms: list[st
             mb = [round(x["state_bytes"] / 2**20, 1) for x in out["ranks"]]
             print(f"[{name}] {arm:4s} state/rank {mb} MiB  peak/rank "
                   f"{[round(x.get('cuda_max_allocated', x['rss_delta']) / 2**20) for x in out['ranks']]} MiB  "
+                  f"training peak/rank {[round((x['rss_delta_training'] or 0) / 2**20) for x in out['ranks']]} MiB  "
                   f"step {out['step_s'] * 1000:.0f} ms  sharded {out['ranks'][0]['sharded']}", flush=True)
     return {"size": size, "nproc": nproc, "device": device, "summary": summarise(runs, device == "cuda"),
             "runs": runs}
@@ -190,12 +218,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a small Transformer, 1 repeat: a smoke test")
     p.add_argument("--repeats", type=int, default=None, help="repeats per arm (default 2, 1 with --quick)")
-    p.add_argument("--arms", default="ddp,fsdp", help="comma-separated: ddp, fsdp")
+    p.add_argument("--arms", default="ddp,fsdp", help="comma-separated: ddp, fsdp, fsdp_reshard (a what-if)")
     p.add_argument("--skip-cpu", action="store_true", help="only the GPU part")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--what-if", default="", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -208,7 +237,8 @@ def main() -> None:
         p.error(f"--arms: a comma-separated list of {', '.join(ARMS)}")
     repeats = args.repeats or (1 if args.quick else 2)
     start = time.perf_counter()
-    result: dict[str, Any] = {"machine": machine(), "quick": args.quick, "arms": {a: ARMS[a] for a in arms}}
+    result: dict[str, Any] = {"machine": machine(), "quick": args.quick, "arms": {a: ARMS[a] for a in arms},
+                              "what_if": {a: WHAT_IF[a] for a in arms if a in WHAT_IF}}
     with tempfile.TemporaryDirectory(dir=RUN_ROOT) as root:
         if not args.skip_cpu:
             size = SIZES["quick" if args.quick else "full"]
@@ -225,9 +255,11 @@ def main() -> None:
     out = args.out or RESULTS / ("sharding_quick.json" if args.quick else "sharding.json")
     write_json(out, result)
     for name in ("cpu", "gpu"):
-        ratio = result.get(name, {}).get("summary", {}).get("fsdp_vs_ddp") if isinstance(result.get(name), dict) else None
-        if ratio:
-            print(f"[{name}] FSDP / DDP per rank: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
+        summary = result[name]["summary"] if isinstance(result.get(name), dict) else {}
+        for key, ratio in summary.items():
+            if key.endswith("_vs_ddp"):
+                print(f"[{name}] {key}: " + ", ".join(f"{k} {v}" if isinstance(v, list) else f"{k} {v:.3f}"
+                                                      for k, v in ratio.items()))
     print(f"total {result['total_seconds']:.0f} s")
 
 

@@ -295,3 +295,43 @@ def test_readme_sbatch_script_requeues_on_usr1_and_the_run_completes(tmp_path, s
     assert "run directory:" in out, out
     _assert_complete(run)
     assert_epochs_exactly_once(run)
+
+
+def readme_nodes_script() -> str:
+    """The README's multi-node sbatch script (the fenced block after its marker)."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index("submits this multi-node script to the local SLURM cluster"):]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.full
+def test_readme_multi_node_script_runs_srun_torchrun_with_c10d_rendezvous(tmp_path, slurm):
+    """The README's multi-node script on the local one-node cluster (--nodes=1 on the command
+    line, 2 processes per node): srun starts torchrun, torchrun's c10d rendezvous on the job's
+    first node starts 2 ranks, one run directory completes."""
+    script = tmp_path / "nodes.sh"
+    script.write_text(readme_nodes_script())
+    text = script.read_text()
+    assert "srun torchrun --nnodes" in text and "--rdzv-backend c10d --rdzv-endpoint" in text
+    run = tmp_path / "run"
+    env = {**os.environ, "RUN_DIR": str(run), "PROCS_PER_NODE": "2",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", "--mem=2G", "--time=10",
+                                f"--output={tmp_path / 'slurm-%j.out'}", str(script), "strategy=scratch", "device=cpu",
+                                "train.epochs=2", "plots=false", "progress=off"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    try:
+        deadline = time.time() + 240
+        while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+            assert time.time() < deadline, f"the job did not end: {_status(run)}"
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    out = (tmp_path / f"slurm-{job}.out").read_text()
+    info = _assert_complete(run)
+    assert info["distributed"]["world_size"] == 2 and "gloo" in info["distributed"]["backend"], (info, out)
+    # torchrun's 2 processes share the task's 2 cores
+    assert "torch threads: 1 (SLURM job with cpus_per_task=2)" in (run / "stagetrain.log").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["run"], out
