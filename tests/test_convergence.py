@@ -184,3 +184,22 @@ def test_layerwise_epochs_per_layer_auto_plans_each_greedy_stage_to_a_plateau():
             validate(make_cfg(bad))
     with pytest.raises(StagetrainError, match="strategy.auto"):
         validate(make_cfg("strategy.epochs_per_layer=auto", "strategy.auto.patience=0"))
+
+
+@pytest.mark.parametrize("objective", ["autoencoder", "rbm"])
+def test_every_greedy_stage_is_judged_and_block1_is_compared_with_the_mean_image(objective, tmp_path):
+    """Unsupervised greedy stages are judged on their validation loss (an RBM's mean-field
+    reconstruction error, never its CD loss); block 1 reconstructs the raw input, so its
+    chance is the mean image's loss; deeper blocks have none; the fine-tune stage, majority."""
+    rbm = ["model.activation=sigmoid", "model.bn=false"] if objective == "rbm" else []
+    info = train(make_cfg(f"strategy.objective={objective}", *rbm, "strategy.epochs_per_layer=3", "train.epochs=3",
+                          "dataset.max_train=300", "plots=false"), tmp_path / objective)
+    entries = {e["name"]: e for e in info["convergence"]}
+    assert [e["name"] for e in info["convergence"]] == [s["name"] for s in info["stages"]]
+    first = entries["greedy-block1"]
+    assert first["baseline_kind"] == "mean_image" and first["metric"] == "loss" and first["baseline"] > 0
+    assert first["final"] == pytest.approx(info["stages"][0]["final"]["val/loss"])
+    assert first["judged_on"] == "validation loss" and first["converged"] is not None
+    assert info["baselines"]["mean_image"]["value"] == pytest.approx(first["baseline"])
+    assert entries["greedy-block2"]["baseline"] is None and entries["greedy-block2"]["baseline_kind"] is None
+    assert entries["finetune"]["baseline_kind"] == "majority" and entries["finetune"]["metric"] == "acc"
