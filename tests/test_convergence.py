@@ -13,6 +13,7 @@ import torch
 from conftest import engine_for, make_cfg
 
 from stagetrain import checkpoint as ckpt
+from stagetrain.banner import final_table
 from stagetrain.baselines import for_plan, stage_baseline
 from stagetrain.config import validate
 from stagetrain.convergence import convergence, under_trained
@@ -121,6 +122,9 @@ def test_barely_learnt_and_old_run_records():
     assert entries[1]["beyond_baseline"] == pytest.approx(0.5) and entries[1]["barely_learnt"] is False
     assert entries[0]["converged"] is None  # one epoch: not judged
     assert under_trained({"convergence": entries})
+    table = final_table({"convergence": entries}).splitlines()
+    assert "chance" in table[1] and "0.1 (majority)" in table[2] and table[2].endswith("?, BARELY LEARNT")
+    assert table[3].split()[-1] == "?" and "50%" in table[3]  # one epoch: not judged; half-way from chance to 0
     assert not under_trained({"convergence": [{**e, "barely_learnt": False} for e in entries]})
     for old in ({}, {"status": "completed", "warnings": ["x"]}, {"convergence": None}, {"convergence": "?"}, []):
         assert under_trained(old) is False  # recorded before the check: unknown, never a crash
