@@ -4,10 +4,10 @@ Under torchrun a stage that trains with a first-order optimizer shards what it t
 trainable group (the stem, every trainable block, the head, the stage's helper) becomes one
 ``fully_shard`` unit (one all-gather before its forward, one reduce-scatter of its gradients;
 its parameters, gradients and Adam moments live as dim-0 shards, 1/world per rank). Frozen
-groups are not sharded: they have no gradients or optimizer state, and a frozen prefix runs
-(and is cached) on every rank as in a DDP run. A tied LM head shares the embedding's weight,
-so stem and head then form one unit. There is no root unit: each unit is its own FSDP root,
-so the frozen prefix and the feature cache run outside any FSDP forward.
+groups are not sharded (``ignored_params``): they have no gradients or optimizer state, and a
+frozen prefix runs (and is cached) on every rank as in a DDP run, outside any FSDP forward.
+The stage step (``runtime.StageStep``, what DDP would wrap) is the root unit; it holds what no
+other unit does: a tied LM head and its embedding, which share a weight.
 
 Between stages the model is plain: at a stage's end every rank gathers the full state
 (``get_model_state_dict(..., full_state_dict=True)``) into a freshly built model, so growth,
@@ -70,26 +70,32 @@ def _recomputed(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return checkpoint(type(block).forward, block, *args, use_reentrant=False, **kwargs)
 
 
-def _units(step: nn.Module) -> list[nn.Module | list[nn.Module]]:
-    """The modules sharded as one unit each: trainable groups, the helper; a tied stem+head as one."""
+def _units(step: nn.Module) -> tuple[list[nn.Module], set[nn.Parameter]]:
+    """The modules sharded as units of their own (trainable groups, the helper) and the
+    parameters left plain (frozen groups). A tied stem and LM head share a weight: they are no
+    units of their own but stay in the root unit (the stage step)."""
     model: StagedModel = step.model
-    trains = [model.group(n) for n in model.group_names if any(p.requires_grad for p in model.group(n).parameters())]
-    tied = getattr(model.head, "_tied", None)
-    if tied and model.has_stem and (model.head in trains or model.stem in trains):
-        trains = [m for m in trains if m is not model.head and m is not model.stem] + [[model.stem, model.head]]
+    groups = [model.group(n) for n in model.group_names]
+    trains = [g for g in groups if any(p.requires_grad for p in g.parameters())]
+    frozen = {p for g in groups if g not in trains for p in g.parameters()}
+    if getattr(model.head, "_tied", None) and model.has_stem:
+        trains = [g for g in trains if g is not model.head and g is not model.stem]
     if step.helper is not None and any(p.requires_grad for p in step.helper.parameters()):
         trains.append(step.helper)
-    return trains
+    return trains, frozen
 
 
 def shard(step: nn.Module, device: torch.device, bf16: bool) -> None:
-    """``fully_shard`` each unit of the stage (in place: the parameters become DTensor shards)."""
+    """``fully_shard`` each unit, then the stage step as the root (in place: the parameters
+    become DTensor shards; frozen groups' parameters are ignored, so they stay plain)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if bf16 and device.type == "cuda" else MixedPrecisionPolicy())
-    for unit in _units(step):
+    units, frozen = _units(step)
+    for unit in units:
         fully_shard(unit, mp_policy=policy)
+    fully_shard(step, mp_policy=policy, ignored_params=frozen)
 
 
 def to_shards(optimizer: torch.optim.Optimizer) -> None:
