@@ -97,5 +97,5 @@ def print_plan(plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
     console.print(f"Total estimated training FLOPs: {total:.3g}{of_aux}. Dry run: nothing was trained or written.")
     shards = rows[0]["shards"] if rows else 1
     console.print("memory/rank: fp32 weights, gradients and Adam state" + (
-        f" sharded over {shards} ranks (device.shard=fsdp), plus the largest unit gathered whole" if shards > 1
+        f" sharded over {shards} ranks (device.shard=fsdp), plus the whole model gathered to evaluate" if shards > 1
         else "") + ", and activations of a batch (the in-memory dataset not included)")

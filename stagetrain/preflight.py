@@ -7,8 +7,8 @@ estimate of what a run needs (``estimate_bytes``: weights, gradients and two opt
 moments, activations of one batch for forward and backward, the dataset) is compared with
 the memory available (host: MemAvailable and the cgroup limit; CUDA: free device memory).
 Per rank: under torchrun with ``device.shard=fsdp`` parameters, gradients and Adam state are
-divided by ``WORLD_SIZE`` (activations and data are not), and the ``LOCAL_WORLD_SIZE`` ranks
-of one host share its memory.
+divided by ``WORLD_SIZE`` (activations and data are not; the whole model is gathered on
+every rank to evaluate), and the ``LOCAL_WORLD_SIZE`` ranks of one host share its memory.
 Estimates are deliberately rough (within a factor of about two); what they catch is the
 run that would need a hundred times what there is.
 """
@@ -178,8 +178,9 @@ def shard_count(device_cfg: Any) -> int:
 class Memory:
     """What one rank needs, in bytes. Parameters, gradients and Adam's two moments are fp32
     (4 bytes an element); under FSDP each rank holds 1/shards of every parameter (dim 0
-    padded to a multiple of the shard count, as ``fully_shard`` does) plus, while a unit
-    runs, the largest unit's full weights and gradients (``gathered``). Activations and the
+    padded to a multiple of the shard count, as ``fully_shard`` does), plus the whole model
+    gathered on every rank for each evaluation and at stage ends (``engine/sharding.gathered``:
+    a full state dict and a plain copy, 8 bytes a parameter: ``gathered``). Activations and the
     in-memory dataset are not divided; ``local_ranks`` processes share this host's memory."""
 
     params: int
@@ -202,11 +203,6 @@ class Memory:
         return self.state + self.gathered + self.activations
 
 
-def _units(model: Any) -> list[Any]:
-    """The units ``fully_shard`` wraps: stem, each block, head."""
-    return [model.group(name) for name in model.group_names]
-
-
 def memory_of(model: Any, spec: dict[str, Any], batch_size: int, data: int, shards: int = 1) -> Memory:
     """Per-rank bytes of ``model`` (built for ``spec``, e.g. on the meta device) trained with
     Adam on batches of ``batch_size`` over ``shards`` ranks."""
@@ -215,17 +211,17 @@ def memory_of(model: Any, spec: dict[str, Any], batch_size: int, data: int, shar
 
     params = list(model.parameters()) if model is not None else []  # None: a module built only for real
     elements = sum(local(p) for p in params)
-    largest = max((sum(p.numel() for p in u.parameters()) for u in _units(model)), default=0) if params else 0
     act = activation_elements(spec) * max(1, batch_size) * 4 * 3  # forward, its gradient, a temporary
-    return Memory(params=sum(p.numel() for p in params), shards=shards, weights=4 * elements,
-                  gradients=4 * elements, optimizer=8 * elements, gathered=8 * largest if shards > 1 else 0,
+    total = sum(p.numel() for p in params)
+    return Memory(params=total, shards=shards, weights=4 * elements, gradients=4 * elements,
+                  optimizer=8 * elements, gathered=8 * total if shards > 1 else 0,
                   activations=act, data=data, batch=max(1, batch_size), local_ranks=_env_count("LOCAL_WORLD_SIZE"))
 
 
 def describe(mem: Memory) -> str:
     """'1.2 GB per rank: weights ..., activations ..., data ...' (the dry run's and the refusal's numbers)."""
     split = (f" ({mem.params:,} parameters sharded over {mem.shards} ranks, device.shard=fsdp; "
-             f"{_gb(mem.gathered)} for the largest unit gathered whole)") if mem.shards > 1 else \
+             f"{_gb(mem.gathered)} for the whole model gathered to evaluate)") if mem.shards > 1 else \
         f" ({mem.params:,} parameters)"
     return (f"{_gb(mem.device + mem.data)} per rank: {_gb(mem.state)} of weights, gradients and Adam state"
             f"{split}, activations of a batch of {mem.batch}: {_gb(mem.activations)}, data {_gb(mem.data)}")
