@@ -66,11 +66,8 @@ def test_a_bad_shard_value_is_refused_and_fsdp_needs_torchrun():
 
 
 def test_activation_checkpointing_recomputes_trainable_blocks_with_the_same_gradients():
-    spec = {"in_shape": [6], "blocks": [{"name": "block1", "type": "linear", "in": 6, "out": 5, "out_shape": [5]},
-                                        {"name": "block2", "type": "linear", "in": 5, "out": 4, "out_shape": [4]}],
-            "head": {"in": 4, "out": 3}}
     torch.manual_seed(0)
-    model, x = StagedModel(spec), torch.randn(8, 6)
+    model, x = StagedModel(SPEC), torch.randn(8, 6)
     model.blocks["block1"].requires_grad_(False)
     calls = []
     model.blocks["block2"].layer.register_forward_hook(lambda *_: calls.append(1))
@@ -99,10 +96,15 @@ def one_rank():
         dist.destroy_process_group()
 
 
-def _write(folder: Path) -> dict[str, torch.Tensor]:
+SPEC = {"in_shape": [6], "blocks": [{"name": "block1", "type": "linear", "in": 6, "out": 5, "out_shape": [5]},
+                                    {"name": "block2", "type": "linear", "in": 5, "out": 4, "out_shape": [4]}],
+        "head": {"in": 4, "out": 3}}
+
+
+def _write(folder: Path, step: int = 7) -> dict[str, torch.Tensor]:
     tensors = {"model": {"model.w": torch.arange(12.0).reshape(3, 4)}, "optim": {"model.w": {"step": torch.tensor(3.0)}}}
-    meta = {"arch": {}, "model": {}, "position": {"stage": 0, "epoch": 1, "batch": 2, "global_step": 7},
-            "config_yaml": "", "run_state": {}}
+    meta = {"arch": SPEC, "model": {}, "position": {"stage": 0, "stage_name": "s", "epoch": 1, "batch": 2,
+                                                    "global_step": step}, "config_yaml": "", "run_state": {}}
     sharded.save_sharded(tensors, meta, folder / "last.dcp", folder / "last-prev.dcp", 1)
     return tensors
 
@@ -129,6 +131,18 @@ def test_a_sharded_checkpoint_is_complete_only_with_every_file_and_its_manifest(
             sharded.verify(broken)
         assert "was not loaded" in str(e.value)
         shutil.rmtree(broken)
+
+
+def test_resume_falls_back_from_a_partial_sharded_checkpoint_to_the_previous_one(one_rank, tmp_path, caplog):
+    rundir = RunDir(tmp_path)
+    rundir.checkpoints.mkdir()
+    _write(rundir.checkpoints, step=7)
+    _write(rundir.checkpoints, step=9)  # last.dcp; the step-7 one is now last-prev.dcp
+    assert latest_state(rundir)["position"]["global_step"] == 9
+    (rundir.checkpoints / "last.dcp" / "__0_0.distcp").unlink()  # a rank's part lost
+    state = latest_state(rundir)
+    assert state["position"]["global_step"] == 7 and state["sharded"].endswith("last-prev.dcp")
+    assert "__0_0.distcp missing" in caplog.text and "Falling back to the previous checkpoint" in caplog.text
 
 
 def _flip(path: Path) -> None:
