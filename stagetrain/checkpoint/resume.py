@@ -27,7 +27,7 @@ def _first_readable(paths: list[Path], read: Any) -> dict[str, Any] | None:
         except StagetrainError as e:
             log.warning("%s Falling back to the previous checkpoint.", e)
             continue
-        log.info("Resuming from %s (%s)", path, describe(state))
+        state["path"] = str(path)
         return state
     return None
 
@@ -46,7 +46,9 @@ def latest_state(rundir: Any) -> dict[str, Any] | None:
     plain = _first_readable(candidates, lambda path: load(path))  # io.load: through the gate
     sharded = _first_readable(folders, lambda f: (verify(f), load_meta(f))[1]) if folders else None
     if plain is not None or sharded is not None:  # the later of the two (a stage end follows its last shards)
-        return max((s for s in (plain, sharded) if s is not None), key=_order)
+        state = max((s for s in (plain, sharded) if s is not None), key=_order)
+        log.info("Resuming from %s (%s)", state.pop("path"), describe(state))
+        return state
     if candidates or folders:
         log.warning("No checkpoint in %s could be read (see above); the run starts again from the "
                     "beginning in the same directory.", rundir.checkpoints)
