@@ -14,7 +14,8 @@ Between stages the model is plain: at a stage's end every rank gathers the full 
 the probe loss check and the optimizer-state mapping across growth work on whole tensors, as
 without sharding; the mapped moments are then re-sharded (``to_shards``). The cost: the full
 parameters (and, when the plan maps optimizer state, the full moments) exist on every rank
-for a moment at each stage boundary, and the parameters at each evaluation (``gathered``).
+at each stage boundary, and the parameters at each evaluation (``gathered``: a plain copy
+filled one parameter at a time, so the copy plus one whole parameter at most).
 
 Precision: ``device.precision=bf16`` on CUDA is ``MixedPrecisionPolicy(param_dtype=bf16,
 reduce_dtype=fp32)``: bf16 parameters in compute, fp32 gradient reduction, fp32 master
@@ -121,24 +122,30 @@ def broadcast_buffers(model: nn.Module) -> None:
         dist.broadcast(b.data, src=0)
 
 
-def _full_state(step: nn.Module) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    broadcast_buffers(step)
-    return get_model_state_dict(step, options=StateDictOptions(full_state_dict=True))
-
-
 def gathered(step: nn.Module, stage: Stage, device: torch.device) -> tuple[StagedModel, nn.Module | None]:
-    """A plain copy of the sharded stage's model and helper, on every rank (full tensors);
-    built without drawing from the global RNG, so a run's random stream is not shifted."""
-    full = _full_state(step)
+    """A plain copy of the sharded stage's model and helper, on every rank: built without drawing
+    from the global RNG (a run's random stream is not shifted), then filled one parameter at a
+    time (``DTensor.full_tensor``: the fp32 shards, never a mixed-precision cast), so a rank holds
+    the copy plus one whole parameter at most; buffers are rank 0's."""
+    from torch.distributed.tensor import DTensor
+
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model = StagedModel(step.model.spec).to(device)
         helper = build_helper(stage.helper) if step.helper is not None else None
-    model.load_state_dict({k[len("model."):]: v for k, v in full.items() if k.startswith("model.")})
     if helper is not None:
-        helper.to(device).load_state_dict({k[len("helper."):]: v for k, v in full.items() if k.startswith("helper.")})
+        helper.to(device)
+    targets = dict(model.named_parameters(prefix="model"))
+    buffers = dict(model.named_buffers(prefix="model"))
+    if helper is not None:
+        targets.update(helper.named_parameters(prefix="helper"))
+        buffers.update(helper.named_buffers(prefix="helper"))
+    broadcast_buffers(step)
+    with torch.no_grad():
+        for name, p in step.named_parameters():
+            targets[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+        for name, b in step.named_buffers():
+            buffers[name].copy_(b)
     return model, helper
 
 
