@@ -28,7 +28,8 @@ times on this shared machine carry the usual +-10-20%.
     python benchmarks/sharding.py            # d_model 512, 8 layers (25M parameters), 2 repeats: ~5 min on 2 cores
     python benchmarks/sharding.py --quick    # d_model 64, 2 layers, 1 repeat: a smoke test
     python benchmarks/sharding.py --arms ddp # one arm only
-    python benchmarks/sharding.py --arms ddp,fsdp,fsdp_reshard   # with the what-if arm (recorded run)
+    python benchmarks/sharding.py --arms ddp,fsdp,fsdp_reshard   # with the what-if arm
+    python benchmarks/sharding.py --mmap-threshold 65536 --out benchmarks/results/sharding_mmap.json
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ SIZES = {"full": {"d_model": 512, "n_layers": 8, "n_heads": 8, "batch": 64, "max
          "gpu": {"d_model": 1024, "n_layers": 8, "n_heads": 16, "batch": 256, "max_train": 1280, "epochs": 3}}
 ARMS = {"ddp": "device.shard=none", "fsdp": "device.shard=fsdp", "fsdp_reshard": "device.shard=fsdp"}
 # what-if arms: the engine's own code with one PyTorch default changed in the worker process
-WHAT_IF = {"fsdp_reshard": "fully_shard(..., reshard_after_forward=True): every unit frees its gathered "
-                           "parameters after its forward (the engine's units are each their own FSDP root, "
-                           "and FSDP2 keeps a root's parameters gathered from forward to backward by default)"}
+WHAT_IF = {"fsdp_reshard": "fully_shard(..., reshard_after_forward=True): every unit, the root (the stage "
+                           "step) included, frees its gathered parameters after its forward (FSDP2 keeps a "
+                           "root's parameters gathered from forward to backward by default)"}
 
 
 def overrides(size: dict[str, int], arm: str, device: str) -> list[str]:
@@ -154,7 +155,7 @@ def step_seconds(run: Path) -> float:
     return statistics.median(per) if per else train[-1]["time"] / train[-1]["step"]
 
 
-def run_arm(arm: str, size: dict[str, int], device: str, nproc: int, root: Path) -> dict[str, Any]:
+def run_arm(arm: str, size: dict[str, int], device: str, nproc: int, root: Path, env: dict[str, str]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"{arm}-", dir=root))
     exe = Path(sys.executable).parent
     command = [str(exe / "torchrun"), "--nproc-per-node", str(nproc), str(Path(__file__).resolve()), "--worker",
@@ -162,7 +163,7 @@ def run_arm(arm: str, size: dict[str, int], device: str, nproc: int, root: Path)
                "--", *overrides(size, arm, device)]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -199,11 +200,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cuda: bool) -> dict[str, An
 
 
 def part(name: str, size: dict[str, int], device: str, nproc: int, arms: list[str], repeats: int,
-         root: Path) -> dict[str, Any]:
+         root: Path, env: dict[str, str]) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     for r in range(repeats):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
-            out = run_arm(arm, size, device, nproc, root)
+            out = run_arm(arm, size, device, nproc, root, env)
             runs[arm].append(out)
             mb = [round(x["state_bytes"] / 2**20, 1) for x in out["ranks"]]
             print(f"[{name}] {arm:4s} state/rank {mb} MiB  peak/rank "
@@ -220,6 +221,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="repeats per arm (default 2, 1 with --quick)")
     p.add_argument("--arms", default="ddp,fsdp", help="comma-separated: ddp, fsdp, fsdp_reshard (a what-if)")
     p.add_argument("--skip-cpu", action="store_true", help="only the GPU part")
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="MALLOC_MMAP_THRESHOLD_ for the ranks (glibc: blocks from this size are returned to the "
+                        "system when freed, so RSS follows live memory); 0: glibc's default (adaptive)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -236,18 +240,19 @@ def main() -> None:
     if not arms or set(arms) - set(ARMS):
         p.error(f"--arms: a comma-separated list of {', '.join(ARMS)}")
     repeats = args.repeats or (1 if args.quick else 2)
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
     start = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(), "quick": args.quick, "arms": {a: ARMS[a] for a in arms},
-                              "what_if": {a: WHAT_IF[a] for a in arms if a in WHAT_IF}}
+                              "what_if": {a: WHAT_IF[a] for a in arms if a in WHAT_IF}, "worker_env": env}
     with tempfile.TemporaryDirectory(dir=RUN_ROOT) as root:
         if not args.skip_cpu:
             size = SIZES["quick" if args.quick else "full"]
-            result["cpu"] = part("cpu", size, "cpu", 2, arms, repeats, Path(root))
+            result["cpu"] = part("cpu", size, "cpu", 2, arms, repeats, Path(root), env)
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus >= 2:
             result["machine"]["gpu"] = torch.cuda.get_device_name()
             result["gpu"] = part("gpu", SIZES["quick" if args.quick else "gpu"], "cuda", gpus, arms, repeats,
-                                 Path(root))
+                                 Path(root), env)
         else:
             result["gpu"] = f"not run: {gpus} CUDA GPU(s) here; sharding needs 2 or more"
     result["machine"]["loadavg_end"] = os.getloadavg()
