@@ -139,37 +139,43 @@ def test_each_slurm_task_gets_the_torch_distributed_environment():
 
 
 @pytest.mark.full
-def test_slurm_job_of_two_tasks_is_one_two_rank_ddp_run(tmp_path, slurm):
-    """hydra.launcher.tasks_per_node=2: one SLURM job, two tasks, each a torch.distributed rank;
-    one run directory (rank 0 writes it), the same weights as torchrun's 2-process run."""
+def test_slurm_jobs_of_two_tasks_are_two_rank_ddp_and_fsdp_runs(tmp_path, slurm):
+    """hydra.launcher.tasks_per_node=2: each job of the sweep (DDP, FSDP) is two SLURM tasks,
+    each a torch.distributed rank; one run directory per job (rank 0 writes it), the same
+    weights as torchrun's 2-process run of the same job."""
     sweep = tmp_path / "sweep"
     args = ["strategy=scratch", "train.epochs=2", "plots=false", "progress=off", "device=cpu"]
+    shards = ["none", "fsdp"]
     try:
-        proc = run_cli("-m", *SLURM, "hydra.launcher.tasks_per_node=2", *args, f"hydra.sweep.dir={sweep}",
-                       cwd=tmp_path, timeout=300)
+        proc = run_cli("-m", *SLURM, "hydra.launcher.tasks_per_node=2", *args, f"device.shard={','.join(shards)}",
+                       f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=400)
     finally:
         _cancel(sweep)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert run_dirs(sweep) == [sweep / "0"]
-    info = _assert_complete(sweep / "0")
-    assert info["distributed"]["world_size"] == 2, info.get("distributed")
-    (job,) = _job_ids(sweep)
-    script = (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+    assert run_dirs(sweep) == [sweep / "0", sweep / "1"]
+    jobs = sorted(j for j in _job_ids(sweep) if "_" in j)
+    array = jobs[0].split("_")[0]
+    script = (sweep / ".submitit" / array / f"{array}_submission.sh").read_text()
     assert "#SBATCH --ntasks-per-node=2" in script, script
-    for rank in (0, 1):
-        out = (sweep / ".submitit" / job / f"{job}_{rank}_log.out").read_text()
-        assert f"SLURM task {rank} of 2: torch.distributed rank {rank} (local rank {rank})" in out, out
-    # each task is its own SLURM task with its own core: not split as between torchrun's processes
-    assert "torch threads: 1 (SLURM job with cpus_per_task=1)" in (sweep / "0" / "stagetrain.log").read_text()
-    # the same run under torchrun: the same ranks, batches and reductions, so the same weights
     exe = Path(sys.executable).parent
-    reference = subprocess.run([str(exe / "torchrun"), "--nproc-per-node", "2", str(exe / "stagetrain"), *args,
-                                f"hydra.run.dir={tmp_path / 'torchrun'}"], cwd=tmp_path, capture_output=True,
-                               text=True, timeout=300, env={**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)})
-    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
-    ours, theirs = final_weights(sweep / "0"), final_weights(tmp_path / "torchrun")
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "the SLURM-task ranks trained differently"
+    for k, (job, shard) in enumerate(zip(jobs, shards, strict=True)):
+        run = sweep / str(k)
+        info = _assert_complete(run)
+        assert info["distributed"]["world_size"] == 2 and info["config"]["device"]["shard"] == shard, info
+        for rank in (0, 1):
+            out = (sweep / ".submitit" / job / f"{job}_{rank}_log.out").read_text()
+            assert f"SLURM task {rank} of 2: torch.distributed rank {rank} (local rank {rank})" in out, out
+        # each task is its own SLURM task with its own core: not split as between torchrun's processes
+        assert "torch threads: 1 (SLURM job with cpus_per_task=1)" in (run / "stagetrain.log").read_text()
+        # the same job under torchrun: the same ranks, batches and reductions, so the same weights
+        reference = subprocess.run([str(exe / "torchrun"), "--nproc-per-node", "2", str(exe / "stagetrain"), *args,
+                                    f"device.shard={shard}", f"hydra.run.dir={tmp_path / shard}"], cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=300,
+                                   env={**os.environ, "STAGETRAIN_DATA": str(DATA_ROOT)})
+        assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
+        ours, theirs = final_weights(run), final_weights(tmp_path / shard)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours), f"{shard}: the SLURM-task ranks trained differently"
 
 
 def _train_epochs(run: Path) -> int:
