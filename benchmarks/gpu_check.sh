@@ -121,8 +121,9 @@ for name in ("cuda_tests", "families", "sharding", "scaling"):
     entry = {"status": "ok" if rc == 0 else ("timed out" if rc in (124, 137) else "failed"), "exit": rc,
              "seconds": int((work / f"{name}.seconds").read_text()),
              "log_tail": (work / f"{name}.log").read_text(errors="replace")[-3000:]}
-    if (work / f"{name}.json").exists():
-        entry["result"] = json.loads((work / f"{name}.json").read_text())
+    for found in (work / f"{name}.json", work / f"{name}_quick.json"):  # scaling.py --quick adds _quick
+        if found.exists():
+            entry["result"] = json.loads(found.read_text())
     result["steps"][name] = entry
 junit = work / "cuda_tests.xml"
 if junit.exists():
