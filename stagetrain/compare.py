@@ -169,7 +169,8 @@ WIDTH = 100  # the verdict table fits a 100-column terminal; the wide table goes
 def print_verdicts(groups: list[dict[str, Any]], by: list[str], title: str, metric: str = "test/acc",
                    console: Any = None) -> None:
     """The compact verdict table on the terminal, at most ``WIDTH`` columns wide: long arm
-    names wrap, the numbers and the verdict never do."""
+    names wrap, the numbers never do, a flagged verdict takes two lines. ``chance`` is a
+    column only where it differs between the arms, else in the title."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -183,9 +184,12 @@ def print_verdicts(groups: list[dict[str, Any]], by: list[str], title: str, metr
         console = Console(width=min(WIDTH, term.width) if term.is_terminal else WIDTH, soft_wrap=False)
     from rich import box
 
-    table = Table(title=Text(clean(title)), box=box.SIMPLE_HEAD, expand=True)
     level = next((k.split("±")[1] for g in groups for k in g if k.startswith(f"{metric} ±")), "")
     rows = verdict_rows(groups, by, metric)
+    chance = {r.pop("chance") for r in rows if "chance" in r} if len({r.get("chance") for r in rows}) == 1 else set()
+    if chance:  # one chance for every arm: in the title, so the arm column keeps its width
+        title += f"; chance {chance.pop()}"
+    table = Table(title=Text(clean(title)), box=box.SIMPLE_HEAD, expand=True)
     cols = list(rows[0]) if rows else ["arm", "n", "mean ± interval", "vs", "difference [interval]", "verdict"]
     for col in cols:
         wrap = col in ("arm", "vs", "verdict")  # a flagged verdict may take two lines, never an ellipsis

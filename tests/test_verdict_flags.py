@@ -66,10 +66,11 @@ def test_sweep_summary_says_under_trained_instead_of_worse(sweeps):
     verdicts = short.split("verdicts against train.epochs=30")[1].split("summary: ")[0]
     assert max(len(line) for line in verdicts.splitlines()) <= 100, verdicts
     assert _verdict_line(verdicts, "scratch").rstrip().endswith("under-trained"), verdicts  # epochs=2 first
-    assert "worse" not in verdicts and "chance" in verdicts.splitlines()[2], verdicts
+    assert "worse" not in verdicts and "; chance 0.0" in verdicts.splitlines()[0], verdicts  # one chance: the title
     converged = labels.split("verdicts against dataset.labeled_fraction=1.0")[1].split("summary: ")[0]
     assert _verdict_line(converged, "scratch").rstrip().endswith("worse"), converged  # 10%: its row comes first
     assert "under-trained" not in converged and "control" in converged, converged
+    assert "chance" in converged.splitlines()[2], converged  # 10% and all labels: two majorities, a column
 
 
 def test_summary_files_carry_the_flag_and_chance(sweeps):
