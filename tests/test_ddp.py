@@ -1,7 +1,7 @@
 """torchrun DDP on the CPU (gloo, 2 processes): real runs of the console script.
 
 Each test starts ``torchrun --nproc-per-node 2 $(which stagetrain) ...`` (about 20 s of
-start-up each on 2 cores), so the file keeps to five torchrun launches; the single-process
+start-up each on 2 cores), so the file keeps to six torchrun launches; the single-process
 references run in this process through ``train``.
 
 Tolerance against one process with the same global batch: the math is the same (rank r
@@ -124,6 +124,31 @@ def test_ddp_grow_changes_the_model_between_stages_and_matches_single_process(ar
     for e in growth:  # Net2Net with small noise: the function is (nearly) preserved under DDP too
         assert e["probe_loss_after"] == pytest.approx(e["probe_loss_before"], rel=0.05)
     assert_close_to_single(run, *single_process(tmp_path, *args))
+
+
+# LP-FT: a full-batch L-BFGS probe stage (strategy.probe=lbfgs, the default) between a
+# pretraining stage and the fine-tune
+LP_FT = ["strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.classes=[0,1,2,3,4]",
+         "dataset.classes=[5,6,7,8,9]", "strategy.mode=lp_ft", "strategy.pretrain.epochs=2", "train.epochs=2"]
+
+
+def test_ddp_lbfgs_probe_agrees_across_ranks_and_matches_single_process(tmp_path):
+    """Each rank's L-BFGS sees the global loss, so both take the same line-search steps (a rank
+    evaluating once more than the other used to hang the run in a collective mismatch)."""
+    cwd = tmp_path / "ddp"
+    cwd.mkdir()
+    run_torchrun(*LP_FT, cwd=cwd)
+    (run,) = run_dirs(cwd)
+    info = json.loads((run / "run.json").read_text())
+    probe = next(s for s in info["stages"] if s["name"] == "lp")
+    single, _ = single_process(tmp_path, *LP_FT)
+    assert info["status"] == "completed" and info["distributed"]["world_size"] == 2
+    # the same solve up to the float addition order, which a converged quasi-Newton solve keeps
+    # within its tolerance rather than within an ulp: passes within a fifth, metrics close
+    passes = next(s for s in single["stages"] if s["name"] == "lp")["solver_passes"]
+    assert abs(probe["solver_passes"] - passes) <= 0.2 * passes, (probe["solver_passes"], passes)
+    for key, value in single["final"].items():
+        assert info["final"][key] == pytest.approx(value, abs=0.02 if key.endswith("/acc") else 0, rel=1e-2), key
 
 
 def test_ddp_sigterm_checkpoints_and_resume_auto_under_torchrun_is_exact(ddp_layerwise, tmp_path):

@@ -197,7 +197,7 @@ class Engine:
             skip = guard.grads(k, stage, rt.optimizer, loss, look)
         passes = 1
         if not skip:
-            loss, logits, passes = solver.optimizer_step(rt, stage, h, y, loss, logits)
+            loss, logits, passes = solver.optimizer_step(rt, stage, h, y, loss, logits, share)
             self.state.nonfinite_streak = 0
         rt.scheduler.step()
         if not skip:  # a skipped batch counts in neither the epoch's loss nor its accuracy

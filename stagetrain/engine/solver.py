@@ -24,28 +24,36 @@ from typing import Any
 
 import torch
 
+from stagetrain import distributed
+
 log = logging.getLogger("stagetrain")
 GRAD_TOL = 1e-4  # largest |gradient| entry of the penalised loss at which the probe has converged
 CHANGE_TOL = 1e-9  # loss change (and step size) between iterations below which it stops
 
 
 def optimizer_step(rt: Any, stage: Any, h: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
-                   logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+                   logits: torch.Tensor | None, share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """The stage's optimizer step after the engine's forward and backward: (loss and logits to
-    log, forward-backward passes made). L-BFGS re-evaluates the batch; its result is logged."""
+    log, forward-backward passes made). L-BFGS re-evaluates the batch; its result is logged.
+    ``share`` weighs this rank's slice to the global mean under torchrun (as the engine does)."""
     if stage.optimizer == "lbfgs":
         if getattr(rt, "solver_converged", False):  # nothing left to solve: the engine's pass is the result
             rt.solver_passes = getattr(rt, "solver_passes", 0) + 1
             return loss, logits, 1
-        return solve(rt, h, y, stage.weight_decay)
+        return solve(rt, h, y, stage.weight_decay, share)
     rt.optimizer.step()
     return loss, logits, 1
 
 
-def solve(rt: Any, h: torch.Tensor, y: torch.Tensor, weight_decay: float
+def solve(rt: Any, h: torch.Tensor, y: torch.Tensor, weight_decay: float, share: float = 1.0
           ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """One L-BFGS step on the batch (h, y): (loss after it, logits after it, forward-backward
-    passes: the engine's before it, the solver's, and the last forward counted as one)."""
+    passes: the engine's before it, the solver's, and the last forward counted as one).
+
+    Under torchrun each rank holds a slice of the batch: the closure returns the global loss
+    (summed over ranks) and DDP averages the gradients, so every rank's L-BFGS sees the same
+    numbers, takes the same line-search steps and makes the same number of passes (a rank
+    that evaluated once more would wait on a collective the others never join)."""
     params = [p for group in rt.optimizer.param_groups for p in group["params"]]
     evals = 0
 
@@ -56,7 +64,9 @@ def solve(rt: Any, h: torch.Tensor, y: torch.Tensor, weight_decay: float
         loss, _ = rt.step(h, y)
         if weight_decay:
             loss = loss + 0.5 * weight_decay * sum(p.square().sum() for p in params if p.ndim > 1)
-        loss.backward()
+        (loss if share == 1 else loss * share).backward()
+        if distributed.active():
+            return torch.tensor(sum(distributed.all_sum([loss.detach() * share])) / distributed.world_size())
         return loss
 
     group = rt.optimizer.param_groups[0]
