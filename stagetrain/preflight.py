@@ -180,7 +180,9 @@ class Memory:
     (4 bytes an element); under FSDP each rank holds 1/shards of every parameter (dim 0
     padded to a multiple of the shard count, as ``fully_shard`` does), plus the whole model
     gathered on every rank for each evaluation and at stage ends (``engine/sharding.gathered``:
-    a full state dict and a plain copy, 8 bytes a parameter: ``gathered``). Activations and the
+    a plain copy filled one parameter at a time, 4 bytes a parameter plus the largest parameter
+    whole: ``gathered``; a grow plan with ``strategy.optimizer_state=map`` also gathers Adam's
+    moments at its stage ends, 8 bytes a parameter more, not counted here). Activations and the
     in-memory dataset are not divided; ``local_ranks`` processes share this host's memory."""
 
     params: int
@@ -213,8 +215,9 @@ def memory_of(model: Any, spec: dict[str, Any], batch_size: int, data: int, shar
     elements = sum(local(p) for p in params)
     act = activation_elements(spec) * max(1, batch_size) * 4 * 3  # forward, its gradient, a temporary
     total = sum(p.numel() for p in params)
+    largest = max((p.numel() for p in params), default=0)
     return Memory(params=total, shards=shards, weights=4 * elements, gradients=4 * elements,
-                  optimizer=8 * elements, gathered=8 * total if shards > 1 else 0,
+                  optimizer=8 * elements, gathered=4 * (total + largest) if shards > 1 else 0,
                   activations=act, data=data, batch=max(1, batch_size), local_ranks=_env_count("LOCAL_WORLD_SIZE"))
 
 

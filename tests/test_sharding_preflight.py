@@ -63,15 +63,16 @@ def test_per_rank_bytes_equal_a_hand_count_at_world_size_2(family, monkeypatch):
     assert (whole.weights, whole.gradients, whole.optimizer, whole.gathered) == \
         (4 * whole.params, 4 * whole.params, 8 * whole.params, 0)
     # FSDP over 2 ranks: the padded half of every parameter, plus the whole model gathered on
-    # every rank to evaluate (a full state dict and a plain copy: engine/sharding.gathered)
+    # every rank to evaluate (a plain copy filled one parameter at a time: engine/sharding.gathered)
     half = _hand(shapes, 2)
     assert half < whole.params and half >= whole.params / 2
     assert (sharded.weights, sharded.gradients, sharded.optimizer) == (4 * half, 4 * half, 8 * half)
-    assert sharded.gathered == 8 * whole.params
+    largest = max(math.prod(s) for s in shapes)
+    assert sharded.gathered == 4 * (whole.params + largest)
     # activations and data are not divided
     assert sharded.activations == whole.activations == preflight.activation_elements(spec) * 32 * 12
     assert sharded.local_ranks == whole.local_ranks == 2
-    assert sharded.device == 16 * half + 8 * whole.params + whole.activations
+    assert sharded.device == 16 * half + 4 * (whole.params + largest) + whole.activations
 
 
 def test_without_torchrun_fsdp_divides_nothing(monkeypatch):
@@ -86,7 +87,8 @@ def test_dry_run_shows_memory_per_rank_with_sharding(monkeypatch, capsys):
     rows = dry_run(settings)["estimates"]
     half = _hand(MLP[1], 2)
     act = preflight.activation_elements(initial_spec(settings, *dataset_meta(settings.dataset)[:2]))
-    expected = 16 * half + 8 * sum(math.prod(s) for s in MLP[1]) + act * int(settings.train.batch_size) * 12
+    gathered = 4 * (sum(math.prod(s) for s in MLP[1]) + max(math.prod(s) for s in MLP[1]))
+    expected = 16 * half + gathered + act * int(settings.train.batch_size) * 12
     assert [(r["memory_per_rank"], r["shards"]) for r in rows] == [(expected, 2)]
     out = capsys.readouterr().out
     assert "memory/rank" in out and "sharded over 2 ranks (device.shard=fsdp)" in out
