@@ -116,7 +116,8 @@ def group_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]
 
 def stage_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]]:
     """Per group (``by``) and stage, from run.json ``convergence`` (runs recorded before it:
-    left out): how many runs' stage converged and how many barely learnt, and the means of its
+    left out): how many runs' stage converged (and were not judged: too short to tell) and how
+    many barely learnt, and the means of its
     final metric, its trivial baseline ("chance") and how far beyond it the stage got."""
     stages: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -130,7 +131,9 @@ def stage_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]
         g: dict[str, Any] = {**dict(zip(by, key[:-2], strict=True)), "stage": key[-2], "name": key[-1]}
         g["objective"] = clean(str(entries[0].get("objective")))
         g["metric"] = clean(str(entries[0].get("metric")))
-        g["converged"] = f"{sum(e.get('converged') is True for e in entries)}/{len(entries)}"
+        unjudged = sum(not isinstance(e.get("converged"), bool) for e in entries)  # too few epochs to tell
+        g["converged"] = f"{sum(e.get('converged') is True for e in entries)}/{len(entries)}" + (
+            f" ({unjudged} not judged)" if unjudged else "")
         g["barely learnt"] = f"{sum(e.get('barely_learnt') is True for e in entries)}/{len(entries)}"
         for col, field in (("final", "final"), ("chance", "baseline"), ("beyond chance", "beyond_baseline")):
             values = [v for e in entries if (v := number(e.get(field))) is not None]
