@@ -31,9 +31,17 @@ def _series(events: list[dict[str, Any]], split: str, key: str, x: str) -> tuple
 
 
 def chance_line(ax: Any, value: float | None) -> None:
-    """The trivial baseline as a horizontal line labelled "chance" (nothing when unknown)."""
-    if value is not None:
+    """The trivial baseline as a horizontal line labelled "chance" (nothing when unknown). Far
+    outside the data (digits at 0.97 against a chance of 0.06) it would squash the data into
+    a band: then the legend names it and the axis keeps the data's range."""
+    if value is None:
+        return
+    low, high = ax.get_ylim()
+    if low <= value <= high or not ax.has_data():
         ax.axhline(value, color="grey", ls=":", lw=1.2, label=CHANCE)
+    else:
+        ax.plot([], [], color="grey", ls=":", lw=1.2,
+                label=f"{CHANCE} {value:.3g} ({'below' if value < low else 'above'} the axis)")
 
 
 def plot_run(run_dir: Path) -> list[Path]:
