@@ -30,10 +30,12 @@ import json
 import os
 import pickle
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from stagetrain import userfile
 from stagetrain.checkpoint.io import _fsync_dir, atomic_write, load, save
@@ -42,6 +44,7 @@ from stagetrain.errors import StagetrainError
 FORMAT = "stagetrain-sharded-checkpoint"
 MANIFEST, META = "manifest.json", "state.pt"
 SUFFIX = ".dcp"
+MAX_WORLD = 1 << 20  # ranks a manifest may name
 _META_CLASSES = {("torch.distributed.checkpoint.metadata", n) for n in (
     "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "MetadataIndex",
     "StorageMeta", "_MEM_FORMAT_ENCODING")} | {
@@ -65,37 +68,62 @@ def _sha256(path: Path) -> str:
 def save_sharded(tensors: dict[str, Any], meta: dict[str, Any], path: Path, keep_previous: Path | None,
                  world: int) -> None:
     """Every rank calls this at the same point: DCP writes each rank's shards, rank 0 completes it."""
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
     bad = [k for k, v in _flat(tensors).items() if not torch.is_tensor(v)]
     if bad:
         raise ValueError(f"a sharded checkpoint holds tensors only, not {bad[:3]}")
     tmp = path.parent / f".{path.name}.tmp"
-    if dist.get_rank() == 0 and tmp.exists():
-        shutil.rmtree(tmp)  # a write a kill interrupted: never read
-    dist.barrier()
-    dcp.save(tensors, checkpoint_id=str(tmp))
+    _agreed(lambda: shutil.rmtree(tmp) if tmp.exists() else None, path)  # a write a kill interrupted: never read
+    try:
+        dcp.save(tensors, checkpoint_id=str(tmp))
+    except CheckpointException as e:  # raised on every rank alike
+        raise StagetrainError(f"The sharded checkpoint {path} could not be written ({_cause(e)}); the previous "
+                              "checkpoint is kept. Check the free space and permissions of the run directory.") from None
+    _agreed(lambda: _complete(meta, tmp, path, keep_previous, world), path)
+
+
+def _agreed(work: Any, path: Path) -> None:
+    """``work`` on rank 0, its failure raised on every rank (never a rank left waiting in a collective)."""
+    import torch.distributed as dist
+
+    error = None
     if dist.get_rank() == 0:
         try:
-            save(meta, tmp / META)
-            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-            manifest = {"format": FORMAT, "version": 1, "world_size": world, "position": meta["position"],
-                        "files": {name: _sha256(tmp / name) for name in files}}
-            atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-            if keep_previous is not None and path.exists():
-                if keep_previous.exists():
-                    shutil.rmtree(keep_previous)
-                os.replace(path, keep_previous)
-            elif path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            work()
         except OSError as e:
             from stagetrain.checkpoint.io import write_error
 
-            raise write_error(path, "sharded checkpoint", e) from None
-    dist.barrier()
+            error = str(write_error(path, "sharded checkpoint", e))
+    box = [error]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise StagetrainError(box[0])
+
+
+def _complete(meta: dict[str, Any], tmp: Path, path: Path, keep_previous: Path | None, world: int) -> None:
+    """Rank 0, once every rank's shards are in ``tmp``: ``state.pt``, the manifest, the renames."""
+    save(meta, tmp / META)
+    files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    manifest = {"format": FORMAT, "version": 1, "world_size": world, "position": meta["position"],
+                "files": {name: _sha256(tmp / name) for name in files}}
+    atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    if keep_previous is not None and path.exists():
+        if keep_previous.exists():
+            shutil.rmtree(keep_previous)
+        os.replace(path, keep_previous)
+    elif path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _cause(e: BaseException) -> str:
+    """The first failure inside DCP's CheckpointException (one line), or the exception itself."""
+    failures = getattr(e, "failures", None) or {}
+    inner = next(iter(failures.values()), (e,))
+    inner = inner[0] if isinstance(inner, tuple) else inner
+    return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,22 +141,37 @@ def _refuse(path: Path, what: str) -> StagetrainError:
 
 def verify(path: Path) -> dict[str, Any]:
     """The manifest of a complete, untampered sharded checkpoint; StagetrainError otherwise."""
+    if path.is_symlink():
+        raise _refuse(path, "the folder is a symbolic link (a checkpoint folder written here never is)")
     if not (path / MANIFEST).exists():
         raise _refuse(path, f"it has no {MANIFEST} (a write that did not finish)")
     try:
         manifest = json.loads(userfile.read_bytes(path / MANIFEST, "sharded checkpoint manifest", "record"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _refuse(path, f"its {MANIFEST} is not valid JSON") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if manifest.get("format") != FORMAT or not isinstance(files, dict) or not isinstance(manifest.get("world_size"), int):
+    world = manifest.get("world_size") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(files, dict)
+            or not all(isinstance(n, str) and isinstance(d, str) for n, d in files.items())
+            or type(world) is not int or not 1 <= world <= MAX_WORLD):
         raise _refuse(path, f"its {MANIFEST} is not a stagetrain sharded-checkpoint manifest")
-    ranks = {f"__{r}_0.distcp" for r in range(manifest["world_size"])}
-    missing = sorted((ranks | {".metadata", META}) - set(files)) + sorted(n for n in files if not (path / n).exists())
+    odd = sorted(n for n in files if n != os.path.basename(n) or n in ("", ".", "..", MANIFEST))
+    if odd:
+        raise _refuse(path, f"its {MANIFEST} names {odd[0]!r}, not a file of the checkpoint folder")
+    ranks = {f"__{r}_0.distcp" for r in range(world)}
+    stray = sorted(n for n in files if n.endswith(".distcp") and n not in ranks)
+    if stray:
+        raise _refuse(path, f"its {MANIFEST} says {world} rank(s) wrote it but lists {stray[0]}")
+    missing = sorted((ranks | {".metadata", META}) - set(files)) + sorted(n for n in files if not os.path.lexists(path / n))
     if missing:
-        raise _refuse(path, f"{', '.join(missing)} missing")
+        raise _refuse(path, f"{', '.join(missing[:5])}{' and more' if len(missing) > 5 else ''} missing")
+    irregular = sorted(n for n in files if not stat.S_ISREG(os.lstat(path / n).st_mode))
+    if irregular:
+        raise _refuse(path, f"{irregular[0]} is not a regular file (a symbolic link, a FIFO or a folder)")
     wrong = [n for n, digest in files.items() if _sha256(path / n) != digest]
     if wrong:
         raise _refuse(path, f"the SHA-256 of {', '.join(sorted(wrong))} does not match the manifest")
+    _metadata(path, ranks)  # its index read and checked too: a hostile one is refused here, not mid-resume
     return manifest
 
 
@@ -153,8 +196,9 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
 
 
-def _metadata(path: Path) -> Any:
-    """DCP's ``.metadata`` of ``path``, read through the gate and unpickled by the allowlist; tensors only."""
+def _metadata(path: Path, ranks: set[str] | None = None) -> Any:
+    """DCP's ``.metadata`` of ``path``, read through the gate and unpickled by the allowlist; tensors only,
+    each chunk inside one of the ranks' files of this folder (DCP would open any path it names)."""
     from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 
     data = userfile.read_bytes(path / ".metadata", "sharded checkpoint metadata", "record")
@@ -165,9 +209,30 @@ def _metadata(path: Path) -> Any:
     entries = getattr(metadata, "state_dict_metadata", None)
     if not isinstance(entries, dict) or not all(isinstance(v, TensorStorageMetadata) for v in entries.values()):
         raise _refuse(path, ".metadata names entries that are not tensors")
+    _check_chunks(path, metadata, ranks)
     if getattr(metadata, "storage_meta", None) is None:
         metadata.storage_meta = StorageMeta()
     return metadata
+
+
+def _check_chunks(path: Path, metadata: Any, ranks: set[str] | None) -> None:
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    if ranks is None:
+        ranks = {p.name for p in path.glob("__*_0.distcp")}
+    sizes: dict[str, int] = {}
+    storage = getattr(metadata, "storage_data", None)
+    if not isinstance(storage, dict):
+        raise _refuse(path, ".metadata has no index of where each tensor is stored")
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(info, _StorageInfo) or not isinstance(name, str) or name not in ranks:
+            raise _refuse(path, f".metadata points at {name!r}, not at a rank's file of this folder")
+        if name not in sizes:
+            sizes[name] = os.lstat(path / name).st_size
+        if not (isinstance(info.offset, int) and isinstance(info.length, int) and 0 <= info.offset
+                and 0 <= info.length <= sizes[name] - info.offset):
+            raise _refuse(path, f".metadata points past the end of {name}")
 
 
 def _reader(path: Path, metadata: Any) -> Any:
@@ -190,4 +255,7 @@ def load_tensors(path: Path, targets: dict[str, Any]) -> None:
     metadata = _metadata(path)  # refused here, before DCP reads anything
     with warnings.catch_warnings():  # a single process: DCP says it assumes no process group
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(targets, storage_reader=_reader(path, metadata))
+        try:
+            dcp.load(targets, storage_reader=_reader(path, metadata))
+        except (CheckpointException, Exception) as e:  # a file that passed its digest yet does not read
+            raise _refuse(path, f"DCP could not read it ({_cause(e)})") from None

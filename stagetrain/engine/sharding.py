@@ -49,7 +49,9 @@ def require_launched(opts: EngineOptions, world: int) -> None:
         raise StagetrainError(
             "device.shard=fsdp shards the model across the processes of a torchrun launch, but this run is "
             "a single process. Start it with torchrun (torchrun --nproc-per-node 2 $(which stagetrain) ... "
-            "device.shard=fsdp), or use device.shard=none (the default) for one process.")
+            "device.shard=fsdp), or use device.shard=none (the default) for one process. A resumed run keeps the "
+            "device.shard of its saved config: resume a device.shard=fsdp run under torchrun with 2 or more "
+            "processes (any number: its sharded checkpoint is resharded).")
 
 
 def wanted(opts: EngineOptions, stage: Stage, world: int, trainable: bool) -> bool:
