@@ -8,11 +8,14 @@ Within a sharded stage ``checkpoints/last.dcp/`` holds::
                                        run state, scheduler, RNG, config, optimizer param groups
     manifest.json                      written last: format, world size, position, SHA-256 of every file
 
-Writing is atomic: every rank writes into ``.last.dcp.tmp/``; once all ranks' files are there
-rank 0 writes ``state.pt``, then the manifest (with each file's digest), then renames the
-folder to ``last.dcp`` (the previous one becomes ``last-prev.dcp``). A folder without a
-manifest, a file missing, or one whose digest differs is refused with one paragraph, and the
-previous checkpoint is used, as for a damaged ``last.pt``.
+Writing is atomic: every rank writes into ``.last.dcp.tmp/`` and hashes its own file; once all
+ranks' files are there rank 0 writes ``state.pt``, then the manifest (with each file's digest),
+then renames the folder to ``last.dcp`` (the previous one becomes ``last-prev.dcp``). A failure
+on rank 0 is broadcast, so every rank raises it (none waits in a collective). A folder without a
+manifest, a file missing, one whose digest differs, an entry that is not a regular file (a
+symbolic link, a FIFO), a manifest naming a path outside the folder or a world size its rank
+files do not match, or an index (``.metadata``) pointing outside the ranks' files is refused
+with one paragraph, and the previous checkpoint is used, as for a damaged ``last.pt``.
 
 Reading trusts no pickle: DCP holds tensors only (a non-tensor entry is refused); its
 ``.metadata`` (a pickle) is read through the gate (``userfile``) and unpickled by
@@ -80,7 +83,21 @@ def save_sharded(tensors: dict[str, Any], meta: dict[str, Any], path: Path, keep
     except CheckpointException as e:  # raised on every rank alike
         raise StagetrainError(f"The sharded checkpoint {path} could not be written ({_cause(e)}); the previous "
                               "checkpoint is kept. Check the free space and permissions of the run directory.") from None
-    _agreed(lambda: _complete(meta, tmp, path, keep_previous, world), path)
+    digests = _rank_digests(tmp)  # each rank hashes its own file: rank 0 does not read the whole model
+    _agreed(lambda: _complete(meta, tmp, path, keep_previous, world, digests), path)
+
+
+def _rank_digests(tmp: Path) -> dict[str, str | None]:
+    import torch.distributed as dist
+
+    own = tmp / f"__{dist.get_rank()}_0.distcp"
+    try:
+        digest = _sha256(own)
+    except StagetrainError:
+        digest = None  # rank 0 refuses to complete the checkpoint, on every rank
+    pairs: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(pairs, (own.name, digest))
+    return dict(pairs)
 
 
 def _agreed(work: Any, path: Path) -> None:
@@ -91,6 +108,8 @@ def _agreed(work: Any, path: Path) -> None:
     if dist.get_rank() == 0:
         try:
             work()
+        except StagetrainError as e:
+            error = str(e)
         except OSError as e:
             from stagetrain.checkpoint.io import write_error
 
@@ -101,12 +120,17 @@ def _agreed(work: Any, path: Path) -> None:
         raise StagetrainError(box[0])
 
 
-def _complete(meta: dict[str, Any], tmp: Path, path: Path, keep_previous: Path | None, world: int) -> None:
+def _complete(meta: dict[str, Any], tmp: Path, path: Path, keep_previous: Path | None, world: int,
+              digests: dict[str, str | None]) -> None:
     """Rank 0, once every rank's shards are in ``tmp``: ``state.pt``, the manifest, the renames."""
+    lost = sorted(name for name, digest in digests.items() if digest is None)
+    if lost:
+        raise StagetrainError(f"The sharded checkpoint {path} could not be written: {', '.join(lost[:3])} could "
+                              "not be read back by its rank; the previous checkpoint is kept.")
     save(meta, tmp / META)
     files = sorted(p.name for p in tmp.iterdir() if p.is_file())
     manifest = {"format": FORMAT, "version": 1, "world_size": world, "position": meta["position"],
-                "files": {name: _sha256(tmp / name) for name in files}}
+                "files": {name: digests.get(name) or _sha256(tmp / name) for name in files}}
     atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     if keep_previous is not None and path.exists():
         if keep_previous.exists():
@@ -201,7 +225,7 @@ def _metadata(path: Path, ranks: set[str] | None = None) -> Any:
     each chunk inside one of the ranks' files of this folder (DCP would open any path it names)."""
     from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 
-    data = userfile.read_bytes(path / ".metadata", "sharded checkpoint metadata", "record")
+    data = userfile.read_bytes(path / ".metadata", "sharded checkpoint metadata", "source")  # grows with ranks
     try:
         metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     except Exception as e:  # any unpickling failure: refused, nothing called
