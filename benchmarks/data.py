@@ -43,7 +43,8 @@ from benchutil import DATA_ROOT, REPO, RUN_ROOT, machine, make_cfg, no_run_plots
 
 from stagetrain.device import seed_everything
 from stagetrain.engine import Engine
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.families import build_spec
+from stagetrain.models import StagedModel
 from stagetrain.runner import train
 
 Timing = tuple[float, float]  # (wall seconds, this process's CPU seconds) of one epoch

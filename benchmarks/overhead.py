@@ -55,7 +55,8 @@ import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
 from stagetrain.data import DataBundle, epoch_permutation, load_data
 from stagetrain.device import seed_everything
 from stagetrain.engine import Engine
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.families import build_spec
+from stagetrain.models import StagedModel
 from stagetrain.optim import lr_factor
 from stagetrain.runner import train
 

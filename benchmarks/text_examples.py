@@ -23,7 +23,8 @@ from statistics import median
 import torch
 from benchutil import DATA_ROOT, RESULTS, RUN_ROOT, machine, make_cfg, no_run_plots, write_json
 
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.families import build_spec
+from stagetrain.models import StagedModel
 from stagetrain.runner import train
 
 TINY = ["model=transformer", "strategy=scratch", "model.d_model=32", "model.n_layers=1", "dataset.max_len=64",

@@ -8,7 +8,8 @@ model, config and metrics (see ``stagetrain.api``). Both are imported on first u
 
 from typing import Any
 
-__version__ = "0.1.0"
+from stagetrain.version import __version__
+
 __all__ = ["run", "load", "__version__"]
 
 

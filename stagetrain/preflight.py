@@ -258,8 +258,7 @@ def check_run(settings: Any, device: Any, initial_spec: Any) -> None:
     """The preflight of a configured run: its first and (for grow) last architecture built
     on the meta device, and the memory the run needs against what there is."""
     from stagetrain.data import dataset_meta
-    from stagetrain.families import family
-    from stagetrain.models import build_spec
+    from stagetrain.families import build_spec, family
 
     shape, classes, n_train, _ = dataset_meta(settings.dataset)
     specs = [initial_spec(settings, shape, classes)]

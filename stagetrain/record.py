@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from stagetrain import __version__
 from stagetrain.checkpoint import atomic_write, write_error
 from stagetrain.models import count_parameters
 from stagetrain.rundir import RunDir
+from stagetrain.version import __version__
 
 log = logging.getLogger("stagetrain")
 

@@ -25,9 +25,10 @@ from stagetrain.device import choose_threads, pick_device, seed_everything
 from stagetrain.dryrun import estimate_plan, print_plan
 from stagetrain.engine import Engine
 from stagetrain.errors import StagetrainError, StopRequested
+from stagetrain.families import build_spec
 from stagetrain.flops import analytic_flops
 from stagetrain.launch import continue_on_requeue, stop_on_signals
-from stagetrain.models import StagedModel, build_spec, count_parameters
+from stagetrain.models import StagedModel, count_parameters
 from stagetrain.plan import Plan
 from stagetrain.progress import Reporter
 from stagetrain.record import RunRecord, write_plots

@@ -11,10 +11,10 @@ is called only when the user's config names the same target now:
   are vouched for by the run layer (``vouched``) before anything is read -- before a resume
   swaps in the run's saved config, which is itself a file;
 * ``stagetrain.load(run_dir, trust_target=...)`` vouches for its argument;
-* torchvision's own builders of ``families.torchvision.ARCHS`` need no vouching (stagetrain's
+* torchvision's own builders of ``tvarchs.ARCHS`` need no vouching (stagetrain's
   table, built with ``weights=None``, never downloading).
 
-``require`` is called where a target is imported (``families/custom.resolve_target``, the
+``require`` is called where a target is imported (``resolve_target`` below, the
 only importer: ``models/custom.build_module`` goes through it) and where a spec read from a
 file is checked (``preflight.check_spec`` via ``check_spec``). Torch-free.
 """
@@ -22,11 +22,15 @@ file is checked (``preflight.check_spec`` via ``check_spec``). Torch-free.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from stagetrain.errors import StagetrainError
+from stagetrain.tvarchs import ARCHS
 
 
 class UntrustedCode(StagetrainError):
@@ -38,8 +42,6 @@ _VOUCHED: ContextVar[frozenset[str]] = ContextVar("stagetrain_vouched", default=
 
 def builtin_targets() -> frozenset[str]:
     """torchvision's builders in stagetrain's own table: trusted without vouching."""
-    from stagetrain.families.torchvision import ARCHS
-
     return frozenset(f"torchvision.models.{arch}" for arch in ARCHS)
 
 
@@ -108,3 +110,49 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
             raise StagetrainError(f"The architecture in {where} asks {shared['target']} for {key}="
                                   f"{value!r}: stagetrain never downloads weights, and a file cannot ask it to; "
                                   "it was not built.")
+
+
+def resolve_target(path: str, where: str = "") -> Callable[..., Any]:
+    """The nn.Module class or builder function ``path`` (``package.module.Name``) names,
+    imported with importlib -- only when the user's config vouches for it (``trust.require``;
+    ``where`` says what named it when that was not the config: a file)."""
+    require(path, where or f"model.target={path}, in a config read from a file (a run being resumed),")
+    module_name, _, attr = str(path).rpartition(".")
+    if not module_name:
+        raise StagetrainError(f"model.target={path!r} is not a dotted import path; give e.g. "
+                              "torchvision.models.resnet18 or mypkg.nets.Net.")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise StagetrainError(f"model.target={path} cannot be imported ({type(e).__name__}: {e}). Give the "
+                              "dotted path of an nn.Module class or a function returning one, importable "
+                              "from this environment (e.g. torchvision.models.resnet18)."
+                              + _path_hint(e, module_name)) from None
+    if not _builds_module(obj):
+        raise StagetrainError(f"model.target={path} is a {type(obj).__name__}, not an nn.Module class or a Python "
+                              "function that returns one; give e.g. torchvision.models.resnet18 or mypkg.nets.Net.")
+    return obj
+
+
+def _path_hint(error: Exception, module_name: str) -> str:
+    """For a package that is not on Python's path: how to put the current folder there (the
+    ``stagetrain`` console script does not search the folder it is started in)."""
+    if not isinstance(error, ModuleNotFoundError):
+        return ""
+    top = module_name.split(".")[0]
+    here = Path.cwd()
+    found = (here / top).is_dir() or (here / f"{top}.py").is_file()
+    where = f"'{top}' is in the current folder ({here}), but the" if found else "The"
+    return (f" {where} current folder is not on Python's import path when stagetrain runs: start it as "
+            f"`PYTHONPATH=. stagetrain ...` (or PYTHONPATH=<the folder holding {top}>), or install your "
+            "package (`pip install -e .`).")
+
+
+def _builds_module(obj: Any) -> bool:
+    """An nn.Module subclass or a plain Python function (a builder): never a builtin such as
+    exec or eval, a method of an object, or another callable."""
+    if inspect.isclass(obj):
+        from torch import nn
+
+        return issubclass(obj, nn.Module)
+    return inspect.isfunction(obj)

@@ -15,8 +15,9 @@ from torch import nn
 from stagetrain import auxheads
 from stagetrain.engine import freeze
 from stagetrain.errors import StagetrainError
+from stagetrain.families import build_spec
 from stagetrain.flops import measure_stage_flops
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.models import StagedModel
 from stagetrain.objectives import build_helper
 from stagetrain.rundir import read_metrics
 from stagetrain.runner import train

@@ -17,8 +17,9 @@ from safetensors.torch import load_file, save_file
 from stagetrain.config import validate
 from stagetrain.engine import freeze, prefix_len
 from stagetrain.errors import StagetrainError
+from stagetrain.families import build_spec
 from stagetrain.flops import analytic_flops, measure_step_flops
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.models import StagedModel
 from stagetrain.models.custom import native_prefixes, rename
 from stagetrain.plan import Stage
 from stagetrain.runner import dry_run, train

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from stagetrain.config import validate
 from stagetrain.errors import StagetrainError
+from stagetrain.growth.ops import add_lora, merge_lora
 from stagetrain.models import StagedModel
-from stagetrain.models.lora import add_lora, merge_lora
 from stagetrain.progress import Reporter
 from stagetrain.runner import build_engine, train
 

@@ -7,8 +7,9 @@ import torch
 from conftest import make_cfg
 
 from stagetrain.engine import freeze, prefix_len
+from stagetrain.families import build_spec
 from stagetrain.flops import analytic_flops, measure_step_flops
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.models import StagedModel
 from stagetrain.plan import Stage
 
 

@@ -19,9 +19,10 @@ from conftest import (
 from safetensors import safe_open
 
 from stagetrain.errors import StagetrainError
+from stagetrain.families import build_spec
 from stagetrain.growth import deepen_dense as deepen
 from stagetrain.growth import map_optimizer_state, optimizer_state_by_name, widen_dense
-from stagetrain.models import StagedModel, build_spec, count_parameters
+from stagetrain.models import StagedModel, count_parameters
 from stagetrain.rundir import read_metrics
 from stagetrain.runner import train
 

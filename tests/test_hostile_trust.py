@@ -177,7 +177,8 @@ def _torchvision_file(base: Path, name: str, kwargs: dict | None = None, change=
     """A model.safetensors of a model=torchvision mobilenet_v3_small, altered."""
     from conftest import make_cfg
 
-    from stagetrain.models import StagedModel, build_spec
+    from stagetrain.families import build_spec
+    from stagetrain.models import StagedModel
 
     cfg = make_cfg("model=torchvision", "model.arch=mobilenet_v3_small")
     spec = build_spec(cfg.model, (1, 32, 32), 10)

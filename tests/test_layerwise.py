@@ -25,7 +25,8 @@ from stagetrain import checkpoint as ckpt
 from stagetrain.config import validate
 from stagetrain.data import load_data
 from stagetrain.engine import Engine
-from stagetrain.models import StagedModel, build_spec, count_parameters
+from stagetrain.families import build_spec
+from stagetrain.models import StagedModel, count_parameters
 from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
 from stagetrain.rundir import RunDir

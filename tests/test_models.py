@@ -8,11 +8,11 @@ import torch
 from conftest import make_cfg
 
 from stagetrain.errors import StagetrainError
-from stagetrain.families import FAMILIES
+from stagetrain.families import FAMILIES, build_spec
 from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
-from stagetrain.models import StagedModel, build_spec, count_parameters
-from stagetrain.models.lora import add_lora, merge_lora
+from stagetrain.growth.ops import add_lora, merge_lora
+from stagetrain.models import StagedModel, count_parameters
 from stagetrain.models.registry import table
 from stagetrain.plan import Stage
 from stagetrain.rundir import read_metrics

@@ -15,9 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stagetrain.engine import freeze
 from stagetrain.errors import StagetrainError
+from stagetrain.families import build_spec
 from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
-from stagetrain.models import StagedModel, build_spec, count_parameters
+from stagetrain.models import StagedModel, count_parameters
 from stagetrain.models.resnet_growth import deepen_stage, widen_stage
 from stagetrain.plan import Stage
 from stagetrain.rundir import read_metrics

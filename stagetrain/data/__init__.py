@@ -6,7 +6,7 @@ runs, start-up checks) and ``load(cfg, seed)`` gives (train, test, scale) -- or 
 test, scale, val, info) when the source has its own validation split and notes for
 run.json. A source that can be streamed also gives ``stream(cfg, seed)``: the same splits
 with ``LazyInputs`` (``dataset.storage``, decided by ``stream.storage_choice``).
-``load_data`` finishes every dataset the same way (``bundle.finish_bundle``), except a
+``load_data`` finishes every dataset the same way (``finish.finish_bundle``), except a
 source that splits its data itself (``bundle(cfg, seed)``: a language model's held-out
 tail of the token stream). A new dataset is a module here that adds its entry, plus
 ``conf/dataset/<name>.yaml``.
@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stagetrain.data.bundle import DataBundle, LazyInputs, Split, epoch_permutation, finish_bundle
+from stagetrain.data.bundle import DataBundle, LazyInputs, Split, epoch_permutation
+from stagetrain.data.finish import finish_bundle
 from stagetrain.data.imagefolder import folder_meta, load_folder, stream_folder
 from stagetrain.data.images import (
     META,

@@ -1,10 +1,8 @@
 """What every data source gives the engine: splits, a bundle, the epoch order.
 
 A ``Split`` holds inputs and integer labels; a ``DataBundle`` holds a run's train /
-validation / test splits, the labelled subset and the normalisation. ``finish_bundle``
-turns a loader's (train, test) pair into a bundle the same way for every dataset: class
-subset, seeded validation split carved from train, ``max_train``, stratified labels,
-per-channel statistics.
+validation / test splits, the labelled subset and the normalisation (``data.finish`` makes
+one from a loader's (train, test) pair); ``read_batch`` is how any reader gives a batch.
 
 The inputs of a split are either a tensor (``dataset.storage=memory``: a batch is an index
 gather) or ``LazyInputs`` (``stream``: a map-style reader plus the sample numbers of the
@@ -19,7 +17,13 @@ from typing import Any
 
 import torch
 
-from stagetrain.errors import StagetrainError
+
+def read_batch(reader: Any, rows: list[int]) -> torch.Tensor:
+    """Samples ``rows`` of ``reader`` stacked: its own ``batch`` when it has one (one read for
+    the whole batch, e.g. a memory map's fancy index), else sample by sample."""
+    if hasattr(reader, "batch"):
+        return reader.batch(rows)
+    return torch.stack([reader[i] for i in rows]) if rows else torch.empty(0, *reader.sample_shape)
 
 
 @dataclass
@@ -45,8 +49,6 @@ class LazyInputs:
         return replace(self, index=self.index[idx.cpu() if isinstance(idx, torch.Tensor) else idx])
 
     def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
-        from stagetrain.data.stream import read_batch
-
         x = read_batch(self.reader, self.take(idx).index.tolist())
         return x if self.device is None else x.to(self.device)
 
@@ -118,89 +120,3 @@ def epoch_permutation(n: int, seed: int, stage: int, epoch: int, device: torch.d
     """
     g = torch.Generator().manual_seed((seed * 1_000_003 + stage) * 10_007 + epoch)
     return torch.randperm(n, generator=g).to(device)
-
-
-def _select_classes(split: Split, classes: list[int]) -> Split:
-    """Keep only the given classes, relabelled 0..k-1 in the order given."""
-    lookup = torch.full((int(split.y.max()) + 1,), -1, dtype=torch.long)
-    for new, old in enumerate(classes):
-        if old < len(lookup):
-            lookup[old] = new
-    keep = torch.nonzero(lookup[split.y] >= 0).flatten()
-    return Split(split.subset(keep).x, lookup[split.y[keep]])
-
-
-def _stratified_subset(y: torch.Tensor, fraction: float, g: torch.Generator) -> torch.Tensor:
-    """A seeded subset of indices with ``fraction`` of each class (at least one per class)."""
-    picked = []
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        picked.append(idx[: max(1, round(fraction * len(idx)))])
-    return torch.sort(torch.cat(picked)).values
-
-
-def finish_bundle(cfg: Any, seed: int, train: Split, test: Split, scale: float,
-                  val: Split | None = None) -> DataBundle:
-    """A loader's (train, test) -> the run's bundle: classes, validation split (carved from
-    train unless the loader gives one), labels, statistics."""
-    name = cfg.name
-
-    if cfg.classes is not None:
-        classes = list(cfg.classes)
-        present = set(torch.unique(train.y).tolist())
-        missing = [c for c in classes if c not in present]
-        if missing:
-            raise StagetrainError(
-                f"dataset.classes={classes} names classes {missing} that dataset={name} does not have "
-                f"(it has {min(present)}..{max(present)})."
-            )
-        train, test = _select_classes(train, classes), _select_classes(test, classes)
-        val = None if val is None else _select_classes(val, classes)
-    num_classes = len(cfg.classes) if cfg.classes is not None else int(train.y.max()) + 1
-
-    g = torch.Generator().manual_seed(seed)
-    if val is None:
-        order = torch.randperm(len(train), generator=g)
-        n_val = max(num_classes, round(cfg.val_fraction * len(train)))
-        val, train = train.subset(order[:n_val]), train.subset(order[n_val:])
-    if cfg.max_train is not None and cfg.max_train < len(train):
-        train = train.subset(torch.arange(cfg.max_train))
-    if cfg.labeled_fraction < 1.0:
-        labeled = _stratified_subset(train.y, cfg.labeled_fraction, g)
-    else:
-        labeled = torch.arange(len(train))
-
-    mean, std = channel_stats(train, scale)
-    return DataBundle(
-        name, train, val, test, labeled, tuple(train.x.shape[1:]), num_classes, mean, std, scale
-    )
-
-
-STATS_CHUNK = 4096  # samples per chunk of the statistics pass: the same chunks for both storages
-
-
-def channel_stats(train: Split, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) std per channel for images, per feature otherwise, of x / scale.
-
-    Summed in float64 over fixed chunks, so a streamed split (read through its loader)
-    gives bit for bit the statistics of the same data held in memory.
-    """
-    if train.streamed:
-        from stagetrain.data.stream import sequential_batches
-
-        chunks = sequential_batches(train.x, STATS_CHUNK)
-    else:
-        chunks = (train.x[i:i + STATS_CHUNK] for i in range(0, len(train), STATS_CHUNK))
-    total = total_sq = None
-    n = 0
-    for chunk in chunks:
-        xd = chunk.double() / scale
-        dims = [0, *range(2, xd.ndim)]
-        s, sq = xd.sum(dims), (xd * xd).sum(dims)
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
-        n += xd.numel() // s.numel()
-    mean = total / n
-    std = ((total_sq - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
-    shape = (-1, 1, 1) if len(train.x.shape) == 4 else (-1,)
-    return mean.float().view(shape), std.float().clamp_min(1e-3).view(shape)

@@ -24,16 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stagetrain.data.augment import apply
-from stagetrain.data.bundle import LazyInputs
+from stagetrain.data.bundle import LazyInputs, read_batch
 from stagetrain.errors import StagetrainError
-
-
-def read_batch(reader: Any, rows: list[int]) -> torch.Tensor:
-    """Samples ``rows`` of ``reader`` stacked: its own ``batch`` when it has one (one read for
-    the whole batch, e.g. a memory map's fancy index), else sample by sample."""
-    if hasattr(reader, "batch"):
-        return reader.batch(rows)
-    return torch.stack([reader[i] for i in rows]) if rows else torch.empty(0, *reader.sample_shape)
 
 
 class _Items(Dataset):

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from stagetrain.data.bundle import DataBundle, Split, finish_bundle
+from stagetrain.data.bundle import DataBundle, Split
+from stagetrain.data.finish import finish_bundle
 from stagetrain.data.tokenizer import Tokenizer, pad_batch
 from stagetrain.errors import StagetrainError
 from stagetrain.textfiles import (

@@ -33,6 +33,11 @@ def family(name: str) -> ModuleType:
     return importlib.import_module(f"stagetrain.families.{name}")
 
 
+def build_spec(model_cfg: object, in_shape: tuple[int, ...], num_classes: int) -> dict:
+    """The architecture spec of ``model=<family>`` on inputs of ``in_shape``."""
+    return family(model_cfg.name).spec(model_cfg, tuple(in_shape), int(num_classes))
+
+
 def grow_widths(model: object) -> list[int]:
     fam = family(model.name)  # type: ignore[attr-defined]
     if not hasattr(fam, "grow_widths"):

@@ -18,14 +18,11 @@ spec is built.
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.trust import resolve_target
 
 HEAD_INPUTS = ("none", "flatten", "pool_flatten", "pool", "cls_token")
 ADAPT = ("none", "repeat")
@@ -41,54 +38,6 @@ class Config:
     head: Any = "fc"  # a submodule path, or a list of them (applied in order)
     head_input: str = "none"  # parameter-free glue before the head: none|flatten|pool_flatten|pool|cls_token
     in_channels_adapt: str = "none"  # repeat: one-channel images are repeated to 3 channels in the stem
-
-
-def resolve_target(path: str, where: str = "") -> Callable[..., Any]:
-    """The nn.Module class or builder function ``path`` (``package.module.Name``) names,
-    imported with importlib -- only when the user's config vouches for it (``trust.require``;
-    ``where`` says what named it when that was not the config: a file)."""
-    from stagetrain import trust
-
-    trust.require(path, where or f"model.target={path}, in a config read from a file (a run being resumed),")
-    module_name, _, attr = str(path).rpartition(".")
-    if not module_name:
-        raise StagetrainError(f"model.target={path!r} is not a dotted import path; give e.g. "
-                              "torchvision.models.resnet18 or mypkg.nets.Net.")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise StagetrainError(f"model.target={path} cannot be imported ({type(e).__name__}: {e}). Give the "
-                              "dotted path of an nn.Module class or a function returning one, importable "
-                              "from this environment (e.g. torchvision.models.resnet18)."
-                              + _path_hint(e, module_name)) from None
-    if not _builds_module(obj):
-        raise StagetrainError(f"model.target={path} is a {type(obj).__name__}, not an nn.Module class or a Python "
-                              "function that returns one; give e.g. torchvision.models.resnet18 or mypkg.nets.Net.")
-    return obj
-
-
-def _path_hint(error: Exception, module_name: str) -> str:
-    """For a package that is not on Python's path: how to put the current folder there (the
-    ``stagetrain`` console script does not search the folder it is started in)."""
-    if not isinstance(error, ModuleNotFoundError):
-        return ""
-    top = module_name.split(".")[0]
-    here = Path.cwd()
-    found = (here / top).is_dir() or (here / f"{top}.py").is_file()
-    where = f"'{top}' is in the current folder ({here}), but the" if found else "The"
-    return (f" {where} current folder is not on Python's import path when stagetrain runs: start it as "
-            f"`PYTHONPATH=. stagetrain ...` (or PYTHONPATH=<the folder holding {top}>), or install your "
-            "package (`pip install -e .`).")
-
-
-def _builds_module(obj: Any) -> bool:
-    """An nn.Module subclass or a plain Python function (a builder): never a builtin such as
-    exec or eval, a method of an object, or another callable."""
-    if inspect.isclass(obj):
-        from torch import nn
-
-        return issubclass(obj, nn.Module)
-    return inspect.isfunction(obj)
 
 
 def heads(head: Any) -> list[str]:

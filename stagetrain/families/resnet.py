@@ -18,7 +18,6 @@ from stagetrain.families.mlp import check_widths, classifier
 
 STEMS = ("cifar", "imagenet")
 UNITS = ("basic", "bottleneck")
-EXPANSION = 4  # as models/resnet.py: a bottleneck's mid channels are out / 4
 
 
 @dataclass
@@ -59,17 +58,8 @@ def units_per_stage(m: Any) -> list[int]:
     return [units[min(i, len(units) - 1)] for i in range(len(m.stage_channels))]
 
 
-def stage_spec(name: str, unit: str, cin: int, out: int, units: int, stride: int, in_hw: list[int]) -> dict[str, Any]:
-    """One ``resnet_stage`` block; the shortcut projects whenever the shape changes."""
-    out_hw = [(s - 1) // stride + 1 for s in in_hw]
-    return {"name": name, "type": "resnet_stage", "unit": unit, "in": int(cin), "out": int(out),
-            "mid": int(out) if unit == "basic" else max(1, int(out) // EXPANSION), "units": int(units),
-            "stride": int(stride), "shortcut": "projection" if cin != out or stride != 1 else "identity",
-            "in_hw": list(in_hw), "out_shape": [int(out), *out_hw]}
-
-
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    from stagetrain.models.resnet import stem_out_hw
+    from stagetrain.models.resnet_spec import stage_spec, stem_out_hw
 
     c, h, w = in_shape
     hw = stem_out_hw(m.stem, h, w)

@@ -1,5 +1,5 @@
 """Applying a stage's model ops with the operators each block's registered type provides,
-and depth stacking (a model-level op)."""
+and the model-level ops: depth stacking, LoRA adapters added (function unchanged) and merged."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import copy
 from typing import Any
 
 import torch
+from torch import nn
 
 from stagetrain.errors import StagetrainError
-from stagetrain.growth.units import fresh_name
 from stagetrain.models import StagedModel, part_type
+from stagetrain.models.growth_units import fresh_name
+from stagetrain.models.lora import LoRAConv2d, LoRALinear, resolve_targets
 
 
 def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
@@ -34,8 +36,6 @@ def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator)
         model = stack(model)
         return model, {"op": "stack", "copies": dict(zip(model.block_names[len(old):], old, strict=True))}
     if op["op"] in ("add_lora", "merge_lora"):
-        from stagetrain.models.lora import add_lora, merge_lora
-
         if op["op"] == "merge_lora":
             return merge_lora(model), {"op": "merge_lora"}
         return add_lora(model, op["rank"], op["alpha"], op.get("targets")), {"op": "add_lora"}
@@ -72,5 +72,38 @@ def stack(model: StagedModel) -> StagedModel:
     for b, c in zip(blocks, copies, strict=True):
         for k, v in model.blocks[b["name"]].state_dict().items():
             state[f"blocks.{c['name']}.{k}"] = v
+    new.load_state_dict(state)
+    return new
+
+
+def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = None) -> Any:
+    """The same model with adapters on the selected layers (output unchanged)."""
+    targets = resolve_targets(model, list(patterns or []))
+    if not targets:
+        names = sorted({f"{n} ({type(m).__name__})" for b in model.blocks.values()
+                        for n, m in b.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)})
+        why = (f"strategy.lora.targets={list(patterns)} matches none of the blocks' Linear/Conv2d layers"
+               if patterns else "strategy.lora.targets=[] adapts every nn.Linear inside the blocks, and they have none")
+        example = names[0].split(" ")[0] if names else None
+        raise StagetrainError(
+            f"{why}. Layers the blocks have: {', '.join(names[:12]) or 'none'}. "
+            + (f"Name them by pattern, e.g. strategy.lora.targets=[{example}]." if example
+               else "LoRA needs Linear or Conv2d layers inside the blocks; use mode=bitfit or partial."))
+    spec = {**model.spec, "lora": {"rank": int(rank), "alpha": float(alpha), "targets": targets}}
+    new = StagedModel(spec).to(next(model.parameters()))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all("lora_" in k for k in missing)
+    return new
+
+
+def merge_lora(model: Any) -> Any:
+    """Fold W + alpha/r * B A into plain layers; the function is unchanged."""
+    spec = {k: v for k, v in model.spec.items() if k != "lora"}
+    new = StagedModel(spec).to(next(model.parameters()))
+    state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, LoRALinear | LoRAConv2d):
+                state[f"{name}.weight"] = m.weight + m.delta()
     new.load_state_dict(state)
     return new

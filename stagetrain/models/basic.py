@@ -85,13 +85,13 @@ def _conv_flops(spec: dict[str, Any]) -> float:
 
 
 def _widen(*args: Any, **kw: Any) -> Any:
-    from stagetrain.growth import widen_dense
+    from stagetrain.models.dense_growth import widen_dense
 
     return widen_dense(*args, **kw)
 
 
 def _deepen(*args: Any, **kw: Any) -> Any:
-    from stagetrain.growth import deepen_dense
+    from stagetrain.models.dense_growth import deepen_dense
 
     return deepen_dense(*args, **kw)
 

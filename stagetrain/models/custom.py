@@ -28,6 +28,7 @@ from torch import nn
 
 from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import PartType, register
+from stagetrain.trust import resolve_target
 
 GLUE = {
     "none": lambda x: x,
@@ -55,8 +56,6 @@ def submodule(module: nn.Module, path: str, key: str) -> nn.Module:
 def build_module(spec: dict[str, Any]) -> nn.Module:
     """The user's module from ``spec["shared"]`` (target + kwargs), its classifier resized
     to ``spec["head"]["out"]`` when they differ."""
-    from stagetrain.families.custom import resolve_target
-
     s = spec["shared"]
     build = resolve_target(s["target"], "The architecture being built")
     try:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from stagetrain.errors import StagetrainError
-from stagetrain.growth.units import (
+from stagetrain.models.growth_units import (
     consumer_units,
     copy_norm,
     copy_parts,
@@ -37,7 +37,7 @@ from stagetrain.growth.units import (
     read_units,
     widen_info,
 )
-from stagetrain.models import StagedModel
+from stagetrain.models.staged import StagedModel
 
 
 def _consumer(spec: dict[str, Any], index: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stagetrain.models import StagedModel
+from stagetrain.models.staged import StagedModel
 
 
 def copy_units(dst: torch.Tensor, src: torch.Tensor, g: torch.Tensor, method: str, dim: int = 0) -> None:

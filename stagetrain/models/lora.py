@@ -5,6 +5,8 @@ adding adapters leaves the function unchanged; merging folds ``alpha/rank * B A`
 layer's weight. The adapted layer keeps its weight and bias under the same names (the
 adapters add ``lora_a``/``lora_b`` beside them), so a checkpoint's base keys are stable.
 The spec records the resolved target names: ``spec["lora"] = {"rank", "alpha", "targets"}``.
+``StagedModel`` attaches them from its spec; adding and merging (new models) are
+``growth.ops.add_lora`` / ``merge_lora``.
 """
 
 from __future__ import annotations
@@ -105,40 +107,3 @@ def attach(model: nn.Module, lora: dict[str, Any]) -> None:
         if not name.startswith("blocks.") or not isinstance(layer, nn.Linear | nn.Conv2d):
             raise StagetrainError(f"the spec's lora target {name!r} is not a Linear or Conv2d layer inside the blocks")
         _set(model, name, _adapted(layer, int(lora["rank"]), float(lora["alpha"])))
-
-
-def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = None) -> Any:
-    """The same model with adapters on the selected layers (output unchanged)."""
-    from stagetrain.models.staged import StagedModel
-
-    targets = resolve_targets(model, list(patterns or []))
-    if not targets:
-        names = sorted({f"{n} ({type(m).__name__})" for b in model.blocks.values()
-                        for n, m in b.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)})
-        why = (f"strategy.lora.targets={list(patterns)} matches none of the blocks' Linear/Conv2d layers"
-               if patterns else "strategy.lora.targets=[] adapts every nn.Linear inside the blocks, and they have none")
-        example = names[0].split(" ")[0] if names else None
-        raise StagetrainError(
-            f"{why}. Layers the blocks have: {', '.join(names[:12]) or 'none'}. "
-            + (f"Name them by pattern, e.g. strategy.lora.targets=[{example}]." if example
-               else "LoRA needs Linear or Conv2d layers inside the blocks; use mode=bitfit or partial."))
-    spec = {**model.spec, "lora": {"rank": int(rank), "alpha": float(alpha), "targets": targets}}
-    new = StagedModel(spec).to(next(model.parameters()))
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all("lora_" in k for k in missing)
-    return new
-
-
-def merge_lora(model: Any) -> Any:
-    """Fold W + alpha/r * B A into plain layers; the function is unchanged."""
-    from stagetrain.models.staged import StagedModel
-
-    spec = {k: v for k, v in model.spec.items() if k != "lora"}
-    new = StagedModel(spec).to(next(model.parameters()))
-    state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, LoRALinear | LoRAConv2d):
-                state[f"{name}.weight"] = m.weight + m.delta()
-    new.load_state_dict(state)
-    return new

@@ -17,6 +17,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -56,9 +57,7 @@ def register(part: PartType) -> PartType:
 
 
 def _import_all() -> None:
-    import stagetrain.models as models_pkg
-
-    for info in pkgutil.iter_modules(models_pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # every module of this package
         if info.name not in ("registry", "staged"):
             importlib.import_module(f"stagetrain.models.{info.name}")
 

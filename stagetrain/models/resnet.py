@@ -26,19 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stagetrain.models.registry import PartType, register
-
-EXPANSION = 4  # bottleneck: out channels per inner (mid) channel
-
-
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def stem_out_hw(kind: str, h: int, w: int) -> list[int]:
-    """Spatial size after the stem: cifar keeps it; imagenet halves it twice (conv, max-pool)."""
-    if kind == "cifar":
-        return [h, w]
-    return [conv_out(conv_out(s, 7, 2, 3), 3, 2, 1) for s in (h, w)]
+from stagetrain.models.resnet_spec import conv_out
 
 
 class Stem(nn.Module):

@@ -33,8 +33,15 @@ import torch
 from torch import nn
 
 from stagetrain.errors import StagetrainError
-from stagetrain.growth.units import consumer_units, copy_parts, fresh_name, own_units, widen_info
-from stagetrain.models import StagedModel
+from stagetrain.models.growth_units import (
+    consumer_units,
+    copy_parts,
+    fresh_name,
+    own_units,
+    widen_info,
+)
+from stagetrain.models.resnet_spec import stage_spec
+from stagetrain.models.staged import StagedModel
 
 # Which channels each dim of a unit's tensors indexes: "in" (the unit's input), "mid", "out".
 AXES = {
@@ -160,8 +167,6 @@ def widen_stage(model: StagedModel, index: int, width: int, method: str = "net2n
 def deepen_stage(model: StagedModel, index: int, kind: str = "residual_zero") -> StagedModel:
     """Insert a stride-1, one-unit stage with stage ``index``'s channels after it:
     zero last-BN scale (residual_zero, identity: exact) or fresh (random)."""
-    from stagetrain.families.resnet import stage_spec
-
     spec = copy.deepcopy(model.spec)
     blocks = spec["blocks"]
     prev = blocks[index]

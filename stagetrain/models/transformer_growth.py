@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from stagetrain.errors import StagetrainError
-from stagetrain.growth.units import (
+from stagetrain.models.growth_units import (
     consumer_units,
     copy_parts,
     copy_units,

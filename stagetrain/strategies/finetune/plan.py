@@ -44,9 +44,9 @@ import torch
 
 from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
-from stagetrain.families import family
+from stagetrain.families import build_spec, family
 from stagetrain.growth import fresh_name
-from stagetrain.models import StagedModel, build_spec
+from stagetrain.models import StagedModel
 from stagetrain.models.registry import part_type
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.source import Source, load_bare, load_source

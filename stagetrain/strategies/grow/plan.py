@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from stagetrain.errors import StagetrainError
-from stagetrain.families import family
+from stagetrain.families import build_spec, family
 from stagetrain.growth.ops import stack_problem
-from stagetrain.models import build_spec
 from stagetrain.plan import Plan, Stage
 from stagetrain.strategies.common import stage_from_cfg
 from stagetrain.strategies.grow.config import schedule

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from stagetrain.models import build_spec
+from stagetrain.families import build_spec
 from stagetrain.plan import Plan
 from stagetrain.strategies.common import all_groups, stage_from_cfg
 from stagetrain.strategies.scratch.config import arch_file
