@@ -63,6 +63,9 @@ def _save_sharded(engine: Any, k: int, stage: Stage, flat: dict[str, Any]) -> No
     )
 
     rt, step = engine.rt, stage_module(engine.rt.step)
+    # buffers (BatchNorm statistics) are not sharded and DCP saves one rank's copy: make it rank 0's, the
+    # copy the gathered model and DDP use, so a resumed run ends bit-identical (it was rank 1's here)
+    sharding.broadcast_buffers(step)
     osd = get_optimizer_state_dict(step, rt.optimizer)
     tensors = {"model": get_model_state_dict(step),
                "optim": {fqn: {key: v for key, v in entry.items() if v is not None} for fqn, entry in osd["state"].items()}}
