@@ -254,19 +254,14 @@ def data_bytes(shape: tuple[int, ...], samples: int, itemsize: int) -> int:
     return int(math.prod(shape)) * int(samples) * int(itemsize)
 
 
-def check_run(settings: Any, device: Any, initial_spec: Any) -> None:
-    """The preflight of a configured run: its first and (for grow) last architecture built
-    on the meta device, and the memory the run needs against what there is."""
+def check_run(settings: Any, device: Any, run_specs: Any) -> None:
+    """The preflight of a configured run: the architectures it starts and ends with
+    (``run_specs(settings, shape, classes)``, the run layer's) built on the meta device, and
+    the memory the run needs against what there is."""
     from stagetrain.data import dataset_meta
-    from stagetrain.families import build_spec, family
 
     shape, classes, n_train, _ = dataset_meta(settings.dataset)
-    specs = [initial_spec(settings, shape, classes)]
-    if settings.strategy.name == "grow":
-        from stagetrain.strategies.grow.config import schedule
-
-        final = family(settings.model.name).with_grow_widths(settings.model, schedule(settings)[-1])
-        specs.append(build_spec(final, shape, classes))
+    specs = run_specs(settings, shape, classes)
     ds = settings.dataset
     samples = int(ds.n_train) + int(ds.n_test) if ds.name == "synthetic" else round(n_train * 1.3)
     data = data_bytes(shape, samples, 4 if ds.name == "synthetic" else 1)

@@ -61,7 +61,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         return start.previous
     settings = start.settings or settings
     device = pick_device(settings.device)
-    preflight.check_run(settings, device, initial_spec)  # sizes and memory, before anything is allocated
+    preflight.check_run(settings, device, run_specs)  # sizes and memory, before anything is allocated
     parts = build_parts(settings, device, fresh=start.state is None)
     record = RunRecord.start(
         rundir if main else None, str(rundir.path.resolve()), parts.plan.to_dict(),
@@ -102,8 +102,14 @@ def initial_spec(cfg: RunConfig, shape: tuple[int, ...], classes: int) -> dict[s
     return own(cfg, shape, classes) if own else build_spec(cfg.model, shape, classes)
 
 
+def run_specs(cfg: RunConfig, shape: tuple[int, ...], classes: int) -> list[dict[str, Any]]:
+    """The architectures the run starts and (when its strategy grows it) ends with."""
+    final = hook(cfg.strategy.name, "final_spec")
+    return [initial_spec(cfg, shape, classes)] + ([final(cfg, shape, classes)] if final else [])
+
+
 def dry_run(settings: RunConfig) -> dict[str, Any]:
-    preflight.check_run(settings, None, initial_spec)
+    preflight.check_run(settings, None, run_specs)
     shape, classes, n_train, n_labeled = dataset_meta(settings.dataset)
     spec = initial_spec(settings, shape, classes)
     plan = STRATEGIES[settings.strategy.name].build(settings, spec)

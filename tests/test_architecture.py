@@ -134,8 +134,6 @@ KNOWN = {
     ("stagetrain.plots", "stagetrain.report"): "plots <-> report: a function-level import of report's curves",
     ("stagetrain.checkpoint.resume", "stagetrain.preflight"): "check_spec belongs in specfile (below "
                                                               "checkpoint); resume.py was under FSDP review",
-    ("stagetrain.preflight", "stagetrain.strategies.grow.config"): "the memory check names the grow strategy's "
-                                                                    "schedule; needs a strategy hook",
 }
 
 

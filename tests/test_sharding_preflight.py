@@ -19,7 +19,7 @@ from stagetrain.config import validate
 from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
-from stagetrain.runner import dry_run, initial_spec
+from stagetrain.runner import dry_run, initial_spec, run_specs
 
 # (overrides, every parameter's shape written out by hand)
 MLP = (["model.widths=[33,17]"],
@@ -109,7 +109,7 @@ def test_one_rank_that_would_not_fit_is_refused_with_the_numbers(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     settings = _settings(overrides, "fsdp")
     with pytest.raises(StagetrainError) as e:
-        preflight.check_run(settings, None, initial_spec)
+        preflight.check_run(settings, None, run_specs)
     text = str(e.value)
     for part in ("This run (model=mlp, dataset=digits) would need about", "per rank",
                  "the 2 ranks on this host need", "together, but the available host memory is",
@@ -124,6 +124,6 @@ def test_sharding_over_more_ranks_makes_the_same_run_fit(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "16")  # 16 ranks, one on this host
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     # per rank: 1/16 of the state (0.075 of the memory) and the model gathered to evaluate (0.6)
-    preflight.check_run(_settings(overrides, "fsdp"), None, initial_spec)
+    preflight.check_run(_settings(overrides, "fsdp"), None, run_specs)
     with pytest.raises(StagetrainError, match="or device.shard=fsdp under torchrun"):
-        preflight.check_run(_settings(overrides, "none"), None, initial_spec)  # DDP: the whole model per rank
+        preflight.check_run(_settings(overrides, "none"), None, run_specs)  # DDP: the whole model per rank

@@ -24,6 +24,8 @@ class Strategy(Protocol):
 
     * ``initial_spec(cfg, in_shape, num_classes) -> spec`` -- the run starts from another
       architecture than ``model=`` describes (grow starts small, finetune from its source);
+    * ``final_spec(cfg, in_shape, num_classes) -> spec`` -- the run ends on another (larger)
+      architecture than it starts from (grow): the preflight checks its size and memory too;
     * ``init_model(cfg, model) -> dict`` -- it starts from other weights (finetune's
       source); the dict is recorded in run.json as ``source``;
     * ``datasets(cfg) -> {name: dataset config}`` -- stages train on more data than the
@@ -83,5 +85,5 @@ def plan_exports(package: str) -> Any:
 
 
 def hook(name: str, hook_name: str) -> Any:
-    """A strategy's optional hook (``initial_spec``, ``init_model``, ``datasets``), or None."""
+    """A strategy's optional hook (``initial_spec``, ``final_spec``, ``init_model``, ``datasets``), or None."""
     return getattr(STRATEGIES[name], hook_name, None)

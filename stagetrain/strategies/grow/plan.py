@@ -28,6 +28,12 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
     return build_spec(family(cfg.model.name).with_grow_widths(cfg.model, first), in_shape, num_classes)
 
 
+def final_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The architecture of the last stage (the largest): checked by the preflight."""
+    last = schedule(cfg)[-1]
+    return build_spec(family(cfg.model.name).with_grow_widths(cfg.model, last), in_shape, num_classes)
+
+
 def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
     method = "net2net" if s.op == "net2net" else "random"
     ops: list[dict[str, Any]] = []
