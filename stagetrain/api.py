@@ -1,8 +1,9 @@
 """The Python API, for notebooks and cluster scripts: ``stagetrain.run`` and ``stagetrain.load``.
 
-``run`` goes through exactly the code path of the ``stagetrain`` console script (the same
-command-line checks, Hydra composition, run directory, logging and files), in this
-process, and returns the run record that the run wrote to ``run.json``::
+``run`` and the ``stagetrain`` console script run one command through the same function,
+``cli.execute(overrides) -> Outcome`` (the same command-line checks, Hydra composition, run
+directory, logging and files), in this process; ``run`` returns the run record the run wrote
+to ``run.json`` (the outcome is a return value: no module state carries it)::
 
     import stagetrain
     info = stagetrain.run(["strategy=layerwise", "train.epochs=5"], run_dir="outputs/lw")
@@ -46,29 +47,21 @@ def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None 
     line, a failed run or a stopped one raises :class:`RunFailed` with the message the
     console script prints. Sweeps (``-m``) are the console script's job.
     """
-    from hydra.core.global_hydra import GlobalHydra
+    from stagetrain.cli import execute
 
-    from stagetrain import cli
-
-    argv = [str(o) for o in overrides]
-    if any(a in ("-m", "--multirun") for a in argv):
+    overrides = [str(o) for o in overrides]
+    if any(a in ("-m", "--multirun") for a in overrides):
         raise ValueError("stagetrain.run runs one job; run a sweep (-m) with the stagetrain command.")
     if run_dir is not None:
-        argv.append(f"hydra.run.dir={Path(run_dir).expanduser().absolute()}")
-    GlobalHydra.instance().clear()
-    code: int | str | None = 0
-    try:
-        cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()
-    info, error = cli.last["info"], cli.last["error"]
-    if code not in (0, None) or info is None:
+        overrides.append(f"hydra.run.dir={Path(run_dir).expanduser().absolute()}")
+    outcome = execute(overrides)  # the console script's own command, its outcome returned
+    info = outcome.info
+    if outcome.code not in (0, None) or info is None:
         record = None
         if run_dir is not None and (Path(run_dir) / "run.json").is_file():
             record = _record(Path(run_dir))
-        raise RunFailed(error or f"stagetrain {' '.join(argv)} exited with status {code}", record)
+        raise RunFailed(outcome.error or f"stagetrain {' '.join(overrides)} exited with status {outcome.code}",
+                        record)
     if info.get("dry_run") or "run_dir" not in info:
         return info
     path = Path(info["run_dir"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,18 @@ from stagetrain.plan import StopReason
 log = logging.getLogger("stagetrain")
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: resumable, requeue me
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: checkpointed too, resumable
-# What the last command of this process ended with, for the Python API (stagetrain.api.run):
-# the run record of the last job, and the message of a refusal or failure.
-last: dict[str, Any] = {"info": None, "error": None}
 
 
-# stagetrain.rundir imports torch (2+ s): imported on first use, so that a malformed
-# command line is refused (main()) without paying for it.
+@dataclass
+class Outcome:
+    """What one command ended with (``execute``'s answer): exit code, run record, error message."""
+
+    code: int | str | None = 0
+    info: dict[str, Any] | None = None
+    error: str | None = None
+
+
+# stagetrain.rundir imports torch (2+ s): imported on first use (a bad command line is refused without it)
 def RunDir(path: Path) -> Any:  # noqa: N802 - stands in for the class
     from stagetrain.rundir import RunDir as _RunDir
 
@@ -65,9 +72,7 @@ def _hydra_subdir(output_dir: str | None) -> str | None:
 
 OmegaConf.register_new_resolver("stagetrain_hydra_subdir", _hydra_subdir, replace=True)
 register_configs()
-
-
-guard_hydra_writes(lambda message: last.__setitem__("error", message))
+guard_hydra_writes()
 
 
 def print_summary(info: dict[str, Any]) -> None:
@@ -102,13 +107,9 @@ def print_summary(info: dict[str, Any]) -> None:
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, Any]:
-    """A sweep job that failed: make sure its directory says so (run.json), for the summary.
-
-    A job that failed before training started (bad value, missing data) has no run.json yet;
-    it gets a minimal one with status ``failed``, its error and its config, so the sweep
-    summary and ``stagetrain-report`` list it. Re-running the sweep with ``resume=auto``
-    starts such a job again from scratch.
-    """
+    """A sweep job that failed: its run.json says so, for the summary and ``stagetrain-report``
+    (one that failed before training gets a minimal one: status ``failed``, error, config;
+    re-running the sweep with ``resume=auto`` starts it again from scratch)."""
     from stagetrain import runlock
 
     if runlock.was_refused(run_dir):  # another process is writing this job: never write there
@@ -133,23 +134,26 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     return info
 
 
-@hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> float:
-    """One job. Returns the run's objective (``objective.metric``, a validation metric) as a
-    float: what an optimising sweeper (Optuna) maximises or minimises. A failed job returns the
-    worst value (-inf when maximising, +inf when minimising): the sweep goes on, the job's
-    run.json says it failed. The run record itself is ``last["info"]`` (Python API)."""
-    from stagetrain.search import objective_value
+def hydra_entry(outcome: Outcome) -> Callable[[], None]:
+    """One command's ``@hydra.main`` (Hydra makes the job's directory, log, ``.hydra/``)."""
 
-    info = run_job(cfg)
-    metric = OmegaConf.select(cfg, "objective.metric", default="val/acc")
-    mode = OmegaConf.select(cfg, "objective.mode", default="auto")
-    return objective_value(info, str(metric), str(mode))
+    @hydra.main(version_base="1.3", config_path="pkg://stagetrain.conf", config_name="config")
+    def hydra_main(cfg: DictConfig) -> float:
+        """One job; its record goes to ``outcome.info``. Returns the objective (``objective.metric``)
+        an optimising sweeper (Optuna) uses; a failed job the worst value (the sweep goes on)."""
+        from stagetrain.search import objective_value
+
+        info = run_job(cfg, outcome)
+        metric = OmegaConf.select(cfg, "objective.metric", default="val/acc")
+        mode = OmegaConf.select(cfg, "objective.mode", default="auto")
+        return objective_value(info, str(metric), str(mode))
+
+    return hydra_main
 
 
-def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+def run_job(cfg: DictConfig, outcome: Outcome) -> dict[str, Any] | None:
     """Train one job in Hydra's output directory; returns its run record (a failed sweep
-    job's too: record_failure); a single run's failure exits here."""
+    job's too: record_failure) and puts it in ``outcome``; a single run's failure exits here."""
     from stagetrain import runlock
     from stagetrain.errors import StopRequested
     from stagetrain.guard import locked_train, say_error
@@ -162,7 +166,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     except (StagetrainError, StopRequested) as e:
         stopped = isinstance(e, StopRequested)
         message = f"Stopped by {e} after writing a checkpoint; {resume_hint(run_dir, multirun)}" if stopped else str(e)
-        last["error"] = message
+        outcome.error = message
         if stopped:  # a submitit job stopped by SIGUSR1 / its preemption signal: requeue, exit here
             requeue_after_stop(str(e))
         say_error(message, not (stopped or multirun), run_dir)
@@ -174,7 +178,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         # re-running it with resume=auto continues this job and skips the completed ones.
         sys.exit((EXIT_INTERRUPTED if str(e) == "SIGINT" else EXIT_STOPPED) if stopped else 1)
     except Exception as e:
-        last["error"] = f"{type(e).__name__}: {e}"
+        outcome.error = f"{type(e).__name__}: {e}"
         if multirun:
             log.exception("Job %s failed", run_dir)
             return record_failure(run_dir, cfg, f"{type(e).__name__}: {e}")
@@ -190,7 +194,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     except BaseException:
         RunDir(run_dir).remove_if_unused()
         raise
-    last["info"] = info
+    outcome.info = info
     if info.get("dry_run"):
         RunDir(run_dir).remove_if_unused()
     elif not multirun:
@@ -230,26 +234,39 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script (``_main``), with SIGTERM before training a clean exit and every
-    lock released when the command ends (``guard.command``)."""
+    """The console script: ``execute``, then exit with its code."""
+    code = execute(sys.argv[1:] if argv is None else list(argv)).code
+    if code not in (0, None):
+        sys.exit(code)
+
+
+def execute(argv: list[str]) -> Outcome:
+    """One command (``_main``), for the console script and the Python API alike: SIGTERM before
+    training a clean exit, every lock released at its end (``guard.command``), its outcome returned."""
+    from hydra.core.global_hydra import GlobalHydra
+
     from stagetrain.guard import command
+    from stagetrain.hydrawrites import reporting_to
 
-    with command():
-        _main(argv)
+    outcome = Outcome()
+    GlobalHydra.instance().clear()  # an earlier command of this process (the Python API)
+    try:
+        with command(), reporting_to(lambda message: setattr(outcome, "error", message)):
+            _main(list(argv), outcome)
+    except SystemExit as e:  # a refusal, a failed or stopped run, Hydra's own exits
+        outcome.code = e.code
+    finally:
+        GlobalHydra.instance().clear()
+    return outcome
 
 
-def _main(argv: list[str] | None = None) -> None:
-    """The console script: check the command line, then hand it to Hydra.
-
-    Malformed input (unknown key, bad group option, wrong type, bad value, broken YAML, a
-    run directory that must not be touched) is refused here with one short message and
-    exit code 1, before Hydra creates or rewrites anything. ``HYDRA_FULL_ERROR=1`` shows
-    the traceback of an unexpected failure of this check; otherwise Hydra reports it.
-    """
+def _main(argv: list[str], outcome: Outcome) -> None:
+    """Check the command line, then hand it to Hydra. Malformed input (unknown key, bad option,
+    type or value, broken YAML, a run directory that must not be touched) is refused here in one
+    message, exit code 1, before Hydra writes anything. An unexpected failure of this check:
+    Hydra reports the command (``HYDRA_FULL_ERROR=1``: its traceback)."""
     from stagetrain.overrides import check_command_line
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    last.update(info=None, error=None)
     if "--version" in argv or "-V" in argv:
         from stagetrain.helppage import version_text
 
@@ -263,9 +280,9 @@ def _main(argv: list[str] | None = None) -> None:
     try:
         extra = check_command_line(argv)
     except StagetrainError as e:
-        last["error"] = str(e)
+        outcome.code, outcome.error = 1, str(e)
         print(f"Error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return
     except Exception:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -274,7 +291,7 @@ def _main(argv: list[str] | None = None) -> None:
     saved = sys.argv
     sys.argv = [saved[0] if saved else "stagetrain", *argv, *extra]
     try:
-        hydra_main()
+        hydra_entry(outcome)()
     finally:
         sys.argv = saved
 

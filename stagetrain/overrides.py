@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stagetrain import runlock, trust
+from stagetrain import hydra_private, runlock, trust
 from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.override_errors import (
     check_added_keys,
@@ -94,60 +94,19 @@ def check_command_line(argv: list[str]) -> list[str]:
 
 def _parse_args(argv: list[str]) -> argparse.Namespace | None:
     """Hydra's own flags parsed as Hydra will; None when argparse would refuse them."""
-    from hydra._internal.utils import get_args_parser
-
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         try:
-            return get_args_parser().parse_args(argv)
+            return hydra_private.args_parser().parse_args(argv)
         except SystemExit:
             return None
 
 
 def _loader(config_dir: str | None) -> Any:
     """Hydra's config loader with Hydra's search path (and ``--config-dir``), reading each
-    config file once for all the compositions of one check."""
-    import copy
-
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.config_repository import CachingConfigRepository
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    class SharedCache(CachingConfigRepository):
-        def __init__(self, delegate: Any, shared: dict[str, Any]):
-            super().__init__(delegate)
-            self.shared = shared
-
-        def load_config(self, config_path: str) -> Any:
-            if config_path not in self.shared:
-                if config_dir is not None:  # only the user's own files can be hostile
-                    _check_user_file(self.delegate, config_path)
-                self.shared[config_path] = self.delegate.load_config(config_path=config_path)
-            return copy.deepcopy(self.shared[config_path])  # Hydra may modify what it loads
-
-    class Loader(ConfigLoaderImpl):
-        shared: dict[str, Any] = {}
-
-        def _parse_overrides_and_create_caching_repo(self, config_name: str | None,
-                                                     overrides: list[str]) -> tuple[list[Any], Any]:
-            parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-            if any(o.get_key_element() == "hydra.searchpath" for o in parsed):
-                return super()._parse_overrides_and_create_caching_repo(config_name, overrides)
-            repo = SharedCache(self.repository, self.shared)
-            self._process_config_searchpath(config_name, parsed, repo)
-            return parsed, repo
-
-    search_path = create_config_search_path(CONFIG_MODULE)
-    if config_dir is not None:
-        path = os.path.abspath(config_dir)
-        if not os.path.isdir(path):
-            raise StagetrainError(f"--config-dir {config_dir}: no such directory.")
-        search_path.prepend(provider="command-line", path=f"file://{path}",
-                            anchor=SearchPathQuery(provider="schema"))
-    loader = Loader(config_search_path=search_path)
-    loader.shared = {}
-    return loader
+    config file once for all the compositions of one check (``hydra_private.config_loader``)."""
+    if config_dir is not None and not os.path.isdir(os.path.abspath(config_dir)):
+        raise StagetrainError(f"--config-dir {config_dir}: no such directory.")
+    return hydra_private.config_loader(CONFIG_MODULE, config_dir, _check_user_file)
 
 
 def _check_user_file(repository: Any, config_path: str) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stagetrain.errors import StagetrainError
+from stagetrain.hydra_private import BASIC_SWEEPER
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SHOWN = 6  # combinations named per distinct failure; the rest are counted
 
 
@@ -33,8 +33,9 @@ def _is_hydra(key: str) -> bool:
 def sweep_jobs(cfg: DictConfig, parsed: list[Any]) -> list[list[str]] | None:
     """The override lists of a basic sweep's jobs, as Hydra will compose them (the command
     line's ``hydra`` overrides, then the job's own); None for another sweeper."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from stagetrain.hydra_private import split_sweep
 
     if OmegaConf.select(cfg, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
         return None
@@ -42,7 +43,7 @@ def sweep_jobs(cfg: DictConfig, parsed: list[Any]) -> list[list[str]] | None:
     own = [o.input_line for o in parsed if _is_hydra(o.key_or_group)]
     task = [f"{k}={v}" for k, v in params.items()] + [o.input_line for o in parsed if not _is_hydra(o.key_or_group)]
     try:
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task), None)
+        batches = split_sweep(OverridesParser.create().parse_overrides(task))
     except Exception:  # noqa: BLE001 - Hydra reports a sweep it cannot expand
         return None
     return [own + job for batch in batches for job in batch]
@@ -86,12 +87,13 @@ def swept_keys(jobs: list[list[str]]) -> set[str]:
 def composer(loader: Any, config_name: str) -> Callable[[list[str]], DictConfig]:
     """A job's config as Hydra composes it, fast: the defaults list (the slow part, ~0.1 s)
     is composed once per distinct set of group choices; the job's value overrides are then
-    applied to a copy by Hydra's own ``_apply_overrides_to_config``."""
+    applied to a copy as Hydra applies them (``hydra_private.apply_overrides``)."""
     import copy
 
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
+
+    from stagetrain.hydra_private import apply_overrides
 
     parser = OverridesParser.create()
     bases: dict[tuple[str, ...], DictConfig] = {}
@@ -105,7 +107,7 @@ def composer(loader: Any, config_name: str) -> Callable[[list[str]], DictConfig]
             with open_dict(bases[groups]):
                 bases[groups].pop("hydra", None)
         cfg = copy.deepcopy(bases[groups])
-        ConfigLoaderImpl._apply_overrides_to_config([o for o in values if not _is_hydra(o.key_or_group)], cfg)
+        apply_overrides([o for o in values if not _is_hydra(o.key_or_group)], cfg)
         return cfg
 
     return compose

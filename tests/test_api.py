@@ -66,3 +66,29 @@ def test_dry_run_returns_the_plan_and_import_stays_cheap(tmp_path):
     assert info["dry_run"] and not (tmp_path / "dry").exists()
     code = "import sys, stagetrain; assert 'torch' not in sys.modules and 'hydra' not in sys.modules; stagetrain.run"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_hydras_refused_write_reaches_the_caller_as_the_consoles_paragraph(tmp_path, capsys):
+    """Hydra writes ``.hydra/`` before the job starts; a write it cannot make (here ``.hydra``
+    is a file) is the console's one paragraph, and the API's RunFailed carries that paragraph
+    (it travels in the command's own outcome, not in module state)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".hydra").write_text("not a directory")
+    with pytest.raises(RunFailed) as caught:
+        stagetrain.run([*TINY, "dry_run=true"], run_dir=run_dir)
+    message = str(caught.value)
+    assert ".hydra" in message and "exited with status" not in message, message
+    assert f"Error: {message} Nothing was run." in capsys.readouterr().err
+    assert not hasattr(stagetrain.cli, "last")
+
+
+def test_execute_returns_what_the_command_ended_with(tmp_path):
+    """The console script and the API share ``cli.execute``: a refusal comes back as an
+    outcome (exit code 1 and the message), a dry run as its record; nothing is raised."""
+    from stagetrain.cli import execute
+
+    refused = execute(["trian.epochs=3"])
+    assert (refused.code, refused.info) == (1, None) and "Did you mean 'train.epochs'" in refused.error
+    dry = execute(["strategy=layerwise", "dry_run=true", f"hydra.run.dir={tmp_path / 'dry'}"])
+    assert dry.code in (0, None) and dry.error is None and dry.info["dry_run"], dry
