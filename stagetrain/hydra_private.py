@@ -2,8 +2,9 @@
 ``hydra.core.utils`` that stagetrain wraps), in one module, each with why there is no public
 way. ``tests/test_hydra_public.py`` fails when another module of the package imports
 ``hydra._internal`` or patches ``hydra.core.utils``, and when the installed Hydra is outside
-``HYDRA_RANGE``: the range pinned in pyproject.toml (``hydra-core>=1.3,<1.4``) and tested
-(written against 1.3.2 and 1.3.8, the version installed when this module was written).
+``HYDRA_RANGE``: the range pinned in pyproject.toml (``hydra-core>=1.3,<1.4``); the test
+suite ran on Hydra 1.3.8, the version installed when this module was written. A Hydra
+outside the range fails that test first: re-check each use below against its source.
 
 Public Hydra is used everywhere else: ``hydra.main``, ``HydraConfig``, ``ConfigStore``,
 callbacks, ``hydra.errors``, and the override grammar ``hydra.core.override_parser`` (not
