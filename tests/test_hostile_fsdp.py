@@ -189,5 +189,8 @@ def test_a_failed_write_is_one_paragraph_on_every_rank_and_keeps_the_previous_ch
     assert "\n" not in str(e.value)
     assert sharded.verify(tmp_path / "last.dcp")["position"]["global_step"] == 7
     (tmp_path / ".last.dcp.tmp").unlink()
+    with pytest.raises(StagetrainError, match="could not be written .*KeyError"):  # any error, not only OSError
+        sharded.save_sharded({"model": {"model.w": W}}, {"arch": SPEC}, tmp_path / "last.dcp", None, 1)
+    assert sharded.verify(tmp_path / "last.dcp")["position"]["global_step"] == 7
     _write(tmp_path, step=9)
     assert sharded.verify(tmp_path / "last.dcp")["position"]["global_step"] == 9

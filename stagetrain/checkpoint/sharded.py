@@ -114,6 +114,8 @@ def _agreed(work: Any, path: Path) -> None:
             from stagetrain.checkpoint.io import write_error
 
             error = str(write_error(path, "sharded checkpoint", e))
+        except Exception as e:  # anything else still reaches every rank
+            error = f"The sharded checkpoint {path} could not be written ({_cause(e)}); the previous one is kept."
     box = [error]
     dist.broadcast_object_list(box, src=0)
     if box[0] is not None:
