@@ -74,7 +74,7 @@ def load_source(source: str, which: str = "best") -> Source:
         raise StagetrainError(f"strategy.source={path}: its weight {bad} holds NaN or inf values; a run started "
                               "from it could not train. Use a checkpoint from before the weights diverged.")
     if src.arch is not None:  # a spec read from a file is data: checked before anything is built from it
-        from stagetrain.preflight import check_spec
+        from stagetrain.specfile import check_spec
 
         check_spec(src.arch, f"strategy.source={path}", weights=src.state)
     return src

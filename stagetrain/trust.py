@@ -16,7 +16,7 @@ is called only when the user's config names the same target now:
 
 ``require`` is called where a target is imported (``resolve_target`` below, the
 only importer: ``models/custom.build_module`` goes through it) and where a spec read from a
-file is checked (``preflight.check_spec`` via ``check_spec``). Torch-free.
+file is checked (``specfile.check_spec`` via ``check_spec``). Torch-free.
 """
 
 from __future__ import annotations

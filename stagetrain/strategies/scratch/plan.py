@@ -29,8 +29,8 @@ def read_arch(path: Any, where: str) -> dict[str, Any]:
     gate), checked as data: a spec a file gives names code only when the config vouches."""
     from stagetrain import userfile
     from stagetrain.errors import StagetrainError
-    from stagetrain.preflight import check_spec
     from stagetrain.source import safetensors_metadata
+    from stagetrain.specfile import check_spec
 
     with userfile.open_file(path, where, "source") as f:
         try:
