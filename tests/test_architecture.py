@@ -195,6 +195,20 @@ def test_nothing_below_the_run_layer_sees_hydra_or_omegaconf():
     assert not offenders, f"these modules see the Hydra config (themselves or through their imports): {offenders}"
 
 
+def test_every_module_is_in_the_module_table_and_every_entry_exists():
+    """docs/architecture.md's "Modules" table names every file of the package (``<name>`` stands
+    for one folder or file name), and every file it names exists."""
+    section = DOC.read_text().split("## Modules", 1)[1].split("\n## ", 1)[0]
+    named = {n for line in section.splitlines() if line.startswith("| `")
+             for n in re.findall(r"`([^`]+\.py)`", line.split("|")[1])}
+    patterns = [re.compile(re.escape(n).replace(re.escape("<name>"), "[a-z_0-9]+") + "$") for n in named]
+    files = {p.relative_to(PKG).as_posix() for p in _modules() if p.name != "__init__.py"}
+    missing = sorted(f for f in files if not any(p.match(f) for p in patterns))
+    assert not missing, f"add these modules to the Modules table of docs/architecture.md: {missing}"
+    stale = sorted(n for n, p in zip(named, patterns, strict=True) if not any(p.match(f) for f in files))
+    assert not stale, f"the Modules table of docs/architecture.md names files that do not exist: {stale}"
+
+
 def test_no_module_over_300_lines():
     long = {_name(p): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
     assert not long, f"split these modules (lines): {long}"
