@@ -124,16 +124,22 @@ def _layer(module: str) -> int | None:
 
 # Imports that still run up a layer or close a circle, each with why it is still here. This list
 # may only shrink: the tests fail when an entry is no longer an import, or no longer upward or on
-# a circle. The report helper owns report.py, compare.py, plots.py and runread.py (issue 25).
+# a circle. report.py, compare.py, plots.py and runread.py belong to another change in flight
+# (issue 25's report work); the fix for each is named.
 KNOWN = {
-    ("stagetrain.banner", "stagetrain.report"): "banner's tables use report.fmt; fmt belongs below both",
-    ("stagetrain.record", "stagetrain.plots"): "the end of a run draws its plots (plots sits with report)",
-    ("stagetrain.runread", "stagetrain.convergence"): "runread.stage_rows asks convergence.under_trained; "
-                                                      "under_trained reads run.json and belongs in runread",
-    ("stagetrain.compare", "stagetrain.report"): "compare <-> report: a function-level import of report.fmt",
-    ("stagetrain.plots", "stagetrain.report"): "plots <-> report: a function-level import of report's curves",
-    ("stagetrain.checkpoint.resume", "stagetrain.preflight"): "check_spec belongs in specfile (below "
-                                                              "checkpoint); resume.py was under FSDP review",
+    # report.fmt (the one number format of the tables) is imported by banner, compare and plots:
+    # moved to a module at the bottom, these three go, and plots can sit in the run layer (record).
+    ("stagetrain.banner", "stagetrain.report"): "banner's tables use report.fmt",
+    ("stagetrain.compare", "stagetrain.report"): "compare <-> report through report.fmt (function-level)",
+    ("stagetrain.plots", "stagetrain.report"): "plots <-> report through report.fmt (function-level)",
+    ("stagetrain.record", "stagetrain.plots"): "record.write_plots draws the run's curves; plots is in row 2 only "
+                                               "because it imports report.fmt",
+    # runread.under_trained_flag asks convergence.under_trained, which only reads run.json: it
+    # belongs in runread (convergence would import it from there).
+    ("stagetrain.runread", "stagetrain.convergence"): "under_trained reads run.json; belongs in runread",
+    # check_spec now lives in specfile (below checkpoint/); resume.py was under review while this
+    # moved: its import line is all that is left to change.
+    ("stagetrain.checkpoint.resume", "stagetrain.preflight"): "import check_spec from specfile",
 }
 
 
