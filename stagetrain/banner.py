@@ -41,13 +41,16 @@ def final_table(info: dict[str, Any]) -> str:
     """The run's closing table, one row per stage: its final validation metric beside
     "chance" (the objective's trivial baseline, ``baselines.py``), how far beyond chance it
     got, and a mark -- converged, STILL FALLING (under-trained), BARELY LEARNT (within 10%
-    of chance), ? (one epoch: not judged) -- from run.json's ``convergence``."""
+    of chance), ? (one epoch: not judged), "(then grown)" for a stage the model grew after
+    (short on purpose) -- from run.json's ``convergence``."""
     rows = [("stage", "objective", "final", "chance", "beyond chance", "mark")]
     for e in info.get("convergence") or []:
         final = "-" if e["final"] is None else f"val {e['metric']} {fmt(float(e['final']))}"
         chance = "-" if e["baseline"] is None else f"{fmt(float(e['baseline']))} ({e['baseline_kind']})"
         beyond = "-" if e["beyond_baseline"] is None else f"{e['beyond_baseline']:.0%}"
         mark = MARKS[e["converged"]] + (", BARELY LEARNT" if e["barely_learnt"] else "")
+        if e.get("before_growth"):  # short on purpose: judged, never an under-trained run
+            mark = f"{MARKS[e['converged']].lower()} (then grown)"
         rows.append((f"{e['stage']} {e['name']}", e["objective"], final, chance, beyond, mark))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["stage convergence (chance: the objective's trivial baseline on the same split)"]

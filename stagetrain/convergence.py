@@ -99,9 +99,12 @@ def _beyond(metric: str, final: float | None, base: float | None) -> float | Non
 
 
 def convergence(stages: list[dict[str, Any]], events: list[dict[str, Any]],
-                baselines: list[dict[str, Any] | None] | None = None) -> list[dict[str, Any]]:
+                baselines: list[dict[str, Any] | None] | None = None,
+                before_growth: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     """run.json's ``convergence``: one entry per finished stage (``stages``: run.json's
-    stage summaries; ``baselines``: ``baselines.for_plan``'s per-stage list, by stage index)."""
+    stage summaries; ``baselines``: ``baselines.for_plan``'s per-stage list, by stage index;
+    ``before_growth``: the stages after which the model grows -- short on purpose, so their
+    entries are recorded but mark no run under-trained)."""
     series = _series(events)
     out = []
     for summary in stages:
@@ -118,14 +121,25 @@ def convergence(stages: list[dict[str, Any]], events: list[dict[str, Any]],
                     "baseline": base["value"] if base else None, "baseline_kind": base["kind"] if base else None,
                     "beyond_baseline": beyond, "converged": converged,
                     "barely_learnt": beyond is not None and beyond < BARELY,
-                    "judged_on": f"{which} loss", "epochs": summary.get("epochs"), "how": how})
+                    "judged_on": f"{which} loss", "epochs": summary.get("epochs"), "how": how,
+                    "before_growth": k in before_growth})
     return out
+
+
+def growth_follows(plan: Any) -> frozenset[int]:
+    """The (1-based) stages of ``plan`` that the next stage's growth ops end: progressive growth
+    trains each intermediate size briefly by design, so such a stage still falling is the
+    method, not an under-trained arm; the final size's stage is judged as every other."""
+    stages = list(getattr(plan, "stages", []) or [])
+    return frozenset(k for k in range(1, len(stages)) if getattr(stages[k], "ops", None))
 
 
 def entry_warnings(entries: list[dict[str, Any]]) -> list[str]:
     """The log lines of the stages that did not converge or barely learnt."""
     out = []
     for e in entries:
+        if e.get("before_growth"):  # reported in the closing table and run.json, not warned
+            continue
         head = f"stage {e['stage']} ({e['name']}, {e['objective']})"
         if e["converged"] is False:
             out.append(f"{head}: {e['judged_on']} still falling at its end ({e['how']}); it is under-trained: "
@@ -138,11 +152,11 @@ def entry_warnings(entries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def near_chance(events: list[dict[str, Any]], num_classes: int) -> list[str]:
-    """Stages whose final training accuracy is below 1.5 x 1/classes."""
+def near_chance(events: list[dict[str, Any]], num_classes: int, skip: frozenset[int] = frozenset()) -> list[str]:
+    """Stages (but those in ``skip``: before growth) whose final training accuracy is below 1.5 x 1/classes."""
     out = []
     for (stage, name), s in _series(events).items():
-        acc = s["train"][-1][1] if s["train"] else None
+        acc = s["train"][-1][1] if s["train"] and stage not in skip else None
         if acc is not None and num_classes > 1 and float(acc) < 1.5 / num_classes:
             out.append(f"stage {stage} ({name}): training accuracy {float(acc):.3g} is near chance "
                        f"(1/{num_classes} classes): the stage did not learn its task.")
@@ -157,7 +171,8 @@ def stage_warnings(events: list[dict[str, Any]], num_classes: int) -> list[str]:
 
 
 def check_run(info: dict[str, Any], run_dir: Path, num_classes: int,
-              baselines: tuple[dict[str, Any], list[dict[str, Any] | None]] | None = None) -> list[str]:
+              baselines: tuple[dict[str, Any], list[dict[str, Any] | None]] | None = None,
+              before_growth: frozenset[int] = frozenset()) -> list[str]:
     """Add ``warnings``, ``convergence`` and ``baselines`` to ``info`` (run.json's content)
     and log the warnings; returns them. ``baselines``: ``baselines.for_plan``'s result."""
     from stagetrain.rundir import read_metrics
@@ -165,8 +180,8 @@ def check_run(info: dict[str, Any], run_dir: Path, num_classes: int,
     path = Path(run_dir) / "metrics.jsonl"
     events = read_metrics(path) if path.is_file() else []
     table, per_stage = baselines if baselines is not None else ({}, None)
-    entries = convergence(info.get("stages") or [], events, per_stage)
-    found = entry_warnings(entries) + near_chance(events, num_classes)
+    entries = convergence(info.get("stages") or [], events, per_stage, before_growth)
+    found = entry_warnings(entries) + near_chance(events, num_classes, before_growth)
     for w in found:
         log.warning("%s", w)
     info["warnings"], info["convergence"], info["baselines"] = found, entries, table
@@ -184,7 +199,7 @@ def check_after_run(info: dict[str, Any], run_dir: Path, plan: Any, datasets: di
     except (RuntimeError, ValueError, IndexError, OSError) as e:
         log.warning("Could not compute the stages' trivial baselines: %s", e)
         found = None
-    check_run(info, run_dir, datasets["target"].num_classes, found)
+    check_run(info, run_dir, datasets["target"].num_classes, found, growth_follows(plan))
     if show:
         from stagetrain import banner
 
@@ -196,11 +211,11 @@ def under_trained(info: dict[str, Any]) -> bool:
 
     True when any entry of its ``convergence`` list has ``converged`` false (the stage's loss
     was still falling at its end) or ``barely_learnt`` true (it ended within 10% of its
-    trivial baseline). Runs recorded before the list existed (no ``convergence`` key, or
+    trivial baseline), except a stage the model grew after (``before_growth``). Runs recorded before the list existed (no ``convergence`` key, or
     not a list) are unknown, and unknown reads as False: never a crash on an old run.json.
     """
     entries = info.get("convergence") if isinstance(info, dict) else None
     if not isinstance(entries, list):
         return False
-    return any(isinstance(e, dict) and (e.get("converged") is False or e.get("barely_learnt") is True)
-               for e in entries)
+    return any(isinstance(e, dict) and not e.get("before_growth")
+               and (e.get("converged") is False or e.get("barely_learnt") is True) for e in entries)

@@ -207,3 +207,17 @@ def test_every_greedy_stage_is_judged_and_block1_is_compared_with_the_mean_image
     assert info["baselines"]["mean_image"]["value"] == pytest.approx(first["baseline"])
     assert entries["greedy-block2"]["baseline"] is None and entries["greedy-block2"]["baseline_kind"] is None
     assert entries["finetune"]["baseline_kind"] == "majority" and entries["finetune"]["metric"] == "acc"
+
+
+def test_grow_stages_before_growth_are_reported_but_mark_no_run_under_trained(tmp_path, capsys):
+    """Progressive growth trains each intermediate size briefly on purpose: those stages are
+    recorded (and still falling here) but only the final size's stage can flag the run."""
+    grow = ["strategy=grow", "plots=false"]  # the default schedule on digits
+    info = train(make_cfg(*grow), tmp_path / "grow")
+    entries = info["convergence"]
+    assert [e["before_growth"] for e in entries] == [True, True, False]
+    assert entries[-1]["converged"] is True and not under_trained(info)
+    assert not any("grow-1" in w or "grow-2" in w for w in info["warnings"])
+    assert "(then grown)" in final_table(info)
+    short = train(make_cfg(*grow, "strategy.final_epochs=3"), tmp_path / "short")
+    assert short["convergence"][-1]["converged"] is False and under_trained(short)
