@@ -40,11 +40,10 @@ def args_parser() -> Any:
     return get_args_parser()
 
 
-def config_loader(config_module: str, config_dir: str | None,
-                  check_file: Callable[[Any, str], None]) -> Any:
+def config_loader(config_module: str, config_dir: str | None, check_file: Callable[[str], None]) -> Any:
     """Hydra's config loader with Hydra's search path (``config_module`` and ``--config-dir``),
     reading each config file once for all the compositions of one check (``check_file`` sees
-    each file of ``--config-dir`` first).
+    the path of each file read from a folder, i.e. ``--config-dir``, before Hydra reads it).
 
     Private because the compose API (``hydra.compose``) has no handle on the search path's
     repository (group options, ``group_exists``: the "did you mean" messages), composes
@@ -64,7 +63,9 @@ def config_loader(config_module: str, config_dir: str | None,
         def load_config(self, config_path: str) -> Any:
             if config_path not in self.shared:
                 if config_dir is not None:  # only the user's own files can be hostile
-                    check_file(self.delegate, config_path)
+                    path = _file_of(self.delegate, config_path)
+                    if path is not None:
+                        check_file(path)
                 self.shared[config_path] = self.delegate.load_config(config_path=config_path)
             return copy.deepcopy(self.shared[config_path])  # Hydra may modify what it loads
 
@@ -87,6 +88,17 @@ def config_loader(config_module: str, config_dir: str | None,
     loader = Loader(config_search_path=search_path)
     loader.shared = {}
     return loader
+
+
+def _file_of(repository: Any, config_path: str) -> str | None:
+    """The file a config is read from, when its source is a folder (``file://``). Private:
+    Hydra's repository finds a config's source only through its private methods."""
+    from hydra.core.object_type import ObjectType
+
+    source = repository._find_object_source(config_path, ObjectType.CONFIG)
+    if source is None or source.scheme() != "file":
+        return None
+    return os.path.join(source.path, source._normalize_file_name(config_path))
 
 
 def apply_overrides(overrides: list[Any], cfg: Any) -> None:

@@ -109,15 +109,11 @@ def _loader(config_dir: str | None) -> Any:
     return hydra_private.config_loader(CONFIG_MODULE, config_dir, _check_user_file)
 
 
-def _check_user_file(repository: Any, config_path: str) -> None:
+def _check_user_file(path: str) -> None:
     """A config file from the user's --config-dir: bounded in size and alias expansion."""
-    from hydra.core.object_type import ObjectType
-
     from stagetrain.yamlguard import check_yaml_file
 
-    source = repository._find_object_source(config_path, ObjectType.CONFIG)
-    if source is not None and source.scheme() == "file":
-        check_yaml_file(os.path.join(source.path, source._normalize_file_name(config_path)))
+    check_yaml_file(path)
 
 
 def _values(override: Any) -> list[str]:

@@ -15,6 +15,9 @@ from stagetrain import hydra_private
 
 PKG = Path(hydra_private.__file__).resolve().parent
 PRIVATE_MODULE = "hydra_private.py"
+# Private members of Hydra's classes and modules that stagetrain uses (through hydra_private only)
+PRIVATE_MEMBERS = {"_find_object_source", "_normalize_file_name", "_apply_overrides_to_config",
+                   "_parse_overrides_and_create_caching_repo", "_process_config_searchpath", "_save_config"}
 
 
 def _private_uses(tree: ast.AST) -> list[tuple[int, str]]:
@@ -38,7 +41,9 @@ def _private_uses(tree: ast.AST) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "hydra._internal" in node.value \
                 and " " not in node.value:  # a dotted path as a value, not prose in a docstring
             out.append((node.lineno, repr(node.value)))
-    for node in ast.walk(tree):  # hydra_utils.x = ..., setattr(hydra_utils, ...)
+    for node in ast.walk(tree):  # hydra_utils.x = ...; repository._find_object_source(...)
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE_MEMBERS:
+            out.append((node.lineno, f"uses .{node.attr}"))
         targets = node.targets if isinstance(node, ast.Assign) else []
         for t in targets:
             for el in t.elts if isinstance(t, ast.Tuple) else [t]:
@@ -71,6 +76,7 @@ def test_the_scan_catches_each_kind_of_private_use():
         "from hydra.core import utils\nutils.configure_log = print": "assigns utils.configure_log",
         "import hydra.core.utils as hu\nhu._save_config, hu.x = 1, 2": "assigns hu._save_config",
         "T = 'hydra._internal.core_plugins.basic_sweeper.BasicSweeper'": "hydra._internal.core_plugins",
+        "src = loader.repository._find_object_source(name, kind)": "uses ._find_object_source",
     }
     for source, expected in snippets.items():
         uses = _private_uses(ast.parse(source))
