@@ -137,9 +137,6 @@ KNOWN = {
     # runread.under_trained_flag asks convergence.under_trained, which only reads run.json: it
     # belongs in runread (convergence would import it from there).
     ("stagetrain.runread", "stagetrain.convergence"): "under_trained reads run.json; belongs in runread",
-    # check_spec now lives in specfile (below checkpoint/); resume.py was under review while this
-    # moved: its import line is all that is left to change.
-    ("stagetrain.checkpoint.resume", "stagetrain.preflight"): "import check_spec from specfile",
 }
 
 

@@ -10,7 +10,7 @@ from stagetrain.checkpoint.io import load
 from stagetrain.checkpoint.schema import describe
 from stagetrain.checkpoint.sharded import folder_of, load_meta, verify
 from stagetrain.errors import StagetrainError
-from stagetrain.preflight import check_spec
+from stagetrain.specfile import check_spec
 from stagetrain.trust import UntrustedCode
 
 log = logging.getLogger("stagetrain")
