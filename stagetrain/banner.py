@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from stagetrain.data import DataBundle
-from stagetrain.report import fmt
+from stagetrain.runread import fmt
 
 
 def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, data: DataBundle,

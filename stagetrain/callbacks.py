@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from stagetrain import compare, report
-from stagetrain.runread import clean
+from stagetrain.runread import clean, fmt
 
 log = logging.getLogger("stagetrain")
 SHORT = ("strategy", "status", "test/acc", "flops", "seconds", "stop_reason")
@@ -118,9 +118,9 @@ def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: P
         return
     keys = [k for k in best if k not in ("run", "job", "status", "error", "stop_reason", "flops", "seconds",
                                          metric, *report.METRICS)]
-    setting = " ".join(f"{k}={report.fmt(best[k])}" for k in keys)
+    setting = " ".join(f"{k}={fmt(best[k])}" for k in keys)
     line = (f"selected by {metric} ({direction(metric, mode)}imum): job {best['job']} ({setting}): "
-            f"{metric}={report.fmt(best[metric])}, test/acc={report.fmt(best.get('test/acc'))}")
+            f"{metric}={fmt(best[metric])}, test/acc={fmt(best.get('test/acc'))}")
     line = clean(line)
     print(line)
     with (sweep_dir / "summary.md").open("a") as f:

@@ -79,7 +79,7 @@ def print_summary(info: dict[str, Any]) -> None:
     from rich.table import Table
 
     from stagetrain.progress import make_console
-    from stagetrain.report import fmt
+    from stagetrain.runread import fmt
 
     table = Table(title=f"stagetrain: {info['strategy']} - {info['status']}")
     for col in ("stage", "name", "epochs", "trains", "params", "FLOPs", "seconds", "metric", "stop"):

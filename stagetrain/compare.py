@@ -145,7 +145,7 @@ def _control_verdict(g: dict[str, Any], diff: Any) -> str:
 
 def _arm(g: dict[str, Any], by: list[str]) -> str:
     """``layerwise label_fraction=0.1``: the strategy, then the last part of each other key."""
-    from stagetrain.report import fmt
+    from stagetrain.runread import fmt
 
     parts = [str(g[k]) if k == "strategy" else f"{k.rsplit('.', 1)[-1]}={g[k] if isinstance(g[k], int) else fmt(g[k])}"
              for k in by if g.get(k) is not None]

@@ -38,6 +38,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from stagetrain.runread import under_trained  # noqa: F401 - convergence.under_trained, as documented
+
 log = logging.getLogger("stagetrain")
 STEEP = 0.05  # share of a stage's loss fall that happened in its second half (4+ epochs)
 SHORT_FALL = 0.01  # 2-3 epochs: the last epoch's relative fall of the loss above which it is still falling
@@ -204,18 +206,3 @@ def check_after_run(info: dict[str, Any], run_dir: Path, plan: Any, datasets: di
         from stagetrain import banner
 
         banner.show(banner.final_table(info))
-
-
-def under_trained(info: dict[str, Any]) -> bool:
-    """Whether a run (run.json's content) has an under-trained stage.
-
-    True when any entry of its ``convergence`` list has ``converged`` false (the stage's loss
-    was still falling at its end) or ``barely_learnt`` true (it ended within 10% of its
-    trivial baseline), except a stage the model grew after (``before_growth``). Runs recorded before the list existed (no ``convergence`` key, or
-    not a list) are unknown, and unknown reads as False: never a crash on an old run.json.
-    """
-    entries = info.get("convergence") if isinstance(info, dict) else None
-    if not isinstance(entries, list):
-        return False
-    return any(isinstance(e, dict) and not e.get("before_growth")
-               and (e.get("converged") is False or e.get("barely_learnt") is True) for e in entries)

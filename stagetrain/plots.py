@@ -115,7 +115,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def group_label(row: dict[str, Any], by: list[str] | None) -> str:
     """A legend label: the strategy, then ``key=value`` of the other grouping columns."""
-    from stagetrain.report import fmt
+    from stagetrain.runread import fmt
 
     by = by or ["strategy"]
     value = lambda v: str(v) if isinstance(v, int) else fmt(v)  # noqa: E731 - a seed is not 1,000

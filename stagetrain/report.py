@@ -30,7 +30,15 @@ from typing import Any
 
 from stagetrain import compare
 from stagetrain.plots import group_label, pareto_front, plot, plot_curves  # noqa: F401 - report.plot etc.
-from stagetrain.runread import baseline, clean, job_config, number, read_info, under_trained_flag
+from stagetrain.runread import (
+    baseline,
+    clean,
+    fmt,
+    job_config,
+    number,
+    read_info,
+    under_trained_flag,
+)
 from stagetrain.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
@@ -143,16 +151,6 @@ def stage_rows(rows: list[dict[str, Any]], by: list[str]) -> list[dict[str, Any]
     return out
 
 
-def fmt(v: Any) -> str:
-    """The one number format of stagetrain's tables: integers with thousands separators
-    (50,826), every other number to 4 significant digits (0.9583, 12.35, 1.234e+09)."""
-    if isinstance(v, bool) or v is None:
-        return "" if v is None else str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 

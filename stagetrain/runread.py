@@ -131,11 +131,9 @@ def job_config(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def under_trained_flag(info: dict[str, Any]) -> bool | None:
-    """Whether a run has an under-trained stage (``convergence.under_trained``: a stage still
+    """Whether a run has an under-trained stage (``under_trained``: a stage still
     falling at its end, or barely beyond its trivial baseline); None for a run recorded
     before run.json had a ``convergence`` list (unknown: no flag)."""
-    from stagetrain.convergence import under_trained
-
     return under_trained(info) if isinstance(info.get("convergence"), list) else None
 
 
@@ -150,3 +148,30 @@ def baseline(info: dict[str, Any], key: str = "acc") -> float | None:
     entries = info.get("convergence") if isinstance(info.get("convergence"), list) else []
     entries = [e for e in entries if isinstance(e, dict)]
     return number(entries[-1].get("baseline")) if entries else None
+
+
+def fmt(v: Any) -> str:
+    """The one number format of stagetrain's tables: integers with thousands separators
+    (50,826), every other number to 4 significant digits (0.9583, 12.35, 1.234e+09)."""
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def under_trained(info: dict[str, Any]) -> bool:
+    """Whether a run (run.json's content) has an under-trained stage.
+
+    True when any entry of its ``convergence`` list has ``converged`` false (the stage's loss
+    was still falling at its end) or ``barely_learnt`` true (it ended within 10% of its
+    trivial baseline), except a stage the model grew after (``before_growth``). Runs recorded before the list existed (no ``convergence`` key, or
+    not a list) are unknown, and unknown reads as False: never a crash on an old run.json.
+    """
+    entries = info.get("convergence") if isinstance(info, dict) else None
+    if not isinstance(entries, list):
+        return False
+    return any(isinstance(e, dict) and not e.get("before_growth")
+               and (e.get("converged") is False or e.get("barely_learnt") is True) for e in entries)

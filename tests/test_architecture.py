@@ -126,18 +126,7 @@ def _layer(module: str) -> int | None:
 # may only shrink: the tests fail when an entry is no longer an import, or no longer upward or on
 # a circle. report.py, compare.py, plots.py and runread.py belong to another change in flight
 # (issue 25's report work); the fix for each is named.
-KNOWN = {
-    # report.fmt (the one number format of the tables) is imported by banner, compare and plots:
-    # moved to a module at the bottom, these three go, and plots can sit in the run layer (record).
-    ("stagetrain.banner", "stagetrain.report"): "banner's tables use report.fmt",
-    ("stagetrain.compare", "stagetrain.report"): "compare <-> report through report.fmt (function-level)",
-    ("stagetrain.plots", "stagetrain.report"): "plots <-> report through report.fmt (function-level)",
-    ("stagetrain.record", "stagetrain.plots"): "record.write_plots draws the run's curves; plots is in row 2 only "
-                                               "because it imports report.fmt",
-    # runread.under_trained_flag asks convergence.under_trained, which only reads run.json: it
-    # belongs in runread (convergence would import it from there).
-    ("stagetrain.runread", "stagetrain.convergence"): "under_trained reads run.json; belongs in runread",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # imports that still break a rule, each with its reason (none now)
 
 
 def _upward() -> set[tuple[str, str]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from stagetrain.report import fmt, pareto_front
+from stagetrain.report import pareto_front
+from stagetrain.runread import fmt
 
 
 @pytest.fixture(scope="module")

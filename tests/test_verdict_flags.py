@@ -53,7 +53,7 @@ def _runs(sweep: Path) -> list[dict]:
 
 def test_the_runs_record_what_the_flag_reads(sweeps):
     root, _, _ = sweeps
-    from stagetrain.convergence import under_trained
+    from stagetrain.runread import under_trained
 
     runs = _runs(root / "short")
     by_epochs = {e: [under_trained(r) for r in runs if r["config"]["train"]["epochs"] == e] for e in (2, 30)}
