@@ -183,11 +183,39 @@ def check_run(info: dict[str, Any], run_dir: Path, num_classes: int,
     events = read_metrics(path) if path.is_file() else []
     table, per_stage = baselines if baselines is not None else ({}, None)
     entries = convergence(info.get("stages") or [], events, per_stage, before_growth)
-    found = entry_warnings(entries) + near_chance(events, num_classes, before_growth)
+    found = entry_warnings(entries) + near_chance(events, num_classes, before_growth) + source_warnings(info)
     for w in found:
         log.warning("%s", w)
     info["warnings"], info["convergence"], info["baselines"] = found, entries, table
     return found
+
+
+def source_warnings(info: dict[str, Any]) -> list[str]:
+    """A fine-tune from a source run builds on that run's stages: when its run.json flags any
+    (still falling or barely learnt, none before growth), record ``source.under_trained``
+    (which ``under_trained`` reads) and warn. A source that is a bare weights file, or a run
+    recorded before the check, is unknown: nothing is recorded."""
+    from stagetrain.errors import StagetrainError
+    from stagetrain.rundir import RunDir
+
+    src = info.get("source")
+    path = Path(src["path"]) if isinstance(src, dict) and isinstance(src.get("path"), str) else None
+    run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "run.json").is_file()), None) if path else None
+    if run_dir is None:
+        return []
+    try:
+        entries = RunDir(run_dir).read_run_json().get("convergence")
+    except StagetrainError as e:
+        log.warning("The source run's record could not be read to check its stages: %s", e)
+        return []
+    if not isinstance(entries, list):
+        return []
+    flagged = [f"stage {e.get('stage')} ({e.get('name')})" for e in entries if isinstance(e, dict)
+               and not e.get("before_growth") and (e.get("converged") is False or e.get("barely_learnt") is True)]
+    src["under_trained"] = bool(flagged)
+    return [f"the source run {run_dir} has under-trained stages ({', '.join(flagged)}): this fine-tune builds on "
+            "them, so its comparison measures the source's budget too; train the source longer "
+            "(epochs=auto where its strategy offers it)."] if flagged else []
 
 
 def check_after_run(info: dict[str, Any], run_dir: Path, plan: Any, datasets: dict[str, Any], show: bool) -> None:

@@ -167,9 +167,14 @@ def under_trained(info: dict[str, Any]) -> bool:
 
     True when any entry of its ``convergence`` list has ``converged`` false (the stage's loss
     was still falling at its end) or ``barely_learnt`` true (it ended within 10% of its
-    trivial baseline), except a stage the model grew after (``before_growth``). Runs recorded before the list existed (no ``convergence`` key, or
-    not a list) are unknown, and unknown reads as False: never a crash on an old run.json.
+    trivial baseline), except a stage the model grew after (``before_growth``), or when the
+    source run a fine-tune started from had one (``source.under_trained``). Runs recorded
+    before the list existed (no ``convergence`` key, or not a list) are unknown, and unknown
+    reads as False: never a crash on an old run.json.
     """
+    src = info.get("source") if isinstance(info, dict) else None
+    if isinstance(src, dict) and src.get("under_trained") is True:
+        return True
     entries = info.get("convergence") if isinstance(info, dict) else None
     if not isinstance(entries, list):
         return False

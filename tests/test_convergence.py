@@ -221,3 +221,18 @@ def test_grow_stages_before_growth_are_reported_but_mark_no_run_under_trained(tm
     assert "(then grown)" in final_table(info)
     short = train(make_cfg(*grow, "strategy.final_epochs=3"), tmp_path / "short")
     assert short["convergence"][-1]["converged"] is False and under_trained(short)
+
+
+def test_a_fine_tune_carries_its_source_runs_under_training(tmp_path):
+    """A fine-tune builds on its source run's stages: a source still falling at its end flags
+    the fine-tune (source.under_trained, a warning); a converged source does not."""
+    short = train(make_cfg("strategy=scratch", "train.epochs=3", "plots=false"), tmp_path / "short")
+    done = train(make_cfg("strategy=scratch", "train.epochs=20", "plots=false"), tmp_path / "done")
+    assert under_trained(short) and not under_trained(done)
+    tune = ["strategy=finetune", "strategy.mode=full", "train.epochs=20", "plots=false"]
+    on_short = train(make_cfg(*tune, f"strategy.source={tmp_path / 'short'}"), tmp_path / "ft_short")
+    on_done = train(make_cfg(*tune, f"strategy.source={tmp_path / 'done'}"), tmp_path / "ft_done")
+    assert on_short["source"]["under_trained"] is True and under_trained(on_short)
+    assert any("the source run" in w and "under-trained" in w for w in on_short["warnings"])
+    assert on_done["source"]["under_trained"] is False
+    assert not any("the source run" in w for w in on_done["warnings"])
