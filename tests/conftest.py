@@ -246,3 +246,16 @@ def engine_for(cfg):
     with trust.vouched_by(cfg):  # as runner.train: the test's config is the user's
         validate(cfg)
         return build_engine(cfg, torch.device("cpu"), None, Reporter("off"))[0]
+
+
+@pytest.fixture
+def one_rank():
+    """A one-process gloo group in this process: what writing a sharded checkpoint needs
+    (tests/test_fsdp.py, tests/test_hostile_fsdp.py)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg
 
 from stagetrain.checkpoint import sharded
@@ -86,15 +85,6 @@ def test_activation_checkpointing_recomputes_trainable_blocks_with_the_same_grad
     set_activation_checkpointing(model, False)
     assert "forward" not in vars(model.blocks["block2"])
 
-
-@pytest.fixture
-def one_rank():
-    """A one-process gloo group: what save_sharded needs to run in this process."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 SPEC = {"in_shape": [6], "blocks": [{"name": "block1", "type": "linear", "in": 6, "out": 5, "out_shape": [5]},

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from stagetrain.checkpoint import sharded
 from stagetrain.checkpoint.resume import latest_state
@@ -30,14 +29,6 @@ SPEC = {"in_shape": [6], "blocks": [{"name": "block1", "type": "linear", "in": 6
         "head": {"in": 5, "out": 3}}
 W = torch.arange(12.0).reshape(3, 4)
 
-
-@pytest.fixture
-def one_rank():
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _write(folder: Path, step: int = 7) -> None:
