@@ -234,8 +234,13 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: ``execute``, then exit with its code."""
+    """The console script: ``execute``, then exit with its code. Under torchrun the process
+    group is left here, while the interpreter is whole (not at exit, where gloo's worker
+    threads can abort a rank of a completed run: seen once in CI on an FSDP run)."""
     code = execute(sys.argv[1:] if argv is None else list(argv)).code
+    from stagetrain import distributed
+
+    distributed.leave(code in (0, None))
     if code not in (0, None):
         sys.exit(code)
 

@@ -78,6 +78,18 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
+def leave(ok: bool) -> None:
+    """At the end of a command: after a success every rank waits for the others, then leaves
+    the process group (the atexit handler stays for a process that ends another way). A
+    failed rank leaves at once: its peers' own collectives fail and end them."""
+    try:
+        if ok and active():
+            dist.barrier()
+    except RuntimeError:  # a peer failed and left: nothing to wait for
+        pass
+    _shutdown()
+
+
 def agree(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (e.g. the run directory name drawn from the clock)."""
     if not init():
