@@ -234,13 +234,11 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: ``execute``, then exit with its code. Under torchrun the process
-    group is left here, while the interpreter is whole (not at exit, where gloo's worker
-    threads can abort a rank of a completed run: seen once in CI on an FSDP run)."""
+    """The console script: ``execute``, then exit with its code (under torchrun, leaving the
+    process group first, not at exit: ``distributed.leave``; never imported for --help)."""
     code = execute(sys.argv[1:] if argv is None else list(argv)).code
-    from stagetrain import distributed
-
-    distributed.leave(code in (0, None))
+    if "stagetrain.distributed" in sys.modules:
+        sys.modules["stagetrain.distributed"].leave(code in (0, None))
     if code not in (0, None):
         sys.exit(code)
 
@@ -272,15 +270,10 @@ def _main(argv: list[str], outcome: Outcome) -> None:
     Hydra reports the command (``HYDRA_FULL_ERROR=1``: its traceback)."""
     from stagetrain.overrides import check_command_line
 
-    if "--version" in argv or "-V" in argv:
-        from stagetrain.helppage import version_text
+    if "--version" in argv or "-V" in argv or "--help" in argv or "-h" in argv:  # Hydra's page: --hydra-help
+        from stagetrain import helppage
 
-        print(version_text())
-        return
-    if "--help" in argv or "-h" in argv:  # Hydra's own page: --hydra-help
-        from stagetrain.helppage import help_text
-
-        print(help_text(), end="")
+        print(helppage.version_text() if "--version" in argv or "-V" in argv else helppage.help_text().rstrip("\n"))
         return
     try:
         extra = check_command_line(argv)
