@@ -210,12 +210,13 @@ def source_warnings(info: dict[str, Any]) -> list[str]:
         return []
     if not isinstance(entries, list):
         return []
-    flagged = [f"stage {e.get('stage')} ({e.get('name')})" for e in entries if isinstance(e, dict)
-               and not e.get("before_growth") and (e.get("converged") is False or e.get("barely_learnt") is True)]
-    src["under_trained"] = bool(flagged)
-    return [f"the source run {run_dir} has under-trained stages ({', '.join(flagged)}): this fine-tune builds on "
+    from stagetrain.runread import flagged
+
+    bad = [f"stage {e.get('stage')} ({e.get('name')})" for e in entries if flagged(e)]
+    src["under_trained"] = bool(bad)
+    return [f"the source run {run_dir} has under-trained stages ({', '.join(bad)}): this fine-tune builds on "
             "them, so its comparison measures the source's budget too; train the source longer "
-            "(epochs=auto where its strategy offers it)."] if flagged else []
+            "(epochs=auto where its strategy offers it)."] if bad else []
 
 
 def check_after_run(info: dict[str, Any], run_dir: Path, plan: Any, datasets: dict[str, Any], show: bool) -> None:

@@ -178,5 +178,11 @@ def under_trained(info: dict[str, Any]) -> bool:
     entries = info.get("convergence") if isinstance(info, dict) else None
     if not isinstance(entries, list):
         return False
-    return any(isinstance(e, dict) and not e.get("before_growth")
-               and (e.get("converged") is False or e.get("barely_learnt") is True) for e in entries)
+    return any(flagged(e) for e in entries)
+
+
+def flagged(entry: Any) -> bool:
+    """One ``convergence`` entry that makes its run under-trained: still falling or barely
+    learnt, and not a stage the model grew after."""
+    return isinstance(entry, dict) and not entry.get("before_growth") and (
+        entry.get("converged") is False or entry.get("barely_learnt") is True)
