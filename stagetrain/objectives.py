@@ -114,17 +114,26 @@ def probe_batch(spec: dict[str, Any], n: int, unit: bool = False) -> tuple[torch
     """A made-up batch the model ``spec`` accepts (dry-run estimates): random inputs (token
     ids for a token stem; in [0, 1] when ``unit``) and labels (next tokens for an LM head)."""
     stem = spec.get("stem") or {}
-    if stem.get("type") == "token_embed":
+    if stem.get("type") == "token_embed" or "vocab_size" in stem:  # a token stem (model=transformer, hf)
         x = torch.randint(1, stem.get("mask_id", stem["vocab_size"]), (n, spec["in_shape"][0]))  # real tokens only
-        lm = spec["head"].get("type") == "lm_head"
+        lm = head_objective(spec["head"]) == "lm"
         return x, (torch.roll(x, -1, 1) if lm else torch.zeros(n, dtype=torch.long))
     x = torch.randn(n, *spec["in_shape"])
     return (x.sigmoid() if unit else x), torch.zeros(n, dtype=torch.long)
 
 
+def head_objective(head: dict[str, Any]) -> str | None:
+    """What a head's per-position logits train: ``lm`` (model=transformer's ``lm_head``, or a
+    head whose spec says ``"objective": "lm"``), ``mlm`` (one that says so), None: a classifier."""
+    return "lm" if head.get("type") == "lm_head" else head.get("objective")
+
+
 def objective_of(stage: Stage, model: StagedModel) -> str:
     """The objective a stage really trains: a supervised stage through an LM head is ``lm``
     (the final evaluation's stage does not know the model's head)."""
+    own = head_objective(model.spec["head"])  # a model head of model=hf says what it trains
+    if stage.objective == "supervised" and stage.uses_head and own and model.spec["head"].get("type") != "lm_head":
+        return own
     if stage.objective == "supervised" and stage.uses_head and model.spec["head"].get("type") == "lm_head":
         return "lm"
     if stage.objective == "supervised" and (stage.helper or {}).get("kind") == "lm_head":

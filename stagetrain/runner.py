@@ -85,6 +85,9 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     record.update(engine)
     continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
+    export = _family_hook(settings, "export")  # e.g. model=hf: <run>/hf/ (save_pretrained)
+    if main and export is not None:
+        export(settings.model, engine.model, rundir.path)
     if main:  # under-trained / barely-learnt stages: the log, run.json, the final table (convergence.py)
         from stagetrain.convergence import check_after_run
 
@@ -137,6 +140,9 @@ def build_parts(settings: RunConfig, device: torch.device, fresh: bool = True) -
     spec = initial_spec(settings, datasets["target"].in_shape, datasets["target"].num_classes)
     seed_everything(settings.seed)
     model = StagedModel(spec).to(device)
+    init_weights = _family_hook(settings, "init_weights")  # e.g. model=hf: model.pretrained's weights
+    if fresh and init_weights is not None:
+        init_weights(settings.model, model)
     plan = STRATEGIES[settings.strategy.name].build(settings, spec)
     init_model = hook(settings.strategy.name, "init_model")
     source = init_model(settings, model) if fresh and init_model else None
@@ -250,3 +256,10 @@ def check_world(batch_size: int, world: int) -> None:
             f"train.batch_size={batch_size} cannot be split over the {world} torchrun processes: the global "
             f"batch stays train.batch_size and each process takes batch_size / {world}. Use a "
             f"multiple of {world}, e.g. train.batch_size={max(world, batch_size // world * world)}.")
+
+
+def _family_hook(settings: RunConfig, name: str) -> Any:
+    """The model family's optional hook ``name`` (``init_weights``, ``export``), or None."""
+    from stagetrain.families import family
+
+    return getattr(family(settings.model.name), name, None)

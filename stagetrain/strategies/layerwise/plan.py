@@ -23,6 +23,7 @@ from typing import Any
 from stagetrain.auxheads import DEFAULTS as AUX_DEFAULTS
 from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import part_type
+from stagetrain.objectives import head_objective
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.schema import as_list
 from stagetrain.strategies.common import (
@@ -58,7 +59,7 @@ def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dic
     block = spec["blocks"][index]
     if g.objective == "supervised" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
         aux_head_spec(g, block, spec["num_classes"])
-    if g.objective == "supervised" and spec["head"].get("type") == "lm_head":  # language model: next tokens
+    if g.objective == "supervised" and head_objective(spec["head"]) == "lm":  # language model: next tokens
         return {"kind": "lm_head", "in": spec["head"]["in"], "out": spec["head"]["out"]}
     if g.objective == "supervised" and last_to_head:  # the model head's shape: it becomes the head
         return {"kind": "aux_head", "in_shape": head_input_shape(spec), "out": spec["num_classes"]}
@@ -126,7 +127,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
     last_to_head = s.objective == "supervised" and not s.finetune.enabled
     head_type = spec["head"].get("type", "linear_head")
-    if last_to_head and head_type == "lm_head":
+    if last_to_head and head_objective(spec["head"]) == "lm":
         raise StagetrainError(
             "strategy.finetune.enabled=false makes the last block's auxiliary head the model's head, but a language "
             "model's LM head shares the token embedding and is not an auxiliary head's copy. Keep "

@@ -1,0 +1,95 @@
+"""``model=hf`` weights in transformers' own names: a pretrained folder's model.safetensors
+read into a cut model (``load_pretrained``, through the file gate; never a pickle), and a
+trained model written back with ``save_pretrained`` (``export_pretrained``: config.json and
+model.safetensors that ``AutoModelFor<task>.from_pretrained`` loads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stagetrain.errors import StagetrainError
+from stagetrain.models.hf_arch import ARCHS, hf_config, name_map, rename
+from stagetrain.models.staged import StagedModel
+
+AUTO = {"lm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM", "classification": "AutoModelForSequenceClassification"}
+TIED = ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "lm_head.decoder.weight",
+        "lm_head.decoder.bias")
+
+
+def _kind(model: StagedModel) -> tuple[str, str]:
+    return model.spec["stem"]["model_type"], model.spec["head"]["task"]
+
+
+def load_pretrained(model: StagedModel, folder: str) -> dict[str, Any]:
+    """Copy the folder's weights into ``model`` (stem and every layer required; a head that
+    matches the task is taken too, else it stays freshly initialised)."""
+    from safetensors.torch import load
+
+    from stagetrain import userfile
+
+    where = f"model.pretrained={folder}"
+    try:
+        weights = load(userfile.read_bytes(Path(folder).expanduser() / "model.safetensors", where, "source"))
+    except (ValueError, RuntimeError, OSError) as e:
+        if isinstance(e, StagetrainError):
+            raise
+        raise StagetrainError(f"{where}: model.safetensors is not a readable safetensors file ({e}).") from None
+    t, task = _kind(model)
+    base = ARCHS[t]["base"]
+    if not any(k.startswith(base + ".") for k in weights):  # a base model's file: no task prefix
+        weights = {f"{base}.{k}": v for k, v in weights.items()}
+    ours = rename(list(weights), name_map(t, task, model.block_names), to_hf=False)
+    state = model.state_dict()
+    loaded = {}
+    for theirs, key in ours.items():
+        if key in state:
+            if tuple(weights[theirs].shape) != tuple(state[key].shape):
+                raise StagetrainError(f"{where}: {theirs} has shape {list(weights[theirs].shape)}, but the model built "
+                                      f"from its config.json (and model.config) needs {list(state[key].shape)}.")
+            loaded[key] = weights[theirs].to(state[key].dtype)
+    missing = [k for k in state if k not in loaded and not k.startswith("head.")]
+    if missing:
+        raise StagetrainError(f"{where}: model.safetensors lacks {len(missing)} weights of the {t} model its "
+                              f"config.json describes (e.g. {', '.join(missing[:3])}). Pass the folder "
+                              "save_pretrained wrote for this model.")
+    model.load_state_dict(loaded, strict=False)
+    return {"pretrained": str(folder), "tensors": len(loaded),
+            "head": "pretrained" if any(k.startswith("head.") for k in loaded) else "new"}
+
+
+def hf_model(model: StagedModel) -> Any:
+    """The transformers model (``AutoModelFor<task>``) with ``model``'s weights."""
+    import transformers
+
+    t, task = _kind(model)
+    spec = model.spec
+    extra = {"num_labels": int(spec["head"]["out"])} if task == "classification" else {}
+    config = hf_config(spec["stem"]["config"], num_hidden_layers=len(spec["blocks"]),
+                       vocab_size=int(spec["stem"]["vocab_size"]), **extra)
+    if spec.get("lora"):
+        raise StagetrainError("A model with LoRA adapters is exported after they are merged; this one still has "
+                              "them (strategy.lora.merge=false), so <run>/hf/ is not written.")
+    hf = getattr(transformers, AUTO[task]).from_config(config)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    mapped = rename(list(state), name_map(t, task, model.block_names), to_hf=True)
+    if len(mapped) != len(state):
+        raise StagetrainError(f"model=hf export: weights with no transformers name: "
+                              f"{', '.join(k for k in state if k not in mapped)[:300]}.")
+    missing, unexpected = hf.load_state_dict({mapped[k]: v for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if k not in TIED and not k.endswith(("position_ids", "inv_freq"))]
+    if missing or unexpected:
+        raise StagetrainError(f"model=hf export to {AUTO[task]}: names that do not match (missing "
+                              f"{missing[:3]}, unexpected {unexpected[:3]}).")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def export_pretrained(model: StagedModel, folder: Path) -> Path:
+    """``folder`` (``<run>/hf``) written by ``save_pretrained``: config.json, model.safetensors."""
+    hf = hf_model(model)
+    with torch.no_grad():
+        hf.save_pretrained(str(folder), safe_serialization=True)
+    return folder
