@@ -34,6 +34,8 @@ from typing import Any
 import torch
 
 from stagetrain.data import DataBundle
+from stagetrain.objective_registry import find as find_objective
+from stagetrain.objective_registry import objective_type
 from stagetrain.plan import Plan, Stage
 
 CAP = 20_000  # samples read per split (a fixed seeded sample beyond)
@@ -65,14 +67,12 @@ def mean_image(train_x: torch.Tensor, eval_x: torch.Tensor) -> float:
 
 
 def kind_of(stage: Stage) -> str | None:
-    """The baseline a stage is compared with (None: none applies)."""
-    if stage.objective in ("lm", "mlm"):
-        return "unigram"
-    if stage.objective == "supervised":
-        return "majority"
-    if stage.objective in ("autoencoder", "denoising", "rbm") and stage.stop_block == 1:
-        return "mean_image"
-    return None
+    """The baseline a stage is compared with (None: none applies): its objective's record's
+    ``baseline``, for a reconstruction only on the raw input (block 1)."""
+    kind = find_objective(stage.objective)
+    if kind is None or (kind.baseline_raw_input_only and stage.stop_block != 1):
+        return None
+    return kind.baseline
 
 
 def _sample(n: int, seed: int = 0) -> torch.Tensor:
@@ -92,7 +92,7 @@ def _eval_split(bundle: DataBundle) -> tuple[str, Any]:
 
 def _targets(stage: Stage, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The tokens a stage's loss predicts (see the module docstring), padding dropped."""
-    if stage.objective == "mlm":
+    if objective_type(stage.objective).targets == "inputs":  # mlm: the (masked) input tokens
         t = x
     elif (stage.helper or {}).get("targets") == "tokens":  # lm on padded texts: next real tokens
         t = x[:, 1:]

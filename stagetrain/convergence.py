@@ -38,6 +38,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from stagetrain.objective_registry import find as find_objective
 from stagetrain.runread import under_trained  # noqa: F401 - convergence.under_trained, as documented
 
 log = logging.getLogger("stagetrain")
@@ -83,7 +84,8 @@ def _judge(s: dict[str, list[Any]], objective: str, stop: str | None) -> tuple[b
         return True, which, f"stopped: {stop}"
     if train and train[-1][1] is not None and float(train[-1][1]) >= FITTED:  # more epochs: sharper, not better
         return True, which, f"training accuracy {float(train[-1][1]):.3g}: the training set is learnt"
-    comparable = [p[0] for p in train] if objective != "rbm" else []  # CD is no comparable loss
+    kind = find_objective(objective)  # None: an unknown name (an old or hand-made run.json), judged as comparable
+    comparable = [p[0] for p in train] if kind is None or kind.comparable_loss else []  # CD is no comparable loss
     on_train = still_falling(comparable) if comparable else None
     on_val = still_falling(s["val"], comparable[0] if comparable else None) if s["val"] else None
     if on_val is None or on_train is None:  # one curve to judge (or none)

@@ -56,15 +56,7 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
 
 def describe_ops(stage: Stage) -> str:
     """'widen block1 16->64 (net2net, noise 0)' etc., one per growth op of the stage."""
-    out = []
-    for op in stage.ops:
-        if op["op"] == "widen":
-            out.append(f"widen {op['block']} to {op['width']} ({op['method']}, noise {op['noise']:g})")
-        elif op["op"] == "deepen":
-            out.append(f"deepen after {op['after']} ({op['kind']})")
-        else:
-            out.append(op["op"])
-    return "; ".join(out)
+    return "; ".join(op.describe() for op in stage.ops)
 
 
 def _size(n: int) -> str:

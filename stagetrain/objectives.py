@@ -20,6 +20,7 @@ stage; the engine builds them from ``stage.helper`` and drops them at the stage 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ from torch import nn
 
 from stagetrain.auxheads import build_aux_head
 from stagetrain.models import Block, StagedModel
+from stagetrain.objective_registry import find as find_objective
+from stagetrain.objective_registry import objective_type
 from stagetrain.plan import Stage
 
 
@@ -129,16 +132,16 @@ def head_objective(head: dict[str, Any]) -> str | None:
 
 
 def objective_of(stage: Stage, model: StagedModel) -> str:
-    """The objective a stage really trains: a supervised stage through an LM head is ``lm``
-    (the final evaluation's stage does not know the model's head)."""
+    """The objective a stage really trains: a supervised stage through an LM head (the
+    model's or an auxiliary one) is ``lm`` (the record's ``on_lm_head``; the final
+    evaluation's stage does not know the model's head)."""
     own = head_objective(model.spec["head"])  # a model head of model=hf says what it trains
     if stage.objective == "supervised" and stage.uses_head and own and model.spec["head"].get("type") != "lm_head":
         return own
-    if stage.objective == "supervised" and stage.uses_head and model.spec["head"].get("type") == "lm_head":
-        return "lm"
-    if stage.objective == "supervised" and (stage.helper or {}).get("kind") == "lm_head":
-        return "lm"
-    return stage.objective
+    kind = objective_type(stage.objective)
+    through_lm = ((stage.uses_head and model.spec["head"].get("type") == "lm_head")
+                  or (stage.helper or {}).get("kind") == "lm_head")
+    return kind.on_lm_head if kind.on_lm_head and through_lm else stage.objective
 
 
 MLM_RATE, MLM_SPLIT = 0.15, (0.8, 0.1)  # chosen share; of the chosen: to the mask token, to a random token
@@ -169,7 +172,7 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def _token_objective(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
                      y: torch.Tensor, first: int, training: bool) -> torch.Tensor:
     """lm / mlm losses that read the input tokens (``first`` = 0: ``h`` is the token ids)."""
-    if stage.objective == "mlm":
+    if objective_type(stage.objective).targets == "inputs":  # mlm: the masked input tokens
         mask_id = model.spec["stem"]["mask_id"]
         g = None if training else torch.Generator(h.device).manual_seed(0)  # the same masks every evaluation
         h, targets = mlm_corrupt(h, mask_id, g)
@@ -188,49 +191,89 @@ def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def split_metrics(objective: str, loss: float, correct: float, n: int,
                   bytes_per_token: float | None = None) -> dict[str, float]:
-    """A split's metrics from its sums: loss; accuracy for supervised; for lm the
-    perplexity exp(loss) and bits per byte (loss / ln 2 / UTF-8 bytes per token)."""
+    """A split's metrics from its sums: loss, and the objective's own (its record's
+    ``metrics``): accuracy (supervised); the perplexity exp(loss) and bits per byte
+    (loss / ln 2 / UTF-8 bytes per token) for lm, and for mlm (the pseudo-perplexity of
+    the masked positions)."""
     out = {"loss": loss}
-    if objective == "supervised":
+    kind = find_objective(objective)
+    metrics = kind.metrics if kind is not None else ()
+    if "acc" in metrics:
         out["acc"] = correct / max(n, 1)
-    elif objective in ("lm", "mlm"):  # mlm: the pseudo-perplexity of the masked positions
+    if "ppl" in metrics:
         out["ppl"] = math.exp(loss) if loss < 700 else math.inf
-        if bytes_per_token:
-            out["bpb"] = loss / math.log(2) / bytes_per_token
+    if "bpb" in metrics and bytes_per_token:
+        out["bpb"] = loss / math.log(2) / bytes_per_token
     return out
+
+
+Loss = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (stage, model, helper, h, y, first, training)
+
+
+def _head_or_helper(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
+                    first: int) -> torch.Tensor:
+    z = model.features(h, first, stage.stop_block)
+    return helper(z) if helper is not None else model.head(z)
+
+
+def _supervised(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor, y: torch.Tensor,
+                first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    logits = _head_or_helper(stage, model, helper, h, first)
+    return F.cross_entropy(logits.float(), y), logits
+
+
+def _lm(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor, y: torch.Tensor,
+        first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next-token loss: on corpus windows (``y``: the next tokens), or on padded texts when
+    the helper's targets are the input tokens; no per-sample accuracy to report."""
+    if (stage.helper or {}).get("targets") == "tokens":
+        return _token_objective(stage, model, helper, h, y, first, training), None
+    return lm_loss(_head_or_helper(stage, model, helper, h, first), y), None
+
+
+def _mlm(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor, y: torch.Tensor,
+         first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return _token_objective(stage, model, helper, h, y, first, training), None
+
+
+def _reconstruction(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
+                    y: torch.Tensor, first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """autoencoder / denoising: the decoder reconstructs the trained block's (clean) input."""
+    block = model.blocks[model.block_names[stage.stop_block - 1]]
+    if block.spec["type"] == "linear":
+        h = h.flatten(1)
+    noisy = mask_noise(h, stage.noise) if objective_type(stage.objective).noisy and training else h
+    recon = helper(block(noisy), block)
+    return F.mse_loss(recon.float(), h.float()), None
+
+
+def _rbm(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor, y: torch.Tensor,
+         first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CD-k on the trained block; evaluation reports the mean-field reconstruction error,
+    which is comparable."""
+    block = model.blocks[model.block_names[stage.stop_block - 1]]
+    v0 = h.flatten(1)
+    if not training:
+        hid = torch.sigmoid(F.linear(v0, block.layer.weight, block.layer.bias))
+        recon = torch.sigmoid(F.linear(hid, block.layer.weight.t(), helper.bias))
+        return F.mse_loss(recon, v0), None
+    vk = cd_k_negative(v0, block.layer, helper.bias, stage.cd_k)
+    return (free_energy(v0, block.layer, helper.bias) - free_energy(vk, block.layer, helper.bias)).mean(), None
+
+
+# Each registered objective's loss (objective_registry.OBJECTIVE_TYPES has the same names).
+LOSSES: dict[str, Loss] = {"supervised": _supervised, "lm": _lm, "mlm": _mlm, "autoencoder": _reconstruction,
+                           "denoising": _reconstruction, "rbm": _rbm}
 
 
 def stage_loss(
     stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Tensor,
     y: torch.Tensor, first: int, training: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss of one batch and (for supervised stages) the logits.
-
-    ``h`` is the input of block ``first`` (the output of the frozen prefix, maybe cached).
-    """
-    if stage.objective == "mlm" or (stage.helper or {}).get("targets") == "tokens":
-        return _token_objective(stage, model, helper, h, y, first, training), None
-    if objective_of(stage, model) == "lm":  # per-position logits: no per-sample accuracy to report
-        z = model.features(h, first, stage.stop_block)
-        return lm_loss(helper(z) if helper is not None else model.head(z), y), None
-    if stage.objective == "supervised":
-        z = model.features(h, first, stage.stop_block)
-        logits = helper(z) if helper is not None else model.head(z)
-        return F.cross_entropy(logits.float(), y), logits
-    block = model.blocks[model.block_names[stage.stop_block - 1]]
-    if stage.objective in ("autoencoder", "denoising"):
-        if block.spec["type"] == "linear":
-            h = h.flatten(1)
-        noisy = mask_noise(h, stage.noise) if stage.objective == "denoising" and training else h
-        recon = helper(block(noisy), block)
-        return F.mse_loss(recon.float(), h.float()), None
-    if stage.objective == "rbm":
-        v0 = h.flatten(1)
-        if not training:  # report the mean-field reconstruction error, which is comparable
-            hid = torch.sigmoid(F.linear(v0, block.layer.weight, block.layer.bias))
-            recon = torch.sigmoid(F.linear(hid, block.layer.weight.t(), helper.bias))
-            return F.mse_loss(recon, v0), None
-        vk = cd_k_negative(v0, block.layer, helper.bias, stage.cd_k)
-        loss = (free_energy(v0, block.layer, helper.bias) - free_energy(vk, block.layer, helper.bias)).mean()
-        return loss, None
-    raise ValueError(f"unknown objective {stage.objective!r}")
+    """Loss of one batch and (for supervised stages) the logits, by the objective the stage
+    really trains (``objective_of``). ``h`` is the input of block ``first`` (the output of
+    the frozen prefix, maybe cached)."""
+    name = objective_of(stage, model)
+    if name not in LOSSES:
+        raise ValueError(f"unknown objective {name!r}")
+    return LOSSES[name](stage, model, helper, h, y, first, training)

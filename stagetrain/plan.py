@@ -2,8 +2,9 @@
 
 A stage says which blocks the forward path uses, which groups train (block names,
 ``head``, ``helper``), the objective, the data, the optimizer settings, and its budget.
-It owns no code: the engine applies it. ``dataclasses.asdict`` of a plan is what
-``run.json`` and ``dry_run`` show.
+It owns no code: the engine applies it. ``Plan.to_dict`` (``dataclasses.asdict``, the
+model ops as their plain dicts) is what ``run.json`` and ``dry_run`` show; ``Plan.from_dict``
+reads it back.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from stagetrain.modelops import ModelOp, as_op
+from stagetrain.objective_registry import find as find_objective
 
 
 class StopReason(str, enum.Enum):
@@ -47,7 +51,7 @@ class Stage:
     name: str
     epochs: int | None  # None: bounded by max_flops instead (grow's flops_share trigger)
     trainable: list[str]
-    objective: str = "supervised"  # supervised | lm | autoencoder | denoising | rbm
+    objective: str = "supervised"  # a registered objective (objective_registry): supervised | lm | mlm | autoencoder | denoising | rbm
     stop_block: int | None = None  # forward path is blocks[:stop_block] (None: all blocks)
     helper: dict[str, Any] | None = None  # auxiliary head / decoder spec, dropped at stage end
     helper_to_head: bool = False  # at stage end, the helper becomes the model's head
@@ -62,7 +66,7 @@ class Stage:
     cache: str = "off"  # auto | on | off: reuse the frozen prefix's outputs in this stage
     noise: float = 0.0  # denoising masking level
     cd_k: int = 1  # rbm Gibbs steps
-    ops: list[dict[str, Any]] = field(default_factory=list)  # growth ops applied at stage start
+    ops: list[ModelOp] = field(default_factory=list)  # growth ops applied at stage start (modelops; plain dicts read)
     data_fraction: float = 1.0  # use this leading fraction of a fixed seeded order of the data
     patience: int | None = None  # stage-level early stop (default: train.patience)
     max_flops: float | None = None  # stage compute budget (the flops_share trigger)
@@ -71,10 +75,14 @@ class Stage:
     bn: str = "eval"  # BatchNorm of frozen groups: eval | train_stats | train_affine
     description: str = ""
 
+    def __post_init__(self) -> None:
+        self.ops = [as_op(op) for op in self.ops]
+
     @property
     def uses_head(self) -> bool:
         """True when the stage trains/evaluates the model itself (blocks + head)."""
-        return self.objective in ("supervised", "lm") and self.helper is None and self.stop_block is None
+        kind = find_objective(self.objective)
+        return kind is not None and kind.through_head and self.helper is None and self.stop_block is None
 
 
 @dataclass
@@ -86,10 +94,22 @@ class Plan:
     flop_budget: float | None = None  # run-level stop on cumulative training FLOPs
     complexity_penalty: float | None = None  # stop when val loss + lambda * params stops improving
     optimizer_state: str = "reset"  # across growth: reset, or map Adam moments through the op
-    final_ops: list[dict[str, Any]] = field(default_factory=list)  # model ops after the last stage
+    final_ops: list[ModelOp] = field(default_factory=list)  # model ops after the last stage
+
+    def __post_init__(self) -> None:
+        self.final_ops = [as_op(op) for op in self.final_ops]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (run.json's ``plan``): every field, the model ops as their dicts."""
+        out = asdict(self)
+        out["stages"] = [{**d, "ops": [op.to_dict() for op in s.ops]} for d, s in zip(out["stages"], self.stages, strict=True)]
+        return {**out, "final_ops": [op.to_dict() for op in self.final_ops]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """A plan from its plain data (``to_dict``, run.json's ``plan``, also an older run's)."""
+        stages = [Stage(**s) for s in data["stages"]]
+        return cls(**{**data, "stages": stages})
 
 
 TARGET_KEYS = ("val/acc", "val/loss", "val/ppl", "val/bpb", "train/acc", "train/loss", "train/ppl", "train/bpb")

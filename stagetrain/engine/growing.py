@@ -28,7 +28,7 @@ def grow(model: StagedModel, stage: Stage, k: int, seed: int, probe: Callable[[S
         model, info = apply_op(model, op, g)
         mappings.append(info)
     after = probe(model)
-    log({"event": "growth", "stage": k + 1, "stage_name": stage.name, "ops": stage.ops,
+    log({"event": "growth", "stage": k + 1, "stage_name": stage.name, "ops": [op.to_dict() for op in stage.ops],
          "probe_loss_before": before["loss"], "probe_loss_after": after["loss"],
          "params_before": params, "params_after": count_parameters(model),
          "step": state.global_step, "flops": state.flops})

@@ -4,42 +4,66 @@ and the model-level ops: depth stacking, LoRA adapters added (function unchanged
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from stagetrain.errors import StagetrainError
+from stagetrain.modelops import AddLora, Deepen, MergeLora, ModelOp, Stack, Widen, as_op
 from stagetrain.models import StagedModel, part_type
 from stagetrain.models.growth_units import fresh_name
 from stagetrain.models.lora import LoRAConv2d, LoRALinear, resolve_targets
 
 
-def apply_op(model: StagedModel, op: dict[str, Any], generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
-    """Apply one model op of a stage (widen, deepen, stack, add_lora, merge_lora) with the
-    operator the block's registered type provides; returns the model and what
-    optimizer-state mapping needs to know."""
-    if op["op"] in ("widen", "deepen"):
-        name = op["block"] if op["op"] == "widen" else op["after"]
-        index = model.block_names.index(name)
-        t = part_type(model.spec["blocks"][index]["type"])
-        fn = t.widen if op["op"] == "widen" else t.deepen
-        variant = op.get("method", "net2net") if op["op"] == "widen" else op.get("kind", "identity")
-        if fn is None or f"{op['op']}:{variant}" not in t.grow:
-            raise StagetrainError(f"Blocks of type {t.name!r} ({name}) do not support {op['op']}:{variant}; "
-                                  f"their growth operators: {', '.join(t.grow) or 'none'}.")
-        if op["op"] == "widen":
-            return fn(model, index, op["width"], variant, op.get("noise", 0.0), generator)
-        return fn(model, index, variant), {"op": "deepen"}
-    if op["op"] == "stack":
-        old = list(model.block_names)
-        model = stack(model)
-        return model, {"op": "stack", "copies": dict(zip(model.block_names[len(old):], old, strict=True))}
-    if op["op"] in ("add_lora", "merge_lora"):
-        if op["op"] == "merge_lora":
-            return merge_lora(model), {"op": "merge_lora"}
-        return add_lora(model, op["rank"], op["alpha"], op.get("targets")), {"op": "add_lora"}
-    raise ValueError(f"unknown model op {op['op']!r}")
+def _grown_block(model: StagedModel, op: Widen | Deepen, name: str, variant: str) -> tuple[int, Any]:
+    """The index of the block ``op`` grows and its type's operator for it, or one paragraph
+    when the block's type does not offer ``<op>:<variant>``."""
+    index = model.block_names.index(name)
+    t = part_type(model.spec["blocks"][index]["type"])
+    fn = t.widen if isinstance(op, Widen) else t.deepen
+    if fn is None or f"{op.op}:{variant}" not in t.grow:
+        raise StagetrainError(f"Blocks of type {t.name!r} ({name}) do not support {op.op}:{variant}; "
+                              f"their growth operators: {', '.join(t.grow) or 'none'}.")
+    return index, fn
+
+
+def _widen(model: StagedModel, op: Widen, generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    index, fn = _grown_block(model, op, op.block, op.method)
+    return fn(model, index, op.width, op.method, op.noise, generator)
+
+
+def _deepen(model: StagedModel, op: Deepen, generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    index, fn = _grown_block(model, op, op.after, op.kind)
+    return fn(model, index, op.kind), {"op": "deepen"}
+
+
+def _stack(model: StagedModel, op: Stack, generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    old = list(model.block_names)
+    model = stack(model)
+    return model, {"op": "stack", "copies": dict(zip(model.block_names[len(old):], old, strict=True))}
+
+
+def _add_lora(model: StagedModel, op: AddLora, generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    return add_lora(model, op.rank, op.alpha, list(op.targets) if op.targets is not None else None), {"op": "add_lora"}
+
+
+def _merge_lora(model: StagedModel, op: MergeLora, generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    return merge_lora(model), {"op": "merge_lora"}
+
+
+APPLY: dict[type[ModelOp], Callable[..., tuple[StagedModel, dict[str, Any]]]] = {
+    Widen: _widen, Deepen: _deepen, Stack: _stack, AddLora: _add_lora, MergeLora: _merge_lora}
+
+
+def apply_op(model: StagedModel, op: ModelOp | dict[str, Any],
+             generator: torch.Generator) -> tuple[StagedModel, dict[str, Any]]:
+    """Apply one model op of a stage (``modelops``: Widen, Deepen, Stack, AddLora,
+    MergeLora; its plain dict is read too) with the operator the block's registered type
+    provides; returns the model and what optimizer-state mapping needs to know."""
+    op = as_op(op)
+    return APPLY[type(op)](model, op, generator)
 
 
 def stack_problem(spec: dict[str, Any]) -> str | None:

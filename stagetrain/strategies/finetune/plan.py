@@ -37,7 +37,6 @@ import copy
 import functools
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -46,8 +45,10 @@ from stagetrain.data import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec, family
 from stagetrain.growth import fresh_name
+from stagetrain.modelops import AddLora, Deepen, MergeLora, ModelOp
 from stagetrain.models import StagedModel
 from stagetrain.models.registry import part_type
+from stagetrain.objective_registry import objective_type
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.source import Source, load_bare, load_source
 from stagetrain.strategies.common import (
@@ -58,7 +59,7 @@ from stagetrain.strategies.common import (
     stage_from_cfg,
 )
 from stagetrain.strategies.finetune.config import MODE_LR_FACTOR, RANDOM, source_dataset_cfg
-from stagetrain.strategies.layerwise.plan import greedy_stages
+from stagetrain.strategies.layerwise.plan import GreedySettings, greedy_stages
 
 
 def _source(path: str, which: str) -> Source:
@@ -82,7 +83,7 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
     """The source's architecture, with a head for this run's classes (or, with in-run
     pretraining or a bare weights file, the architecture ``model=`` describes)."""
     s = cfg.strategy
-    if s.pretrain.enabled and s.pretrain.objective in ("lm", "mlm"):
+    if s.pretrain.enabled and objective_type(s.pretrain.objective).tokens:  # lm, mlm
         return _text_pretrain_spec(cfg, in_shape, num_classes)
     if s.pretrain.enabled or s.source == RANDOM:
         return build_spec(cfg.model, in_shape, num_classes)
@@ -101,11 +102,11 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
 def _text_pretrain_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """The classifier that in-run lm / mlm pretraining prepares: causal layers for lm (unless
     model.causal says otherwise), a mask token in the vocabulary for mlm."""
-    model = cfg.model
-    if cfg.strategy.pretrain.objective == "lm" and model.causal is None:
+    model, objective = cfg.model, objective_type(cfg.strategy.pretrain.objective)
+    if objective.causal and model.causal is None:
         model = replace(model, causal=True)
     arch = build_spec(model, in_shape, num_classes)
-    return family("transformer").with_mask_token(arch) if cfg.strategy.pretrain.objective == "mlm" else arch
+    return family("transformer").with_mask_token(arch) if objective.mask_token else arch
 
 
 def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     return record
 
 
-def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list[str], list[dict[str, Any]]]:
+def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list[str], list[ModelOp]]:
     """add_layers: the names of ``n`` fresh blocks after the last, and the deepen ops that make them."""
     last = spec["blocks"][-1]["type"]
     if "deepen:random" not in part_type(last).grow:
@@ -168,10 +169,10 @@ def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list
             "cannot be created (model=custom/torchvision blocks are the user's own modules). Use mode=partial, "
             "gradual_unfreeze, lora or full.")
     new_blocks: list[str] = []
-    ops = []
+    ops: list[ModelOp] = []
     for _ in range(n):
         new_blocks.append(fresh_name(blocks + new_blocks))
-        ops.append({"op": "deepen", "after": (blocks + new_blocks)[-2], "kind": "random"})
+        ops.append(Deepen((blocks + new_blocks)[-2], "random"))
     return new_blocks, ops
 
 
@@ -197,13 +198,12 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     epochs = int(s.epochs or cfg.train.epochs)
     lr = mode_lr(cfg)
     probe_lr = float(s.probe_lr or lr)  # head-only stages (frozen backbone): issue 17
-    ops: list[dict[str, Any]] = []
+    ops: list[ModelOp] = []
     if s.mode == "add_layers":
         new_blocks, ops = _added_blocks(spec, blocks, int(s.new_layers))
         blocks = blocks + new_blocks
     if s.mode == "lora":
-        ops.append({"op": "add_lora", "rank": int(s.lora.rank), "alpha": float(s.lora.alpha),
-                    "targets": list(s.lora.targets)})
+        ops.append(AddLora(int(s.lora.rank), float(s.lora.alpha), tuple(s.lora.targets)))
     groups = stem + blocks + ["head"]  # bottom to top
     lr_scale = ({g: float(s.lr_decay) ** (len(groups) - i) for i, g in enumerate(groups, 1)}
                 if s.lr_decay else {})
@@ -242,7 +242,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         partial = {g: ["*lora_*"] for g in stem + blocks}
         plan.stages += [stage("lora", groups, epochs, ops=ops, partial=partial)]
         if s.lora.merge:
-            plan.final_ops = [{"op": "merge_lora"}]
+            plan.final_ops = [MergeLora()]
     return plan
 
 
@@ -266,25 +266,24 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
     helper sized for the source classes, dropped afterwards), or greedy layer-wise
     autoencoder/denoising stages."""
     p = cfg.strategy.pretrain
-    if p.objective in ("lm", "mlm"):
+    objective = objective_type(p.objective)
+    if objective.tokens:  # lm, mlm
         stem = spec["stem"]
         helper = {"kind": "lm_head", "in": stem["d_model"], "out": stem.get("mask_id", stem["vocab_size"]),
                   "targets": "tokens"}
-        what = "masked tokens (15%, 80/10/10)" if p.objective == "mlm" else "the next token"
         return [stage_from_cfg(
             cfg, name=f"pretrain-{p.objective}", **auto_length(p.epochs, p.auto),
             trainable=[*all_groups(spec)[:-1], "helper"],
             objective=p.objective, dataset="source", data="all", helper=helper, lr=float(p.lr or cfg.optim.lr),
-            description=f"every block on every training text without its label, predicting {what}")]
-    if p.objective == "supervised":
+            description=f"every block on every training text without its label, predicting {objective.predicts}")]
+    if objective.labels:  # supervised: a head for the source classes
         classes = dataset_meta(source_dataset_cfg(cfg))[1]
         blocks = all_groups(spec)[:-1]
         return [stage_from_cfg(
             cfg, name="pretrain", **auto_length(p.epochs, p.auto), trainable=[*blocks, "helper"], dataset="source",
             helper={"kind": "aux_head", "in_shape": head_input_shape(spec), "out": classes},
             lr=float(p.lr or cfg.optim.lr), description="every block, with a source head, on the source data")]
-    settings = SimpleNamespace(objective=p.objective, epochs_per_layer=p.epochs, lr=p.lr, optimizer=None,
-                               noise=p.noise, tied=p.tied, aux_head="linear", cd_k=1, rbm_lr=0.05,
-                               cache=cfg.strategy.cache)
+    settings = GreedySettings(objective=p.objective, epochs_per_layer=p.epochs, lr=p.lr, noise=p.noise, tied=p.tied,
+                              cache=cfg.strategy.cache)
     return [replace(st, name=f"pretrain-{st.name}", **auto_length(p.epochs, p.auto))
             for st in greedy_stages(cfg, spec, settings, dataset="source")]

@@ -17,6 +17,7 @@ from typing import Any
 from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec, family
 from stagetrain.growth.ops import stack_problem
+from stagetrain.modelops import Deepen, ModelOp, Stack, Widen
 from stagetrain.plan import Plan, Stage
 from stagetrain.strategies.common import stage_from_cfg
 from stagetrain.strategies.grow.config import schedule
@@ -34,20 +35,19 @@ def final_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[st
     return build_spec(family(cfg.model.name).with_grow_widths(cfg.model, last), in_shape, num_classes)
 
 
-def _ops(prev: list[int], cur: list[int], s: Any) -> list[dict[str, Any]]:
+def _ops(prev: list[int], cur: list[int], s: Any) -> list[ModelOp]:
     method = "net2net" if s.op == "net2net" else "random"
-    ops: list[dict[str, Any]] = []
+    ops: list[ModelOp] = []
     for i, (p, c) in enumerate(zip(prev, cur, strict=False)):
         if c > p:
-            ops.append({"op": "widen", "block": f"block{i + 1}", "width": c, "method": method, "noise": float(s.noise)})
+            ops.append(Widen(f"block{i + 1}", c, method, float(s.noise)))
     if s.deepen == "stack" and len(cur) > len(prev) and s.op != "random":
-        return ops + [{"op": "stack"}]
+        return ops + [Stack()]
     for i in range(len(prev), len(cur)):
         kind = "random" if s.op == "random" else "residual_zero" if s.deepen == "insert" else s.deepen
-        ops.append({"op": "deepen", "after": f"block{i}", "kind": kind})
+        ops.append(Deepen(f"block{i}", kind))
         if cur[i] > cur[i - 1]:
-            ops.append({"op": "widen", "block": f"block{i + 1}", "width": cur[i], "method": method,
-                        "noise": float(s.noise)})
+            ops.append(Widen(f"block{i + 1}", cur[i], method, float(s.noise)))
     return ops
 
 

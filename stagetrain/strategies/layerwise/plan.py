@@ -18,11 +18,13 @@ stage see only the ``dataset.labeled_fraction`` labelled subset.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 from stagetrain.auxheads import DEFAULTS as AUX_DEFAULTS
 from stagetrain.errors import StagetrainError
 from stagetrain.models.registry import part_type
+from stagetrain.objective_registry import objective_type
 from stagetrain.objectives import head_objective
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.schema import as_list
@@ -32,6 +34,34 @@ from stagetrain.strategies.common import (
     head_probe_stage,
     stage_from_cfg,
 )
+from stagetrain.strategies.layerwise.config import Config
+
+
+@dataclass
+class GreedySettings:
+    """What ``greedy_stages`` reads: layerwise's own options (``of(cfg.strategy)``), or
+    another strategy's greedy stages (finetune's in-run autoencoder/denoising pretraining)
+    built from its options; what it leaves out is layerwise's default."""
+
+    objective: str = Config.objective
+    epochs_per_layer: Any = Config.epochs_per_layer
+    lr: float | None = Config.lr
+    optimizer: str | None = Config.optimizer
+    noise: Any = 0.0  # a masking level, or one per layer (denoising)
+    tied: bool = Config.tied
+    aux_head: Any = Config.aux_head
+    aux_layers: int | None = Config.aux_layers
+    aux_width: int | None = Config.aux_width
+    aux_grid: int | None = Config.aux_grid
+    cd_k: int = Config.cd_k
+    rbm_lr: float = Config.rbm_lr
+    cache: str = Config.cache
+    auto: Any = None  # epochs_per_layer=auto: the plateau settings (None: plan.AUTO_DEFAULTS)
+
+    @classmethod
+    def of(cls, s: Any) -> GreedySettings:
+        """The settings of a layerwise strategy config (every field by name)."""
+        return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
 
 def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> dict[str, Any]:
@@ -57,15 +87,16 @@ def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> dict[str, Any]
 
 def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
     block = spec["blocks"][index]
-    if g.objective == "supervised" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
+    kind = objective_type(g.objective).helper  # aux_head | decoder | rbm
+    if kind == "aux_head" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
         aux_head_spec(g, block, spec["num_classes"])
-    if g.objective == "supervised" and head_objective(spec["head"]) == "lm":  # language model: next tokens
+    if kind == "aux_head" and head_objective(spec["head"]) == "lm":  # language model: next tokens
         return {"kind": "lm_head", "in": spec["head"]["in"], "out": spec["head"]["out"]}
-    if g.objective == "supervised" and last_to_head:  # the model head's shape: it becomes the head
+    if kind == "aux_head" and last_to_head:  # the model head's shape: it becomes the head
         return {"kind": "aux_head", "in_shape": head_input_shape(spec), "out": spec["num_classes"]}
-    if g.objective == "supervised":
+    if kind == "aux_head":
         return aux_head_spec(g, block, spec["num_classes"])
-    if g.objective == "rbm":
+    if kind == "rbm":
         return {"kind": "rbm", "in": block["in"]}
     return {"kind": "decoder", "type": block["type"], "in": block["in"], "out": block["out"],
             "tied": bool(g.tied), "kernel": block.get("kernel"), "pool": block.get("pool", 0)}
@@ -91,11 +122,10 @@ def finetune_lr(cfg: Any, s: Any) -> float:
     return float(ft.lr) if ft.lr is not None else float(cfg.optim.lr) * FINETUNE_LR_FACTOR.get(s.objective, 1.0)
 
 
-def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = False,
+def greedy_stages(cfg: Any, spec: dict[str, Any], g: GreedySettings, last_to_head: bool = False,
                   dataset: str = "target") -> list[Stage]:
-    """One greedy stage per block. ``g`` holds the greedy settings (objective,
-    epochs_per_layer, lr, optimizer, noise, tied, aux_head, cd_k, rbm_lr, cache); finetune's
-    in-run pretraining reuses this with its own settings and ``dataset="source"``."""
+    """One greedy stage per block, from the greedy settings ``g``; finetune's in-run
+    pretraining reuses this with its own settings and ``dataset="source"``."""
     blocks = [b["name"] for b in spec["blocks"]]
     for b in spec["blocks"]:
         offered = part_type(b["type"]).objectives
@@ -104,19 +134,19 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
                 f"Layer-wise objective {g.objective} cannot train {b['name']}, a block of type {b['type']!r}; "
                 f"that type supports: {', '.join(offered)}.")
     noise = as_list(g.noise)
-    supervised = g.objective == "supervised"
+    objective = objective_type(g.objective)
     stages: list[Stage] = []
     for i, name in enumerate(blocks):
         greedy = {"optimizer": g.optimizer or cfg.optim.name, "lr": greedy_lr(cfg, g)}
-        if g.objective == "rbm":
+        if objective.helper == "rbm":  # the block as an RBM: CD-k with SGD at its own LR
             greedy = {"optimizer": "sgd", "lr": float(g.rbm_lr), "momentum": 0.5, "weight_decay": 0.0}
         to_head = last_to_head and i == len(blocks) - 1
         stages.append(stage_from_cfg(
-            cfg, name=f"greedy-{name}", **auto_length(g.epochs_per_layer, getattr(g, "auto", None)),
+            cfg, name=f"greedy-{name}", **auto_length(g.epochs_per_layer, g.auto),
             trainable=(["stem"] if i == 0 and spec.get("stem") else []) + [name, "helper"],
             objective=g.objective, stop_block=i + 1, helper=_helper(g, spec, i, to_head),
-            helper_to_head=to_head, data="labeled" if supervised else "all", cache=g.cache,
-            noise=float(noise[min(i, len(noise) - 1)]) if g.objective == "denoising" else 0.0,
+            helper_to_head=to_head, data="labeled" if objective.labels else "all", cache=g.cache,
+            noise=float(noise[min(i, len(noise) - 1)]) if objective.noisy else 0.0,
             cd_k=int(g.cd_k), dataset=dataset,
             description=f"{name} on the frozen blocks below it ({g.objective})", **greedy,
         ))
@@ -125,7 +155,8 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: Any, last_to_head: bool = F
 
 def build(cfg: Any, spec: dict[str, Any]) -> Plan:
     s = cfg.strategy
-    last_to_head = s.objective == "supervised" and not s.finetune.enabled
+    objective = objective_type(s.objective)
+    last_to_head = objective.helper == "aux_head" and not s.finetune.enabled  # the last aux head becomes the head
     head_type = spec["head"].get("type", "linear_head")
     if last_to_head and head_objective(spec["head"]) == "lm":
         raise StagetrainError(
@@ -137,7 +168,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
             "strategy.finetune.enabled=false makes the last block's auxiliary head the model's head, which needs "
             f"a head stagetrain builds (a linear, pooling or sequence head); this model's head is its own module "
             f"({head_type!r}). Keep strategy.finetune.enabled=true: its fine-tune stage trains the model's own head.")
-    stages = greedy_stages(cfg, spec, s, last_to_head)
+    stages = greedy_stages(cfg, spec, GreedySettings.of(s), last_to_head)
     ft = s.finetune
     if ft.enabled:
         lr = finetune_lr(cfg, s)
@@ -148,4 +179,4 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         stages.append(stage_from_cfg(
             cfg, name="finetune", epochs=int(ft.epochs or cfg.train.epochs), trainable=all_groups(spec),
             lr=lr, description="every block and the head, from the greedy weights"))
-    return Plan("layerwise", stages, input_norm="unit" if s.objective == "rbm" else "standardize")
+    return Plan("layerwise", stages, input_norm=objective.input_norm)
