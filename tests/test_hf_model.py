@@ -159,7 +159,7 @@ def test_strategies_run_on_a_llama_and_export_it(strategy, tmp_path):
     info = train(make_cfg(*RUN, *strategy), tmp_path / "run")
     assert info["status"] == "completed" and all(s.get("objective", "lm") == "lm" for s in info["stages"])
     assert info["final"]["val/loss"] < 6.0  # ln(257) = 5.55: a language model's next-token loss
-    growth = [e for e in read_metrics(tmp_path / "run") if "probe_loss_before" in e]
+    growth = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if "probe_loss_before" in e]
     assert len(growth) == ("strategy=grow" in strategy)
     if "strategy.deepen=insert" in strategy:  # zero o_proj/down_proj: the inserted layer is the identity
         assert abs(growth[0]["probe_loss_after"] - growth[0]["probe_loss_before"]) <= 1e-5
