@@ -184,3 +184,39 @@ def test_a_bert_classifies_fortunes_categories(tmp_path):
     assert info["status"] == "completed" and "val/acc" in info["final"]
     assert json.loads((tmp_path / "run" / "hf" / "config.json").read_text())["architectures"] == [
         "BertForSequenceClassification"]
+
+
+@needs_fortunes
+def test_a_bert_trains_by_masked_tokens_and_exports_its_mlm_head(tmp_path):
+    """task=null on LM text gives an encoder the mlm task: the stage through its MLM head trains
+    mlm (masked tokens, never the visible next token) and the export is a BertForMaskedLM."""
+    from stagetrain.objectives import objective_of
+    from stagetrain.plan import Plan
+
+    bert = ["model=hf", "model.config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: "
+            "4, intermediate_size: 64}", "dataset=fortunes", "dataset.task=lm", f"dataset.root={DATA_ROOT}",
+            "dataset.max_train=64", "dataset.max_len=16", "train.epochs=1", "device.threads=1", "plots=false"]
+    info = train(make_cfg(*bert, "strategy=scratch"), tmp_path / "run")
+    arch = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["arch"]
+    assert arch["head"]["task"] == "mlm" and arch["stem"]["mask_id"] == 257 and arch["stem"]["vocab_size"] == 258
+    assert objective_of(Plan.from_dict(info["plan"]).stages[0], StagedModel(arch)) == "mlm"
+    assert info["final"]["val/loss"] > 4.0 and "val/ppl" in info["final"]  # no copying of visible tokens
+    config = json.loads((tmp_path / "run" / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"] and config["vocab_size"] == 258
+    with pytest.raises(StagetrainError, match="no per-layer masked-token head yet"):
+        train(make_cfg(*bert, "strategy=layerwise"), tmp_path / "layerwise")
+
+
+def test_the_command_line_refuses_a_pickled_folder_in_one_paragraph(tmp_path):
+    from conftest import run_cli
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(8)))
+    proc = run_cli("model=hf", f"model.pretrained={folder}", "dataset=text_classification", f"dataset.path={texts}",
+                   "plots=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "pytorch_model.bin: PyTorch pickles" in proc.stderr and "Traceback" not in proc.stderr

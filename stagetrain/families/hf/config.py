@@ -44,8 +44,9 @@ def _type(m: Any) -> str:
 
 
 def is_lm(m: Any) -> bool:
-    """A language model: the head gives per-position vocabulary logits (lm or mlm)."""
-    return m.task in ("lm", "mlm")
+    """A causal language model (task=lm): its supervised stages train ``lm``. An mlm head says
+    ``"objective": "mlm"`` in its spec, which the stages through it train (``head_objective``)."""
+    return m.task == "lm"
 
 
 def _normalised(values: dict[str, Any], where: str) -> dict[str, Any]:

@@ -90,6 +90,11 @@ def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dic
     kind = objective_type(g.objective).helper  # aux_head | decoder | rbm
     if kind == "aux_head" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
         aux_head_spec(g, block, spec["num_classes"])
+    if kind == "aux_head" and head_objective(spec["head"]) == "mlm":
+        raise StagetrainError(
+            "strategy=layerwise trains each layer through an auxiliary head on the stage's targets, but a masked-"
+            "token model (model=hf model.task=mlm) has no per-layer masked-token head yet. Use strategy=scratch or "
+            "strategy=grow for mlm, or model.task=classification on labelled texts.")
     if kind == "aux_head" and head_objective(spec["head"]) == "lm":  # language model: next tokens
         return {"kind": "lm_head", "in": spec["head"]["in"], "out": spec["head"]["out"]}
     if kind == "aux_head" and last_to_head:  # the model head's shape: it becomes the head
