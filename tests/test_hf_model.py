@@ -220,3 +220,19 @@ def test_the_command_line_refuses_a_pickled_folder_in_one_paragraph(tmp_path):
                    "plots=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode != 0
     assert "pytorch_model.bin: PyTorch pickles" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_fortunes
+def test_a_lora_finetune_targets_the_models_own_module_names(tmp_path):
+    """finetune from a model=hf source run with LoRA on q_proj,v_proj (PEFT-style names): the
+    adapters and the head train, the adapters are merged at the end and the export loads."""
+    train(make_cfg(*RUN, "strategy=scratch"), tmp_path / "src")
+    info = train(make_cfg(*RUN, "strategy=finetune", f"strategy.source={tmp_path / 'src'}", "strategy.mode=lora",
+                          "strategy.lora.targets=[q_proj,v_proj]"), tmp_path / "run")
+    assert info["status"] == "completed" and info["stages"][0]["objective"] == "lm"
+    rank = int(make_cfg("strategy=finetune").strategy.lora.rank)
+    adapters = 2 * 2 * rank * (32 + 32)  # 2 layers x (q_proj, v_proj) x A and B of a 32 x 32 projection
+    head = 257 * 32 + 32  # the head trains too: lm_head and the final RMSNorm
+    assert info["stages"][0]["trainable_params"] == adapters + head
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf", local_files_only=True)
+    assert back.config.num_hidden_layers == 2

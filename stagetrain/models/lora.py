@@ -77,14 +77,17 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     """Full names of the Linear/Conv2d modules inside the blocks that the patterns select.
 
     A pattern matches a module's name within its block (``attn.qkv``, ``mlp.fc*``,
-    ``layer``) or its full name (``blocks.block2.layer``); no patterns: every Linear."""
+    ``layer``), its full name (``blocks.block2.layer``) or its own last name, as PEFT's
+    ``target_modules`` do (``q_proj`` in a model=hf block); no patterns: every Linear."""
     out = []
     for bname, block in model.blocks.items():
         for name, m in block.named_modules():
             if not name or not isinstance(m, nn.Linear | nn.Conv2d):
                 continue
             full = f"blocks.{bname}.{name}"
-            hit = (any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(full, p) for p in patterns)
+            leaf = name.rpartition(".")[2]
+            hit = (any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(leaf, p)
+                       for p in patterns)
                    if patterns else isinstance(m, nn.Linear))
             if hit:
                 out.append(full)
