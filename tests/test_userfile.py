@@ -32,6 +32,7 @@ ALLOWED = {
     ("data/stream.py", "open"): "/proc/meminfo, the kernel's",
     ("preflight.py", "open"): "/proc/meminfo and the cgroup's memory.max, the kernel's",
     ("source.py", "load"): "safetensors' load of the bytes read through the gate",
+    ("models/hf_io.py", "load"): "safetensors' load of model.pretrained's model.safetensors, read through the gate",
     ("source.py", "torch.load"): "torch.load of io.BytesIO over the bytes read through the gate",
     ("source.py", "ckpt.load"): "checkpoint.io.load, which reads through the gate",
     ("checkpoint/io.py", "torch.load"): "torch.load of io.BytesIO over the bytes read through the gate",
