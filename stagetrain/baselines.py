@@ -94,7 +94,7 @@ def _targets(stage: Stage, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The tokens a stage's loss predicts (see the module docstring), padding dropped."""
     if objective_type(stage.objective).targets == "inputs":  # mlm: the (masked) input tokens
         t = x
-    elif (stage.helper or {}).get("targets") == "tokens":  # lm on padded texts: next real tokens
+    elif stage.helper is not None and stage.helper.reads_tokens:  # lm on padded texts: next real tokens
         t = x[:, 1:]
     else:
         t = y
@@ -142,7 +142,7 @@ def for_plan(plan: Plan, datasets: dict[str, DataBundle]) -> tuple[dict[str, Any
     for stage in plan.stages:
         kind = kind_of(stage)
         key = (kind, stage.dataset, stage.data, stage.objective if kind == "unigram" else None,
-               (stage.helper or {}).get("targets"), plan.input_norm)
+               stage.helper is not None and stage.helper.reads_tokens, plan.input_norm)
         if key not in done:
             bundle = datasets.get(stage.dataset)
             done[key] = None if kind is None or bundle is None else stage_baseline(stage, bundle, plan.input_norm)

@@ -19,8 +19,9 @@ class ObjectiveType:
     """One registered stage objective.
 
     ``through_head``: a stage of it on the whole model without a helper trains and evaluates
-    the model itself (its head); ``on_lm_head``: the objective it really trains through a
-    per-position vocabulary head (a supervised stage on a language model trains ``lm``);
+    the model itself (its head); ``follows_head``: through a head that says what it trains
+    (an LM head, a model=hf head) it trains that (a supervised stage on a language model
+    trains ``lm``; ``objectives.objective_of``);
     ``metrics``: the split metrics beyond the loss (``acc``; ``ppl`` and ``bpb``);
     ``baseline``: its trivial baseline's kind (``baselines.py``: ``majority``, ``unigram``,
     ``mean_image``), ``baseline_raw_input_only``: that baseline applies only to a stage
@@ -38,7 +39,7 @@ class ObjectiveType:
 
     name: str
     through_head: bool = False
-    on_lm_head: str | None = None
+    follows_head: bool = False
     metrics: tuple[str, ...] = ()
     baseline: str | None = None
     baseline_raw_input_only: bool = False
@@ -81,7 +82,7 @@ def objective_type(name: str) -> ObjectiveType:
     return found
 
 
-register(ObjectiveType("supervised", through_head=True, on_lm_head="lm", metrics=("acc",), baseline="majority",
+register(ObjectiveType("supervised", through_head=True, follows_head=True, metrics=("acc",), baseline="majority",
                        helper="aux_head", labels=True, predicts="the class label"))
 register(ObjectiveType("lm", through_head=True, metrics=("ppl", "bpb"), baseline="unigram", targets="next",
                        causal=True, predicts="the next token"))

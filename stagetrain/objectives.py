@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagetrain import stagehelpers as helpers
 from stagetrain.auxheads import build_aux_head
 from stagetrain.models import Block, StagedModel
 from stagetrain.objective_registry import find as find_objective
@@ -84,11 +85,15 @@ class AuxLMHead(nn.Module):
         return self.layer(self.norm(x))
 
 
-def build_helper(spec: dict[str, Any] | None) -> nn.Module | None:
-    if spec is None:
-        return None
-    kinds = {"aux_head": build_aux_head, "decoder": Decoder, "rbm": RBMVisible, "lm_head": AuxLMHead}
-    return kinds[spec["kind"]](spec)
+BUILDERS: dict[type[helpers.Helper], Any] = {helpers.AuxHead: build_aux_head, helpers.Decoder: Decoder,
+                                             helpers.RBMVisible: RBMVisible, helpers.LMHead: AuxLMHead}
+
+
+def build_helper(spec: helpers.Helper | dict[str, Any] | None) -> nn.Module | None:
+    """The module of a stage's helper (its record, or the record's plain dict), built from
+    the plain dict, which the modules keep as their ``spec``."""
+    helper = helpers.as_helper(spec)
+    return None if helper is None else BUILDERS[type(helper)](helper.to_dict())
 
 
 def free_energy(v: torch.Tensor, layer: nn.Linear, visible_bias: torch.Tensor) -> torch.Tensor:
@@ -132,16 +137,17 @@ def head_objective(head: dict[str, Any]) -> str | None:
 
 
 def objective_of(stage: Stage, model: StagedModel) -> str:
-    """The objective a stage really trains: a supervised stage through an LM head (the
-    model's or an auxiliary one) is ``lm`` (the record's ``on_lm_head``; the final
-    evaluation's stage does not know the model's head)."""
-    own = head_objective(model.spec["head"])  # a model head of model=hf says what it trains
-    if stage.objective == "supervised" and stage.uses_head and own and model.spec["head"].get("type") != "lm_head":
+    """The objective a stage really trains. A stage of an objective that follows its head
+    (the record's ``follows_head``: supervised) trains what the head says it trains: through
+    the model's own head, the head's objective (``head_objective``: ``lm`` for an LM head,
+    what a model=hf head says); through an auxiliary LM head, ``lm``. The final
+    evaluation's stage does not know the model's head."""
+    if not objective_type(stage.objective).follows_head:
+        return stage.objective
+    own = head_objective(model.spec["head"]) if stage.uses_head else None
+    if own:
         return own
-    kind = objective_type(stage.objective)
-    through_lm = ((stage.uses_head and model.spec["head"].get("type") == "lm_head")
-                  or (stage.helper or {}).get("kind") == "lm_head")
-    return kind.on_lm_head if kind.on_lm_head and through_lm else stage.objective
+    return "lm" if isinstance(stage.helper, helpers.LMHead) else stage.objective
 
 
 MLM_RATE, MLM_SPLIT = 0.15, (0.8, 0.1)  # chosen share; of the chosen: to the mask token, to a random token
@@ -226,7 +232,7 @@ def _lm(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Ten
         first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next-token loss: on corpus windows (``y``: the next tokens), or on padded texts when
     the helper's targets are the input tokens; no per-sample accuracy to report."""
-    if (stage.helper or {}).get("targets") == "tokens":
+    if stage.helper is not None and stage.helper.reads_tokens:
         return _token_objective(stage, model, helper, h, y, first, training), None
     return lm_loss(_head_or_helper(stage, model, helper, h, first), y), None
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from stagetrain.modelops import ModelOp, as_op
 from stagetrain.objective_registry import find as find_objective
+from stagetrain.stagehelpers import Helper, as_helper
 
 
 class StopReason(str, enum.Enum):
@@ -53,7 +54,7 @@ class Stage:
     trainable: list[str]
     objective: str = "supervised"  # a registered objective (objective_registry): supervised | lm | mlm | autoencoder | denoising | rbm
     stop_block: int | None = None  # forward path is blocks[:stop_block] (None: all blocks)
-    helper: dict[str, Any] | None = None  # auxiliary head / decoder spec, dropped at stage end
+    helper: Helper | None = None  # auxiliary head / decoder (stagehelpers; a plain dict read), dropped at stage end
     helper_to_head: bool = False  # at stage end, the helper becomes the model's head
     data: str = "labeled"  # labeled: the labelled subset; all: every training input
     dataset: str = "target"  # target: the run's dataset; source: finetune's in-run pretraining data
@@ -77,6 +78,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         self.ops = [as_op(op) for op in self.ops]
+        self.helper = as_helper(self.helper)
 
     @property
     def uses_head(self) -> bool:
@@ -100,9 +102,10 @@ class Plan:
         self.final_ops = [as_op(op) for op in self.final_ops]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (run.json's ``plan``): every field, the model ops as their dicts."""
+        """Plain data (run.json's ``plan``): every field, the model ops and helpers as their dicts."""
         out = asdict(self)
-        out["stages"] = [{**d, "ops": [op.to_dict() for op in s.ops]} for d, s in zip(out["stages"], self.stages, strict=True)]
+        out["stages"] = [{**d, "helper": s.helper.to_dict() if s.helper is not None else None,
+                          "ops": [op.to_dict() for op in s.ops]} for d, s in zip(out["stages"], self.stages, strict=True)]
         return {**out, "final_ops": [op.to_dict() for op in self.final_ops]}
 
     @classmethod

@@ -94,9 +94,9 @@ def test_baselines_match_a_hand_computation_on_tiny_data():
                       4, info={"vocab_size": 4})
     assert stage_baseline(Stage("lm", 1, ["head"], objective="lm"), windows, "standardize")["value"] == \
         pytest.approx(_hand_unigram([1, 2, 2, 3], [2, 2, 3, 1], 4))
-    padded = Stage("p", 1, ["helper"], objective="lm", helper={"kind": "lm_head", "targets": "tokens"})
+    padded = Stage("p", 1, ["helper"], objective="lm", helper={"kind": "lm_head", "in": 8, "out": 4, "targets": "tokens"})
     assert stage_baseline(padded, windows, "standardize")["value"] == pytest.approx(_hand_unigram([1, 2, 1], [1, 3, 3], 4))
-    mlm = Stage("m", 1, ["helper"], objective="mlm", helper={"kind": "lm_head", "targets": "tokens"})
+    mlm = Stage("m", 1, ["helper"], objective="mlm", helper={"kind": "lm_head", "in": 8, "out": 4, "targets": "tokens"})
     assert stage_baseline(mlm, windows, "standardize")["value"] == pytest.approx(
         _hand_unigram([1, 1, 2, 3, 1], [2, 1, 3, 3, 3], 4))
 

@@ -42,7 +42,7 @@ def test_an_unknown_objective_is_one_paragraph_naming_the_registered_ones():
 def test_generic_code_reads_the_record(name, head, baseline, metrics):
     whole = Stage("s", 1, ["block1", "head"], objective=name)
     assert whole.uses_head is head
-    assert not Stage("s", 1, ["block1"], objective=name, helper={"kind": "decoder"}).uses_head
+    assert not Stage("s", 1, ["block1"], objective=name, helper={"kind": "rbm", "in": 16}).uses_head
     assert not Stage("s", 1, ["block1"], objective=name, stop_block=1).uses_head
     assert kind_of(Stage("s", 1, ["block1"], objective=name, stop_block=1)) == baseline
     deeper = kind_of(Stage("s", 1, ["block2"], objective=name, stop_block=2))
@@ -92,7 +92,7 @@ def test_a_registered_objective_trains_through_the_generic_code():
         loss, logits = stage_loss(stage, model, None, x, y, 0, True)
         loss.backward()
         assert logits.shape == (16, 3) and model.head.layer.weight.grad.abs().sum() > 0
-        assert set(split_metrics("hinge", float(loss), 5, 16)) == {"loss", "acc"}
+        assert set(split_metrics("hinge", float(loss.detach()), 5, 16)) == {"loss", "acc"}
     finally:
         OBJECTIVE_TYPES.pop("hinge")
         LOSSES.pop("hinge")

@@ -51,6 +51,7 @@ from stagetrain.models.registry import part_type
 from stagetrain.objective_registry import objective_type
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.source import Source, load_bare, load_source
+from stagetrain.stagehelpers import AuxHead, LMHead
 from stagetrain.strategies.common import (
     LBFGS_STEPS,
     all_groups,
@@ -269,8 +270,7 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
     objective = objective_type(p.objective)
     if objective.tokens:  # lm, mlm
         stem = spec["stem"]
-        helper = {"kind": "lm_head", "in": stem["d_model"], "out": stem.get("mask_id", stem["vocab_size"]),
-                  "targets": "tokens"}
+        helper = LMHead(stem["d_model"], stem.get("mask_id", stem["vocab_size"]), targets="tokens")
         return [stage_from_cfg(
             cfg, name=f"pretrain-{p.objective}", **auto_length(p.epochs, p.auto),
             trainable=[*all_groups(spec)[:-1], "helper"],
@@ -281,7 +281,7 @@ def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
         blocks = all_groups(spec)[:-1]
         return [stage_from_cfg(
             cfg, name="pretrain", **auto_length(p.epochs, p.auto), trainable=[*blocks, "helper"], dataset="source",
-            helper={"kind": "aux_head", "in_shape": head_input_shape(spec), "out": classes},
+            helper=AuxHead(tuple(head_input_shape(spec)), classes),
             lr=float(p.lr or cfg.optim.lr), description="every block, with a source head, on the source data")]
     settings = GreedySettings(objective=p.objective, epochs_per_layer=p.epochs, lr=p.lr, noise=p.noise, tied=p.tied,
                               cache=cfg.strategy.cache)

@@ -28,6 +28,8 @@ from stagetrain.objective_registry import objective_type
 from stagetrain.objectives import head_objective
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.schema import as_list
+from stagetrain.stagehelpers import AuxHead, Decoder, Helper, LMHead, RBMVisible
+from stagetrain.stagehelpers import from_dict as helper_from_dict
 from stagetrain.strategies.common import (
     all_groups,
     head_input_shape,
@@ -64,7 +66,7 @@ class GreedySettings:
         return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
 
-def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> dict[str, Any]:
+def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> AuxHead:
     """A supervised greedy stage's auxiliary classifier (stagetrain/auxheads.py), its options
     resolved to the published defaults so the plan and run.json show what was built."""
     helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": classes}
@@ -82,10 +84,10 @@ def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> dict[str, Any]
         helper |= {k: v for k, v in AUX_DEFAULTS[kind].items() if k not in helper}
     elif kind != "linear" and len(block["out_shape"]) == 3:  # an older run's integer: k plain convs before pooling
         helper["extra_layers"] = int(kind)
-    return helper
+    return helper_from_dict(helper)
 
 
-def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dict[str, Any]:
+def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> Helper:
     block = spec["blocks"][index]
     kind = objective_type(g.objective).helper  # aux_head | decoder | rbm
     if kind == "aux_head" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
@@ -96,15 +98,14 @@ def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> dic
             "token model (model=hf model.task=mlm) has no per-layer masked-token head yet. Use strategy=scratch or "
             "strategy=grow for mlm, or model.task=classification on labelled texts.")
     if kind == "aux_head" and head_objective(spec["head"]) == "lm":  # language model: next tokens
-        return {"kind": "lm_head", "in": spec["head"]["in"], "out": spec["head"]["out"]}
+        return LMHead(spec["head"]["in"], spec["head"]["out"])
     if kind == "aux_head" and last_to_head:  # the model head's shape: it becomes the head
-        return {"kind": "aux_head", "in_shape": head_input_shape(spec), "out": spec["num_classes"]}
+        return AuxHead(tuple(head_input_shape(spec)), spec["num_classes"])
     if kind == "aux_head":
         return aux_head_spec(g, block, spec["num_classes"])
     if kind == "rbm":
-        return {"kind": "rbm", "in": block["in"]}
-    return {"kind": "decoder", "type": block["type"], "in": block["in"], "out": block["out"],
-            "tied": bool(g.tied), "kernel": block.get("kernel"), "pool": block.get("pool", 0)}
+        return RBMVisible(block["in"])
+    return Decoder(block["type"], block["in"], block["out"], bool(g.tied), block.get("kernel"), block.get("pool", 0))
 
 
 # The LRs left null follow the objective. A supervised greedy stage trains one block and a
