@@ -253,3 +253,33 @@ def test_a_grown_llama_resumes_bit_identical_across_the_insertion(tmp_path):
     ref, got = final_weights(run), final_weights(resumed)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     assert_epochs_exactly_once(resumed)
+
+
+@pytest.mark.parametrize(("model_type", "task"), [("llama", "lm"), ("gpt2", "lm"), ("bert", "mlm")])
+def test_a_language_models_spec_becomes_its_classifier_and_gets_a_mask_token(model_type, task, tmp_path):
+    """as_classifier: the LM's stem and layers under transformers' own sequence classifier (the
+    converted model gives AutoModelForSequenceClassification's logits on padded texts);
+    with_mask_token: one more embedding row, the mask token's id the old vocabulary size."""
+    hf = _hf(model_type, task)
+    hf.save_pretrained(tmp_path / "src", safe_serialization=True)
+    lm = _cut(tmp_path / "src", task)
+    arch = family.as_classifier(lm.spec, CLASSES, None)
+    classifier = StagedModel(arch).eval()
+    body = {k: v for k, v in lm.state_dict().items() if not k.startswith("head.")}
+    missing = classifier.load_state_dict(body, strict=False).missing_keys
+    assert missing and all(k.startswith("head.") for k in missing)  # only the new head is fresh
+    with torch.no_grad():
+        for p in classifier.head.parameters():
+            p.normal_()
+    from stagetrain.models.hf_io import hf_model
+
+    x = _ids("classification")
+    _close(_logits(classifier, x, "classification"), _logits(hf_model(classifier), x, "classification"), x,
+           "classification")
+    if task == "mlm":  # an mlm model has its mask token already
+        assert family.with_mask_token(arch) is arch and arch["stem"]["mask_id"] == VOCAB - 1
+        return
+    masked = family.with_mask_token(arch)
+    assert masked["stem"]["mask_id"] == VOCAB and masked["stem"]["vocab_size"] == VOCAB + 1
+    grown = StagedModel(masked)
+    assert grown.stem.token_embedding().num_embeddings == VOCAB + 1 and family.with_mask_token(masked) is masked

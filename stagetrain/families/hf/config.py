@@ -20,8 +20,8 @@ from typing import Any
 from stagetrain import datasets
 from stagetrain.errors import StagetrainError, check_choice
 
-__all__ = ["Config", "validate", "resolve", "spec", "is_lm", "grow_widths", "with_grow_widths", "grow_schedule",
-           "init_weights", "export", "SUPPORTED"]
+__all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
+           "with_grow_widths", "grow_schedule", "init_weights", "export", "SUPPORTED"]
 
 SUPPORTED = ("bert", "roberta", "gpt2", "llama", "qwen2", "mistral")
 ENCODERS = ("bert", "roberta")
@@ -195,6 +195,34 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     head = {"type": "hf_head", **common, "task": task, "in": d, "out": out, "tie": tie,
             **({"objective": task} if task != "classification" else {})}
     return {"in_shape": list(in_shape), "num_classes": out, "stem": stem, "blocks": blocks, "head": head}
+
+
+def as_classifier(arch: dict[str, Any], num_classes: int, model: Any = None) -> dict[str, Any]:
+    """A language model's spec (lm or mlm head) with the model's own classification head over
+    padded token inputs: what fine-tuning it on labelled texts starts from (the stem and the
+    layers keep their weights, their causality and the mask token's row)."""
+    padded = {"padding": True}
+    head = arch["head"]
+    cls = {"type": "hf_head", "model_type": head["model_type"], "config": head["config"], "tokens": head["tokens"],
+           **padded, "task": "classification", "in": head["in"], "out": int(num_classes), "tie": False}
+    return {**arch, "num_classes": int(num_classes), "stem": {**arch["stem"], **padded},
+            "blocks": [{**b, **padded} for b in arch["blocks"]], "head": cls}
+
+
+def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
+    """The spec with one more embedding row, the mask token of ``mlm`` pretraining: id
+    ``mask_id`` = the old vocabulary size (the data's ids keep their meaning)."""
+    stem = arch["stem"]
+    if "mask_id" in stem:
+        return arch
+    vocab = int(stem["vocab_size"])
+    config = {**stem["config"], "vocab_size": vocab + 1}
+    head = {**arch["head"], "config": config}
+    if head.get("task") in ("lm", "mlm"):
+        head["out"] = vocab + 1
+    return {**arch, "stem": {**stem, "config": config, "vocab_size": vocab + 1, "mask_id": vocab},
+            "blocks": [{**b, "config": config} for b in arch["blocks"]], "head": head,
+            "num_classes": head["out"]}
 
 
 def grow_widths(m: Any) -> list[int]:
