@@ -258,7 +258,7 @@ def init_weights(m: Any, model: Any) -> dict[str, Any] | None:
     return load_pretrained(model, m.pretrained)
 
 
-def export(m: Any, model: Any, run_dir: Path) -> Path:
+def export(m: Any, model: Any, run_dir: Path) -> Path | None:
     """``<run>/hf/``: the trained model in transformers' format (save_pretrained)."""
     from stagetrain.models.hf_io import export_pretrained
 
