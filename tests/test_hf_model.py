@@ -137,6 +137,12 @@ def test_bad_folders_and_architectures_are_one_paragraph(tmp_path):
         train(make_cfg("model=hf", "model.config={model_type: t5, d_model: 32}", *data), tmp_path / "run")
     with pytest.raises(StagetrainError, match="pytorch_model.bin: PyTorch pickles"):
         train(make_cfg("model=hf", f"model.pretrained={tmp_path / 'pickled'}", *data), tmp_path / "run")
+    with pytest.raises(StagetrainError, match="hidden_size=30, num_attention_heads=4.*must be divisible"):
+        train(make_cfg("model=hf", "model.config={model_type: llama, hidden_size: 30, num_attention_heads: 4}",
+                       *data), tmp_path / "run")
+    with pytest.raises(StagetrainError, match="multiple of num_key_value_heads"):
+        train(make_cfg("model=hf", "model.config={model_type: qwen2, hidden_size: 32, num_attention_heads: 4, "
+                       "num_key_value_heads: 3}", *data), tmp_path / "run")
     assert not (tmp_path / "run" / "run.json").exists()
 
 

@@ -169,12 +169,28 @@ def validate(model: Any, dataset: Any) -> None:
                               f"{' and the mask token ' + str(model.mask_id) if model.mask_id is not None else ''},"
                               f" more than the model's vocab_size={vocab}. Use a smaller tokenizer or a model "
                               "with a larger vocabulary.")
+    _check_heads(c, t)
     positions = _get(c, "max_position_embeddings", "n_positions") - (int(c.get("pad_token_id") or 0) + 1
                                                                       if t == "roberta" else 0)
     if t in ("gpt2", *ENCODERS) and dataset.max_len > positions:
         raise StagetrainError(f"dataset.max_len={dataset.max_len} tokens do not fit the model's {positions} "
                               "positions. Raise model.config.max_position_embeddings (GPT-2: n_positions) or "
                               "lower dataset.max_len.")
+
+
+def _check_heads(c: dict[str, Any], t: str) -> None:
+    """Attention shapes transformers' config does not check but its layers need."""
+    d, heads = _get(c, "hidden_size", "n_embd"), _get(c, "num_attention_heads", "n_head")
+    kv = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or d // max(heads, 1))
+    bad = (d % heads and "hidden_size must be divisible by num_attention_heads (each head gets hidden_size / heads "
+                         "dimensions)") or \
+          (heads % kv and "num_attention_heads must be a multiple of num_key_value_heads (grouped-query attention)") or \
+          (t not in ("gpt2", *ENCODERS) and head_dim % 2 and "the head dimension must be even (rotary positions "
+                                                                 "rotate pairs of dimensions)")
+    if bad:
+        raise StagetrainError(f"model.config: hidden_size={d}, num_attention_heads={heads}, num_key_value_heads={kv} "
+                              f"do not fit: {bad}. E.g. hidden_size=64 with num_attention_heads=4.")
 
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
