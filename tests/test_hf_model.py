@@ -140,6 +140,9 @@ def test_bad_folders_and_architectures_are_one_paragraph(tmp_path):
     with pytest.raises(StagetrainError, match="hidden_size=30, num_attention_heads=4.*must be divisible"):
         train(make_cfg("model=hf", "model.config={model_type: llama, hidden_size: 30, num_attention_heads: 4}",
                        *data), tmp_path / "run")
+    with pytest.raises(StagetrainError, match="model.config.hiden_size is not a setting of a bert model. Did you "
+                                              "mean 'hidden_size'"):
+        train(make_cfg("model=hf", "model.config={model_type: bert, hiden_size: 32}", *data), tmp_path / "run")
     with pytest.raises(StagetrainError, match="multiple of num_key_value_heads"):
         train(make_cfg("model=hf", "model.config={model_type: qwen2, hidden_size: 32, num_attention_heads: 4, "
                        "num_key_value_heads: 3}", *data), tmp_path / "run")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain import datasets
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.errors import StagetrainError, check_choice, did_you_mean
 
 __all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
            "with_grow_widths", "grow_schedule", "init_weights", "export", "SUPPORTED"]
@@ -49,12 +49,21 @@ def is_lm(m: Any) -> bool:
     return m.task == "lm"
 
 
-def _normalised(values: dict[str, Any], where: str) -> dict[str, Any]:
+def _normalised(values: dict[str, Any], where: str, own: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every value of the config transformers builds from ``values`` (defaults made explicit),
-    as plain data; a value transformers refuses is one paragraph."""
+    as plain data; a value transformers refuses, or a key of ``own`` (the user's model.config)
+    that the architecture does not have (transformers would keep a misspelt key silently), is
+    one paragraph."""
     from transformers import AutoConfig
 
     rest = {k: v for k, v in values.items() if k not in SKIP and k != "model_type"}
+    defaults = AutoConfig.for_model(values["model_type"])
+    known = {*defaults.to_dict(), *getattr(type(defaults), "attribute_map", {}), "num_labels"}
+    unknown = sorted(k for k in own if k not in known and k not in SKIP)
+    if unknown:
+        raise StagetrainError(f"model.config.{unknown[0]} is not a setting of a {values['model_type']} model."
+                              f"{did_you_mean(unknown[0], known)} Its settings include: "
+                              f"{', '.join(sorted(k for k in known if not k.startswith('_'))[:40])}.")
     try:
         config = AutoConfig.for_model(values["model_type"], **rest)
     except (ValueError, TypeError, KeyError) as e:
@@ -126,7 +135,8 @@ def resolve(model: Any, dataset: Any) -> Any:
             values["vocab_size"] = max(have, (mask_id or 0) + 1)
         if not model.pretrained or values.get("pad_token_id") is None:
             values["pad_token_id"] = 0  # stagetrain's text data pads with id 0
-    return replace(model, config=_normalised(values, "model.config"), task=task, mask_id=mask_id)
+    own = tuple(model.config or {})
+    return replace(model, config=_normalised(values, "model.config", own), task=task, mask_id=mask_id)
 
 
 def _check_type(model_type: str) -> None:
