@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from stagetrain import datasets
 from stagetrain.errors import StagetrainError, check_choice, did_you_mean
 
 __all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
@@ -122,6 +121,8 @@ def resolve(model: Any, dataset: Any) -> Any:
                               "hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: "
                               f"128}}) or model.pretrained=<folder>. Supported: {', '.join(SUPPORTED)}.")
     _check_type(str(values["model_type"]))
+    from stagetrain import datasets
+
     text = datasets.inputs(dataset) == "tokens"
     task = model.task
     if task is None:
@@ -161,6 +162,8 @@ def validate(model: Any, dataset: Any) -> None:
     _check_type(t)
     tasks = ("mlm", "classification") if t in ENCODERS else ("lm", "classification")
     check_choice("model.task", model.task, tasks)
+    from stagetrain import datasets
+
     if datasets.inputs(dataset) != "tokens":
         raise StagetrainError(f"model=hf reads token ids, but dataset={dataset.name} gives "
                               f"{datasets.inputs(dataset)}. Use a text dataset (text, text_classification, fortunes).")
