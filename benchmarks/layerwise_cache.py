@@ -63,7 +63,8 @@ from safetensors.torch import load_file
 
 import stagetrain.engine.loop as engine_loop
 from stagetrain import checkpoint as ckpt
-from stagetrain.data import DataBundle, epoch_permutation, load_data
+from stagetrain.data import DataBundle, epoch_permutation
+from stagetrain.datasets import load_data
 from stagetrain.engine import Engine
 from stagetrain.models import StagedModel
 from stagetrain.objectives import build_helper

@@ -52,7 +52,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
-from stagetrain.data import DataBundle, epoch_permutation, load_data
+from stagetrain.data import DataBundle, epoch_permutation
+from stagetrain.datasets import load_data
 from stagetrain.device import seed_everything
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec

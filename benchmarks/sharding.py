@@ -91,7 +91,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from stagetrain import preflight
     from stagetrain.config import validate
-    from stagetrain.data import dataset_meta
+    from stagetrain.datasets import dataset_meta
     from stagetrain.runner import initial_spec, train
 
     rank = int(os.environ.get("RANK", "0"))

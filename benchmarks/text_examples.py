@@ -46,7 +46,7 @@ def _job(overrides: list[str]) -> dict[str, float]:
 def _mask_cost(repeats: int) -> dict[str, float]:
     """Seconds per forward+backward of a batch of 64 padded texts, masked vs unmasked spec."""
     from stagetrain.config import validate
-    from stagetrain.data import load_data
+    from stagetrain.datasets import load_data
 
     settings = validate(make_cfg(*JOBS["fortunes_classification"]))
     data = load_data(settings.dataset, 0)

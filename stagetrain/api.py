@@ -97,7 +97,7 @@ class Run:
     def data(self) -> DataBundle:
         """The run's dataset, split as in training (same seed). The model expects inputs
         normalised as in training: ``bundle.normalize(x)`` (``mode="unit"`` for RBM runs)."""
-        from stagetrain.data import load_data
+        from stagetrain.datasets import load_data
 
         return load_data(self.config.dataset, seed=int(self.config.seed))
 

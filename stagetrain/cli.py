@@ -208,10 +208,10 @@ def run_job(cfg: DictConfig, outcome: Outcome) -> dict[str, Any] | None:
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The job: one run, or a search over tune.lr / tune.grid (tune.py); then its equal-FLOPs control
     when compare.scratch=true."""
-    from stagetrain import trust
+    from stagetrain.families import vouched_by
     from stagetrain.runner import train
 
-    with trust.vouched_by(cfg):  # this job's own config names the code that may run (trust.py)
+    with vouched_by(cfg):  # this job's own config names the code that may run (trust.py)
         if (OmegaConf.select(cfg, "tune.lr", default=None) or OmegaConf.select(cfg, "tune.grid", default=None)) \
                 and not cfg.dry_run:
             from stagetrain.tune import run_search

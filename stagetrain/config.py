@@ -17,26 +17,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stagetrain.datasets import DATASETS, dataset, inputs, streamable
 from stagetrain.errors import StagetrainError, check_choice, check_positive, did_you_mean
 from stagetrain.families import FAMILIES, family
 from stagetrain.ranges import check_numbers
 from stagetrain.schema import (
     AUGMENTS,
     CACHE_MAX_BYTES,
-    DATASET_SCHEMAS,
-    DATASETS,
     OPTIMIZERS,
     SCHEDULES,
     SHARDS,
     STORAGES,
-    STREAMABLE,
-    TEXT_DATASETS,
     DatasetConfig,
     DeviceConfig,
     RunConfig,
 )
 from stagetrain.strategies import STRATEGIES, config_module
-from stagetrain.textfiles import validate_text_dataset
 
 
 def register_configs() -> None:
@@ -44,8 +40,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/dataset", name="dataset", node=DatasetConfig)
-    for name, node in DATASET_SCHEMAS.items():
-        cs.store(group="schema/dataset", name=name, node=node)
+    for name in DATASETS:
+        cs.store(group="schema/dataset", name=name, node=DATASETS.config(name).Config)
     for name in FAMILIES:
         cs.store(group="schema/model", name=name, node=family(name).Config)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
@@ -75,7 +71,7 @@ def settings(cfg: DictConfig) -> RunConfig:
 def _schema_for(plain: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(RunConfig)
     dataset = OmegaConf.select(plain, "dataset.name")
-    schema.dataset = OmegaConf.structured(DATASET_SCHEMAS.get(dataset, DatasetConfig))
+    schema.dataset = OmegaConf.structured(DATASETS.config(dataset).Config)
     model = OmegaConf.select(plain, "model.name")
     schema.model = OmegaConf.structured(family(model).Config)
     strategy = OmegaConf.select(plain, "strategy.name")
@@ -153,7 +149,8 @@ def check_known_keys(node: DictConfig, prefix: str = "") -> None:
 
 
 def _validate_dataset(ds: DatasetConfig) -> None:
-    check_choice("dataset.name", ds.name, DATASETS)
+    """The options every dataset has, then the dataset plug's own ``validate``."""
+    plug = dataset(ds.name)
     _fraction("dataset.labeled_fraction", ds.labeled_fraction)
     if not 0 < ds.val_fraction < 1:
         raise StagetrainError(f"dataset.val_fraction={ds.val_fraction} is out of range: it must be in (0, 1).")
@@ -164,19 +161,8 @@ def _validate_dataset(ds: DatasetConfig) -> None:
                 f"dataset.classes={classes} is not valid: give at least two distinct non-negative class labels, e.g. [0,1,2,3,4]."
             )
     _positive("dataset.max_train", ds.max_train)
-    if ds.name in TEXT_DATASETS:
-        validate_text_dataset(ds)
     _validate_storage(ds)
-    if ds.name == "synthetic":
-        _positive("dataset.n_train", ds.n_train)
-        _positive("dataset.n_test", ds.n_test)
-        if len(ds.shape) not in (1, 3) or min(ds.shape) <= 0:
-            raise StagetrainError(f"dataset.shape={list(ds.shape)} is not valid: use [features] or [channels, height, width].")
-        if ds.num_classes > ds.n_train or ds.num_classes > ds.n_test:
-            raise StagetrainError(
-                f"dataset.num_classes={ds.num_classes} is more than the samples (dataset.n_train={ds.n_train}, "
-                f"dataset.n_test={ds.n_test}): every class needs samples; use at most {min(ds.n_train, ds.n_test)} "
-                "classes or more samples.")
+    plug.validate(ds)
 
 
 def _validate_storage(ds: DatasetConfig) -> None:
@@ -184,28 +170,24 @@ def _validate_storage(ds: DatasetConfig) -> None:
     check_choice("dataset.augment", ds.augment, AUGMENTS)
     _positive("dataset.memory_budget", ds.memory_budget)
     _positive("dataset.workers", ds.workers, allow_zero=True)
-    streamable = f"it can be streamed for {', '.join(STREAMABLE)}"
-    if ds.storage == "stream" and ds.name not in STREAMABLE:
-        raise StagetrainError(f"dataset.storage=stream: dataset={ds.name} is always read into memory; {streamable}. "
+    can = f"it can be streamed for {', '.join(n for n in DATASETS if streamable(n))}"
+    if ds.storage == "stream" and not streamable(ds.name):
+        raise StagetrainError(f"dataset.storage=stream: dataset={ds.name} is always read into memory; {can}. "
                               "Use dataset.storage=auto or memory.")
-    if ds.augment != "none" and (ds.name not in STREAMABLE or ds.storage == "memory"):
+    if ds.augment != "none" and (not streamable(ds.name) or ds.storage == "memory"):
         raise StagetrainError(f"dataset.augment={ds.augment} runs per sample in the streamed loader's workers, so it "
-                              f"needs a streamed dataset ({streamable}) and dataset.storage=stream or auto "
+                              f"needs a streamed dataset ({can}) and dataset.storage=stream or auto "
                               f"(got dataset={ds.name}, dataset.storage={ds.storage}).")
-    if ds.name == "imagefolder":
-        _positive("dataset.image_size", ds.image_size)
-        if ds.channels not in (1, 3):
-            raise StagetrainError(f"dataset.channels={ds.channels} is not valid: use 1 (greyscale) or 3 (RGB).")
 
 
 def _validate_model(model: Any, ds: DatasetConfig) -> Any:
     """The model settings, checked, with values left to follow the data filled in (the
     family's optional ``resolve``: e.g. a transformer's vocabulary from a text dataset)."""
-    check_choice("model.name", model.name, FAMILIES)
     fam = family(model.name)
-    if ds.name in TEXT_DATASETS and not hasattr(fam, "resolve"):
-        raise StagetrainError(f"dataset={ds.name} gives token ids, which model={model.name} cannot read. Use "
-                              "model=transformer (its token stem embeds them).")
+    if inputs(ds) == "tokens" and not hasattr(fam, "resolve"):
+        readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "resolve"))
+        raise StagetrainError(f"dataset={ds.name} gives token ids, which model={model.name} cannot read. Use a "
+                              f"family whose stem embeds them: {readers}.")
     model = fam.resolve(model, ds) if hasattr(fam, "resolve") else model
     fam.validate(model, ds)
     return model
@@ -217,7 +199,8 @@ def _validate_run(cfg: RunConfig) -> None:
     _positive("train.batch_size", train.batch_size)
     _positive("train.eval_batch_size", train.eval_batch_size)
     _positive("train.patience", train.patience)
-    if train.batch_size == 1 and getattr(cfg.model, "bn", cfg.model.name in ("resnet", "torchvision")):
+    batch_norm = getattr(family(cfg.model.name), "batch_norm", None)
+    if train.batch_size == 1 and batch_norm is not None and batch_norm(cfg.model):
         raise StagetrainError("train.batch_size=1 with model.bn=true: batch normalization needs at least two "
                               "samples per batch to compute its statistics. Use train.batch_size>=2 or model.bn=false.")
     check_choice("train.on_nonfinite", train.on_nonfinite, ("stop", "skip_batch"))

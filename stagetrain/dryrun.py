@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from stagetrain.data import dataset_meta
+from stagetrain.datasets import dataset_meta
 from stagetrain.engine.runtime import planned_length, prepare, wants_cache
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters

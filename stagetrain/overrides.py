@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stagetrain import hydra_private, runlock, trust
+from stagetrain import families, hydra_private, runlock
 from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.override_errors import (
     check_added_keys,
@@ -35,6 +35,7 @@ from stagetrain.override_errors import (
 from stagetrain.sweepcheck import check_jobs, composer
 
 CONFIG_MODULE = "pkg://stagetrain.conf"
+CONFIG_NAME = "config"  # the primary config (conf/config.yaml), as cli.py names it
 
 
 def check_command_line(argv: list[str]) -> list[str]:
@@ -154,7 +155,8 @@ def _check_group_options(loader: Any, parsed: list[Any]) -> None:
             values = _values(o)
         except Exception:  # noqa: BLE001
             continue
-        options = sorted(loader.get_group_options(o.key_or_group))
+        searchpath = [p.input_line for p in parsed if p.get_key_element() == "hydra.searchpath"]
+        options = sorted(loader.get_group_options(o.key_or_group, config_name=CONFIG_NAME, overrides=searchpath))
         for value in values:
             if value not in options and value != "null":
                 raise StagetrainError(
@@ -200,7 +202,7 @@ def _validate(cfg: DictConfig) -> None:
     from stagetrain.config import validate
 
     try:
-        with trust.vouched_by(cfg):  # the command line's own config: its model.target is the user's
+        with families.vouched_by(cfg):  # the command line's own config: its model.target is the user's
             validate(cfg)
     except StagetrainError:
         raise

@@ -161,13 +161,13 @@ def check_run(settings: Any, device: Any, run_specs: Any) -> None:
     """The preflight of a configured run: the architectures it starts and ends with
     (``run_specs(settings, shape, classes)``, the run layer's) built on the meta device, and
     the memory the run needs against what there is."""
-    from stagetrain.data import dataset_meta
+    from stagetrain.datasets import dataset_meta, itemsize, samples_held
 
     shape, classes, n_train, _ = dataset_meta(settings.dataset)
     specs = run_specs(settings, shape, classes)
     ds = settings.dataset
-    samples = int(ds.n_train) + int(ds.n_test) if ds.name == "synthetic" else round(n_train * 1.3)
-    data = data_bytes(shape, samples, 4 if ds.name == "synthetic" else 1)
+    samples = samples_held(ds, n_train)
+    data = data_bytes(shape, samples, itemsize(ds))
     have, where = available_bytes(None)
     if have is not None and data > have:
         raise StagetrainError(

@@ -18,14 +18,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain import checkpoint as ckpt
-from stagetrain import distributed, preflight, trust
+from stagetrain import distributed, preflight
 from stagetrain.config import engine_options, to_yaml, validate
-from stagetrain.data import DataBundle, dataset_meta, load_data
+from stagetrain.data import DataBundle
+from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.device import choose_threads, pick_device, seed_everything
 from stagetrain.dryrun import estimate_plan, print_plan
 from stagetrain.engine import Engine
 from stagetrain.errors import StagetrainError, StopRequested
-from stagetrain.families import build_spec
+from stagetrain.families import build_spec, vouched_by
 from stagetrain.flops import analytic_flops
 from stagetrain.launch import continue_on_requeue, stop_on_signals
 from stagetrain.models import StagedModel, count_parameters
@@ -46,7 +47,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None, vouch: bool = True) -> di
     saved config and every spec read from a file may name only that. ``vouch=False``: ``cfg``
     was read from a file (a control's, from its staged run's record): only what the caller
     vouched for already."""
-    with trust.vouched_by(cfg) if vouch else contextlib.nullcontext():
+    with vouched_by(cfg) if vouch else contextlib.nullcontext():
         return _train(cfg, run_dir)
 
 

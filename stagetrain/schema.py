@@ -3,7 +3,9 @@
 Hydra builds the config from these (``config.register_configs`` puts them in its
 ConfigStore) and ``config.settings`` turns a composed config into instances of them,
 so nothing below the run layer ever sees an OmegaConf object. A strategy's own options
-live in its folder (``strategies/<name>/config.py``) as a subclass of ``StrategyConfig``.
+live in its folder (``strategies/<name>/config.py``) as a subclass of ``StrategyConfig``; a
+dataset's options beyond ``DatasetConfig``'s in ``datasets/<name>/config.py``; a model
+family's in ``families/<name>/config.py``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,6 @@ from typing import Any
 
 MISSING: Any = "???"  # OmegaConf's marker for a value the config must set
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder")
-TEXT_DATASETS = ("text", "text_classification", "fortunes")
-DATASETS = (*IMAGE_DATASETS, "synthetic", *TEXT_DATASETS)
-STREAMABLE = ("mnist", "fashion_mnist", "imagefolder")  # datasets with a streamed reader (dataset.storage=stream)
 STORAGES = ("auto", "memory", "stream")
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data/augment.py builds them
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -40,70 +38,6 @@ class DatasetConfig:
     memory_budget: float = 0.5  # bytes, or (<= 1) a fraction of the free device memory
     workers: int = 2  # DataLoader worker processes of a streamed split
     augment: str = "none"  # training augmentation preset (streamed image datasets)
-
-
-@dataclass
-class ImageFolderDatasetConfig(DatasetConfig):
-    name: str = "imagefolder"  # dataset.root: the folder holding train/ (and optionally val/, test/)
-    image_size: int = 32  # images are resized to image_size x image_size
-    channels: int = 3  # 1: greyscale, 3: RGB
-
-    @property
-    def shape(self) -> list[int]:  # what the model families read of an image dataset
-        return [self.channels, self.image_size, self.image_size]
-
-
-@dataclass
-class SyntheticDatasetConfig(DatasetConfig):
-    name: str = "synthetic"
-    n_train: int = 2000
-    n_test: int = 500
-    shape: list[int] = field(default_factory=lambda: [1, 8, 8])
-    num_classes: int = 10
-    noise: float = 2.0
-
-
-@dataclass
-class TextDatasetConfig(DatasetConfig):
-    """Causal language modelling on local UTF-8 files: windows of ``max_len`` tokens; the
-    last ``val_fraction`` and ``test_fraction`` of the token stream are held out."""
-
-    name: str = "text"
-    paths: list[str] = field(default_factory=list)  # files (or folders of files), read in this order
-    tokenizer: str = "bytes"  # bytes: 256 byte ids + padding | chars: the corpus's characters
-    max_len: int = 128  # tokens per window
-    test_fraction: float = 0.1
-
-
-@dataclass
-class TextClassificationConfig(DatasetConfig):
-    """Labelled texts from JSONL / CSV (``text_field``, ``label_field``) or a folder with one
-    file per class (entries separated by ``delimiter`` lines), padded/truncated to ``max_len``."""
-
-    name: str = "text_classification"
-    path: str | None = None
-    test_path: str | None = None  # null: a stratified test_fraction of ``path`` (fixed seed)
-    format: str = "auto"  # auto (folder / .csv / else jsonl) | jsonl | csv | folder
-    text_field: str = "text"
-    label_field: str = "label"
-    delimiter: str = "%"
-    tokenizer: str = "bytes"
-    max_len: int = 128
-    test_fraction: float = 0.2
-
-
-@dataclass
-class FortunesDatasetConfig(TextClassificationConfig):
-    """The Debian fortunes collection: category classification, or (task=lm) its entries as one text."""
-
-    name: str = "fortunes"
-    task: str = "classification"  # classification | lm
-
-
-# datasets with options beyond DatasetConfig's: name -> schema (the others use DatasetConfig)
-DATASET_SCHEMAS: dict[str, type] = {"synthetic": SyntheticDatasetConfig, "imagefolder": ImageFolderDatasetConfig,
-                                    "text": TextDatasetConfig, "text_classification": TextClassificationConfig,
-                                    "fortunes": FortunesDatasetConfig}
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Reading text data without torch: UTF-8 files, entries split by a delimiter line,
-labelled examples from JSONL / CSV / a folder of class files, the fortunes folder, and
-the vocabulary a tokenizer gives.
+"""Reading text data without torch, for the text dataset plugs: UTF-8 files, entries split
+by a delimiter line, labelled examples from JSONL / CSV / a folder of class files, the
+options every text dataset has, sizes without tokenising, and the vocabulary a tokenizer gives.
 
 The config layer reads vocabulary sizes here (``model.vocab_size`` follows the data), so
 this module imports no torch; ``stagetrain.data.text`` turns what it reads into tensors.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from stagetrain.texttables import label_name, read_table  # noqa: F401 - label_n
 
 PAD, UNKNOWN = 0, 1
 BYTE_VOCAB = 257
-FORTUNES_FOLDERS = ("text/fortunes", "fortunes")  # under dataset.root
-SYSTEM_FORTUNES = "/usr/share/games/fortunes"  # the Debian package `fortunes`
 SKIPPED = ("README*", "COPYRIGHT", "LICENSE*", "SHA256SUMS", "*.dat", "*.u8", ".*")  # not class files
 
 
@@ -113,55 +111,22 @@ def held_out_counts(labels: list[str], fraction: float) -> dict[str, int]:
     return {c: min(n - 1, round(fraction * n)) for c, n in counts.items()}
 
 
-def fortunes_folder(ds: Any) -> Path:
-    """Where the fortunes collection is: under dataset.root (STAGETRAIN_DATA), or the Debian package's."""
-    root = expand(ds.root)
-    candidates = [root / sub for sub in FORTUNES_FOLDERS] + [root, Path(SYSTEM_FORTUNES)]
-    for folder in candidates:
-        if (folder / "art").is_file() and (folder / "zippy").is_file():
-            return folder
-    raise StagetrainError(
-        f"dataset=fortunes: the fortunes collection was not found under {root} (looked in "
-        f"{', '.join(str(c) for c in candidates)}). It is one file per category (art, computers, ..., zippy) "
-        f"with entries separated by '%' lines. Either set dataset.root=<folder> or STAGETRAIN_DATA to a folder "
-        f"holding text/fortunes/, or install the Debian packages (apt-get install fortunes fortunes-min), "
-        f"which put it in {SYSTEM_FORTUNES}.")
+def part_sizes(tokens: int, ds: Any) -> tuple[int, int, int]:
+    """Tokens of a language model's training, validation and test parts (the held-out tail)."""
+    n_val, n_test = round(ds.val_fraction * tokens), round(ds.test_fraction * tokens)
+    return tokens - n_val - n_test, n_val, n_test
 
 
-def corpus_files(ds: Any) -> list[Path]:
-    """The files of a ``dataset=text`` corpus, in the order given (a folder: its files, sorted)."""
-    paths = [ds.paths] if isinstance(ds.paths, str) else list(ds.paths or [])
-    if not paths:
-        raise StagetrainError("dataset=text needs dataset.paths: one or more UTF-8 text files (or folders of "
-                              "them), e.g. dataset.paths=[notes.txt] or \"dataset.paths=[a.txt,b.txt]\".")
-    files: list[Path] = []
-    for p in map(expand, paths):
-        if os.path.isdir(p):
-            files += [f for f in userfile.listing(p, "dataset.paths")[1] if not f.name.startswith(".")]
-        else:
-            files.append(p)
-    return files
+def lm_meta(ds: Any, text: str, vocab: int) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, classes = the vocabulary, training windows) of a corpus, without tokenising."""
+    tokens = len(text.encode("utf-8")) if ds.tokenizer == "bytes" else len(text)
+    return (ds.max_len,), vocab, max(0, (part_sizes(tokens, ds)[0] - 1) // ds.max_len)
 
 
-def corpus_text(ds: Any) -> str:
-    """The running text a language-model dataset reads: its files joined, or fortunes' entries."""
-    if ds.name == "fortunes":
-        texts, _ = read_folder(fortunes_folder(ds), "%", "dataset=fortunes")
-        random.Random(0).shuffle(texts)  # fixed order: the held-out tail samples every category
-        return "".join(t + "\n%\n" for t in texts)
-    text = "".join(read_utf8(f, "dataset.paths") for f in corpus_files(ds))
-    if not text:
-        raise StagetrainError(f"dataset=text: the files {[str(f) for f in corpus_files(ds)]} are empty.")
-    return text
-
-
-def dataset_texts(ds: Any) -> list[str]:
-    """Every text a dataset's tokenizer vocabulary is built from."""
-    if is_lm(ds):
-        return [corpus_text(ds)]
-    if ds.name == "fortunes":
-        return read_folder(fortunes_folder(ds), "%", "dataset=fortunes")[0]
-    return read_labelled(ds)[0]
+def labelled_meta(ds: Any, labels: list[str], own_test: bool) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, classes, examples outside the test split) of labelled texts."""
+    held = 0 if own_test else sum(held_out_counts(labels, ds.test_fraction).values())
+    return (ds.max_len,), len(set(labels)), len(labels) - held
 
 
 def char_vocab(texts: list[str]) -> list[str]:
@@ -169,36 +134,24 @@ def char_vocab(texts: list[str]) -> list[str]:
     return sorted(set().union(*map(set, texts)))
 
 
-def vocab_size(ds: Any) -> int:
-    """Token ids a text dataset gives (padding and unknown included)."""
-    if ds.tokenizer == "bytes":
+def token_vocab(tokenizer: str, texts: Callable[[], list[str]]) -> int:
+    """Token ids ``tokenizer`` gives over ``texts()`` (padding and unknown included)."""
+    if tokenizer == "bytes":
         return BYTE_VOCAB
-    return 2 + len(char_vocab(dataset_texts(ds)))
+    return 2 + len(char_vocab(texts()))
 
 
-def validate_text_dataset(ds: Any) -> None:
-    """Options of the text datasets that the type schema cannot check (no file is read)."""
+def validate_text_dataset(ds: Any, lm: bool) -> None:
+    """Options every text dataset has that the type schema cannot check (no file is read)."""
     check_choice("dataset.tokenizer", ds.tokenizer, ("bytes", "chars"))
     if ds.max_len < 2:
         raise StagetrainError(f"dataset.max_len={ds.max_len} is out of range: it must be >= 2 tokens.")
     if not 0 < ds.test_fraction < 1 or ds.val_fraction + ds.test_fraction >= 1:
         raise StagetrainError(f"dataset.test_fraction={ds.test_fraction} is out of range: it must be in (0, 1) "
                               f"and leave training data beside dataset.val_fraction={ds.val_fraction}.")
-    lm = is_lm(ds)
-    if ds.name == "fortunes":
-        check_choice("dataset.task", ds.task, ("classification", "lm"))
-    if ds.name == "text_classification":
-        check_choice("dataset.format", ds.format, ("auto", "jsonl", "csv", "folder"))
-        if not ds.path:
-            raise StagetrainError("dataset=text_classification needs dataset.path: a JSONL or CSV file with "
-                                  "'text' and 'label' fields, or a folder with one file per class.")
     if lm and (ds.classes is not None or ds.labeled_fraction < 1):
+        task = " dataset.task=lm" if hasattr(ds, "task") else ""
         raise StagetrainError(
-            f"dataset={ds.name}{' dataset.task=lm' if ds.name == 'fortunes' else ''} is language modelling: its "
-            "targets are the next tokens, so dataset.classes and dataset.labeled_fraction do not apply. Use "
-            "dataset=fortunes (category labels) or dataset=text_classification for labelled texts.")
-
-
-def is_lm(ds: Any) -> bool:
-    """True for the text datasets that give next-token targets (causal language modelling)."""
-    return ds.name == "text" or (ds.name == "fortunes" and getattr(ds, "task", "") == "lm")
+            f"dataset={ds.name}{task} is language modelling: its targets are the next tokens, so dataset.classes "
+            "and dataset.labeled_fraction do not apply. Use labelled texts (e.g. dataset=fortunes or "
+            "dataset=text_classification) for classes.")

@@ -46,15 +46,9 @@ def builtin_targets() -> frozenset[str]:
 
 
 def named_by(cfg: Any) -> set[str]:
-    """The targets a launch's config (a DictConfig or a dict) names: its model's (custom or
-    torchvision) and ``trust_targets``."""
-    model = cfg.get("model") or {}
-    names = {str(t) for t in cfg.get("trust_targets") or []}
-    if model.get("name") == "custom" and model.get("target"):
-        names.add(str(model.get("target")))
-    elif model.get("name") == "torchvision" and model.get("arch"):
-        names.add(f"torchvision.models.{model.get('arch')}")
-    return names
+    """The targets a launch's config (a DictConfig or a dict) lists in ``trust_targets``
+    (what its model family's config names is added by ``families.vouched_by``)."""
+    return {str(t) for t in cfg.get("trust_targets") or []}
 
 
 @contextlib.contextmanager
@@ -65,11 +59,6 @@ def vouched(targets: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         _VOUCHED.reset(token)
-
-
-def vouched_by(cfg: Any) -> contextlib.AbstractContextManager[None]:
-    """``vouched`` for what a launch's own config names (its model and ``trust_targets``)."""
-    return vouched(named_by(cfg))
 
 
 def is_trusted(target: str) -> bool:

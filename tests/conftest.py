@@ -238,12 +238,12 @@ def built_steps(monkeypatch) -> list:
 
 def engine_for(cfg):
     """The engine a run of ``cfg`` would train (validated; plan, model and data built), on the CPU."""
-    from stagetrain import trust
     from stagetrain.config import validate
+    from stagetrain.families import vouched_by
     from stagetrain.progress import Reporter
     from stagetrain.runner import build_engine
 
-    with trust.vouched_by(cfg):  # as runner.train: the test's config is the user's
+    with vouched_by(cfg):  # as runner.train: the test's config is the user's
         validate(cfg)
         return build_engine(cfg, torch.device("cpu"), None, Reporter("off"))[0]
 

@@ -237,12 +237,56 @@ def test_every_model_family_has_its_config_and_no_torch_import():
     for name in FAMILIES:
         module = family(name)
         for attr in ("Config", "validate", "spec"):
-            assert hasattr(module, attr), f"stagetrain/families/{name}.py has no {attr}"
-        tree = ast.parse((PKG / "families" / f"{name}.py").read_text())
-        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-        top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-        assert "torch" not in {m.split(".")[0] for m in top}, (
-            f"families/{name}.py imports torch at module level; the config layer loads it at start-up")
+            assert hasattr(module, attr), f"stagetrain/families/{name}/config.py has no {attr}"
+        assert (PKG / "families" / name / "README.md").is_file(), f"families/{name}/ has no README.md"
+        _assert_torch_free(PKG / "families" / name / "config.py")
+
+
+def test_every_dataset_has_its_plug_folder_and_a_torch_free_config():
+    from stagetrain.datasets import DATASETS
+
+    conf = PKG.parent / "conf" / "dataset"
+    assert sorted(p.stem for p in conf.glob("*.yaml")) == sorted(DATASETS)
+    for name in DATASETS:
+        module = DATASETS[name]
+        for attr in ("Config", "validate", "meta"):
+            assert hasattr(module, attr), f"stagetrain/datasets/{name}/config.py has no {attr}"
+        assert hasattr(module, "load") or hasattr(module, "bundle"), f"datasets/{name}/reader.py has no load or bundle"
+        assert (PKG / "datasets" / name / "README.md").is_file(), f"datasets/{name}/ has no README.md"
+        _assert_torch_free(PKG / "datasets" / name / "config.py")
+
+
+def test_no_generic_module_names_a_plug():
+    """A strategy's, family's or dataset's rules live in its plug: outside the plug folders
+    (and the plug's own YAML), no module compares a config's name with a plug's name."""
+    from stagetrain.datasets import DATASETS
+    from stagetrain.families import FAMILIES
+    from stagetrain.strategies import STRATEGIES
+
+    names = {*DATASETS, *FAMILIES, *STRATEGIES}
+    found = []
+    for path in _modules():
+        rel = path.relative_to(PKG).parts
+        if len(rel) > 2 and rel[0] in ("strategies", "families", "datasets"):
+            continue  # inside a plug folder
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq | ast.In | ast.NotIn)
+                                                     for op in node.ops):
+                names_here = {c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)}
+                names_here |= {e.value for c in node.comparators if isinstance(c, ast.Tuple | ast.Set | ast.List)
+                               for e in c.elts if isinstance(e, ast.Constant)}
+                source = ast.unparse(node)
+                if names_here & names and ".name" in source:
+                    found.append(f"{path.relative_to(PKG)}:{node.lineno}: {source}")
+    assert not found, "generic code branches on a plug's name (ask the plug instead):\n" + "\n".join(found)
+
+
+def _assert_torch_free(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert "torch" not in {m.split(".")[0] for m in top}, (
+        f"{path.relative_to(PKG)} imports torch at module level; the config layer loads it at start-up")
 
 
 def test_every_package_is_installed_by_a_non_editable_install():
@@ -252,6 +296,8 @@ def test_every_package_is_installed_by_a_non_editable_install():
 
     setup = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(setup["packages"])
-    packages = {_name(p) for p in PKG.rglob("__init__.py") if p.parent.parent.name != "strategies"}
+    plug_axes = ("strategies", "families", "datasets")  # plug folders ship as their axis's package data
+    packages = {_name(p) for p in PKG.rglob("__init__.py") if p.parent.parent.name not in plug_axes}
     assert packages <= listed, f"add {sorted(packages - listed)} to [tool.setuptools] packages in pyproject.toml"
-    assert "*/*.py" in setup["package-data"]["stagetrain.strategies"]
+    for axis in plug_axes:
+        assert {"*/*.py", "*/README.md"} <= set(setup["package-data"][f"stagetrain.{axis}"])

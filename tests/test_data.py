@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import IDX_SIZES, make_cfg, make_idx_images
 
-from stagetrain.data import dataset_meta, epoch_permutation, load_data
+from stagetrain.data import epoch_permutation
+from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.errors import StagetrainError
 from stagetrain.runner import train
 
@@ -61,11 +62,11 @@ def test_digits_are_scikit_learns_with_its_stratified_split():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from stagetrain.data.images import _load_digits
+    from stagetrain.datasets.digits.reader import load
 
     d = load_digits()
     tr, te = train_test_split(range(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)
-    train, test, _ = _load_digits()
+    train, test, _ = load(None, 0)
     assert torch.equal(train.x, torch.tensor(d.images[tr], dtype=torch.uint8).unsqueeze(1))
     assert torch.equal(test.y, torch.tensor(d.target[te]))
 

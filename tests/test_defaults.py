@@ -13,6 +13,7 @@ from conftest import run_cli
 from stagetrain import helppage
 from stagetrain.banner import _data_line
 from stagetrain.data.images import IDX_FILES, missing_data_message
+from stagetrain.datasets.mnist.reader import SOURCE
 
 CUSTOM = ["model=custom", "model.target=mypkg.nets.SmallNet", "model.stem=[conv,bn,act]",
           "model.blocks=[stage1,stage2]", "model.head=fc", "model.head_input=pool_flatten", "strategy=scratch",
@@ -57,7 +58,7 @@ def test_a_missing_idx_file_is_named_alone(tmp_path):
     for name in IDX_FILES[:3]:
         (raw / name).write_bytes(b"")
     (raw / f"{IDX_FILES[3]}.gz").write_bytes(b"")
-    message = missing_data_message("mnist", tmp_path)
+    message = missing_data_message(SOURCE, tmp_path)
     assert f"lacks {IDX_FILES[3]} (the other 3 files are there; gunzip {IDX_FILES[3]}.gz)" in message
     assert "train-images" not in message.split("stagetrain reads")[0]
-    assert "were not found (or failed" in missing_data_message("mnist", tmp_path / "elsewhere")
+    assert "were not found (or failed" in missing_data_message(SOURCE, tmp_path / "elsewhere")

@@ -10,8 +10,8 @@ import torch
 from conftest import final_weights, make_cfg
 
 from stagetrain.config import validate
-from stagetrain.data import dataset_meta, load_data
 from stagetrain.data.stream import sequential_batches
+from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.errors import StagetrainError
 from stagetrain.runner import train
 

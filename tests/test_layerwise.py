@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from stagetrain import checkpoint as ckpt
 from stagetrain.config import validate
-from stagetrain.data import load_data
+from stagetrain.datasets import load_data
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel, count_parameters

@@ -16,7 +16,7 @@ from conftest import make_cfg
 
 from stagetrain import preflight
 from stagetrain.config import validate
-from stagetrain.data import dataset_meta
+from stagetrain.datasets import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
 from stagetrain.runner import dry_run, initial_spec, run_specs

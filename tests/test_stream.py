@@ -16,9 +16,10 @@ from conftest import (
     resume_until_done,
 )
 
-from stagetrain.data import epoch_permutation, load_data
+from stagetrain.data import epoch_permutation
 from stagetrain.data.augment import epoch_key
 from stagetrain.data.stream import EpochLoader, sequential_batches
+from stagetrain.datasets import load_data
 from stagetrain.errors import StagetrainError
 from stagetrain.runner import train
 

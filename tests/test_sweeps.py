@@ -269,7 +269,7 @@ def test_a_dry_run_sweep_writes_nothing(tmp_path):
 
 def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data():
     from stagetrain.config import validate
-    from stagetrain.data import dataset_meta
+    from stagetrain.datasets import dataset_meta
     from stagetrain.dryrun import estimate_plan
     from stagetrain.runner import initial_spec
     from stagetrain.strategies import STRATEGIES
@@ -289,7 +289,7 @@ def test_dry_run_estimate_of_a_full_batch_probe_bounds_what_it_spends(tmp_path):
     """An L-BFGS step makes many forward-backward passes (its line search); the dry run counts
     the most one step may make, so its estimate bounds the run's measured FLOPs from above."""
     from stagetrain.config import validate
-    from stagetrain.data import dataset_meta
+    from stagetrain.datasets import dataset_meta
     from stagetrain.dryrun import estimate_plan
     from stagetrain.runner import initial_spec, train
     from stagetrain.strategies import STRATEGIES

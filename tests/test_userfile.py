@@ -25,8 +25,8 @@ OPENERS = {"open", "fdopen", "read_bytes", "read_text", "load", "safe_open", "me
            "load_file", "genfromtxt"}
 # (module, call as written): why it is not a user's file, or why it is safe
 ALLOWED = {
-    ("data/images.py", "gzip.open"): "scikit-learn's own bundled digits.csv.gz, found through importlib",
-    ("data/images.py", "np.loadtxt"): "parses that package file from the open gzip stream",
+    ("datasets/digits/reader.py", "gzip.open"): "scikit-learn's own bundled digits.csv.gz, found through importlib",
+    ("datasets/digits/reader.py", "np.loadtxt"): "parses that package file from the open gzip stream",
     ("data/images.py", "np.memmap"): "maps a file object that userfile.open_file opened and checked",
     ("data/imagefolder.py", "Image.open"): "decodes a file object that userfile.open_file opened (kind image)",
     ("data/stream.py", "open"): "/proc/meminfo, the kernel's",

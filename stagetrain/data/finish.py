@@ -96,3 +96,21 @@ def channel_stats(train: Split, scale: float) -> tuple[torch.Tensor, torch.Tenso
     std = ((total_sq - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
     shape = (-1, 1, 1) if len(train.x.shape) == 4 else (-1,)
     return mean.float().view(shape), std.float().clamp_min(1e-3).view(shape)
+
+
+def finish_loaded(cfg: Any, seed: int, loaded: tuple, storage: str, why: str) -> DataBundle:
+    """A loader's (train, test, scale[, val, info]) finished into the run's bundle, with the
+    storage decision, a streamed split's workers and augmentation, and the statistics in ``info``."""
+    train, test, scale, *rest = loaded
+    bundle = finish_bundle(cfg, seed, train, test, scale, rest[0] if rest else None)
+    workers = int(getattr(cfg, "workers", 0))
+    for split in (bundle.train, bundle.val, bundle.test):
+        if split.streamed:
+            split.x.workers = workers
+    if bundle.train.streamed:
+        bundle.train.x.augment = getattr(cfg, "augment", "none")
+    bundle.info.update({"storage": storage, "storage_reason": why, **(rest[1] if len(rest) > 1 else {}),
+                        "mean": bundle.mean.flatten().tolist(), "std": bundle.std.flatten().tolist()})
+    if storage == "stream":
+        bundle.info.update(workers=workers, augment=getattr(cfg, "augment", "none"))
+    return bundle

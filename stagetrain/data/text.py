@@ -1,6 +1,5 @@
-"""The text datasets as token tensors: ``text`` (and ``fortunes dataset.task=lm``) as
-causal language-model windows, ``text_classification`` and ``fortunes`` as padded
-labelled texts.
+"""Text as token tensors, for the text dataset plugs: a corpus as causal language-model
+windows (``lm_bundle``), labelled texts padded to a length (``classification_bundle``).
 
 Language modelling: the corpus becomes one token stream; its last ``val_fraction`` and
 ``test_fraction`` are held out (by position, so no window of the training part overlaps
@@ -21,37 +20,7 @@ from stagetrain.data.bundle import DataBundle, Split
 from stagetrain.data.finish import finish_bundle
 from stagetrain.data.tokenizer import Tokenizer, pad_batch
 from stagetrain.errors import StagetrainError
-from stagetrain.textfiles import (
-    corpus_text,
-    fortunes_folder,
-    held_out_counts,
-    is_lm,
-    label_names,
-    read_folder,
-    read_labelled,
-    vocab_size,
-)
-
-
-def text_meta(ds: Any) -> tuple[tuple[int, ...], int, int]:
-    """(input shape, classes, samples) without tokenising: for LM data the training windows
-    (classes: the vocabulary), for classification the examples outside the test split."""
-    if is_lm(ds):
-        text = corpus_text(ds)
-        tokens = len(text.encode("utf-8")) if ds.tokenizer == "bytes" else len(text)
-        return (ds.max_len,), vocab_size(ds), max(0, (_part_sizes(tokens, ds)[0] - 1) // ds.max_len)
-    texts, labels = _labelled(ds)
-    held = 0 if ds.test_path else sum(held_out_counts(labels, ds.test_fraction).values())
-    return (ds.max_len,), len(set(labels)), len(texts) - held
-
-
-def text_bundle(ds: Any, seed: int) -> DataBundle:
-    return _lm_bundle(ds, seed) if is_lm(ds) else _classification_bundle(ds, seed)
-
-
-def _part_sizes(tokens: int, ds: Any) -> tuple[int, int, int]:
-    n_val, n_test = round(ds.val_fraction * tokens), round(ds.test_fraction * tokens)
-    return tokens - n_val - n_test, n_val, n_test
+from stagetrain.textfiles import held_out_counts, label_names, part_sizes
 
 
 def windows(stream: torch.Tensor, length: int) -> Split:
@@ -60,8 +29,8 @@ def windows(stream: torch.Tensor, length: int) -> Split:
     return Split(stream[: n * length].view(n, length), stream[1: n * length + 1].view(n, length))
 
 
-def _lm_bundle(ds: Any, seed: int) -> DataBundle:
-    text = corpus_text(ds)
+def lm_bundle(ds: Any, seed: int, text: str) -> DataBundle:
+    """A corpus as language-model windows, its held-out tail as validation and test."""
     tok = Tokenizer.build(ds.tokenizer, [text])
     try:
         stream = tok.encode(text)
@@ -70,7 +39,7 @@ def _lm_bundle(ds: Any, seed: int) -> DataBundle:
             f"dataset={ds.name}: the corpus ({len(text):,} characters) does not fit in the memory this process may "
             "use as token ids (8 bytes a token, so about 8 times the text). Give less text, or run with more "
             "memory (a higher ulimit -v).") from None
-    n_train, n_val, _ = _part_sizes(len(stream), ds)
+    n_train, n_val, _ = part_sizes(len(stream), ds)
     parts = {"train": stream[:n_train], "val": stream[n_train:n_train + n_val], "test": stream[n_train + n_val:]}
     splits = {name: windows(part, ds.max_len) for name, part in parts.items()}
     for name, split in splits.items():
@@ -90,19 +59,15 @@ def _lm_bundle(ds: Any, seed: int) -> DataBundle:
                       tok.vocab_size, torch.zeros(1), torch.ones(1), 1.0, info)
 
 
-def _labelled(ds: Any) -> tuple[list[str], list[str]]:
-    if ds.name == "fortunes":
-        return read_folder(fortunes_folder(ds), "%", "dataset=fortunes")
-    return read_labelled(ds)
-
-
-def _classification_bundle(ds: Any, seed: int) -> DataBundle:
-    texts, labels = _labelled(ds)
+def classification_bundle(ds: Any, seed: int, texts: list[str], labels: list[str],
+                          test: tuple[list[str], list[str]] | None = None) -> DataBundle:
+    """Labelled texts padded to ``max_len`` tokens; the test split: ``test`` (read from
+    ``dataset.test_path``) or a stratified ``test_fraction``, the same for every seed."""
     names = label_names(labels)
     index = {name: i for i, name in enumerate(names)}
     tok = Tokenizer.build(ds.tokenizer, texts)
-    if ds.test_path:
-        test_texts, test_labels = read_labelled(ds, ds.test_path)
+    if test is not None:
+        test_texts, test_labels = test
         unknown = sorted(set(test_labels) - set(names))
         if unknown:
             raise StagetrainError(f"dataset.test_path={ds.test_path} has labels {unknown[:5]} that dataset.path="

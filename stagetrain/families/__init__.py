@@ -1,7 +1,8 @@
-"""Model families: ``model=<name>`` is the module ``stagetrain/families/<name>.py`` plus
-``conf/model/<name>.yaml``, found without being registered anywhere.
+"""Model families: ``model=<name>`` is a plug (``plugs.py``): the folder
+``stagetrain/families/<name>/`` (or an installed package under the entry-point group
+``stagetrain.families``) plus ``conf/model/<name>.yaml``, found without being registered.
 
-A family module has no torch import (the config layer loads it at start-up) and defines:
+A family's ``config.py`` has no torch import (the config layer loads it at start-up) and defines:
 
 * ``Config`` -- its options dataclass (Hydra's schema for ``model=<name>``);
 * ``validate(model, dataset)`` -- raises ``StagetrainError`` for values it cannot build;
@@ -12,25 +13,46 @@ A family module has no torch import (the config layer loads it at start-up) and 
   widths ``strategy=grow`` schedules (without them, grow refuses the family);
 * optionally ``grow_schedule(model)`` -- grow's default per-stage widths (when neither
   ``strategy.widths`` nor ``strategy.width_factor`` is set); without it, the final widths
-  / 4, / 2, / 1 (``scaled_schedule``).
+  / 4, / 2, / 1 (``scaled_schedule``);
+* optionally ``resolve(model, dataset)`` -- the model with values that follow the data
+  filled in (a family without it cannot read token ids);
+* optionally ``batch_norm(model)`` -- whether the model normalises over the batch;
+* optionally ``trust_targets(model)`` -- the callables its config names (``trust.py``);
+* optionally ``is_lm(model)``, ``as_classifier(spec, classes, model)`` and
+  ``with_mask_token(spec)`` -- a language model's head, and what fine-tuning one on labels
+  or masked-token pretraining starts from.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from pathlib import Path
+import contextlib
 from types import ModuleType
+from typing import Any
 
+from stagetrain import trust
 from stagetrain.errors import StagetrainError
+from stagetrain.plugs import Plugs
 
-FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])))
+FAMILIES = Plugs("model", "model family", __name__, ("Config", "validate", "spec"))
 
 
 def family(name: str) -> ModuleType:
-    if name not in FAMILIES:
-        raise StagetrainError(f"model={name} is not a model family; valid: {', '.join(FAMILIES)}.")
-    return importlib.import_module(f"stagetrain.families.{name}")
+    """The family plug ``model=<name>``, or one paragraph naming the valid ones."""
+    return FAMILIES.plug(name)
+
+
+def vouched_by(cfg: Any) -> contextlib.AbstractContextManager[None]:
+    """``trust.vouched`` for what a launch's own config (a DictConfig or a dict) names: its
+    ``trust_targets`` and what its model family's ``trust_targets(model)`` hook reads in it."""
+    model = cfg.get("model") or {}
+    hook = getattr(family(model.get("name")), "trust_targets", None) if model.get("name") in FAMILIES else None
+    return trust.vouched(trust.named_by(cfg) | {str(t) for t in (hook(model) if hook else [])})
+
+
+def is_lm(model: Any) -> bool:
+    """Whether ``model`` (a resolved model config) is a language model (its head predicts tokens)."""
+    hook = getattr(family(model.name), "is_lm", None)
+    return bool(hook is not None and hook(model))
 
 
 def build_spec(model_cfg: object, in_shape: tuple[int, ...], num_classes: int) -> dict:

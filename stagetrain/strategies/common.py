@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stagetrain.errors import StagetrainError
+from stagetrain.families import is_lm
 from stagetrain.plan import Stage
 
 
@@ -17,7 +18,7 @@ def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:
         "sched": cfg.sched.name,
     }
     stage = Stage(**{**defaults, **fields})
-    if cfg.model.name == "transformer" and cfg.model.head == "lm" and stage.objective == "supervised":
+    if stage.objective == "supervised" and is_lm(cfg.model):
         if not stage.uses_head and (stage.helper or {}).get("kind") != "lm_head":  # an auxiliary LM head is fine
             raise StagetrainError(
                 f"strategy={cfg.strategy.name} trains stage '{stage.name}' through an auxiliary classifier, which "

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from stagetrain.datasets import DATASETS
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.schema import CACHE_MAX_BYTES, DATASETS, StrategyConfig
+from stagetrain.schema import CACHE_MAX_BYTES, StrategyConfig
 from stagetrain.strategies.layerwise.config import AutoConfig, check_epochs
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
@@ -95,7 +96,9 @@ def validate(cfg: Any) -> None:
             raise StagetrainError("strategy.pretrain: lr must be > 0 and noise in [0, 1).")
         if s.head == "reuse":
             raise StagetrainError("strategy.head=reuse needs a source run; in-run pretraining always gets a new head.")
-        from stagetrain.data import dataset_meta  # torch: only when pretraining needs the shapes
+        from stagetrain.datasets import (
+            dataset_meta,  # torch: only when pretraining needs the shapes
+        )
 
         src_shape = dataset_meta(source_dataset_cfg(cfg))[0]
         if tuple(src_shape) != tuple(dataset_meta(cfg.dataset)[0]):
@@ -123,21 +126,24 @@ def validate(cfg: Any) -> None:
 
 def _validate_text_pretrain(cfg: Any) -> None:
     """lm / mlm pretraining reads the run's own labelled texts as unlabelled sequences."""
-    from stagetrain.schema import TEXT_DATASETS
+    from stagetrain import datasets
+    from stagetrain.families import FAMILIES, family
 
     p, ds = cfg.strategy.pretrain, cfg.dataset
-    if ds.name not in TEXT_DATASETS or ds.name == "text" or getattr(ds, "task", "") == "lm":
+    if datasets.inputs(ds) != "tokens" or datasets.is_lm(ds):
         raise StagetrainError(
             f"strategy.pretrain.objective={p.objective} pretrains on the run's texts without their labels, then "
-            f"fine-tunes a classifier on them, but dataset={ds.name}{' dataset.task=lm' if ds.name != 'text' and ds.name in TEXT_DATASETS else ''} "
+            f"fine-tunes a classifier on them, but dataset={ds.name}{' dataset.task=lm' if hasattr(ds, 'task') else ''} "
             "has no labels to fine-tune on. Use labelled texts (dataset=fortunes or dataset=text_classification); to "
             "fine-tune a language model trained on a corpus, give its run as strategy.source=<run dir>.")
     if p.dataset not in (None, ds.name) or p.classes is not None:
         raise StagetrainError(f"strategy.pretrain.objective={p.objective} pretrains on every training text of "
                               f"dataset={ds.name}; strategy.pretrain.dataset and strategy.pretrain.classes do not "
                               "apply (leave them null).")
-    if cfg.model.name != "transformer":
-        raise StagetrainError(f"strategy.pretrain.objective={p.objective} needs model=transformer.")
+    if not hasattr(family(cfg.model.name), "with_mask_token"):
+        readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "with_mask_token"))
+        raise StagetrainError(f"strategy.pretrain.objective={p.objective} needs a token model that can pretrain "
+                              f"on text: {readers}.")
     if p.objective == "lm" and cfg.model.causal is False:
         raise StagetrainError("strategy.pretrain.objective=lm trains next-token prediction, which needs causal "
                               "layers: leave model.causal=null (lm makes it causal) or use objective=mlm.")

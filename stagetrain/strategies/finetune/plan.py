@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from stagetrain.data import dataset_meta
+from stagetrain.datasets import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec, family
 from stagetrain.growth import fresh_name

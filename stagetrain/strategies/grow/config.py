@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families import grow_schedule, grow_widths, scaled_schedule
+from stagetrain.families import grow_schedule, grow_widths, is_lm, scaled_schedule
 from stagetrain.plan import TARGET_KEYS, parse_target
 from stagetrain.schema import StrategyConfig, as_list
 
@@ -117,7 +117,7 @@ def validate(cfg: Any) -> None:
 def _check_target_metric(target: str, model: Any) -> None:
     """A target on a metric the run never reports would never stop it: refuse it."""
     key = parse_target(target)[0]
-    lm = model.name == "transformer" and model.head == "lm"
+    lm = is_lm(model)
     if key.endswith("/loss") or key.endswith(("/ppl", "/bpb")) == lm:
         return
     what, have = ("a language model (model.head=lm)", "loss, ppl, bpb") if lm else ("a classifier", "loss, acc")

@@ -68,3 +68,8 @@ def with_grow_widths(m: Any, widths: list[int]) -> Any:
 def grow_schedule(m: Any) -> list[list[int]]:
     """grow's default: one hidden layer of 16 -> 64 -> 256 units (the quick start's growth)."""
     return [[16], [64], [256]]
+
+
+def batch_norm(m: Any) -> bool:
+    """Whether the model normalises over the batch (``train.batch_size=1`` is then refused)."""
+    return bool(m.bn)

@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from stagetrain import datasets
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families.cnn import is_image
-from stagetrain.schema import TEXT_DATASETS
 
-IMAGE_SIZES = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32)}
 MAX_AUTO_TOKENS = 64  # patch=0 picks the smallest patch giving at most this many tokens
 
 
@@ -52,20 +50,23 @@ def layer_widths(m: Any) -> list[int]:
     return [max(1, round(float(m.mlp_ratio) * int(m.d_model)))] * int(m.n_layers)
 
 
+def is_lm(m: Any) -> bool:
+    """A language model: the head gives per-position vocabulary logits."""
+    return m.head == "lm"
+
+
 def is_causal(m: Any) -> bool:
     return bool(m.causal) if m.causal is not None else m.head == "lm"
 
 
 def resolve(model: Any, dataset: Any) -> Any:
     """``model`` with the values left null filled from the dataset (see the module doc)."""
-    from stagetrain.textfiles import is_lm, vocab_size
-
-    text = dataset.name in TEXT_DATASETS
+    text = datasets.inputs(dataset) == "tokens"
     stem = model.stem or ("tokens" if text else "patch")
-    head = model.head or ("lm" if text and is_lm(dataset) else "cls")
+    head = model.head or ("lm" if text and datasets.is_lm(dataset) else "cls")
     vocab = model.vocab_size
     if text and stem == "tokens":
-        have = vocab_size(dataset)
+        have = datasets.vocab_size(dataset)
         if vocab is not None and vocab != have:
             raise StagetrainError(
                 f"model.vocab_size={vocab} does not match dataset={dataset.name}'s vocabulary of {have} token ids "
@@ -100,7 +101,7 @@ def validate(model: Any, dataset: Any) -> None:
                               "hidden size per layer, e.g. [256,256], or null to use n_layers and mlp_ratio.")
     if not 0 <= model.dropout < 1:
         raise StagetrainError(f"model.dropout={model.dropout} is out of range: it must be in [0, 1).")
-    if dataset.name in TEXT_DATASETS:
+    if datasets.inputs(dataset) == "tokens":
         _validate_text(model, dataset)
         return
     if model.head == "lm":
@@ -116,12 +117,10 @@ def validate(model: Any, dataset: Any) -> None:
 
 
 def _validate_text(model: Any, dataset: Any) -> None:
-    from stagetrain.textfiles import is_lm
-
     if model.stem != "tokens":
         raise StagetrainError(f"model.stem={model.stem} cuts images into patches, but dataset={dataset.name} gives "
                               "token ids. Use model.stem=tokens (or leave model.stem=null).")
-    lm = is_lm(dataset)
+    lm = datasets.is_lm(dataset)
     if (model.head == "lm") != lm:
         need, why = ("lm", "next-token targets") if lm else ("cls", "one class label per text")
         raise StagetrainError(f"model.head={model.head} does not fit dataset={dataset.name}, which gives {why}. "
@@ -132,11 +131,11 @@ def _validate_text(model: Any, dataset: Any) -> None:
 
 
 def _validate_patches(model: Any, dataset: Any) -> None:
-    if not is_image(dataset):
+    if datasets.inputs(dataset) != "image":
         raise StagetrainError(
-            f"model=transformer with model.stem=patch needs image inputs, but dataset={dataset.name} with shape "
-            f"{list(dataset.shape)} is flat. Give dataset.shape=[channels,height,width].")
-    h, w = IMAGE_SIZES.get(dataset.name) or tuple(dataset.shape)[1:]
+            f"model=transformer with model.stem=patch needs image inputs, but dataset={dataset.name} gives "
+            f"{datasets.inputs(dataset)}. Give dataset.shape=[channels,height,width].")
+    h, w = tuple(getattr(dataset, "shape", None) or datasets.dataset(dataset.name).meta(dataset)[0])[1:]
     p = int(model.patch)
     if p < 0 or (p and (h % p or w % p)):
         raise StagetrainError(f"model.patch={p} must divide the image size {h}x{w} of dataset={dataset.name} "

@@ -75,7 +75,7 @@ def check_names(stem: list[str], blocks: list[str], head: list[str]) -> None:
 
 
 def input_shape(dataset: Any) -> tuple[int, ...]:
-    from stagetrain.data import dataset_meta  # torch: only when a run is validated
+    from stagetrain.datasets import dataset_meta  # torch: only when a run is validated
 
     return tuple(dataset_meta(dataset)[0])
 
@@ -131,3 +131,8 @@ def plain_kwargs(value: Any) -> Any:
     if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str | bytes)):
         return [plain_kwargs(v) for v in value]
     return value
+
+
+def trust_targets(m: Any) -> list[str]:
+    """The callable this config names (``trust.py``): model.target, the user's own."""
+    return [str(m.get("target"))] if m.get("target") else []

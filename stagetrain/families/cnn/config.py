@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stagetrain.datasets import inputs
 from stagetrain.errors import StagetrainError, check_positive
-from stagetrain.families.mlp import check_common, check_widths, classifier, dense_block
-from stagetrain.schema import IMAGE_DATASETS
+from stagetrain.families.mlp.config import check_common, check_widths, classifier, dense_block
 
 
 @dataclass
@@ -37,12 +37,12 @@ def validate(model: Any, dataset: Any) -> None:
         check_positive(f"model.{key}", getattr(model, key), allow_zero=key != "kernel")
     if not is_image(dataset):
         raise StagetrainError(
-            f"model=cnn needs image inputs, but dataset={dataset.name} with shape {list(dataset.shape)} is flat. "
+            f"model=cnn needs image inputs, but dataset={dataset.name} gives {inputs(dataset)}. "
             "Use model=mlp, or give dataset.shape=[channels,height,width].")
 
 
 def is_image(dataset: Any) -> bool:
-    return dataset.name in IMAGE_DATASETS or (dataset.name == "synthetic" and len(dataset.shape) == 3)
+    return inputs(dataset) == "image"
 
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -78,3 +78,8 @@ def with_grow_widths(m: Any, widths: list[int]) -> Any:
     if len(widths) <= n:
         return replace(m, channels=list(widths), fc_widths=[])
     return replace(m, channels=list(widths[:n]), fc_widths=list(widths[n:]))
+
+
+def batch_norm(m: Any) -> bool:
+    """Whether the model normalises over the batch (``train.batch_size=1`` is then refused)."""
+    return bool(m.bn)

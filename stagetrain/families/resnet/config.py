@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stagetrain.datasets import inputs
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families.cnn import is_image
-from stagetrain.families.mlp import check_widths, classifier
+from stagetrain.families.cnn.config import is_image
+from stagetrain.families.mlp.config import check_widths, classifier
 
 STEMS = ("cifar", "imagenet")
 UNITS = ("basic", "bottleneck")
@@ -49,7 +50,7 @@ def validate(model: Any, dataset: Any) -> None:
             f"units for every stage (e.g. 2), or one per stage ({n} numbers, e.g. {[1] * n}).")
     if not is_image(dataset):
         raise StagetrainError(
-            f"model=resnet needs image inputs, but dataset={dataset.name} with shape {list(dataset.shape)} is flat. "
+            f"model=resnet needs image inputs, but dataset={dataset.name} gives {inputs(dataset)}. "
             "Use model=mlp, or give dataset.shape=[channels,height,width].")
 
 
@@ -85,3 +86,8 @@ def with_grow_widths(m: Any, widths: list[int]) -> Any:
     units = [int(u) for u in _listed(m.blocks_per_stage)]
     per_stage = [units[min(i, len(units) - 1)] for i in range(len(widths))]
     return replace(m, stage_channels=list(widths), blocks_per_stage=per_stage if len(units) > 1 else units[0])
+
+
+def batch_norm(m: Any) -> bool:
+    """Its blocks normalise over the batch (``train.batch_size=1`` is then refused)."""
+    return True

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.families.custom import (
+from stagetrain.families.custom.config import (
     check_adapt,
     check_kwargs,
     cut_spec,
@@ -62,3 +62,13 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
         kwargs["image_size"] = int(in_shape[1])
     return cut_spec(f"torchvision.models.{m.arch}", kwargs, a["stem"], a["blocks"], a["head"], a["head_input"],
                     m.in_channels_adapt, in_shape, num_classes)
+
+
+def batch_norm(m: Any) -> bool:
+    """Its blocks normalise over the batch (``train.batch_size=1`` is then refused)."""
+    return True
+
+
+def trust_targets(m: Any) -> list[str]:
+    """The builder this config names (``trust.py``): torchvision.models.<arch>."""
+    return [f"torchvision.models.{m.get('arch')}"] if m.get("arch") else []
