@@ -20,7 +20,10 @@ A family's ``config.py`` has no torch import (the config layer loads it at start
 * optionally ``trust_targets(model)`` -- the callables its config names (``trust.py``);
 * optionally ``is_lm(model)``, ``as_classifier(spec, classes, model)`` and
   ``with_mask_token(spec)`` -- a language model's head, and what fine-tuning one on labels
-  or masked-token pretraining starts from.
+  or masked-token pretraining starts from;
+* optionally ``init_weights(model, staged_model)`` -- a fresh run's weights the family's own
+  way (``model=hf``: transformers' init), and ``export(model, staged_model, run_dir)`` -- the
+  finished model written in the family's own format (``<run>/hf/``).
 """
 
 from __future__ import annotations

@@ -173,13 +173,13 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     return {"in_shape": list(in_shape), "num_classes": out, "stem": stem, "blocks": blocks, "head": head}
 
 
-def as_classifier(arch: dict[str, Any], num_classes: int, pool: str) -> dict[str, Any]:
+def as_classifier(arch: dict[str, Any], num_classes: int, model: Any) -> dict[str, Any]:
     """A language model's spec with a new pooled classifier head over padded token inputs:
     what fine-tuning an LM on labelled texts starts from (the layers keep their causality)."""
     arch = {**arch, "num_classes": int(num_classes), "stem": {**arch["stem"], "padding": True},
             "blocks": [{**b, "padding": True} for b in arch["blocks"]]}
     d = arch["stem"]["d_model"]
-    arch["head"] = {"type": "seq_classifier", "in": d, "out": int(num_classes), "pool": pool,
+    arch["head"] = {"type": "seq_classifier", "in": d, "out": int(num_classes), "pool": getattr(model, "pool", "mean"),
                     "tokens": arch["head"]["tokens"], "padding": True}
     return arch
 

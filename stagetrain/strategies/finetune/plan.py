@@ -43,12 +43,13 @@ import torch
 
 from stagetrain.datasets import dataset_meta
 from stagetrain.errors import StagetrainError
-from stagetrain.families import build_spec, family
+from stagetrain.families import build_spec, family, is_lm
 from stagetrain.growth import fresh_name
 from stagetrain.modelops import AddLora, Deepen, MergeLora, ModelOp
 from stagetrain.models import StagedModel
 from stagetrain.models.registry import part_type
 from stagetrain.objective_registry import objective_type
+from stagetrain.objectives import head_objective
 from stagetrain.plan import Plan, Stage, auto_length
 from stagetrain.source import Source, load_bare, load_source
 from stagetrain.stagehelpers import AuxHead, LMHead
@@ -107,7 +108,7 @@ def _text_pretrain_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -
     if objective.causal and model.causal is None:
         model = replace(model, causal=True)
     arch = build_spec(model, in_shape, num_classes)
-    return family("transformer").with_mask_token(arch) if objective.mask_token else arch
+    return _hook(cfg, "with_mask_token")(arch) if objective.mask_token else arch
 
 
 def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -122,11 +123,16 @@ def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: 
             raise StagetrainError(
                 f"strategy.head=reuse needs the same number of classes, but the source {src.path} has "
                 f"{arch['num_classes']} and this run's data has {num_classes}. Use strategy.head=new.")
-    elif arch["head"].get("type") == "lm_head" and getattr(cfg.model, "head", None) == "cls":
-        arch = family("transformer").as_classifier(arch, num_classes, cfg.model.pool)  # LM pretraining -> labels
+    elif head_objective(arch["head"]) is not None and not is_lm(cfg.model) and _hook(cfg, "as_classifier"):
+        arch = _hook(cfg, "as_classifier")(arch, num_classes, cfg.model)  # LM / MLM pretraining -> labels
     else:
         arch["head"]["out"] = arch["num_classes"] = int(num_classes)
     return arch
+
+
+def _hook(cfg: Any, name: str) -> Any:
+    """The model family's optional hook (``as_classifier``, ``with_mask_token``), or None."""
+    return getattr(family(cfg.model.name), name, None)
 
 
 def _arch_name(cfg: Any) -> str:
