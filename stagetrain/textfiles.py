@@ -6,12 +6,16 @@ The config layer reads vocabulary sizes here (``model.vocab_size`` follows the d
 this module imports no torch; ``stagetrain.data.text`` turns what it reads into tensors.
 Token id 0 is padding for every tokenizer: ``bytes`` maps byte b to b + 1 (257 ids);
 ``chars`` maps 1 to characters outside the vocabulary and 2.. to the distinct characters
-of the text, in code-point order.
+of the text, in code-point order; ``bpe`` (byte-level BPE, ``data.tokenizer``) maps 1..256
+to the bytes and 257.. to merges learnt from the training text, ``dataset.vocab_size`` ids
+besides padding, known without training; ``hf`` keeps a local tokenizer folder's ids
+(``len(tokenizer)`` of them; the folder's padding id, which must be 0 for labelled texts).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +27,8 @@ from stagetrain.texttables import label_name, read_table  # noqa: F401 - label_n
 
 PAD, UNKNOWN = 0, 1
 BYTE_VOCAB = 257
+BPE_PAD_TOKEN = "<pad>"  # bpe: the special token of id 0
+TOKENIZERS = ("bytes", "chars", "bpe", "hf")
 SKIPPED = ("README*", "COPYRIGHT", "LICENSE*", "SHA256SUMS", "*.dat", "*.u8", ".*")  # not class files
 
 
@@ -119,7 +125,7 @@ def part_sizes(tokens: int, ds: Any) -> tuple[int, int, int]:
 
 def lm_meta(ds: Any, text: str, vocab: int) -> tuple[tuple[int, ...], int, int]:
     """(input shape, classes = the vocabulary, training windows) of a corpus, without tokenising."""
-    tokens = len(text.encode("utf-8")) if ds.tokenizer == "bytes" else len(text)
+    tokens = len(text) if ds.tokenizer == "chars" else len(text.encode("utf-8"))  # bpe, hf: an upper bound
     return (ds.max_len,), vocab, max(0, (part_sizes(tokens, ds)[0] - 1) // ds.max_len)
 
 
@@ -134,16 +140,43 @@ def char_vocab(texts: list[str]) -> list[str]:
     return sorted(set().union(*map(set, texts)))
 
 
-def token_vocab(tokenizer: str, texts: Callable[[], list[str]]) -> int:
-    """Token ids ``tokenizer`` gives over ``texts()`` (padding and unknown included)."""
+def token_vocab(tokenizer: str, texts: Callable[[], list[str]], ds: Any = None) -> int:
+    """Token ids ``tokenizer`` gives over ``texts()`` (padding and unknown included); bpe
+    and hf read their size from ``ds`` (no training, no text read)."""
     if tokenizer == "bytes":
         return BYTE_VOCAB
+    if tokenizer == "bpe":
+        return int(ds.vocab_size) + 1
+    if tokenizer == "hf":
+        return len(hf_tokenizer(str(ds.tokenizer_path)))
     return 2 + len(char_vocab(texts()))
+
+
+@functools.lru_cache(maxsize=4)
+def hf_tokenizer(path: str) -> Any:
+    """``transformers.AutoTokenizer`` of a local folder (``dataset.tokenizer_path``): no
+    download, no code from the folder; each file passes the file gate first."""
+    key = "dataset.tokenizer_path"
+    folder = expand(path)
+    files = userfile.listing(folder, key)[1]
+    for f in files:
+        userfile.check_file(f, key, "data")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise StagetrainError(f"{key}={path} needs the transformers package: pip install 'stagetrain[hf]'.") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ... for a bad folder
+        raise StagetrainError(
+            f"{key}={path}: transformers cannot read a tokenizer there ({type(e).__name__}: {str(e)[:300]}). The "
+            "folder must hold what tokenizer.save_pretrained writes (tokenizer.json or vocab files, "
+            f"tokenizer_config.json); it has {[f.name for f in files][:10]}.") from None
 
 
 def validate_text_dataset(ds: Any, lm: bool) -> None:
     """Options every text dataset has that the type schema cannot check (no file is read)."""
-    check_choice("dataset.tokenizer", ds.tokenizer, ("bytes", "chars"))
+    check_tokenizer(ds)
     if ds.max_len < 2:
         raise StagetrainError(f"dataset.max_len={ds.max_len} is out of range: it must be >= 2 tokens.")
     if not 0 < ds.test_fraction < 1 or ds.val_fraction + ds.test_fraction >= 1:
@@ -155,3 +188,23 @@ def validate_text_dataset(ds: Any, lm: bool) -> None:
             f"dataset={ds.name}{task} is language modelling: its targets are the next tokens, so dataset.classes "
             "and dataset.labeled_fraction do not apply. Use labelled texts (e.g. dataset=fortunes or "
             "dataset=text_classification) for classes.")
+
+
+def check_tokenizer(ds: Any) -> None:
+    """dataset.tokenizer and the options only one tokenizer has (vocab_size: bpe; tokenizer_path: hf)."""
+    check_choice("dataset.tokenizer", ds.tokenizer, TOKENIZERS)
+    size, path = getattr(ds, "vocab_size", None), getattr(ds, "tokenizer_path", None)
+    if ds.tokenizer == "bpe" and (size is None or size < 257):
+        raise StagetrainError(
+            f"dataset.tokenizer=bpe needs dataset.vocab_size >= 257 (it is {size}): the BPE's token ids besides "
+            "padding, 256 of them the bytes and the rest merges learnt from the training text, e.g. "
+            "dataset.vocab_size=1024.")
+    if ds.tokenizer != "bpe" and size is not None:
+        raise StagetrainError(f"dataset.vocab_size={size} applies to dataset.tokenizer=bpe only (the vocabulary "
+                              f"of dataset.tokenizer={ds.tokenizer} follows from it). Remove it or use bpe.")
+    if ds.tokenizer == "hf" and not path:
+        raise StagetrainError("dataset.tokenizer=hf needs dataset.tokenizer_path: a local folder that "
+                              "tokenizer.save_pretrained wrote (tokenizer.json, tokenizer_config.json, ...).")
+    if ds.tokenizer != "hf" and path:
+        raise StagetrainError(f"dataset.tokenizer_path={path} applies to dataset.tokenizer=hf only (it is "
+                              f"{ds.tokenizer}). Remove it or set dataset.tokenizer=hf.")

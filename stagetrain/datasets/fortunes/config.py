@@ -70,7 +70,7 @@ def corpus(ds: Any) -> str:
 
 
 def vocab_size(ds: Any) -> int:
-    return token_vocab(ds.tokenizer, lambda: [corpus(ds)] if ds.task == "lm" else labelled(ds)[0])
+    return token_vocab(ds.tokenizer, lambda: [corpus(ds)] if ds.task == "lm" else labelled(ds)[0], ds)
 
 
 def meta(ds: Any) -> tuple[tuple[int, ...], int, int]:

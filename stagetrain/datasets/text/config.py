@@ -20,7 +20,9 @@ class Config(DatasetConfig):
 
     name: str = "text"
     paths: list[str] = field(default_factory=list)  # files (or folders of files), read in this order
-    tokenizer: str = "bytes"  # bytes: 256 byte ids + padding | chars: the corpus's characters
+    tokenizer: str = "bytes"  # bytes: 256 byte ids + padding | chars: the corpus's characters | bpe | hf
+    vocab_size: int | None = None  # tokenizer=bpe: token ids besides padding (>= 257), learnt from the training text
+    tokenizer_path: str | None = None  # tokenizer=hf: a local folder that tokenizer.save_pretrained wrote
     max_len: int = 128  # tokens per window
     test_fraction: float = 0.1
 
@@ -61,7 +63,7 @@ def corpus(ds: Any) -> str:
 
 
 def vocab_size(ds: Any) -> int:
-    return token_vocab(ds.tokenizer, lambda: [corpus(ds)])
+    return token_vocab(ds.tokenizer, lambda: [corpus(ds)], ds)
 
 
 def meta(ds: Any) -> tuple[tuple[int, ...], int, int]:

@@ -22,7 +22,9 @@ class Config(DatasetConfig):
     text_field: str = "text"
     label_field: str = "label"
     delimiter: str = "%"
-    tokenizer: str = "bytes"
+    tokenizer: str = "bytes"  # bytes | chars | bpe (trained on the training examples) | hf (a local folder)
+    vocab_size: int | None = None  # tokenizer=bpe: token ids besides padding (>= 257)
+    tokenizer_path: str | None = None  # tokenizer=hf: a local folder that tokenizer.save_pretrained wrote
     max_len: int = 128
     test_fraction: float = 0.2
 
@@ -44,7 +46,7 @@ def labelled(ds: Any) -> tuple[list[str], list[str]]:
 
 
 def vocab_size(ds: Any) -> int:
-    return token_vocab(ds.tokenizer, lambda: labelled(ds)[0])
+    return token_vocab(ds.tokenizer, lambda: labelled(ds)[0], ds)
 
 
 def meta(ds: Any) -> tuple[tuple[int, ...], int, int]:
