@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from stagetrain.schema import DatasetConfig as Config  # no options beyond every dataset's
+from stagetrain.datasets.rawimages import Config, meta_of
+from stagetrain.datasets.rawimages import no_options as validate
 
 __all__ = ["Config", "RAW", "meta", "validate"]
 
@@ -14,11 +16,4 @@ RAW: dict[str, Any] = {
     "layout": "cifar",
     "offline": 'copy the extracted archive from a machine that has it',
 }
-
-
-def meta(ds: Any) -> tuple[tuple[int, ...], int, int]:
-    return RAW["shape"], RAW["classes"], RAW["n_train"]
-
-
-def validate(ds: Any) -> None:
-    """Nothing beyond the options every dataset has."""
+meta = partial(meta_of, RAW)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from stagetrain.schema import DatasetConfig as Config  # no options beyond every dataset's
+from stagetrain.datasets.rawimages import Config, meta_of
+from stagetrain.datasets.rawimages import no_options as validate
 
 __all__ = ["Config", "RAW", "STREAMABLE", "meta", "validate"]
 
@@ -15,11 +17,4 @@ RAW: dict[str, Any] = {
     "offline": 'on Debian/Ubuntu, `apt install dataset-fashion-mnist` installs them gzipped in /usr/share/datasets/fashion-mnist/; gunzip each into {folder}/ (README, Data)',
 }
 STREAMABLE = True  # stream(): images read lazily from the IDX file
-
-
-def meta(ds: Any) -> tuple[tuple[int, ...], int, int]:
-    return RAW["shape"], RAW["classes"], RAW["n_train"]
-
-
-def validate(ds: Any) -> None:
-    """Nothing beyond the options every dataset has."""
+meta = partial(meta_of, RAW)

@@ -1,0 +1,19 @@
+"""What the plugs of torchvision's image datasets share (torch-free): no options beyond every
+dataset's, and sizes read from the plug's ``RAW`` description (the reader's ``RawImages``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagetrain.schema import DatasetConfig as Config
+
+__all__ = ["Config", "meta_of", "no_options"]
+
+
+def meta_of(raw: dict[str, Any], ds: Any) -> tuple[tuple[int, ...], int, int]:
+    """(image shape, classes, official training-set size) from the description alone."""
+    return tuple(raw["shape"]), int(raw["classes"]), int(raw["n_train"])
+
+
+def no_options(ds: Any) -> None:
+    """Nothing to check beyond the options every dataset has."""
