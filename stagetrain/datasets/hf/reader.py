@@ -1,0 +1,177 @@
+"""``dataset=hf``: the memory-mapped splits as token tensors (``storage=memory``) or as
+map-style readers that tokenise a row when the loader asks for it (``storage=stream``).
+
+Both storages read through the same tokenisation (a row's text, for language modelling
+followed by a newline), so they give the same batches; a streamed split's batches depend
+only on the engine's seeded order, so a resumed run reads exactly what it would have.
+Labels stay in memory (for language modelling: the next-token targets, one int64 a token).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from stagetrain.data.bundle import DataBundle, LazyInputs, Split
+from stagetrain.data.finish import finish_loaded
+from stagetrain.data.stream import storage_choice
+from stagetrain.data.tokenizer import Tokenizer, pad_batch
+from stagetrain.datasets.hf.config import (
+    ITEMSIZE,
+    labels,
+    lm_parts,
+    meta,
+    splits,
+    test_rows,
+    token_counts,
+    training_texts,
+)
+from stagetrain.errors import StagetrainError
+from stagetrain.textfiles import label_names
+
+
+class Rows:
+    """Labelled texts: row i -> its text's first ``max_len`` tokens, padded with 0."""
+
+    def __init__(self, data: Any, fld: str, tok: Tokenizer, max_len: int):
+        self.data, self.fld, self.tok, self.max_len = data.select_columns([fld]), fld, tok, max_len
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.max_len,)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.batch([i])[0]
+
+    def batch(self, rows: list[int]) -> torch.Tensor:
+        texts = self.data[rows][self.fld] if rows else []
+        return pad_batch([self.tok.encode((t or "")[: self.max_len + 1]) for t in texts], self.max_len)
+
+
+class Windows:
+    """Language modelling: window i -> tokens ``lo + i * T + shift`` .. ``+ T`` of the split's
+    stream (each row's text and a newline), tokenising only the rows it spans."""
+
+    def __init__(self, data: Any, fld: str, tok: Tokenizer, starts: np.ndarray, lo: int, n: int, length: int):
+        self.data, self.fld, self.tok = data.select_columns([fld]), fld, tok
+        self.starts, self.lo, self.n, self.length = starts, lo, n, length
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.length,)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        a = self.lo + int(i) * self.length
+        b = a + self.length
+        r0 = int(np.searchsorted(self.starts, a, "right")) - 1
+        r1 = int(np.searchsorted(self.starts, b - 1, "right")) - 1
+        texts = self.data[r0:r1 + 1][self.fld]
+        tokens = torch.cat([self.tok.encode((t or "") + "\n") for t in texts])
+        off = int(self.starts[r0])
+        return tokens[a - off:b - off]
+
+
+def _storage(ds: Any) -> tuple[str, str]:
+    """The choice ``load_data`` makes (the same inputs: the metadata's size, the host's memory)."""
+    shape, _, n, *_ = meta(ds)
+    return storage_choice(ds, True, n * math.prod(shape) * ITEMSIZE, None)
+
+
+def bundle(ds: Any, seed: int, storage: str | None = None) -> DataBundle:
+    parts = splits(ds)
+    tok = Tokenizer.build(ds.tokenizer, training_texts(ds))
+    storage, why = (storage, f"dataset.storage={storage}") if storage else _storage(ds)
+    made = (_classification if ds.label_field is not None else _lm)(ds, seed, parts, tok, storage, why)
+    made.info.update({"tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
+                      "splits_given": sorted(parts), "rows": {k: len(v) for k, v in parts.items()}})
+    return made
+
+
+def stream(ds: Any, seed: int) -> DataBundle:
+    """The streamed bundle (``load_data`` calls ``bundle``, which streams when
+    ``dataset.storage`` says so; this marks the plug streamable)."""
+    return bundle(ds, seed, "stream")
+
+
+def _inputs(reader: Any, rows: list[int], storage: str, workers: int) -> torch.Tensor | LazyInputs:
+    if storage == "stream":
+        return LazyInputs(reader, torch.tensor(rows, dtype=torch.long), workers=workers)
+    return reader.batch(rows) if rows else torch.empty(0, *reader.sample_shape, dtype=torch.long)
+
+
+def _classification(ds: Any, seed: int, parts: dict[str, Any], tok: Tokenizer, storage: str, why: str) -> DataBundle:
+    train_names = labels(parts["train"], ds.label_field)
+    names = label_names(train_names)
+    index = {name: i for i, name in enumerate(names)}
+    made: dict[str, Split] = {}
+    held = [] if "test" in parts else test_rows(train_names, ds.test_fraction)
+    kept = sorted(set(range(len(train_names))) - set(held))
+    layout = {"train": ("train", kept), "test": ("test", None) if "test" in parts else ("train", held),
+              "val": ("val", None)}
+    for split, (source, rows) in layout.items():
+        if source not in parts:
+            continue
+        data = parts[source]
+        rows = list(range(len(data))) if rows is None else rows
+        got = labels(data, ds.label_field)
+        unknown = sorted({got[r] for r in rows} - set(names))
+        if unknown:
+            raise StagetrainError(f"dataset=hf: the {split} split has labels {unknown[:5]} that the training split "
+                                  f"has no examples of (it has {names[:10]}).")
+        y = torch.tensor([index[got[r]] for r in rows], dtype=torch.long)
+        made[split] = Split(_inputs(Rows(data, ds.text_field, tok, ds.max_len), rows, storage, 0), y)
+    shown = [names[c] for c in ds.classes] if ds.classes is not None else names
+    info = {"task": "classification", "labels": shown, "examples": len(train_names)}
+    return finish_loaded(ds, seed, (made["train"], made["test"], 1.0, made.get("val"), info), storage, why)
+
+
+def _stream_of(ds: Any, data: Any, tok: Tokenizer) -> tuple[torch.Tensor, np.ndarray]:
+    """A split's whole token stream (the targets) and each row's first token position."""
+    encoded = [tok.encode((t or "") + "\n") for t in data.data.column(ds.text_field).to_pylist()]
+    counts = token_counts(ds, data) if ds.tokenizer in ("bytes", "chars") else [len(e) for e in encoded]
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    return (torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.long)), starts
+
+
+def _lm(ds: Any, seed: int, parts: dict[str, Any], tok: Tokenizer, storage: str, why: str) -> DataBundle:
+    T = ds.max_len
+    streams = {name: _stream_of(ds, data, tok) for name, data in parts.items()}
+    n_train, n_val, _ = lm_parts(ds, len(streams["train"][0]), parts)
+    # split -> (source split, first token, tokens)
+    layout = {"train": ("train", 0, n_train),
+              "val": ("val", 0, len(streams["val"][0])) if "val" in parts else ("train", n_train, n_val),
+              "test": ("test", 0, len(streams["test"][0])) if "test" in parts else
+              ("train", n_train + n_val, len(streams["train"][0]) - n_train - n_val)}
+    made = {}
+    for split, (source, lo, size) in layout.items():
+        tokens, starts = streams[source]
+        n = max(0, (size - 1) // T)
+        if n == 0:
+            raise StagetrainError(
+                f"dataset=hf: the text is too short: its {split} part ({size} tokens) holds no window of "
+                f"dataset.max_len={T} tokens plus the next one. Give more text or lower dataset.max_len.")
+        y = tokens[lo + 1:lo + 1 + n * T].view(n, T)
+        if storage == "stream":
+            x = LazyInputs(Windows(parts[source], ds.text_field, tok, starts, lo, n, T), torch.arange(n),
+                           workers=int(ds.workers))
+        else:
+            x = tokens[lo:lo + n * T].view(n, T)
+        made[split] = Split(x, y)
+    train = made["train"]
+    if ds.max_train is not None and ds.max_train < len(train):
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: ds.max_train]
+        train = train.subset(torch.sort(keep).values)
+    nbytes = sum(len((t or "").encode("utf-8")) + 1 for t in parts["train"].data.column(ds.text_field).to_pylist())
+    info = {"task": "lm", "tokens": {k: v[2] for k, v in layout.items()},
+            "bytes_per_token": nbytes / max(1, len(streams["train"][0]))}  # val/bpb: 1.0 for bytes
+    return DataBundle(ds.name, train, made["val"], made["test"], torch.arange(len(train)), (T,), tok.vocab_size,
+                      torch.zeros(1), torch.ones(1), 1.0, info)
