@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -146,10 +147,32 @@ def token_vocab(tokenizer: str, texts: Callable[[], list[str]], ds: Any = None) 
     if tokenizer == "bytes":
         return BYTE_VOCAB
     if tokenizer == "bpe":
-        return int(ds.vocab_size) + 1
+        path = getattr(ds, "tokenizer_path", None)
+        return int(recorded_bpe(str(path))["vocab_size"]) if path else int(ds.vocab_size) + 1
     if tokenizer == "hf":
         return len(hf_tokenizer(str(ds.tokenizer_path)))
     return 2 + len(char_vocab(texts()))
+
+
+@functools.lru_cache(maxsize=4)
+def recorded_bpe(path: str) -> dict[str, Any]:
+    """The BPE a run trained (``run.json``'s ``data.tokenizer``), for ``dataset.tokenizer=bpe
+    dataset.tokenizer_path=<run directory>``: a fine-tune reuses its source's vocabulary."""
+    key = "dataset.tokenizer_path"
+    found = expand(path)
+    found = found / "run.json" if found.is_dir() else found
+    try:
+        if not found.exists():
+            raise KeyError(found)
+        info = json.loads(userfile.read_text(found, key, "record"))
+        tok = info["data"]["tokenizer"]
+        if tok.get("kind") == "bpe" and isinstance(tok.get("json"), str) and int(tok["vocab_size"]) > 257:
+            return tok
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    raise StagetrainError(f"{key}={path} with dataset.tokenizer=bpe names the run whose BPE to reuse, but {found} "
+                          "records none (run.json's data.tokenizer must be a bpe one). Give the directory of a run "
+                          "trained with dataset.tokenizer=bpe, or leave dataset.tokenizer_path unset to train one.")
 
 
 @functools.lru_cache(maxsize=4)
@@ -191,9 +214,16 @@ def validate_text_dataset(ds: Any, lm: bool) -> None:
 
 
 def check_tokenizer(ds: Any) -> None:
-    """dataset.tokenizer and the options only one tokenizer has (vocab_size: bpe; tokenizer_path: hf)."""
+    """dataset.tokenizer and the options only some tokenizers have (vocab_size: bpe; tokenizer_path: hf,
+    or bpe reusing a run's)."""
     check_choice("dataset.tokenizer", ds.tokenizer, TOKENIZERS)
     size, path = getattr(ds, "vocab_size", None), getattr(ds, "tokenizer_path", None)
+    if ds.tokenizer == "bpe" and path:
+        have = int(recorded_bpe(str(path))["vocab_size"]) - 1
+        if size is not None and size != have:
+            raise StagetrainError(f"dataset.vocab_size={size} differs from the {have} of the BPE that "
+                                  f"dataset.tokenizer_path={path} recorded. Leave dataset.vocab_size unset to follow it.")
+        return
     if ds.tokenizer == "bpe" and (size is None or size < 257):
         raise StagetrainError(
             f"dataset.tokenizer=bpe needs dataset.vocab_size >= 257 (it is {size}): the BPE's token ids besides "
@@ -205,6 +235,6 @@ def check_tokenizer(ds: Any) -> None:
     if ds.tokenizer == "hf" and not path:
         raise StagetrainError("dataset.tokenizer=hf needs dataset.tokenizer_path: a local folder that "
                               "tokenizer.save_pretrained wrote (tokenizer.json, tokenizer_config.json, ...).")
-    if ds.tokenizer != "hf" and path:
-        raise StagetrainError(f"dataset.tokenizer_path={path} applies to dataset.tokenizer=hf only (it is "
-                              f"{ds.tokenizer}). Remove it or set dataset.tokenizer=hf.")
+    if ds.tokenizer not in ("hf", "bpe") and path:
+        raise StagetrainError(f"dataset.tokenizer_path={path} applies to dataset.tokenizer=hf (a tokenizer folder) "
+                              f"and bpe (a run whose BPE to reuse) only; it is {ds.tokenizer}. Remove it.")

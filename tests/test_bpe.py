@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from stagetrain.config import validate
 from stagetrain.data.tokenizer import Tokenizer, from_description
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.errors import StagetrainError
+from stagetrain.runner import train
 
 SENTENCES = ["the cat sat on the mat", "a dog barked at night", "rain falls on the plain in spain",
              "naïve café crème — déjà vu", "stars shine over the quiet sea", "bread and butter for breakfast"]
@@ -136,7 +138,8 @@ def test_hf_tokenizer_from_a_local_folder(tmp_path):
     (["dataset.tokenizer=bpe"], "needs dataset.vocab_size >= 257"),
     (["dataset.vocab_size=500"], "applies to dataset.tokenizer=bpe only"),
     (["dataset.tokenizer=hf"], "needs dataset.tokenizer_path"),
-    (["dataset.tokenizer_path=/tmp"], "applies to dataset.tokenizer=hf only"),
+    (["dataset.tokenizer_path=/tmp"], "applies to dataset.tokenizer=hf"),
+    (["dataset.tokenizer=bpe", "dataset.tokenizer_path=/tmp"], "records none"),
     (["dataset.tokenizer=hf", "dataset.tokenizer_path=/nonexistent/tok"], "dataset.tokenizer_path: /nonexistent/tok"),
     (["dataset.tokenizer=wordpiece"], "dataset.tokenizer"),
 ])
@@ -170,3 +173,29 @@ def test_fortunes_language_model_with_a_bpe_runs_from_the_cli(tmp_path):
     data, final = info["data"], info["final"]
     assert data["tokenizer"]["kind"] == "bpe" and data["vocab_size"] == 301 and data["bytes_per_token"] > 1.2  # 44 merges: 1.37 here
     assert final["val/bpb"] == pytest.approx(final["val/loss"] / math.log(2) / data["bytes_per_token"])
+
+
+def test_a_fine_tune_reuses_its_source_runs_bpe(tmp_path):
+    """Pretrain a tiny LM with a BPE, then classify with dataset.tokenizer_path=<that run>: the
+    same tokenizer (not one trained on the labelled texts), and a fine-tune from the run works."""
+    corpus = _lm_corpus(tmp_path)
+    lm = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "plots=false",
+          "train.epochs=1", "train.batch_size=16", "dataset.max_len=16"]
+    source = tmp_path / "lm"
+    train(make_cfg(*lm, "dataset=text", f"dataset.paths=[{corpus}]", "dataset.tokenizer=bpe",
+                   "dataset.vocab_size=300", "strategy=scratch"), source)
+    recorded = json.loads((source / "run.json").read_text())["data"]["tokenizer"]
+    rows = [{"text": f"{w} {i}", "label": w.split()[0]} for w in ("cat dog", "rain snow") for i in range(20)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    cls = [f"dataset.path={path}", "dataset=text_classification", "dataset.tokenizer=bpe",
+           f"dataset.tokenizer_path={source}"]
+    settings = _settings(*cls, "dataset.max_len=16")
+    assert settings.model.vocab_size == 301
+    data = load_data(settings.dataset, seed=0)
+    assert data.info["tokenizer"]["json"] == recorded["json"] and data.info["tokenizer"]["trained_on"].startswith("reused")
+    info = train(make_cfg(*lm, *cls, "strategy=finetune", f"strategy.source={source}"), tmp_path / "ft")
+    assert info["data"]["tokenizer"]["sha256"] == recorded["sha256"] and 0 <= info["final"]["test/acc"] <= 1
+    with pytest.raises(StagetrainError, match="differs from the 300"):
+        _settings(*cls, "dataset.vocab_size=400")
+    shutil.rmtree(source)

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from stagetrain.textfiles import BPE_PAD_TOKEN, BYTE_VOCAB, PAD, UNKNOWN, char_vocab, hf_tokenizer
+from stagetrain.textfiles import (
+    BPE_PAD_TOKEN,
+    BYTE_VOCAB,
+    PAD,
+    UNKNOWN,
+    char_vocab,
+    hf_tokenizer,
+    recorded_bpe,
+)
 
 
 @dataclass
@@ -23,11 +31,15 @@ class Tokenizer:
     chars: list[str] = field(default_factory=list)  # chars: the character of id 2 + i
     impl: Any = None  # bpe: a tokenizers.Tokenizer; hf: a transformers tokenizer
     size: int = 0  # bpe: dataset.vocab_size + 1 (padding); hf: the tokenizer's ids
-    source: str = ""  # hf: the folder
+    source: str = ""  # hf: the folder; bpe: the run it was reused from
 
     @classmethod
     def build(cls, kind: str, texts: list[str], ds: Any = None) -> Tokenizer:
         """``texts``: what a vocabulary is learnt from (bpe: the training text only)."""
+        if kind == "bpe" and getattr(ds, "tokenizer_path", None):  # a run's BPE, reused (a fine-tune's source)
+            reused = from_description(recorded_bpe(str(ds.tokenizer_path)))
+            reused.source = str(ds.tokenizer_path)
+            return reused
         if kind == "bpe":
             return cls(kind, impl=train_bpe(texts, int(ds.vocab_size)), size=int(ds.vocab_size) + 1)
         if kind == "hf":
@@ -73,7 +85,7 @@ class Tokenizer:
             out["ids"] = "byte b has id b + 1"
         elif self.kind == "bpe":
             text = self.impl.to_str()
-            out.update(trained_tokens=self.impl.get_vocab_size(), trained_on="the training text only",
+            out.update(trained_tokens=self.impl.get_vocab_size(), trained_on=f"reused from {self.source}" if self.source else "the training text only",
                        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), json=text)
         elif self.kind == "hf":
             out.update(path=self.source, pad_id=self.impl.pad_token_id, tokenizer=type(self.impl).__name__)
