@@ -50,7 +50,7 @@ def _write(tmp_path, fmt, rows=None):
 
 
 def _cfg(tmp_path, *overrides):
-    return validate(make_cfg(*TINY, "dataset=hf", f"dataset.root={tmp_path / 'cache'}", "dataset.workers=0",
+    return validate(make_cfg(*TINY, "dataset=hf", f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.workers=0",
                              *overrides))
 
 
@@ -94,10 +94,14 @@ def test_splits_come_from_the_files(tmp_path):
     assert len(b.test) == 6 and len(b.train) + len(b.val) == 60 and b.info["splits_given"] == ["test", "train"]
 
 
-@pytest.mark.parametrize("label", ["label", "null"], ids=["classification", "lm"])
-def test_memory_and_stream_give_the_same_batches(tmp_path, label):
+@pytest.mark.parametrize("label,tokens", [("label", ["dataset.tokenizer=bytes"]), ("null", ["dataset.tokenizer=chars"]),
+                                          ("null", ["dataset.tokenizer=bpe", "dataset.vocab_size=300"])],
+                         ids=["classification", "lm_chars", "lm_bpe"])
+def test_memory_and_stream_give_the_same_batches(tmp_path, label, tokens):
+    if "dataset.tokenizer=bpe" in tokens:
+        pytest.importorskip("tokenizers", reason="dataset.tokenizer=bpe needs the hf extra")
     path = _write(tmp_path, "jsonl")
-    loaded = {mode: load_data(_cfg(tmp_path, f"dataset.path={path}", f"dataset.label_field={label}",
+    loaded = {mode: load_data(_cfg(tmp_path, f"dataset.path={path}", f"dataset.label_field={label}", *tokens,
                                    f"dataset.storage={mode}").dataset, 0) for mode in ("memory", "stream")}
     mem, st = loaded["memory"], loaded["stream"]
     assert st.train.streamed and not mem.train.streamed
@@ -113,7 +117,7 @@ def test_cli_runs_in_memory_and_streamed_to_the_same_result(tmp_path):
     finals = {}
     for mode in ("memory", "stream"):
         proc = run_cli(*TINY, "dataset=hf", f"dataset.path={path}", "dataset.label_field=label",
-                       f"dataset.storage={mode}", "dataset.workers=0", f"dataset.root={tmp_path / 'cache'}",
+                       f"dataset.storage={mode}", "dataset.workers=0", f"dataset.cache_dir={tmp_path / 'cache'}",
                        f"hydra.run.dir={tmp_path / mode}", "progress=off", cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         run = json.loads((tmp_path / mode / "run.json").read_text())
@@ -150,10 +154,10 @@ def test_a_file_that_is_not_its_format_is_one_paragraph(tmp_path):
 
 @pytest.mark.full  # two CLI runs, one killed mid-epoch: `pytest --full`
 def test_sigkill_mid_epoch_while_streaming_resumes_to_the_same_weights(tmp_path):
-    path = _write(tmp_path, "jsonl", _rows(80))
+    path = _write(tmp_path, "jsonl", _rows(300))
     args = [*TINY, "dataset=hf", f"dataset.path={path}", "dataset.label_field=label", "dataset.storage=stream",
-            "dataset.workers=1", f"dataset.root={tmp_path / 'cache'}", "train.epochs=3", "checkpoint.every_steps=3",
-            "model.d_model=64", "progress=off"]
+            "dataset.workers=1", f"dataset.cache_dir={tmp_path / 'cache'}", "train.epochs=4", "checkpoint.every_steps=3",
+            "model.d_model=64", "model.n_layers=2", "dataset.max_len=48", "progress=off"]
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run, last = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "last.pt"

@@ -55,10 +55,12 @@ class Config(DatasetConfig):
     format: str = "auto"  # auto (by suffix; a folder: disk) | json | csv | parquet | text | disk
     text_field: str = "text"
     label_field: str | None = None  # null: language modelling (next tokens); a column: classification
-    tokenizer: str = "bytes"
+    tokenizer: str = "bytes"  # bytes | chars | bpe (vocab_size) | hf (tokenizer_path)
+    vocab_size: int | None = None  # tokenizer=bpe: token ids besides padding (>= 257), learnt from training texts
+    tokenizer_path: str | None = None  # tokenizer=hf: a local folder that tokenizer.save_pretrained wrote
     max_len: int = 128
     test_fraction: float = 0.1  # without a test split: held out (stratified, or the token stream's tail)
-    cache_dir: str | None = None  # Arrow files datasets converts the files to; null: <dataset.root>/hf
+    cache_dir: str | None = None  # Arrow files datasets converts the files to; null: its own (HF_DATASETS_CACHE)
 
 
 def inputs(ds: Any) -> str:
@@ -159,7 +161,7 @@ def splits(ds: Any) -> dict[str, Any]:
 def _open(ds: Any, split: str, path: Path) -> dict[str, Any]:
     lib = _library()
     fmt = file_format(ds, path)
-    cache = str(expand(ds.cache_dir) if ds.cache_dir else expand(ds.root) / "hf")
+    cache = str(expand(ds.cache_dir)) if ds.cache_dir else None
     try:
         if fmt == "disk":
             data = lib.load_from_disk(str(path), keep_in_memory=False)
@@ -240,7 +242,7 @@ def training_texts(ds: Any) -> list[str]:
 
 
 def vocab_size(ds: Any) -> int:
-    return token_vocab(ds.tokenizer, lambda: training_texts(ds))
+    return token_vocab(ds.tokenizer, lambda: training_texts(ds), ds)
 
 
 def meta(ds: Any) -> tuple[tuple[int, ...], int, int, bool]:

@@ -88,7 +88,7 @@ def _storage(ds: Any) -> tuple[str, str]:
 
 def bundle(ds: Any, seed: int, storage: str | None = None) -> DataBundle:
     parts = splits(ds)
-    tok = Tokenizer.build(ds.tokenizer, training_texts(ds))
+    tok = Tokenizer.build(ds.tokenizer, training_texts(ds), ds)
     storage, why = (storage, f"dataset.storage={storage}") if storage else _storage(ds)
     made = (_classification if ds.label_field is not None else _lm)(ds, seed, parts, tok, storage, why)
     made.info.update({"tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
