@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,6 +59,19 @@ def test_bpe_training_is_deterministic_and_round_trips_text():
     again = from_description(a.describe())  # what run.json records rebuilds the tokenizer exactly
     assert torch.equal(again.encode(text), ids) and again.vocab_size == a.vocab_size
     assert len(a.encode(texts[0])) < 0.6 * len(texts[0].encode("utf-8"))  # merges compress the text it learnt
+
+
+def test_bpe_training_gives_the_same_tokenizer_in_another_process_with_other_threads():
+    """What resume relies on: a new process (other hash seed, one thread) trains the same BPE."""
+    code = ("import hashlib, sys; from stagetrain.data.tokenizer import Tokenizer; "
+            "t = Tokenizer.build('bpe', [sys.argv[1]], type('DS', (), {'vocab_size': 320})()); "
+            "print(hashlib.sha256(t.impl.to_str().encode()).hexdigest())")
+    text = "\n".join(SENTENCES * 30)
+    here = Tokenizer.build("bpe", [text], type("DS", (), {"vocab_size": 320})()).describe()["sha256"]
+    env = {**os.environ, "PYTHONHASHSEED": "7", "RAYON_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == here
 
 
 def test_lm_bpe_never_sees_the_held_out_tail_and_the_model_follows_its_size(tmp_path):
