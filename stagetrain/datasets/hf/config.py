@@ -10,6 +10,7 @@ and a hub name is refused. The splits are Arrow tables memory-mapped from the ca
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def _library() -> Any:
     """``datasets``, offline: it never looks a name up on the hub nor downloads."""
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
+    logging.getLogger("datasets").setLevel(logging.WARNING)  # no "PyTorch version ... available" on import
     try:
         import datasets
     except ImportError:

@@ -173,5 +173,7 @@ def _lm(ds: Any, seed: int, parts: dict[str, Any], tok: Tokenizer, storage: str,
     nbytes = sum(len((t or "").encode("utf-8")) + 1 for t in parts["train"].data.column(ds.text_field).to_pylist())
     info = {"task": "lm", "tokens": {k: v[2] for k, v in layout.items()},
             "bytes_per_token": nbytes / max(1, len(streams["train"][0]))}  # val/bpb: 1.0 for bytes
+    if storage == "stream":
+        info["workers"] = int(ds.workers)
     return DataBundle(ds.name, train, made["val"], made["test"], torch.arange(len(train)), (T,), tok.vocab_size,
                       torch.zeros(1), torch.ones(1), 1.0, info)
