@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts (not a benchmark itself).
 
 Configs are composed through Hydra's compose API exactly as the CLI and
-``tests/conftest.py`` do; runs go through ``stagetrain.runner.train``.
+``tests/conftest.py`` do; runs go through ``stagetrain.runs.runner.train``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
-import stagetrain.runner as run_module
-from stagetrain.rundir import read_metrics
+import stagetrain.app.cli  # noqa: F401  (registers the resolvers and schemas)
+import stagetrain.runs.runner as run_module
+from stagetrain.runs.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -2,7 +2,7 @@
 
 The same MLP, seed and optimizer train one epoch per run; timed is the epoch's steps:
 
-* ``memory`` -- the engine (``stagetrain.runner.train``, strategy=scratch) with
+* ``memory`` -- the engine (``stagetrain.runs.runner.train``, strategy=scratch) with
   ``dataset.storage=memory``: a batch is an index gather from the in-memory tensor;
 * ``stream_w0`` / ``stream_w2`` -- the same engine with ``dataset.storage=stream`` and 0 or 2
   loader workers: batches read from the IDX file (memory map) through a DataLoader fed
@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from benchutil import DATA_ROOT, REPO, RUN_ROOT, machine, make_cfg, no_run_plots
 
-from stagetrain.device import seed_everything
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel
-from stagetrain.runner import train
+from stagetrain.runs.device import seed_everything
+from stagetrain.runs.runner import train
 
 Timing = tuple[float, float]  # (wall seconds, this process's CPU seconds) of one epoch
 

@@ -43,7 +43,7 @@ from faults.harness import (  # noqa: E402  (tests/ on the path first)
     run_scenario,
 )
 
-from stagetrain.rundir import read_metrics  # noqa: E402
+from stagetrain.runs.rundir import read_metrics  # noqa: E402
 
 
 def main() -> None:

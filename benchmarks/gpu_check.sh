@@ -61,7 +61,7 @@ import torch
 from benchutil import make_cfg, no_run_plots
 from scaling import BF16_PEAK, timed_epochs
 
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 name = torch.cuda.get_device_name()
 peak = next((v for k, v in BF16_PEAK.items() if k in name), None)

@@ -47,7 +47,7 @@ from benchutil import (
 )
 from safetensors.torch import load_file
 
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 VARIANTS = ("scratch", "net2net", "net2net_noise", "random", "scratch_flops")
 SETTINGS: dict[str, dict[str, Any]] = {  # per dataset: subsample, epochs, target val accuracies

@@ -69,7 +69,7 @@ from stagetrain.engine import Engine
 from stagetrain.models import StagedModel
 from stagetrain.objectives import build_helper
 from stagetrain.optim import lr_factor
-from stagetrain.runner import seed_everything, train
+from stagetrain.runs.runner import seed_everything, train
 
 Weights = dict[str, torch.Tensor]
 

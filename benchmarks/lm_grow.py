@@ -40,7 +40,7 @@ from benchutil import (
     no_run_plots,
 )
 
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 ARMS = ("scratch", "grow_stack")
 QUICK = ["model.d_model=16", "dataset.max_len=16", "model.max_len=16", "dataset.max_train=200", "train.epochs=2"]

@@ -1,7 +1,7 @@
 """Tokens per second of a Transformer language-model training step: the engine against a
 minimal hand-written PyTorch loop over the same model.
 
-* ``engine`` -- ``stagetrain.runner.train`` (strategy=scratch, dataset=text on a generated
+* ``engine`` -- ``stagetrain.runs.runner.train`` (strategy=scratch, dataset=text on a generated
   file, model=transformer with the lm head), everything at its defaults (metrics,
   checkpoints, fused Adam, cosine schedule). Its time is run.json's stage ``seconds``: the
   training steps only (no evaluation, no data reading).
@@ -34,7 +34,7 @@ from benchutil import RESULTS, RUN_ROOT, finish, machine, make_cfg, no_run_plots
 
 from stagetrain.models import StagedModel
 from stagetrain.optim import lr_factor
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 SIZES = {"full": {"d_model": 64, "n_layers": 8, "T": 64, "batch": 32, "windows": 1280},
          "quick": {"d_model": 32, "n_layers": 2, "T": 32, "batch": 32, "windows": 320}}

@@ -2,7 +2,7 @@
 
 The same MLP, data, seed, data order, batches, optimizer and LR schedule are trained by
 
-* ``engine`` -- ``stagetrain.runner.train`` (strategy=scratch; metrics.jsonl, run.json and
+* ``engine`` -- ``stagetrain.runs.runner.train`` (strategy=scratch; metrics.jsonl, run.json and
   checkpoints at their defaults), its config composed through Hydra as the CLI does;
 * ``hand`` -- a minimal loop over the same in-memory tensors (Adam fused, as the engine's): slice the epoch's
   permutation, normalise the batch, forward, cross-entropy, backward, Adam, LambdaLR;
@@ -51,15 +51,15 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
-import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
+import stagetrain.app.cli  # noqa: F401  (registers the resolvers and schemas)
 from stagetrain.data import DataBundle, epoch_permutation
 from stagetrain.datasets import load_data
-from stagetrain.device import seed_everything
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel
 from stagetrain.optim import lr_factor
-from stagetrain.runner import train
+from stagetrain.runs.device import seed_everything
+from stagetrain.runs.runner import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("STAGETRAIN_DATA", REPO.parent / "shared" / "data"))

@@ -52,8 +52,8 @@ import torch
 from benchutil import DATA_ROOT, RESULTS, RUN_ROOT, machine, make_cfg, no_run_plots, write_json
 
 import stagetrain.engine as engine_module
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 BIN = Path(sys.executable).parent
 CPU_RUN = ["strategy=scratch", "device=cpu", "progress=off", "plots=false", "model.widths=[256,128]",

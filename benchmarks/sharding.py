@@ -5,7 +5,7 @@ Each arm is the same ``stagetrain`` scratch run of a Transformer (``model=transf
 as 4 patch tokens: a model large enough that parameters, gradients and Adam state dominate what
 a rank holds), started as ``torchrun --nproc-per-node N benchmarks/sharding.py --worker ...``:
 every rank composes the config through Hydra's compose API and runs
-``stagetrain.runner.train`` itself, with these measurements around it:
+``stagetrain.runs.runner.train`` itself, with these measurements around it:
 
 * ``state_bytes`` -- exact: after an optimizer step (``register_optimizer_step_post_hook``),
   the bytes this rank holds of the trained parameters, their gradients and the optimizer's
@@ -15,7 +15,7 @@ every rank composes the config through Hydra's compose API and runs
   ``rss_delta`` = that peak minus the resident set just before ``train`` (after imports):
   what the run itself added at its worst moment, transient all-gathers and evaluation copies
   included. CUDA: ``torch.cuda.max_memory_allocated`` instead.
-* ``preflight`` -- ``stagetrain.preflight``'s per-rank estimate of the same run (weights,
+* ``preflight`` -- ``stagetrain.runs.preflight``'s per-rank estimate of the same run (weights,
   gradients, Adam state; the gathered term; activations), to check the estimate against the
   measurement.
 * ``step_s`` -- training seconds per step from rank 0's metrics.jsonl (cumulative ``time`` and
@@ -89,10 +89,10 @@ def worker(args: argparse.Namespace) -> None:
     from torch.distributed.tensor import DTensor
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from stagetrain import preflight
-    from stagetrain.config import validate
     from stagetrain.datasets import dataset_meta
-    from stagetrain.runner import initial_spec, train
+    from stagetrain.runs import preflight
+    from stagetrain.runs.config import validate
+    from stagetrain.runs.runner import initial_spec, train
 
     rank = int(os.environ.get("RANK", "0"))
     seen: list[dict[str, Any]] = []

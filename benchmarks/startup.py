@@ -46,7 +46,7 @@ def hook(opt, args, kwargs):
         print("FIRST_STEP", time.perf_counter() - T0, flush=True)
 register_optimizer_step_pre_hook(hook)
 sys.argv = ["stagetrain", "train.epochs=1", "plots=false", "progress=off"]
-from stagetrain.cli import main
+from stagetrain.app.cli import main
 main()
 """
 

@@ -25,7 +25,7 @@ from benchutil import DATA_ROOT, RESULTS, RUN_ROOT, machine, make_cfg, no_run_pl
 
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 TINY = ["model=transformer", "strategy=scratch", "model.d_model=32", "model.n_layers=1", "dataset.max_len=64",
         "train.epochs=2", "plots=false", "device.threads=1", f"dataset.root={DATA_ROOT}"]
@@ -45,8 +45,8 @@ def _job(overrides: list[str]) -> dict[str, float]:
 
 def _mask_cost(repeats: int) -> dict[str, float]:
     """Seconds per forward+backward of a batch of 64 padded texts, masked vs unmasked spec."""
-    from stagetrain.config import validate
     from stagetrain.datasets import load_data
+    from stagetrain.runs.config import validate
 
     settings = validate(make_cfg(*JOBS["fortunes_classification"]))
     data = load_data(settings.dataset, 0)

@@ -51,7 +51,7 @@ from benchutil import (
     no_run_plots,
 )
 
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 MODES = ("full", "linear_probe", "partial", "lp_ft", "bitfit", "lora", "gradual_unfreeze", "add_layers")
 VARIANTS = ("scratch", *MODES)

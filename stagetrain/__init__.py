@@ -2,7 +2,7 @@
 
 Python API: ``stagetrain.run([...overrides], run_dir=...)`` runs one job as the command
 line would and returns its run record; ``stagetrain.load(run_dir)`` reads a finished run's
-model, config and metrics (see ``stagetrain.api``). Both are imported on first use, so
+model, config and metrics (see ``stagetrain.app.api``). Both are imported on first use, so
 ``import stagetrain`` stays cheap.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["run", "load", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "load", "Run", "RunFailed"):
-        from stagetrain import api
+        from stagetrain.app import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'stagetrain' has no attribute {name!r}")

@@ -23,7 +23,7 @@ class ObjectiveType:
     (an LM head, a model=hf head) it trains that (a supervised stage on a language model
     trains ``lm``; ``objectives.objective_of``);
     ``metrics``: the split metrics beyond the loss (``acc``; ``ppl`` and ``bpb``);
-    ``baseline``: its trivial baseline's kind (``baselines.py``: ``majority``, ``unigram``,
+    ``baseline``: its trivial baseline's kind (``runs/baselines.py``: ``majority``, ``unigram``,
     ``mean_image``), ``baseline_raw_input_only``: that baseline applies only to a stage
     whose trained block reads the raw input (block 1); ``targets``: what its tokens' targets
     are (``next``: the next token; ``inputs``: the input tokens themselves, mlm); ``helper``:

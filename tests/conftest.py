@@ -27,8 +27,8 @@ import torch
 from hydra import compose, initialize_config_module
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
-from stagetrain.rundir import read_metrics
+import stagetrain.app.cli  # noqa: F401  (registers the resolvers and schemas)
+from stagetrain.runs.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("STAGETRAIN_DATA", REPO.parent / "shared" / "data"))
@@ -238,10 +238,10 @@ def built_steps(monkeypatch) -> list:
 
 def engine_for(cfg):
     """The engine a run of ``cfg`` would train (validated; plan, model and data built), on the CPU."""
-    from stagetrain.config import validate
     from stagetrain.families import vouched_by
     from stagetrain.progress import Reporter
-    from stagetrain.runner import build_engine
+    from stagetrain.runs.config import validate
+    from stagetrain.runs.runner import build_engine
 
     with vouched_by(cfg):  # as runner.train: the test's config is the user's
         validate(cfg)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-import stagetrain.cli
+import stagetrain.app.cli
 
 # the cheapest real run: a few hundred parameters, digits, nothing optional written
 TINY = ["strategy=scratch", "train.epochs=2", "model.widths=[8]", "progress=off", "plots=false",
@@ -22,7 +22,7 @@ TINY = ["strategy=scratch", "train.epochs=2", "model.widths=[8]", "progress=off"
 def run_main(args: list[str]) -> int:
     """``stagetrain <args>`` in this process: its exit code (output goes to capsys)."""
     try:
-        stagetrain.cli.main(list(args))
+        stagetrain.app.cli.main(list(args))
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1

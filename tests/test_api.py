@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import stagetrain
-from stagetrain.api import RunFailed
+from stagetrain.app.api import RunFailed
 
 TINY = ["strategy=scratch", "train.epochs=2", "model.widths=[32]", "progress=off", "plots=false", "device=cpu"]
 
@@ -57,7 +57,7 @@ def test_a_refused_or_failing_run_raises_with_the_console_message(tmp_path):
     with pytest.raises(RunFailed, match="dataset=mnist: the files were not found"):
         stagetrain.run([*TINY, "dataset=mnist", f"dataset.root={tmp_path}"], run_dir=tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    with pytest.raises(stagetrain.api.StagetrainError, match="no run.json"):
+    with pytest.raises(stagetrain.app.api.StagetrainError, match="no run.json"):
         stagetrain.load(tmp_path)
 
 
@@ -80,13 +80,13 @@ def test_hydras_refused_write_reaches_the_caller_as_the_consoles_paragraph(tmp_p
     message = str(caught.value)
     assert ".hydra" in message and "exited with status" not in message, message
     assert f"Error: {message} Nothing was run." in capsys.readouterr().err
-    assert not hasattr(stagetrain.cli, "last")
+    assert not hasattr(stagetrain.app.cli, "last")
 
 
 def test_execute_returns_what_the_command_ended_with(tmp_path):
     """The console script and the API share ``cli.execute``: a refusal comes back as an
     outcome (exit code 1 and the message), a dry run as its record; nothing is raised."""
-    from stagetrain.cli import execute
+    from stagetrain.app.cli import execute
 
     refused = execute(["trian.epochs=3"])
     assert (refused.code, refused.info) == (1, None) and "Did you mean 'train.epochs'" in refused.error

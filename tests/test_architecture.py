@@ -166,7 +166,7 @@ def test_known_exceptions_are_still_needed():
 
 
 def _below_run_layer() -> list[str]:
-    run = next(i for i, row in enumerate(_layers()) if "stagetrain.runner" in row)
+    run = next(i for i, row in enumerate(_layers()) if "stagetrain.runs" in row)
     return sorted(m for m in _graph() if _layer(m) > run)
 
 

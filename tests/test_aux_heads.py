@@ -19,8 +19,8 @@ from stagetrain.families import build_spec
 from stagetrain.flops import measure_stage_flops
 from stagetrain.models import StagedModel
 from stagetrain.objectives import build_helper
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 from stagetrain.strategies.layerwise import config as lw_config
 from stagetrain.strategies.layerwise.plan import build
 

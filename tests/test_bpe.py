@@ -16,11 +16,11 @@ import pytest
 import torch
 from conftest import DATA_ROOT, make_cfg, run_cli
 
-from stagetrain.config import validate
 from stagetrain.data.tokenizer import Tokenizer, from_description
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import train
+from stagetrain.runs.config import validate
+from stagetrain.runs.runner import train
 
 SENTENCES = ["the cat sat on the mat", "a dog barked at night", "rain falls on the plain in spain",
              "naïve café crème — déjà vu", "stars shine over the quiet sea", "bread and butter for breakfast"]

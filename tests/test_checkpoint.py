@@ -12,7 +12,7 @@ from conftest import make_cfg, run_cli
 
 from stagetrain import checkpoint as ckpt
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO, run_cli, run_dirs
 
-import stagetrain.cli
+import stagetrain.app.cli
 
 
 def test_cfg_job_works_from_any_directory_after_a_non_editable_install(tmp_path):
@@ -20,7 +20,7 @@ def test_cfg_job_works_from_any_directory_after_a_non_editable_install(tmp_path)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-c", "from stagetrain.cli import main; main()",
+    proc = subprocess.run([sys.executable, "-c", "from stagetrain.app.cli import main; main()",
                            "--cfg", "job", "strategy=scratch", "model=cnn"],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -101,7 +101,7 @@ def test_rich_progress_and_bf16_autocast_run_to_completion(tmp_path):
 
 
 def test_help_is_stagetrains_page_without_internal_groups(capsys):
-    stagetrain.cli.main(["--help"])
+    stagetrain.app.cli.main(["--help"])
     out = capsys.readouterr().out
     for text in ("staged neural-network training", "examples:", "outputs:", "--hydra-help", "--version"):
         assert text in out, text
@@ -118,7 +118,7 @@ def test_help_is_stagetrains_page_without_internal_groups(capsys):
 
 
 def test_help_and_version_do_not_import_torch_and_hydra_help_stays():
-    code = ("import sys; from stagetrain.cli import main; main([sys.argv[1]]); "
+    code = ("import sys; from stagetrain.app.cli import main; main([sys.argv[1]]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     for flag in ("--help", "--version"):
         proc = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=60)

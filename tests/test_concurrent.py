@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA_ROOT, run_cli, run_dirs
 
-from stagetrain import rundir
+from stagetrain.runs import rundir
 
 pytestmark = pytest.mark.full  # concurrency campaigns (dozens of processes): `pytest --full`
 

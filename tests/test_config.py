@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import make_cfg, run_cli, run_dirs
 
-from stagetrain.config import validate
 from stagetrain.errors import StagetrainError
+from stagetrain.runs.config import validate
 
 GROUP_OPTIONS = {
     "dataset": ["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"],

@@ -13,17 +13,17 @@ import torch
 from conftest import engine_for, make_cfg
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.banner import final_table
-from stagetrain.baselines import for_plan, stage_baseline
-from stagetrain.config import validate
-from stagetrain.convergence import convergence, under_trained
 from stagetrain.data import DataBundle
 from stagetrain.data.bundle import Split
 from stagetrain.errors import StagetrainError
 from stagetrain.plan import Plan, Stage
 from stagetrain.progress import Reporter
-from stagetrain.rundir import RunDir, read_metrics
-from stagetrain.runner import build_engine, build_parts, train
+from stagetrain.runs.banner import final_table
+from stagetrain.runs.baselines import for_plan, stage_baseline
+from stagetrain.runs.config import validate
+from stagetrain.runs.convergence import convergence, under_trained
+from stagetrain.runs.rundir import RunDir, read_metrics
+from stagetrain.runs.runner import build_engine, build_parts, train
 
 CPU = torch.device("cpu")
 TINY = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=2", "model.max_len=24",

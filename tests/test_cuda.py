@@ -15,7 +15,7 @@ from conftest import make_cfg, run_cli
 
 from stagetrain.engine import Engine
 from stagetrain.progress import Reporter
-from stagetrain.runner import build_engine, pick_device, train
+from stagetrain.runs.runner import build_engine, pick_device, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -14,7 +14,6 @@ from conftest import engine_for, make_cfg
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from stagetrain.config import validate
 from stagetrain.engine import freeze, prefix_len
 from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec
@@ -22,7 +21,8 @@ from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.models import StagedModel
 from stagetrain.models.custom import native_prefixes, rename
 from stagetrain.plan import Stage
-from stagetrain.runner import dry_run, train
+from stagetrain.runs.config import validate
+from stagetrain.runs.runner import dry_run, train
 
 CPU = torch.device("cpu")
 SMALL = ["model=custom", "model.target=custom_net.SmallNet", "model.stem=[conv,bn,act]",

@@ -10,7 +10,7 @@ from conftest import IDX_SIZES, make_cfg, make_idx_images
 from stagetrain.data import epoch_permutation
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])

@@ -29,8 +29,8 @@ import torch
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_dirs
 
 from stagetrain.errors import StagetrainError
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import check_world, train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import check_world, train
 
 pytestmark = pytest.mark.full  # torchrun multi-process runs: `pytest --full`
 

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 from conftest import run_cli
 
-from stagetrain import helppage
-from stagetrain.banner import _data_line
+from stagetrain.app import helppage
 from stagetrain.data.images import IDX_FILES, missing_data_message
 from stagetrain.datasets.mnist.reader import SOURCE
+from stagetrain.runs.banner import _data_line
 
 CUSTOM = ["model=custom", "model.target=mypkg.nets.SmallNet", "model.stem=[conv,bn,act]",
           "model.blocks=[stage1,stage2]", "model.head=fc", "model.head_input=pool_flatten", "strategy=scratch",

@@ -33,8 +33,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-import stagetrain.cli  # noqa: F401  (registers the resolvers and schemas)
-from stagetrain.config import register_configs
+import stagetrain.app.cli  # noqa: F401  (registers the resolvers and schemas)
+from stagetrain.runs.config import register_configs
 from stagetrain.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from conftest import make_cfg
 
 from stagetrain.engine import Engine
 from stagetrain.progress import Reporter
-from stagetrain.runner import build_engine, pick_device
+from stagetrain.runs.runner import build_engine, pick_device
 
 SMALL = ["strategy=scratch", "device=cpu", "model.widths=[32]", "train.epochs=3", "optim.lr=0.01"]
 
@@ -62,7 +62,7 @@ def test_deterministic_sets_cublas_workspace_and_deterministic_algorithms(monkey
 # ---- default CPU threads follow the model's size (issue 28)
 
 def test_threads_default_to_one_for_a_small_model_and_the_choice_says_why(monkeypatch):
-    from stagetrain import device as dev
+    from stagetrain.runs import device as dev
     from stagetrain.schema import DeviceConfig
 
     monkeypatch.setattr(dev, "job_threads", lambda: None)

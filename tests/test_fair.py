@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import engine_for, make_cfg
 
-from stagetrain import compare, report, stats
-from stagetrain.runner import train
+from stagetrain.report import command as report
+from stagetrain.report import compare, stats
+from stagetrain.runs.runner import train
 
 
 @pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)])
@@ -127,7 +128,7 @@ def test_every_head_only_stage_is_a_full_batch_probe_by_default(args):
 
 
 def test_a_falling_loss_on_a_learnt_training_set_is_not_a_warning():
-    from stagetrain.convergence import stage_warnings
+    from stagetrain.runs.convergence import stage_warnings
 
     def events(accs):
         losses = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05]
@@ -147,7 +148,7 @@ def test_equal_flops_scratch_control_gets_the_staged_runs_flops_within_one_step(
     """compare.scratch=true on a layer-wise run: a scratch run of the same final architecture
     in <run>/control, stopped within one optimizer step of the staged run's training FLOPs,
     recorded in run.json, and the report pairs the run with its own control."""
-    from stagetrain.api import run
+    from stagetrain.app.api import run
 
     info = run(["strategy=layerwise", "strategy.epochs_per_layer=1", "train.epochs=2", "dataset.max_train=300",
                 "compare.scratch=true", "plots=false", "progress=off"], run_dir=tmp_path / "staged")
@@ -171,20 +172,20 @@ def test_equal_flops_scratch_control_gets_the_staged_runs_flops_within_one_step(
 
 def _poison_test_labels(monkeypatch):
     """Every run's test labels shifted by one class: test accuracy collapses, validation is untouched."""
-    import stagetrain.runner
+    import stagetrain.runs.runner
 
-    real = stagetrain.runner.load_data
+    real = stagetrain.runs.runner.load_data
 
     def poisoned(ds, seed, *args):
         bundle = real(ds, seed, *args)
         bundle.test.y = (bundle.test.y + 1) % bundle.num_classes
         return bundle
 
-    monkeypatch.setattr(stagetrain.runner, "load_data", poisoned)
+    monkeypatch.setattr(stagetrain.runs.runner, "load_data", poisoned)
 
 
 def test_tune_selects_on_validation_only_and_records_the_search(tmp_path, monkeypatch):
-    from stagetrain.tune import run_search
+    from stagetrain.runs.tune import run_search
 
     args = ["strategy=scratch", "train.epochs=2", "dataset.max_train=300", "plots=false",
             "tune.lr=[0.00001,0.003,0.3]"]
@@ -212,7 +213,7 @@ def test_seeds_of_a_tuned_arm_that_select_different_settings_stay_one_group(tmp_
     select different learning rates are still one arm in the report and the sweep summary."""
     import shutil
 
-    from stagetrain.tune import run_search
+    from stagetrain.runs.tune import run_search
 
     run_search(make_cfg("strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false",
                         "tune.lr=[0.00001,0.003]"), tmp_path / "0")
@@ -228,7 +229,7 @@ def test_seeds_of_a_tuned_arm_that_select_different_settings_stay_one_group(tmp_
 
 
 def test_a_setting_selected_at_the_edge_of_its_grid_is_warned_about(tmp_path):
-    from stagetrain.tune import run_search
+    from stagetrain.runs.tune import run_search
 
     info = run_search(make_cfg("strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false",
                                "tune.lr=[0.000001,0.00001,0.0001]"), tmp_path / "job")
@@ -237,8 +238,8 @@ def test_a_setting_selected_at_the_edge_of_its_grid_is_warned_about(tmp_path):
 
 
 def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
-    from stagetrain.config import validate
     from stagetrain.errors import StagetrainError
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="tune.lr"):
         validate(make_cfg("tune.lr=[0.001,-1]"))
@@ -249,7 +250,7 @@ def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
 def test_tune_grid_searches_the_product_of_any_training_keys(tmp_path):
     """tune.lr x tune.grid: every setting is a trial in its own folder with its settings
     applied; the selected one is the best on validation and its test metric is reported."""
-    from stagetrain.tune import run_search
+    from stagetrain.runs.tune import run_search
 
     cfg = make_cfg("strategy=scratch", "train.epochs=2", "dataset.max_train=300", "plots=false",
                    "tune.lr=[0.0001,0.003]", "tune.grid={optim.name:[sgd,adam],train.batch_size:[32]}")
@@ -277,8 +278,8 @@ def test_tune_grid_searches_the_product_of_any_training_keys(tmp_path):
     ("{optim.lr:[0.1]}", "optim.lr is tune.lr"),
 ])
 def test_tune_grid_refuses_keys_that_define_the_job_and_unknown_or_empty_ones(grid, match):
-    from stagetrain.config import validate
     from stagetrain.errors import StagetrainError
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match=match):
         validate(make_cfg(f"tune.grid={grid}", "tune.lr=[0.001]"))
@@ -286,7 +287,7 @@ def test_tune_grid_refuses_keys_that_define_the_job_and_unknown_or_empty_ones(gr
 
 def test_a_search_resumes_only_its_own_trials_and_never_shares_a_folder(tmp_path):
     from stagetrain.errors import StagetrainError
-    from stagetrain.tune import run_search
+    from stagetrain.runs.tune import run_search
 
     args = ["strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false", "tune.lr=[0.001,0.003]"]
     first = run_search(make_cfg(*args), tmp_path / "job")
@@ -305,7 +306,7 @@ def test_a_search_resumes_only_its_own_trials_and_never_shares_a_folder(tmp_path
 
 def test_tune_grid_value_of_the_wrong_kind_is_refused_before_any_trial(tmp_path):
     from stagetrain.errors import StagetrainError
-    from stagetrain.tune import run_search
+    from stagetrain.runs.tune import run_search
 
     with pytest.raises(StagetrainError, match="train.batch_size"):
         run_search(make_cfg("strategy=scratch", "tune.grid={train.batch_size:[32,big]}"), tmp_path / "job")

@@ -21,12 +21,12 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from stagetrain.config import validate
 from stagetrain.errors import StagetrainError
 from stagetrain.growth.ops import add_lora, merge_lora
 from stagetrain.models import StagedModel
 from stagetrain.progress import Reporter
-from stagetrain.runner import build_engine, train
+from stagetrain.runs.config import validate
+from stagetrain.runs.runner import build_engine, train
 
 CPU = torch.device("cpu")
 TARGET = "dataset.classes=[5,6,7,8,9]"
@@ -115,7 +115,7 @@ def test_invariant3_discriminative_lrs_equal_lr_top_times_decay_power(mlp_source
 
 def test_invariant4_lp_ft_stage2_starts_with_the_probes_predictions(mlp_source, tmp_path):
     cfg = ft_cfg(mlp_source, "lp_ft", "train.epochs=4")
-    from stagetrain.rundir import RunDir
+    from stagetrain.runs.rundir import RunDir
 
     rundir = RunDir(tmp_path / "run")
     rundir.checkpoints.mkdir(parents=True)

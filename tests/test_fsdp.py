@@ -33,14 +33,14 @@ from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg
 
 from stagetrain.checkpoint import sharded
 from stagetrain.checkpoint.resume import latest_state
-from stagetrain.config import validate
 from stagetrain.engine.options import EngineOptions
 from stagetrain.engine.saving import load_model
 from stagetrain.engine.sharding import require_launched, set_activation_checkpointing
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
-from stagetrain.rundir import RunDir, read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.config import validate
+from stagetrain.runs.rundir import RunDir, read_metrics
+from stagetrain.runs.runner import train
 
 COMMON = ["device=cpu", "progress=off", "plots=false"]
 LAYERWISE = ["strategy=layerwise", "dataset=synthetic", "dataset.n_train=2000", "dataset.shape=[1,28,28]",

@@ -23,8 +23,8 @@ from stagetrain.families import build_spec
 from stagetrain.growth import deepen_dense as deepen
 from stagetrain.growth import map_optimizer_state, optimizer_state_by_name, widen_dense
 from stagetrain.models import StagedModel, count_parameters
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 
 def widen(*args, **kw):
@@ -122,7 +122,7 @@ def test_invariant4_identity_deepen_is_refused_for_tanh():
     with pytest.raises(StagetrainError, match="residual_zero"):
         deepen(_model(activation="tanh"), 0, "identity")
     cfg = make_cfg("strategy=grow", "strategy.widths=[[8],[8,8]]", "model.activation=tanh")
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="deepen=identity"):
         validate(cfg)

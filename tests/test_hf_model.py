@@ -18,8 +18,8 @@ from stagetrain.families.hf import config as family
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel
 from stagetrain.models.hf_io import export_pretrained, load_pretrained
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 SMALL = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32, "intermediate_size": 64}
 CONFIGS = {

@@ -3,7 +3,7 @@
 no change to any run directory that was there before (the working directory, with a
 completed run in it, is fingerprinted before and after: content, mtimes, links).
 
-Rows run in-process through the real ``stagetrain.cli.main`` (a fresh interpreter per row
+Rows run in-process through the real ``stagetrain.app.cli.main`` (a fresh interpreter per row
 would spend seconds importing); the inputs that need files (damaged IDX data, crafted
 checkpoints, a FIFO, a YAML alias bomb) are made once per session.
 """

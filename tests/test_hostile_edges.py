@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from hostile import TINY, assert_refused, deadline, fingerprint, good_run, run_main  # noqa: F401 - good_run: the session's real run
 
-from stagetrain import report
+from stagetrain.report import command as report
 
 ESC, CSI8 = "\x1b", "\x9b"
 

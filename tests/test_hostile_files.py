@@ -296,8 +296,8 @@ def test_hostile_file_is_refused_cleanly(args, expected, files, workdir, capsys,
 
 def test_numeric_labels_are_taken_by_value(tmp_path):
     """1, 1.0, "01" and "1.0" are one class ("1"); 2 and "2.0" another; words stay words."""
-    from stagetrain.config import validate
     from stagetrain.datasets import load_data
+    from stagetrain.runs.config import validate
     from stagetrain.textfiles import label_name
 
     labels = [1, 1.0, "01", "1.0", 2, "2.0"]

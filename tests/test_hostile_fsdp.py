@@ -23,7 +23,7 @@ import torch
 from stagetrain.checkpoint import sharded
 from stagetrain.checkpoint.resume import latest_state
 from stagetrain.errors import StagetrainError
-from stagetrain.rundir import RunDir
+from stagetrain.runs.rundir import RunDir
 
 SPEC = {"in_shape": [6], "blocks": [{"name": "block1", "type": "linear", "in": 6, "out": 5, "out_shape": [5]}],
         "head": {"in": 5, "out": 3}}

@@ -2,7 +2,7 @@
 listed as unreadable with the reason, the rest of the report is produced, no traceback, and
 the run directories are left exactly as they were.
 
-Every row runs the real ``stagetrain.report.main`` in-process on a copy of one real run.
+Every row runs the real ``stagetrain.report.command.main`` in-process on a copy of one real run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hostile import fingerprint, good_run  # noqa: F401 - good_run: the session's real run (fixture)
 
-from stagetrain import report
+from stagetrain.report import command as report
 
 
 def _write(name: str, data: bytes | str) -> Callable[[Path], None]:

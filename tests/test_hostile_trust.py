@@ -284,7 +284,7 @@ def _unlogged(run: Path) -> dict[str, str]:
 
 def test_the_python_api_and_the_report_never_call_what_a_file_names(files, workdir, capsys):
     import stagetrain
-    from stagetrain import report
+    from stagetrain.report import command as report
     from stagetrain.trust import UntrustedCode
 
     with pytest.raises(UntrustedCode, match="subprocess.run") as refused:

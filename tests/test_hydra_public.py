@@ -1,5 +1,5 @@
 """Hydra through its public API: every use of Hydra's private code (``hydra._internal``, the
-wrapped functions of ``hydra.core.utils``) is in ``stagetrain/hydra_private.py`` (an AST
+wrapped functions of ``hydra.core.utils``) is in ``stagetrain/app/hydra_private.py`` (an AST
 scan of the package, like tests/test_userfile.py's), and the installed Hydra is inside the
 range that module and pyproject.toml pin."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import hydra
 
-from stagetrain import hydra_private
+from stagetrain.app import hydra_private
 
-PKG = Path(hydra_private.__file__).resolve().parent
-PRIVATE_MODULE = "hydra_private.py"
+PKG = Path(hydra_private.__file__).resolve().parents[1]
+PRIVATE_MODULE = "app/hydra_private.py"
 # Private members of Hydra's classes and modules that stagetrain uses (through hydra_private only)
 PRIVATE_MEMBERS = {"_find_object_source", "_normalize_file_name", "_apply_overrides_to_config",
                    "_parse_overrides_and_create_caching_repo", "_process_config_searchpath", "_save_config"}

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import final_weights, make_cfg
 
-from stagetrain.config import validate
 from stagetrain.data.stream import sequential_batches
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import train
+from stagetrain.runs.config import validate
+from stagetrain.runs.runner import train
 
 CLASSES = ("cat", "dog", "owl")
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 from conftest import DATA_ROOT, REPO, assert_epochs_exactly_once, final_weights, run_cli, run_dirs
 
-from stagetrain.launch import torch_env_from_slurm
-from stagetrain.rundir import read_metrics
+from stagetrain.runs.launch import torch_env_from_slurm
+from stagetrain.runs.rundir import read_metrics
 
 SLURM_UP = REPO / ".ci" / "slurm-up"
 TINY = ["train.epochs=1", "plots=false"]

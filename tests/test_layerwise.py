@@ -3,7 +3,7 @@
 Everything runs real code on real small data (sklearn digits, or an in-memory synthetic
 set). To look inside a stage (what the optimizer holds, which tensors have gradients, what
 a frozen block looks like between steps) the tests build the same ``Engine`` that
-``stagetrain.runner.train`` builds and drive it, observing it only through PyTorch's own
+``stagetrain.runs.runner.train`` builds and drive it, observing it only through PyTorch's own
 hooks (global optimizer step hooks, forward pre-hooks); nothing of the engine is mocked.
 """
 
@@ -22,16 +22,16 @@ from conftest import after_each_backward, assert_bit_identical, make_cfg, optimi
 from safetensors.torch import load_file
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.config import validate
 from stagetrain.datasets import load_data
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
-from stagetrain.rundir import RunDir
-from stagetrain.runner import build_engine as run_build_engine
-from stagetrain.runner import train
+from stagetrain.runs.config import validate
+from stagetrain.runs.rundir import RunDir
+from stagetrain.runs.runner import build_engine as run_build_engine
+from stagetrain.runs.runner import train
 from stagetrain.strategies import STRATEGIES
 
 FAST = ("device=cpu", "train.epochs=2", "strategy.epochs_per_layer=2")
@@ -53,7 +53,7 @@ def one_cpu_thread():
 
 
 def build_engine(cfg, run_dir: Path | None = None) -> Engine:
-    """The engine exactly as ``stagetrain.runner.train`` builds it (CPU, no progress output)."""
+    """The engine exactly as ``stagetrain.runs.runner.train`` builds it (CPU, no progress output)."""
     validate(cfg)
     rundir = None
     if run_dir is not None:

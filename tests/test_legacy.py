@@ -15,7 +15,7 @@ import torch
 from conftest import final_weights, make_cfg
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 LEGACY = Path(__file__).parent / "data" / "legacy_layerwise_run"
 ARGS = ["strategy=layerwise", "model.widths=[16,8]", "strategy.epochs_per_layer=1", "train.epochs=2",

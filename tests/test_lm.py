@@ -24,8 +24,8 @@ from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
 from stagetrain.objectives import lm_loss, split_metrics, stage_loss
 from stagetrain.plan import Stage, parse_target, target_met
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 LM = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "plots=false",
       "train.batch_size=16", "dataset.max_len=16", "optim.lr=0.01"]
@@ -85,7 +85,7 @@ def test_perplexity_and_bits_per_byte():
 def test_targets_accept_perplexity():
     assert parse_target("val/ppl<=20") == ("val/ppl", "<=", 20.0)
     assert target_met("val/ppl<=20", {"val/ppl": 19.5}) and not target_met("val/ppl<=20", {"val/ppl": 21.0})
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="val/ppl"):
         validate(make_cfg("strategy=grow", "strategy.target='val/perplexity<=20'"))
@@ -94,7 +94,7 @@ def test_targets_accept_perplexity():
 
 
 def test_an_accuracy_target_on_a_language_model_is_refused(corpus):
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="names val/acc, which a language model"):
         validate(make_cfg(*LM, "dataset=text", f"dataset.paths=[{corpus}]", "strategy=grow",

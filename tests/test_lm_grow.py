@@ -12,8 +12,8 @@ from conftest import assert_epochs_exactly_once, copy_rewound_to_stage_1, final_
 from stagetrain.families import transformer as family
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
 from stagetrain.models import StagedModel, count_parameters
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 LM = ["model=transformer", "model.d_model=16", "model.n_heads=2", "plots=false", "train.batch_size=16",
       "dataset.max_len=16", "optim.lr=0.01", "strategy=grow", "strategy.widths=[[32]]", "strategy.epochs_per_stage=1",

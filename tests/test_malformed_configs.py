@@ -2,7 +2,7 @@
 names the key (and the nearest valid key or option), a non-zero exit, no traceback, nothing
 written.
 
-Most cases run in-process through the real ``stagetrain.cli.main`` (a fresh interpreter
+Most cases run in-process through the real ``stagetrain.app.cli.main`` (a fresh interpreter
 per case would spend its time importing Python, not checking configs); a representative
 subset also runs through the installed console script.
 """
@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from hydra.core.global_hydra import GlobalHydra
 
-import stagetrain.cli
+import stagetrain.app.cli
 
 # Config files a user passes with --config-dir / --config-name (written into the cwd).
 USER_FILES = {
@@ -295,7 +295,7 @@ def _run_in_process(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int
     try:
         # dry_run first (an override of it in the case wins): a case that slipped through
         # prints a plan and exits 0 instead of training
-        stagetrain.cli.main([*_flags(args), "dry_run=true", "progress=off", *_overrides(args)])
+        stagetrain.app.cli.main([*_flags(args), "dry_run=true", "progress=off", *_overrides(args)])
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

@@ -8,8 +8,8 @@ import os
 import pytest
 from conftest import make_cfg, run_cli
 
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 pytest.importorskip("mlflow")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3: the file store is opt-in
@@ -77,8 +77,8 @@ def test_a_sweep_is_a_parent_run_with_its_jobs_nested(tmp_path):
 
 
 def test_logger_keys_have_equal_defaults_and_a_negative_every_steps_is_refused():
-    from stagetrain.config import validate
     from stagetrain.errors import StagetrainError
+    from stagetrain.runs.config import validate
     from stagetrain.schema import LoggerConfig
 
     cfg = make_cfg()

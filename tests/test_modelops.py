@@ -18,7 +18,7 @@ from stagetrain.growth import apply_op
 from stagetrain.modelops import OPS, AddLora, Deepen, MergeLora, Stack, Widen, as_op, from_dict
 from stagetrain.models import StagedModel
 from stagetrain.plan import Plan, Stage
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 LEGACY_RUN = Path(__file__).parent / "data" / "legacy_layerwise_run" / "run.json"
 

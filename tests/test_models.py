@@ -15,8 +15,8 @@ from stagetrain.growth.ops import add_lora, merge_lora
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.models.registry import table
 from stagetrain.plan import Stage
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 KERAS_CNN = ["model=cnn", "model.channels=[4,6]", "model.pool_every=2", "model.fc_widths=[12]"]
 
@@ -163,7 +163,7 @@ def test_partial_finetune_freezes_the_convs_and_retrains_the_dense_layer(tmp_pat
 
 
 def test_bad_cnn_options_are_refused_naming_the_key():
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="model.fc_widths"):
         validate(make_cfg("model=cnn", "model.fc_widths=[0]"))

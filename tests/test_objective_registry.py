@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from stagetrain.baselines import kind_of
-from stagetrain.convergence import _judge
 from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel
 from stagetrain.objective_registry import OBJECTIVE_TYPES, ObjectiveType, objective_type, register
 from stagetrain.objectives import LOSSES, build_helper, split_metrics, stage_loss
 from stagetrain.plan import Stage
+from stagetrain.runs.baselines import kind_of
+from stagetrain.runs.convergence import _judge
 
 NAMES = ("supervised", "lm", "mlm", "autoencoder", "denoising", "rbm")
 

@@ -13,7 +13,7 @@ import yaml
 from conftest import make_cfg, run_cli
 
 from stagetrain.errors import StagetrainError
-from stagetrain.search import objective_value, worst
+from stagetrain.runs.search import objective_value, worst
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
                     reason="needs the Optuna sweeper: pip install 'stagetrain[optuna]'")
@@ -82,7 +82,7 @@ def test_sweeper_direction_against_the_objective_is_refused(tmp_path):
 
 
 def test_a_test_metric_is_never_an_objective():
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="test metric"):
         validate(make_cfg("objective.metric=test/acc"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from stagetrain.report import pareto_front
+from stagetrain.report.command import pareto_front
 from stagetrain.runread import fmt
 
 
@@ -92,7 +92,7 @@ def test_group_by_prints_the_verdict_table_in_100_columns(sweep):
 def _end_of_sweep(sweep_dir: Path, sweeper: dict, capsys) -> str:
     from omegaconf import OmegaConf
 
-    from stagetrain.callbacks import SweepSummary
+    from stagetrain.app.callbacks import SweepSummary
 
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "sweeper": sweeper},
                             "compare": {"control_key": "strategy", "control_value": "scratch", "level": 0.95},

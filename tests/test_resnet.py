@@ -21,8 +21,8 @@ from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.models.resnet_growth import deepen_stage, widen_stage
 from stagetrain.plan import Stage
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 TINY = ["model=resnet", "model.stem_channels=4", "model.stage_channels=[4,8]", "optim.lr=0.01", "plots=false",
         "device=cpu"]

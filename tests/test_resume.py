@@ -88,7 +88,7 @@ def test_sigterm_checkpoints_marks_stopped_and_resume_dir_continues(tmp_path):
 # ---- resume compares only what the user typed (issue 28)
 
 def test_changed_keys_counts_only_the_typed_overrides():
-    from stagetrain.resume import changed_keys
+    from stagetrain.runs.resume import changed_keys
 
     saved = OmegaConf.to_container(make_cfg("strategy=grow", "train.epochs=3"), resolve=True)
     now = make_cfg("train.epochs=5", "resume=somewhere")

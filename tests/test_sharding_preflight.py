@@ -14,12 +14,12 @@ import math
 import pytest
 from conftest import make_cfg
 
-from stagetrain import preflight
-from stagetrain.config import validate
 from stagetrain.datasets import dataset_meta
 from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
-from stagetrain.runner import dry_run, initial_spec, run_specs
+from stagetrain.runs import preflight
+from stagetrain.runs.config import validate
+from stagetrain.runs.runner import dry_run, initial_spec, run_specs
 
 # (overrides, every parameter's shape written out by hand)
 MLP = (["model.widths=[33,17]"],

@@ -14,7 +14,7 @@ from conftest import make_cfg
 from stagetrain.errors import StagetrainError
 from stagetrain.objectives import build_helper
 from stagetrain.plan import Plan, Stage
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 from stagetrain.stagehelpers import (
     HELPERS,
     AuxHead,

@@ -21,7 +21,7 @@ from stagetrain.data.augment import epoch_key
 from stagetrain.data.stream import EpochLoader, sequential_batches
 from stagetrain.datasets import load_data
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 SMALL = ["strategy=scratch", "dataset=mnist", "model.widths=[64]", "train.batch_size=50", "progress=off",
          "plots=false"]
@@ -108,7 +108,7 @@ def test_auto_streams_what_exceeds_the_memory_budget_and_says_why(idx_root):
     (["dataset.storage=disk"], "dataset.storage='disk' is not valid"),
 ])
 def test_bad_storage_settings_are_refused_before_anything_runs(overrides, words):
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match=words):
         validate(make_cfg(*SMALL, *overrides))

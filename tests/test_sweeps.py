@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_cli
 
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -93,8 +93,8 @@ def test_the_sweep_check_covers_an_experiments_own_sweep(tmp_path):
 
 
 def test_a_sweep_of_hundreds_of_combinations_is_checked_in_seconds():
+    from stagetrain.app.overrides import check_command_line
     from stagetrain.errors import StagetrainError
-    from stagetrain.overrides import check_command_line
 
     start = time.perf_counter()
     check_command_line(["-m", "strategy=layerwise,grow,scratch", "seed=range(0,100)", "dry_run=true"])
@@ -268,10 +268,10 @@ def test_a_dry_run_sweep_writes_nothing(tmp_path):
 
 
 def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data():
-    from stagetrain.config import validate
     from stagetrain.datasets import dataset_meta
-    from stagetrain.dryrun import estimate_plan
-    from stagetrain.runner import initial_spec
+    from stagetrain.runs.config import validate
+    from stagetrain.runs.dryrun import estimate_plan
+    from stagetrain.runs.runner import initial_spec
     from stagetrain.strategies import STRATEGIES
 
     cfg = make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=mnist",
@@ -288,10 +288,10 @@ def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data():
 def test_dry_run_estimate_of_a_full_batch_probe_bounds_what_it_spends(tmp_path):
     """An L-BFGS step makes many forward-backward passes (its line search); the dry run counts
     the most one step may make, so its estimate bounds the run's measured FLOPs from above."""
-    from stagetrain.config import validate
     from stagetrain.datasets import dataset_meta
-    from stagetrain.dryrun import estimate_plan
-    from stagetrain.runner import initial_spec, train
+    from stagetrain.runs.config import validate
+    from stagetrain.runs.dryrun import estimate_plan
+    from stagetrain.runs.runner import initial_spec, train
     from stagetrain.strategies import STRATEGIES
 
     cfg = make_cfg("strategy=finetune", "strategy.source=random", "strategy.mode=linear_probe",

@@ -8,7 +8,8 @@ import io
 
 from rich.console import Console
 
-from stagetrain import compare, report
+from stagetrain.report import command as report
+from stagetrain.report import compare
 
 ARMS = ("scratch", "layerwise_supervised", "finetune", "grow")
 

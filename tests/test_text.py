@@ -13,14 +13,14 @@ import pytest
 import torch
 from conftest import DATA_ROOT, make_cfg
 
-from stagetrain.config import validate
 from stagetrain.data.tokenizer import Tokenizer
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.datasets.fortunes.config import SYSTEM_FORTUNES
 from stagetrain.errors import StagetrainError
 from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
-from stagetrain.runner import train
+from stagetrain.runs.config import validate
+from stagetrain.runs.runner import train
 
 FORTUNES = DATA_ROOT / "text" / "fortunes"
 needs_fortunes = pytest.mark.skipif(

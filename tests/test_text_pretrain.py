@@ -21,7 +21,7 @@ from conftest import (
 )
 
 from stagetrain.errors import StagetrainError
-from stagetrain.runner import train
+from stagetrain.runs.runner import train
 
 TINY = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=2", "model.max_len=24",
         "dataset.max_len=24", "train.batch_size=16", "optim.lr=0.01", "plots=false"]

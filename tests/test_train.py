@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from stagetrain import checkpoint as ckpt
 from stagetrain.models import StagedModel
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from stagetrain.errors import StagetrainError
 from stagetrain.families import transformer as family
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name, stack
 from stagetrain.models import StagedModel, count_parameters, part_type
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import train
 
 TINY = ["model=transformer", "model.d_model=16", "model.n_heads=2", "dataset.max_train=128", "train.epochs=1",
         "plots=false"]
@@ -150,7 +150,7 @@ def test_mlp_widen_is_exact_grows_parameters_and_maps_optimizer_state():
     (["dataset=synthetic", "dataset.shape=[20]"], "needs image inputs"),
 ])
 def test_invalid_settings_are_refused_naming_the_key(overrides, message):
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match=message):
         validate(make_cfg("model=transformer", *overrides))

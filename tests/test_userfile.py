@@ -30,7 +30,7 @@ ALLOWED = {
     ("data/images.py", "np.memmap"): "maps a file object that userfile.open_file opened and checked",
     ("data/imagefolder.py", "Image.open"): "decodes a file object that userfile.open_file opened (kind image)",
     ("data/stream.py", "open"): "/proc/meminfo, the kernel's",
-    ("preflight.py", "open"): "/proc/meminfo and the cgroup's memory.max, the kernel's",
+    ("runs/preflight.py", "open"): "/proc/meminfo and the cgroup's memory.max, the kernel's",
     ("source.py", "load"): "safetensors' load of the bytes read through the gate",
     ("models/hf_io.py", "load"): "safetensors' load of model.pretrained's model.safetensors, read through the gate",
     ("source.py", "torch.load"): "torch.load of io.BytesIO over the bytes read through the gate",
@@ -42,14 +42,14 @@ ALLOWED = {
                                            "with torch.load(weights_only=True), .metadata through the gate (SafeReader)",
     ("checkpoint/sharded.py", "_MetadataUnpickler(io.BytesIO(data)).load"): "unpickles bytes read through the gate, "
                                            "building only DCP's metadata classes, torch dtypes, sizes and paths",
-    ("runlock.py", "os.open"): "the run or sweep directory itself, opened to hold its flock",
-    ("runlock.py", "open"): "/proc/self/mountinfo, the kernel's",
-    ("callbacks.py", "(sweep_dir / 'summary.md').open"): "the sweep summary we append to",
-    ("helppage.py", "f.read_text"): "the package's own conf/*.yaml",
+    ("runs/runlock.py", "os.open"): "the run or sweep directory itself, opened to hold its flock",
+    ("runs/runlock.py", "open"): "/proc/self/mountinfo, the kernel's",
+    ("app/callbacks.py", "(sweep_dir / 'summary.md').open"): "the sweep summary we append to",
+    ("app/helppage.py", "f.read_text"): "the package's own conf/*.yaml",
     ("checkpoint/io.py", "os.open"): "a checkpoints/ folder we write, opened to fsync it",
     ("checkpoint/io.py", "os.fdopen"): "a temporary checkpoint file we write",
-    ("rundir.py", "os.open"): "metrics.jsonl opened to append (we write it)",
-    ("rundir.py", "open"): "metrics.jsonl of our run, opened to truncate a half-written last line",
+    ("runs/rundir.py", "os.open"): "metrics.jsonl opened to append (we write it)",
+    ("runs/rundir.py", "open"): "metrics.jsonl of our run, opened to truncate a half-written last line",
 }
 # being moved to the gate: modules of other parts that still read user files directly
 NOT_YET_GATED: set[str] = set()

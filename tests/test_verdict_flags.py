@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from stagetrain.compare import flag_verdict
+from stagetrain.report.compare import flag_verdict
 
 
 def _sweep(root: Path, name: str, *args: str) -> subprocess.CompletedProcess:
@@ -120,8 +120,8 @@ def test_report_keeps_a_converged_arms_verdict(sweeps):
 
 
 def test_plots_draw_chance_where_runs_have_a_baseline(sweeps):
-    from stagetrain.plots import plot, plot_curves
-    from stagetrain.report import find_runs, load_rows
+    from stagetrain.report.command import find_runs, load_rows
+    from stagetrain.runs.plots import plot, plot_curves
 
     root, _, _ = sweeps
     rows, _ = load_rows(find_runs([root / "short"]))
@@ -131,8 +131,8 @@ def test_plots_draw_chance_where_runs_have_a_baseline(sweeps):
 
 
 def test_old_runs_without_the_keys_get_no_flag_and_no_chance(sweeps, tmp_path):
-    from stagetrain.plots import plot
-    from stagetrain.report import find_runs, load_rows
+    from stagetrain.report.command import find_runs, load_rows
+    from stagetrain.runs.plots import plot
 
     root, _, _ = sweeps
     old = tmp_path / "old"

@@ -33,7 +33,7 @@ from stagetrain.models import StagedModel, count_parameters, trainable_parameter
 from stagetrain.objectives import objective_of, split_metrics
 from stagetrain.plan import Plan, Stage, StopReason
 from stagetrain.progress import Reporter
-from stagetrain.rundir import MetricsLog, RunDir
+from stagetrain.runs.rundir import MetricsLog, RunDir
 
 Event = dict[str, Any]
 _no_step = lambda *_: None  # noqa: E731 - a sink without step-level logging

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from stagetrain.rundir import read_metrics
+from stagetrain.runs.rundir import read_metrics
 
 from .victim import child_main, read_record
 
@@ -49,8 +49,8 @@ SCENARIOS: dict[str, list[str]] = {
 EVERY = 7  # checkpoint.every_steps above: the most work a kill may lose
 
 _CTX: Any = None
-PRELOAD = ["torch", "torchvision", "sklearn.datasets", "safetensors.torch", "hydra", "stagetrain.cli",
-           "stagetrain.runner", "stagetrain.engine"]
+PRELOAD = ["torch", "torchvision", "sklearn.datasets", "safetensors.torch", "hydra", "stagetrain.app.cli",
+           "stagetrain.runs.runner", "stagetrain.engine"]
 
 
 def context() -> Any:

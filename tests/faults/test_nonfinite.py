@@ -20,8 +20,8 @@ from stagetrain.engine import NONFINITE_MAX_IN_A_ROW
 from stagetrain.engine.nonfinite import NonFiniteGuard
 from stagetrain.errors import StagetrainError
 from stagetrain.progress import Reporter
-from stagetrain.rundir import read_metrics
-from stagetrain.runner import build_engine, train
+from stagetrain.runs.rundir import read_metrics
+from stagetrain.runs.runner import build_engine, train
 
 BASE = ["strategy=scratch", "model.widths=[32,16]", "train.epochs=3", "device=cpu", "plots=false",
         "checkpoint.every_steps=1"]

@@ -96,7 +96,7 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_run_resumable(tmp_path):
     from conftest import make_cfg
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from stagetrain.runner import train
+    from stagetrain.runs.runner import train
 
     steps = {"n": 0}
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from stagetrain.checkpoint import atomic_write, temp_prefix
-from stagetrain.rundir import RunDir
+from stagetrain.runs.rundir import RunDir
 
 
 def test_resume_removes_only_dead_writers_temp_files(tmp_path):

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import stagetrain.app.cli
 import stagetrain.checkpoint as ckpt_module
 import stagetrain.checkpoint.io as ckpt_io_module
-import stagetrain.cli
 import stagetrain.engine as engine_module
-import stagetrain.record as record_module
-import stagetrain.rundir as rundir_module
+import stagetrain.runs.record as record_module
+import stagetrain.runs.rundir as rundir_module
 
 RECORD = struct.Struct("<qqqq")  # started, resumed_step, completed_steps, fired
 
@@ -73,7 +73,7 @@ def child_main(argv: list[str], plan: dict[str, Any] | None, record: str, log: s
     rec = _Record(record)
     _arm(plan or {}, rec)
     sys.argv = ["stagetrain", *argv]
-    stagetrain.cli.main()
+    stagetrain.app.cli.main()
 
 
 def _die(rec: _Record) -> None:

@@ -3,7 +3,7 @@
 The baseline every other strategy is compared with: same engine, data, optimizer choices
 and accounting, one stage. ``strategy.flops`` bounds it by training FLOPs instead of
 epochs and ``strategy.arch_from`` takes the architecture a staged run ended with: together
-they are the equal-FLOPs scratch control of ``compare.scratch=true`` (``stagetrain.control``).
+they are the equal-FLOPs scratch control of ``compare.scratch=true`` (``stagetrain.runs.control``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from stagetrain import stats
+from stagetrain.report import stats
 
 CONTROL = "strategy=scratch"
 UNDER = "under-trained"  # a run with a stage still falling at its end or barely beyond its baseline

@@ -47,7 +47,7 @@ def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None 
     line, a failed run or a stopped one raises :class:`RunFailed` with the message the
     console script prints. Sweeps (``-m``) are the console script's job.
     """
-    from stagetrain.cli import execute
+    from stagetrain.app.cli import execute
 
     overrides = [str(o) for o in overrides]
     if any(a in ("-m", "--multirun") for a in overrides):
@@ -70,7 +70,7 @@ def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None 
 
 def _record(run_dir: Path) -> dict[str, Any]:
     """A run directory's run.json (through the file gate; a damaged one is a StagetrainError)."""
-    from stagetrain.rundir import RunDir
+    from stagetrain.runs.rundir import RunDir
 
     return RunDir(run_dir).read_run_json()
 
@@ -119,7 +119,7 @@ def _load(path: Path) -> Run:
     from omegaconf import OmegaConf
 
     from stagetrain.models import StagedModel
-    from stagetrain.rundir import read_metrics
+    from stagetrain.runs.rundir import read_metrics
     from stagetrain.source import load_source
 
     if not (path / "run.json").is_file():

@@ -14,7 +14,7 @@ from stagetrain.models import StagedModel, count_parameters, trainable_parameter
 from stagetrain.objectives import probe_batch
 from stagetrain.optim import LBFGS_MAX_PASSES
 from stagetrain.plan import Plan, Stage
-from stagetrain.preflight import memory_of, shard_count
+from stagetrain.runs.preflight import memory_of, shard_count
 from stagetrain.schema import RunConfig
 from stagetrain.strategies import hook
 

@@ -39,7 +39,7 @@ MARKS = {True: "converged", False: "STILL FALLING", None: "?"}
 
 def final_table(info: dict[str, Any]) -> str:
     """The run's closing table, one row per stage: its final validation metric beside
-    "chance" (the objective's trivial baseline, ``baselines.py``), how far beyond chance it
+    "chance" (the objective's trivial baseline, ``runs/baselines.py``), how far beyond chance it
     got, and a mark -- converged, STILL FALLING (under-trained), BARELY LEARNT (within 10%
     of chance), ? (one epoch: not judged), "(then grown)" for a stage the model grew after
     (short on purpose) -- from run.json's ``convergence``."""

@@ -11,7 +11,7 @@ import torch
 
 from stagetrain import distributed
 from stagetrain.errors import StagetrainError
-from stagetrain.launch import job_threads, limit_job_threads
+from stagetrain.runs.launch import job_threads, limit_job_threads
 from stagetrain.schema import DeviceConfig
 
 log = logging.getLogger("stagetrain")

@@ -22,9 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stagetrain import families, hydra_private, runlock
-from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
-from stagetrain.override_errors import (
+from stagetrain import families
+from stagetrain.app import hydra_private
+from stagetrain.app.override_errors import (
     check_added_keys,
     check_grammar,
     check_target_quoted,
@@ -32,7 +32,9 @@ from stagetrain.override_errors import (
     first_line,
     is_group,
 )
-from stagetrain.sweepcheck import check_jobs, composer
+from stagetrain.app.sweepcheck import check_jobs, composer
+from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
+from stagetrain.runs import runlock
 
 CONFIG_MODULE = "pkg://stagetrain.conf"
 CONFIG_NAME = "config"  # the primary config (conf/config.yaml), as cli.py names it
@@ -112,7 +114,7 @@ def _loader(config_dir: str | None) -> Any:
 
 def _check_user_file(path: str) -> None:
     """A config file from the user's --config-dir: bounded in size and alias expansion."""
-    from stagetrain.yamlguard import check_yaml_file
+    from stagetrain.app.yamlguard import check_yaml_file
 
     check_yaml_file(path)
 
@@ -199,7 +201,7 @@ def _validate(cfg: DictConfig) -> None:
     """``config.validate`` on the composed config (values and combinations)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from stagetrain.config import validate
+    from stagetrain.runs.config import validate
 
     try:
         with families.vouched_by(cfg):  # the command line's own config: its model.target is the user's

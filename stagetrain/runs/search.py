@@ -181,7 +181,7 @@ def prepare_sweeper(hydra_cfg: Any, subdir: str, resume: str) -> None:
             "last one completed and report its result for other parameters.")
     database = check_storage(str(storage))
     if database is not None:
-        from stagetrain.runlock import fs_error
+        from stagetrain.runs.runlock import fs_error
 
         try:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,8 @@ def _check_sqlite_file(path: Path, where: str) -> Path:
     refused unread); a new one needs a folder this process may create and write."""
     import os
 
-    from stagetrain import runlock, userfile
+    from stagetrain import userfile
+    from stagetrain.runs import runlock
 
     if os.path.lexists(path):
         with userfile.open_file(path, where, "data") as f:

@@ -28,8 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stagetrain import compare
-from stagetrain.plots import group_label, pareto_front, plot, plot_curves  # noqa: F401 - report.plot etc.
+from stagetrain.report import compare
 from stagetrain.runread import (
     baseline,
     clean,
@@ -39,7 +38,8 @@ from stagetrain.runread import (
     read_info,
     under_trained_flag,
 )
-from stagetrain.tune import is_trial
+from stagetrain.runs.plots import group_label, pareto_front, plot, plot_curves  # noqa: F401 - report.plot etc.
+from stagetrain.runs.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")
 UNDER = compare.UNDER  # the column: the run has a stage that did not converge or barely learnt

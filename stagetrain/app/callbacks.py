@@ -19,7 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from stagetrain import compare, report
+from stagetrain.report import command as report
+from stagetrain.report import compare
 from stagetrain.runread import clean, fmt
 
 log = logging.getLogger("stagetrain")
@@ -31,7 +32,7 @@ def write_summary(sweep_dir: Path, control: str = compare.CONTROL, level: float 
     """Write summary.csv/.md/.png and curves.png into ``sweep_dir``; returns the rows. With
     several seeds: mean ± t-interval per group, and each arm against ``control`` (compare.py);
     ``answer`` (when given) receives those ``groups`` and the grouping columns ``by``."""
-    from stagetrain.tune import is_trial
+    from stagetrain.runs.tune import is_trial
 
     runs = [r for r in report.find_runs([sweep_dir]) if not is_trial(r)]  # a search's trials: in its job's row
     if not runs:
@@ -67,7 +68,7 @@ def remove_empty_sweep_dir(sweep_dir: Path) -> None:
     empty job folders: remove them (and the date folders Hydra made for them, when empty)."""
     if not sweep_dir.is_dir() or any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
         return
-    from stagetrain.rundir import remove_tree_and_empty_parents
+    from stagetrain.runs.rundir import remove_tree_and_empty_parents
 
     remove_tree_and_empty_parents(sweep_dir)
 
@@ -77,7 +78,7 @@ def _check_objective(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     from stagetrain.errors import StagetrainError
-    from stagetrain.search import check_objective, check_sweeper, prepare_sweeper, quiet_optuna
+    from stagetrain.runs.search import check_objective, check_sweeper, prepare_sweeper, quiet_optuna
 
     metric, mode = str(config.objective.metric), str(config.objective.mode)
     try:
@@ -95,10 +96,10 @@ def _check_objective(config: DictConfig) -> None:
 def _remove_unused_sweep_dir(sweep_dir: Path) -> None:
     """A refused sweep leaves nothing behind: the sweep directory this command created for
     its lock (``runlock.hold``) is removed again while it is still empty."""
-    from stagetrain import runlock
+    from stagetrain.runs import runlock
 
     if runlock.created_here(sweep_dir) and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
-        from stagetrain.rundir import remove_tree_and_empty_parents
+        from stagetrain.runs.rundir import remove_tree_and_empty_parents
 
         runlock.release(sweep_dir)
         remove_tree_and_empty_parents(sweep_dir)
@@ -108,7 +109,7 @@ def _print_selected(config: DictConfig, rows: list[dict[str, Any]], sweep_dir: P
     """The job a search (an optimising sweeper: Optuna) selects (best ``objective.metric``, a
     validation metric), with its test result; also appended to summary.md. A comparison's
     sweep selects nothing: its best job is a lucky seed (``tune.lr`` selects inside each job)."""
-    from stagetrain.search import direction, is_search, selected
+    from stagetrain.runs.search import direction, is_search, selected
 
     if not is_search(config.hydra):
         return
@@ -143,7 +144,7 @@ class SweepSummary(Callback):
                   "Nothing was run or changed.", file=sys.stderr)
             sys.exit(1)
         if config.get("logger", {}).get("mlflow"):  # the parent MLflow run of the jobs' runs
-            from stagetrain.mlflowlog import start_sweep
+            from stagetrain.runs.mlflowlog import start_sweep
 
             start_sweep(sweep_dir, config.logger.get("mlflow_uri"))
 
@@ -156,7 +157,7 @@ class SweepSummary(Callback):
         answer: dict[str, Any] = {}
         rows = write_summary(sweep_dir, control, float(config.compare.level), answer)
         if config.get("logger", {}).get("mlflow"):
-            from stagetrain.mlflowlog import end_sweep
+            from stagetrain.runs.mlflowlog import end_sweep
 
             end_sweep(sweep_dir, rows, config.logger.get("mlflow_uri"))
         if not rows:

@@ -18,23 +18,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain import checkpoint as ckpt
-from stagetrain import distributed, preflight
-from stagetrain.config import engine_options, to_yaml, validate
+from stagetrain import distributed
 from stagetrain.data import DataBundle
 from stagetrain.datasets import dataset_meta, load_data
-from stagetrain.device import choose_threads, pick_device, seed_everything
-from stagetrain.dryrun import estimate_plan, print_plan
 from stagetrain.engine import Engine
 from stagetrain.errors import StagetrainError, StopRequested
 from stagetrain.families import build_spec, vouched_by
 from stagetrain.flops import analytic_flops
-from stagetrain.launch import continue_on_requeue, stop_on_signals
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.plan import Plan
 from stagetrain.progress import Reporter
-from stagetrain.record import RunRecord, write_plots
-from stagetrain.resume import open_run
-from stagetrain.rundir import RunDir
+from stagetrain.runs import preflight
+from stagetrain.runs.config import engine_options, to_yaml, validate
+from stagetrain.runs.device import choose_threads, pick_device, seed_everything
+from stagetrain.runs.dryrun import estimate_plan, print_plan
+from stagetrain.runs.launch import continue_on_requeue, stop_on_signals
+from stagetrain.runs.record import RunRecord, write_plots
+from stagetrain.runs.resume import open_run
+from stagetrain.runs.rundir import RunDir
 from stagetrain.schema import RunConfig
 from stagetrain.strategies import STRATEGIES, hook
 
@@ -90,7 +91,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     if main and export is not None:
         export(settings.model, engine.model, rundir.path)
     if main:  # under-trained / barely-learnt stages: the log, run.json, the final table (convergence.py)
-        from stagetrain.convergence import check_after_run
+        from stagetrain.runs.convergence import check_after_run
 
         check_after_run(record.info, rundir.path, parts.plan, parts.datasets, settings.progress != "off")
     record.finish(engine, final)
@@ -178,7 +179,7 @@ def _join_ranks(settings: RunConfig) -> bool:
 
 def _banner(settings: RunConfig, parts: Parts, engine: Engine, record: RunRecord,
             resumed: dict[str, Any] | None) -> None:
-    from stagetrain.banner import show, start_banner
+    from stagetrain.runs.banner import show, start_banner
 
     data = parts.datasets["target"]
     rows = estimate_plan(settings, parts.plan, parts.model.spec, len(data.train), len(data.labeled))
@@ -191,11 +192,11 @@ def _sinks(settings: RunConfig, rundir: RunDir, record: RunRecord) -> list[Any]:
     """Where metric events go besides metrics.jsonl: TensorBoard and MLflow when asked."""
     lg, sinks = settings.logger, []
     if lg.tensorboard:
-        from stagetrain.tensorboard import TensorBoardSink
+        from stagetrain.runs.tensorboard import TensorBoardSink
 
         sinks.append(TensorBoardSink(rundir.path, record.info["config"], record.info["plan"], lg.every_steps))
     if lg.mlflow:
-        from stagetrain.mlflowlog import MlflowSink
+        from stagetrain.runs.mlflowlog import MlflowSink
 
         sinks.append(MlflowSink(rundir.path, record.info["config"], record.info["plan"], lg.every_steps,
                                 lg.mlflow_uri, lambda: record.info.get("status", "")))

@@ -24,7 +24,7 @@ pretraining, grow's stages):
   sharpen its confidence, and its losses keep falling, but its answers stay). An RBM
   without validation data cannot be judged.
 - *barely learnt*: its final metric is within ``BARELY`` (10%) of the stage's trivial
-  baseline (``baselines.py``: majority class, unigram, mean image): "chance".
+  baseline (``runs/baselines.py``: majority class, unigram, mean image): "chance".
 - *near chance*: its final training accuracy is below 1.5 x chance (1 / classes).
 
 Each finding is logged as a warning and listed in run.json under ``warnings``; run.json's
@@ -179,7 +179,7 @@ def check_run(info: dict[str, Any], run_dir: Path, num_classes: int,
               before_growth: frozenset[int] = frozenset()) -> list[str]:
     """Add ``warnings``, ``convergence`` and ``baselines`` to ``info`` (run.json's content)
     and log the warnings; returns them. ``baselines``: ``baselines.for_plan``'s result."""
-    from stagetrain.rundir import read_metrics
+    from stagetrain.runs.rundir import read_metrics
 
     path = Path(run_dir) / "metrics.jsonl"
     events = read_metrics(path) if path.is_file() else []
@@ -198,7 +198,7 @@ def source_warnings(info: dict[str, Any]) -> list[str]:
     (which ``under_trained`` reads) and warn. A source that is a bare weights file, or a run
     recorded before the check, is unknown: nothing is recorded."""
     from stagetrain.errors import StagetrainError
-    from stagetrain.rundir import RunDir
+    from stagetrain.runs.rundir import RunDir
 
     src = info.get("source")
     path = Path(src["path"]) if isinstance(src, dict) and isinstance(src.get("path"), str) else None
@@ -225,7 +225,7 @@ def check_after_run(info: dict[str, Any], run_dir: Path, plan: Any, datasets: di
     """The end of a run: baselines (``baselines.for_plan``), ``check_run``, and, when the run
     shows progress, the convergence table (``banner.final_table``). A baseline that cannot
     be computed is logged and left out; it never fails the run."""
-    from stagetrain.baselines import for_plan
+    from stagetrain.runs.baselines import for_plan
 
     try:
         found = for_plan(plan, datasets)
@@ -234,6 +234,6 @@ def check_after_run(info: dict[str, Any], run_dir: Path, plan: Any, datasets: di
         found = None
     check_run(info, run_dir, datasets["target"].num_classes, found, growth_follows(plan))
     if show:
-        from stagetrain import banner
+        from stagetrain.runs import banner
 
         banner.show(banner.final_table(info))

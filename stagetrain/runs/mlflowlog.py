@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain.errors import StagetrainError
-from stagetrain.tensorboard import SKIP, StepLog, aux_stages, flat_params, split_tag
+from stagetrain.runs.tensorboard import SKIP, StepLog, aux_stages, flat_params, split_tag
 
 EXPERIMENT = "stagetrain"
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}

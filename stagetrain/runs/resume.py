@@ -14,9 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain.checkpoint.resume import latest_state
-from stagetrain.config import validate
 from stagetrain.errors import StagetrainError, no_run_error, run_exists_error
-from stagetrain.rundir import RunDir
+from stagetrain.runs.config import validate
+from stagetrain.runs.rundir import RunDir
 
 log = logging.getLogger("stagetrain")
 

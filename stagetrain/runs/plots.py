@@ -51,7 +51,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stagetrain.rundir import read_metrics
+    from stagetrain.runs.rundir import read_metrics
 
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"

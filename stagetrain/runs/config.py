@@ -217,7 +217,7 @@ def _validate_run(cfg: RunConfig) -> None:
     _positive("device.threads", cfg.device.threads, allow_zero=True)
     check_choice("progress", cfg.progress, ("auto", "rich", "plain", "off"))
     _positive("seed", cfg.seed, allow_zero=True)
-    from stagetrain.search import check_compare, check_objective, check_tune
+    from stagetrain.runs.search import check_compare, check_objective, check_tune
 
     check_objective(cfg.objective.metric, cfg.objective.mode)
     check_compare(cfg.compare.control_key, cfg.compare.control_value, cfg.compare.level)

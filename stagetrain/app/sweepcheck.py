@@ -20,8 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from stagetrain.app.hydra_private import BASIC_SWEEPER
 from stagetrain.errors import StagetrainError
-from stagetrain.hydra_private import BASIC_SWEEPER
 
 SHOWN = 6  # combinations named per distinct failure; the rest are counted
 
@@ -35,7 +35,7 @@ def sweep_jobs(cfg: DictConfig, parsed: list[Any]) -> list[list[str]] | None:
     line's ``hydra`` overrides, then the job's own); None for another sweeper."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from stagetrain.hydra_private import split_sweep
+    from stagetrain.app.hydra_private import split_sweep
 
     if OmegaConf.select(cfg, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
         return None
@@ -93,7 +93,7 @@ def composer(loader: Any, config_name: str) -> Callable[[list[str]], DictConfig]
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    from stagetrain.hydra_private import apply_overrides
+    from stagetrain.app.hydra_private import apply_overrides
 
     parser = OverridesParser.create()
     bases: dict[tuple[str, ...], DictConfig] = {}

@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from stagetrain.config import register_configs
+from stagetrain.app.hydrawrites import guard_hydra_writes
 from stagetrain.errors import StagetrainError
-from stagetrain.hydrawrites import guard_hydra_writes
 from stagetrain.plan import StopReason
+from stagetrain.runs.config import register_configs
 
 log = logging.getLogger("stagetrain")
 EXIT_STOPPED = 3  # stopped by a signal after checkpointing: resumable, requeue me
@@ -34,9 +34,9 @@ class Outcome:
     error: str | None = None
 
 
-# stagetrain.rundir imports torch (2+ s): imported on first use (a bad command line is refused without it)
+# stagetrain.runs.rundir imports torch (2+ s): imported on first use (a bad command line is refused without it)
 def RunDir(path: Path) -> Any:  # noqa: N802 - stands in for the class
-    from stagetrain.rundir import RunDir as _RunDir
+    from stagetrain.runs.rundir import RunDir as _RunDir
 
     return _RunDir(path)
 
@@ -44,13 +44,13 @@ def RunDir(path: Path) -> Any:  # noqa: N802 - stands in for the class
 def _run_dir(resume: str, strategy: str) -> str:
     """hydra.run.dir: the directory given by resume=<dir>, else a new one, created here
     (exclusively: concurrent launches never share it; removed again if nothing runs)."""
-    from stagetrain.rundir import reserve_run_dir
+    from stagetrain.runs.rundir import reserve_run_dir
 
     return reserve_run_dir(strategy) if resume in ("never", "auto") else resume
 
 
 def _uid() -> str:
-    from stagetrain.rundir import new_run_dir_name
+    from stagetrain.runs.rundir import new_run_dir_name
 
     return new_run_dir_name("x").rsplit("_", 1)[1]
 
@@ -110,7 +110,7 @@ def record_failure(run_dir: Path, cfg: DictConfig, message: str) -> dict[str, An
     """A sweep job that failed: its run.json says so, for the summary and ``stagetrain-report``
     (one that failed before training gets a minimal one: status ``failed``, error, config;
     re-running the sweep with ``resume=auto`` starts it again from scratch)."""
-    from stagetrain import runlock
+    from stagetrain.runs import runlock
 
     if runlock.was_refused(run_dir):  # another process is writing this job: never write there
         return {"status": "failed", "run_dir": str(runlock.identity(run_dir)), "error": message,
@@ -141,7 +141,7 @@ def hydra_entry(outcome: Outcome) -> Callable[[], None]:
     def hydra_main(cfg: DictConfig) -> float:
         """One job; its record goes to ``outcome.info``. Returns the objective (``objective.metric``)
         an optimising sweeper (Optuna) uses; a failed job the worst value (the sweep goes on)."""
-        from stagetrain.search import objective_value
+        from stagetrain.runs.search import objective_value
 
         info = run_job(cfg, outcome)
         metric = OmegaConf.select(cfg, "objective.metric", default="val/acc")
@@ -154,10 +154,10 @@ def hydra_entry(outcome: Outcome) -> Callable[[], None]:
 def run_job(cfg: DictConfig, outcome: Outcome) -> dict[str, Any] | None:
     """Train one job in Hydra's output directory; returns its run record (a failed sweep
     job's too: record_failure) and puts it in ``outcome``; a single run's failure exits here."""
-    from stagetrain import runlock
     from stagetrain.errors import StopRequested
-    from stagetrain.guard import locked_train, say_error
-    from stagetrain.launch import requeue_after_stop, resume_hint
+    from stagetrain.runs import runlock
+    from stagetrain.runs.guard import locked_train, say_error
+    from stagetrain.runs.launch import requeue_after_stop, resume_hint
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -209,12 +209,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The job: one run, or a search over tune.lr / tune.grid (tune.py); then its equal-FLOPs control
     when compare.scratch=true."""
     from stagetrain.families import vouched_by
-    from stagetrain.runner import train
+    from stagetrain.runs.runner import train
 
     with vouched_by(cfg):  # this job's own config names the code that may run (trust.py)
         if (OmegaConf.select(cfg, "tune.lr", default=None) or OmegaConf.select(cfg, "tune.grid", default=None)) \
                 and not cfg.dry_run:
-            from stagetrain.tune import run_search
+            from stagetrain.runs.tune import run_search
 
             info = run_search(cfg, run_dir)
         else:
@@ -228,7 +228,7 @@ def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
     its equal-FLOPs scratch control (control.py)."""
     if (OmegaConf.select(cfg, "compare.scratch", default=False) and info.get("status") == "completed"
             and info.get("strategy") != "scratch" and not info.get("dry_run")):
-        from stagetrain.control import run_control
+        from stagetrain.runs.control import run_control
 
         run_control(info, run_dir)
 
@@ -248,8 +248,8 @@ def execute(argv: list[str]) -> Outcome:
     training a clean exit, every lock released at its end (``guard.command``), its outcome returned."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from stagetrain.guard import command
-    from stagetrain.hydrawrites import reporting_to
+    from stagetrain.app.hydrawrites import reporting_to
+    from stagetrain.runs.guard import command
 
     outcome = Outcome()
     GlobalHydra.instance().clear()  # an earlier command of this process (the Python API)
@@ -268,10 +268,10 @@ def _main(argv: list[str], outcome: Outcome) -> None:
     type or value, broken YAML, a run directory that must not be touched) is refused here in one
     message, exit code 1, before Hydra writes anything. An unexpected failure of this check:
     Hydra reports the command (``HYDRA_FULL_ERROR=1``: its traceback)."""
-    from stagetrain.overrides import check_command_line
+    from stagetrain.app.overrides import check_command_line
 
     if "--version" in argv or "-V" in argv or "--help" in argv or "-h" in argv:  # Hydra's page: --hydra-help
-        from stagetrain import helppage
+        from stagetrain.app import helppage
 
         print(helppage.version_text() if "--version" in argv or "-V" in argv else helppage.help_text().rstrip("\n"))
         return
@@ -285,7 +285,7 @@ def _main(argv: list[str], outcome: Outcome) -> None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         extra = []  # Hydra's own handling is the fallback
-    import stagetrain.rundir  # noqa: F401 - torch, and the resolvers of stagetrain.distributed
+    import stagetrain.runs.rundir  # noqa: F401 - torch, and the resolvers of stagetrain.distributed
     saved = sys.argv
     sys.argv = [saved[0] if saved else "stagetrain", *argv, *extra]
     try:

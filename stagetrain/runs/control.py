@@ -27,9 +27,9 @@ def run_control(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     returns what the staged run's run.json records under ``control``. A failed control is
     recorded and logged; it never fails the staged run."""
     from stagetrain.errors import StagetrainError
-    from stagetrain.resume import saved_config
-    from stagetrain.rundir import RunDir
-    from stagetrain.runner import train
+    from stagetrain.runs.resume import saved_config
+    from stagetrain.runs.rundir import RunDir
+    from stagetrain.runs.runner import train
     from stagetrain.trust import UntrustedCode
 
     control_dir = Path(run_dir) / SUBDIR

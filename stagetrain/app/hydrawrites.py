@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 
-from stagetrain.hydra_private import wrap_hydra_writes
+from stagetrain.app.hydra_private import wrap_hydra_writes
 
 # Who hears of a refused write during the current command (set and reset by reporting_to).
 _listener: ContextVar[Callable[[str], None] | None] = ContextVar("stagetrain_hydra_writes", default=None)
@@ -49,9 +49,9 @@ def reporting_to(listen: Callable[[str], None]) -> Iterator[None]:
 def _refuse_hydra_write(e: OSError, path: object) -> None:
     """One ``Error:`` paragraph for a write Hydra failed before the job started (a full disk),
     with the directories made for the job removed again (they hold nothing of a run yet)."""
-    from stagetrain.callbacks import remove_empty_sweep_dir
-    from stagetrain.rundir import RunDir
-    from stagetrain.runlock import fs_error
+    from stagetrain.app.callbacks import remove_empty_sweep_dir
+    from stagetrain.runs.rundir import RunDir
+    from stagetrain.runs.runlock import fs_error
 
     error = HydraWriteError(str(fs_error(path, "write", e)))
     listen = _listener.get()

@@ -93,7 +93,7 @@ def _kind(value: Any) -> str:
 
 def _trial(trial_cfg: DictConfig, setting: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from stagetrain.errors import StagetrainError
-    from stagetrain.runner import train
+    from stagetrain.runs.runner import train
 
     path = run_dir / SUBDIR / trial_name(setting)
     _check_not_stale(trial_cfg, path)
@@ -108,8 +108,8 @@ def _trial(trial_cfg: DictConfig, setting: dict[str, Any], run_dir: Path) -> dic
 def _check_not_stale(trial_cfg: DictConfig, path: Path) -> None:
     """A trial folder that already holds a run is resumed only if that run has this trial's settings."""
     from stagetrain.errors import StagetrainError
-    from stagetrain.resume import changed_keys
-    from stagetrain.rundir import RunDir
+    from stagetrain.runs.resume import changed_keys
+    from stagetrain.runs.rundir import RunDir
 
     if not RunDir(path).has_run():
         return
@@ -123,10 +123,10 @@ def _check_not_stale(trial_cfg: DictConfig, path: Path) -> None:
 
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate every trial, train them, select on validation, write and return the job's run.json."""
-    from stagetrain.config import validate
     from stagetrain.errors import StagetrainError, run_exists_error
-    from stagetrain.rundir import RunDir
-    from stagetrain.search import direction, objective_value
+    from stagetrain.runs.config import validate
+    from stagetrain.runs.rundir import RunDir
+    from stagetrain.runs.search import direction, objective_value
 
     validate(cfg)  # the job's own settings (tune included), before any trial
     rundir = RunDir(Path(run_dir))

@@ -13,7 +13,7 @@ import torch
 
 from stagetrain.checkpoint import atomic_write, write_error
 from stagetrain.models import count_parameters
-from stagetrain.rundir import RunDir
+from stagetrain.runs.rundir import RunDir
 from stagetrain.version import __version__
 
 log = logging.getLogger("stagetrain")
@@ -86,7 +86,7 @@ def export_model(rundir: RunDir, model: Any, strategy: str) -> None:
 def write_plots(rundir: RunDir) -> None:
     """Learning-curve PNGs at the end of a run, also a failed one; a plot never fails a run."""
     try:
-        from stagetrain.plots import plot_run
+        from stagetrain.runs.plots import plot_run
 
         plot_run(rundir.path)
     except Exception as e:  # noqa: BLE001 - plotting is a convenience

@@ -31,7 +31,7 @@ def _terminate(sig: int, frame: Any) -> None:
 def command() -> Iterator[None]:
     """One console command: SIGTERM before training removes what this process reserved for a
     run that never started; at the end every lock is released (the Python API may run again)."""
-    from stagetrain import runlock
+    from stagetrain.runs import runlock
 
     _started[0] = time.time()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -39,15 +39,15 @@ def command() -> Iterator[None]:
     try:
         yield
     except Terminated:
-        rundir = sys.modules.get("stagetrain.rundir")  # not imported yet: nothing was reserved
+        rundir = sys.modules.get("stagetrain.runs.rundir")  # not imported yet: nothing was reserved
         if rundir is not None and hasattr(rundir, "discard_reserved"):
             rundir.discard_reserved()
         log.error("Stopped by SIGTERM outside training; nothing of a run that had not started is left.")
         raise
     finally:
         runlock.release_all()  # the command has ended: its run (or sweep) is free for the next one
-        if "stagetrain.rundir" in sys.modules:
-            sys.modules["stagetrain.rundir"].RESERVED.clear()
+        if "stagetrain.runs.rundir" in sys.modules:
+            sys.modules["stagetrain.runs.rundir"].RESERVED.clear()
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 
@@ -56,7 +56,7 @@ def locked_train(train: Any, cfg: Any, run_dir: Path, multirun: bool) -> dict[st
     """``train`` under the run directory's lock (no two processes write one run: a sweep's
     job, a default directory), with a file-system failure (a full disk, a read-only mount, a
     path that is a file) turned into one paragraph naming the path and the cause."""
-    from stagetrain import runlock
+    from stagetrain.runs import runlock
 
     took = runlock.hold(run_dir)
     try:
@@ -72,7 +72,7 @@ def say_error(message: str, console: bool, run_dir: Path) -> None:
     """A failure in the log; for the console script also as its one ``Error:`` paragraph
     (the run's log keeps it too, off the console, unless the launch was refused before it
     wrote anything: an existing run's log is not this launch's to append to)."""
-    from stagetrain import runlock
+    from stagetrain.runs import runlock
 
     if runlock.was_refused(run_dir):  # another process's run: not a line into its log
         print(f"Error: {message}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Reading finished runs: ``stagetrain-report``, the sweep summary and its intervals."""
