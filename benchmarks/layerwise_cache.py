@@ -67,8 +67,8 @@ from stagetrain.data import DataBundle, epoch_permutation
 from stagetrain.datasets import load_data
 from stagetrain.engine import Engine
 from stagetrain.models import StagedModel
-from stagetrain.objectives import build_helper
-from stagetrain.optim import lr_factor
+from stagetrain.nn.objectives import build_helper
+from stagetrain.nn.optim import lr_factor
 from stagetrain.runs.runner import seed_everything, train
 
 Weights = dict[str, torch.Tensor]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from benchutil import RESULTS, RUN_ROOT, finish, machine, make_cfg, no_run_plots
 
 from stagetrain.models import StagedModel
-from stagetrain.optim import lr_factor
+from stagetrain.nn.optim import lr_factor
 from stagetrain.runs.runner import train
 
 SIZES = {"full": {"d_model": 64, "n_layers": 8, "T": 64, "batch": 32, "windows": 1280},

@@ -57,7 +57,7 @@ from stagetrain.datasets import load_data
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel
-from stagetrain.optim import lr_factor
+from stagetrain.nn.optim import lr_factor
 from stagetrain.runs.device import seed_everything
 from stagetrain.runs.runner import train
 

@@ -8,7 +8,7 @@ model, config and metrics (see ``stagetrain.app.api``). Both are imported on fir
 
 from typing import Any
 
-from stagetrain.version import __version__
+from stagetrain.core.version import __version__
 
 __all__ = ["run", "load", "__version__"]
 

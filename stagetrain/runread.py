@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stagetrain import userfile
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 
 # terminal control sequences: CSI (ESC [ ... final), OSC / DCS / SOS / PM / APC (ESC ] ... BEL or
 # ESC \\), their 8-bit forms, then any other ESC + one character

@@ -20,9 +20,9 @@ from typing import Any, BinaryIO
 import torch
 
 from stagetrain import checkpoint as ckpt
-from stagetrain import userfile
 from stagetrain.checkpoint.schema import weights
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 
 
 @dataclass
@@ -74,7 +74,7 @@ def load_source(source: str, which: str = "best") -> Source:
         raise StagetrainError(f"strategy.source={path}: its weight {bad} holds NaN or inf values; a run started "
                               "from it could not train. Use a checkpoint from before the weights diverged.")
     if src.arch is not None:  # a spec read from a file is data: checked before anything is built from it
-        from stagetrain.specfile import check_spec
+        from stagetrain.nn.specfile import check_spec
 
         check_spec(src.arch, f"strategy.source={path}", weights=src.state)
     return src
@@ -90,7 +90,7 @@ def read_source_file(path: Path) -> bytes:
 def check_dtypes(src: Source, own: dict[str, torch.Tensor]) -> None:
     """Refuse a bare file's weight whose dtype is not floating where the model's (``own``, under
     the file's key names) is. A file with an architecture is checked by ``check_spec``."""
-    from stagetrain.specfile import check_floats
+    from stagetrain.nn.specfile import check_floats
 
     check_floats(own, src.state, f"strategy.source={src.path}")
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagetrain import userfile
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError, check_choice
 from stagetrain.texttables import label_name, read_table  # noqa: F401 - label_name: part of this module's API
 
 PAD, UNKNOWN = 0, 1

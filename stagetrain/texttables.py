@@ -12,8 +12,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from stagetrain import userfile
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 
 MAX_LINE_CHARS = 1024**2  # one JSONL example line; a CSV field is bounded by csv.field_size_limit
 MAX_JSON_DEPTH = 32  # an example is a flat object; deeper nesting is not data we read

@@ -1,4 +1,4 @@
-"""Auxiliary heads of supervised layer-wise training (stagetrain/auxheads.py): each kind
+"""Auxiliary heads of supervised layer-wise training (stagetrain/nn/auxheads.py): each kind
 builds, trains, is gone after its stage, and its FLOPs are counted -- inside the stage's
 FLOPs and apart (run.json ``aux_flops``, the dry run); the conv kinds are refused on MLP
 blocks; an old integer ``strategy.aux_head`` builds the head it always built."""
@@ -12,13 +12,13 @@ import torch
 from conftest import final_weights, make_cfg
 from torch import nn
 
-from stagetrain import auxheads
+from stagetrain.core.errors import StagetrainError
 from stagetrain.engine import freeze
-from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec
-from stagetrain.flops import measure_stage_flops
 from stagetrain.models import StagedModel
-from stagetrain.objectives import build_helper
+from stagetrain.nn import auxheads
+from stagetrain.nn.flops import measure_stage_flops
+from stagetrain.nn.objectives import build_helper
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import train
 from stagetrain.strategies.layerwise import config as lw_config

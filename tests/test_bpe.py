@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import DATA_ROOT, make_cfg, run_cli
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.tokenizer import Tokenizer, from_description
 from stagetrain.datasets import dataset_meta, load_data
-from stagetrain.errors import StagetrainError
 from stagetrain.runs.config import validate
 from stagetrain.runs.runner import train
 

@@ -11,7 +11,7 @@ import torch
 from conftest import make_cfg, run_cli
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.runner import train
 
 

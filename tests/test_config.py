@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import make_cfg, run_cli, run_dirs
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.config import validate
 
 GROUP_OPTIONS = {

@@ -13,10 +13,10 @@ import torch
 from conftest import engine_for, make_cfg
 
 from stagetrain import checkpoint as ckpt
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Plan, Stage
 from stagetrain.data import DataBundle
 from stagetrain.data.bundle import Split
-from stagetrain.errors import StagetrainError
-from stagetrain.plan import Plan, Stage
 from stagetrain.progress import Reporter
 from stagetrain.runs.banner import final_table
 from stagetrain.runs.baselines import for_plan, stage_baseline

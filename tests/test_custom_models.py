@@ -14,13 +14,13 @@ from conftest import engine_for, make_cfg
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.engine import freeze, prefix_len
-from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec
-from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.models import StagedModel
 from stagetrain.models.custom import native_prefixes, rename
-from stagetrain.plan import Stage
+from stagetrain.nn.flops import analytic_flops, measure_step_flops
 from stagetrain.runs.config import validate
 from stagetrain.runs.runner import dry_run, train
 
@@ -35,7 +35,7 @@ RESNET = ["model=torchvision", "model.arch=resnet18"]
 def _named_in_the_config():
     """The user module targets these tests name, vouched for as a config naming them would
     (runner.train does it for a run; tests that validate or build directly need it here)."""
-    from stagetrain import trust
+    from stagetrain.core import trust
 
     with trust.vouched(["custom_net.SmallNet", "custom_net.small_net", "custom_net.ScaledNet", "custom_net.ExtraNet",
                         "custom_net.Nope", "custom_net."]):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import IDX_SIZES, make_cfg, make_idx_images
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data import epoch_permutation
 from stagetrain.datasets import dataset_meta, load_data
-from stagetrain.errors import StagetrainError
 from stagetrain.runs.runner import train
 
 

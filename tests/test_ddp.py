@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_dirs
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import check_world, train
 

@@ -34,8 +34,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import stagetrain.app.cli  # noqa: F401  (registers the resolvers and schemas)
+from stagetrain.core.schema import RunConfig
 from stagetrain.runs.config import register_configs
-from stagetrain.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -62,8 +62,8 @@ def test_deterministic_sets_cublas_workspace_and_deterministic_algorithms(monkey
 # ---- default CPU threads follow the model's size (issue 28)
 
 def test_threads_default_to_one_for_a_small_model_and_the_choice_says_why(monkeypatch):
+    from stagetrain.core.schema import DeviceConfig
     from stagetrain.runs import device as dev
-    from stagetrain.schema import DeviceConfig
 
     monkeypatch.setattr(dev, "job_threads", lambda: None)
     before = torch.get_num_threads()

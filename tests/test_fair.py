@@ -238,7 +238,7 @@ def test_a_setting_selected_at_the_edge_of_its_grid_is_warned_about(tmp_path):
 
 
 def test_tune_is_refused_with_bad_values_or_with_the_untuned_control():
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match="tune.lr"):
@@ -278,7 +278,7 @@ def test_tune_grid_searches_the_product_of_any_training_keys(tmp_path):
     ("{optim.lr:[0.1]}", "optim.lr is tune.lr"),
 ])
 def test_tune_grid_refuses_keys_that_define_the_job_and_unknown_or_empty_ones(grid, match):
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.config import validate
 
     with pytest.raises(StagetrainError, match=match):
@@ -286,7 +286,7 @@ def test_tune_grid_refuses_keys_that_define_the_job_and_unknown_or_empty_ones(gr
 
 
 def test_a_search_resumes_only_its_own_trials_and_never_shares_a_folder(tmp_path):
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.tune import run_search
 
     args = ["strategy=scratch", "train.epochs=1", "dataset.max_train=300", "plots=false", "tune.lr=[0.001,0.003]"]
@@ -305,7 +305,7 @@ def test_a_search_resumes_only_its_own_trials_and_never_shares_a_folder(tmp_path
 
 
 def test_tune_grid_value_of_the_wrong_kind_is_refused_before_any_trial(tmp_path):
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.tune import run_search
 
     with pytest.raises(StagetrainError, match="train.batch_size"):

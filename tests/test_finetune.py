@@ -21,7 +21,7 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.growth.ops import add_lora, merge_lora
 from stagetrain.models import StagedModel
 from stagetrain.progress import Reporter

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import make_cfg
 
+from stagetrain.core.plan import Stage
 from stagetrain.engine import freeze, prefix_len
 from stagetrain.families import build_spec
-from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.models import StagedModel
-from stagetrain.plan import Stage
+from stagetrain.nn.flops import analytic_flops, measure_step_flops
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])

@@ -33,10 +33,10 @@ from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg
 
 from stagetrain.checkpoint import sharded
 from stagetrain.checkpoint.resume import latest_state
+from stagetrain.core.errors import StagetrainError
 from stagetrain.engine.options import EngineOptions
 from stagetrain.engine.saving import load_model
 from stagetrain.engine.sharding import require_launched, set_activation_checkpointing
-from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
 from stagetrain.runs.config import validate
 from stagetrain.runs.rundir import RunDir, read_metrics

@@ -18,7 +18,7 @@ from conftest import (
 )
 from safetensors import safe_open
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.families import build_spec
 from stagetrain.growth import deepen_dense as deepen
 from stagetrain.growth import map_optimizer_state, optimizer_state_by_name, widen_dense

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import final_weights, kill_once, make_cfg, resume_until_done, run_cli
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.datasets import load_data
-from stagetrain.errors import StagetrainError
 from stagetrain.runs.config import validate
 
 datasets = pytest.importorskip("datasets", reason="dataset=hf needs the hf extra: pip install 'stagetrain[hf]'")

@@ -13,7 +13,7 @@ import torch
 import transformers
 from conftest import DATA_ROOT, make_cfg
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.families.hf import config as family
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel
@@ -199,8 +199,8 @@ def test_a_bert_classifies_fortunes_categories(tmp_path):
 def test_a_bert_trains_by_masked_tokens_and_exports_its_mlm_head(tmp_path):
     """task=null on LM text gives an encoder the mlm task: the stage through its MLM head trains
     mlm (masked tokens, never the visible next token) and the export is a BertForMaskedLM."""
-    from stagetrain.objectives import objective_of
-    from stagetrain.plan import Plan
+    from stagetrain.core.plan import Plan
+    from stagetrain.nn.objectives import objective_of
 
     bert = ["model=hf", "model.config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: "
             "4, intermediate_size: 64}", "dataset=fortunes", "dataset.task=lm", f"dataset.root={DATA_ROOT}",

@@ -1,5 +1,5 @@
 """Hostile and careless data files, one table: every file a run reads goes through the file
-gate (``stagetrain.userfile``) and a reader on top of it, so a FIFO, a device, a folder, a
+gate (``stagetrain.core.userfile``) and a reader on top of it, so a FIFO, a device, a folder, a
 sparse or huge file, a missing file, a link loop, a decompression bomb, a truncated image,
 invalid UTF-8, an over-long line or CSV field, deeply nested JSON, a line that is not an
 object, a missing or null label, or integer tensors in a weight file are each refused with
@@ -27,7 +27,7 @@ from conftest import make_cfg
 from hostile import TINY, assert_refused, deadline, fingerprint, idx_root, run_main
 
 from stagetrain import checkpoint as ckpt
-from stagetrain import userfile
+from stagetrain.core import userfile
 
 MiB = 1024**2
 TRAIN = ["strategy=scratch", "train.epochs=1", "model.widths=[8]"]

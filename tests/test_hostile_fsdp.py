@@ -22,7 +22,7 @@ import torch
 
 from stagetrain.checkpoint import sharded
 from stagetrain.checkpoint.resume import latest_state
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.rundir import RunDir
 
 SPEC = {"in_shape": [6], "blocks": [{"name": "block1", "type": "linear", "in": 6, "out": 5, "out_shape": [5]}],

@@ -22,7 +22,7 @@ from faults.test_nonfinite import count_steps
 from hostile import TINY, good_run, run_main  # noqa: F401 - good_run: a fixture
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import train
 

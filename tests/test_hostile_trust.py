@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 MARKER = "PWNED"  # created in the working directory by every hostile spec, if it ever ran
 FT = ["strategy=finetune", "train.epochs=1"]
@@ -284,8 +284,8 @@ def _unlogged(run: Path) -> dict[str, str]:
 
 def test_the_python_api_and_the_report_never_call_what_a_file_names(files, workdir, capsys):
     import stagetrain
+    from stagetrain.core.trust import UntrustedCode
     from stagetrain.report import command as report
-    from stagetrain.trust import UntrustedCode
 
     with pytest.raises(UntrustedCode, match="subprocess.run") as refused:
         stagetrain.load(files["evilrun"])

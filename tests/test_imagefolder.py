@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import final_weights, make_cfg
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.stream import sequential_batches
 from stagetrain.datasets import dataset_meta, load_data
-from stagetrain.errors import StagetrainError
 from stagetrain.runs.config import validate
 from stagetrain.runs.runner import train
 

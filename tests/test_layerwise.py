@@ -26,7 +26,7 @@ from stagetrain.datasets import load_data
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel, count_parameters
-from stagetrain.objectives import build_helper, free_energy, mask_noise, stage_loss
+from stagetrain.nn.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
 from stagetrain.runs.config import validate
 from stagetrain.runs.rundir import RunDir

@@ -19,11 +19,11 @@ from conftest import (
 )
 from safetensors import safe_open
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage, parse_target, target_met
 from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
-from stagetrain.objectives import lm_loss, split_metrics, stage_loss
-from stagetrain.plan import Stage, parse_target, target_met
+from stagetrain.nn.objectives import lm_loss, split_metrics, stage_loss
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import train
 

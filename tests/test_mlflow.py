@@ -77,9 +77,9 @@ def test_a_sweep_is_a_parent_run_with_its_jobs_nested(tmp_path):
 
 
 def test_logger_keys_have_equal_defaults_and_a_negative_every_steps_is_refused():
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
+    from stagetrain.core.schema import LoggerConfig
     from stagetrain.runs.config import validate
-    from stagetrain.schema import LoggerConfig
 
     cfg = make_cfg()
     assert dict(cfg.logger) == vars(LoggerConfig()), "conf/config.yaml and schema.py agree"

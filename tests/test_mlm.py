@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stagetrain.core.plan import Stage
 from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
-from stagetrain.objectives import (
+from stagetrain.nn.objectives import (
     IGNORE,
     AuxLMHead,
     mlm_corrupt,
@@ -18,7 +19,6 @@ from stagetrain.objectives import (
     stage_loss,
     token_loss,
 )
-from stagetrain.plan import Stage
 
 VOCAB = 257  # the byte tokenizer: 0 = padding, 1..256 the bytes; the mask token gets id 257
 

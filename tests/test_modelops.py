@@ -1,4 +1,4 @@
-"""Growth and LoRA ops as typed records (stagetrain/modelops.py): they round-trip through the
+"""Growth and LoRA ops as typed records (stagetrain/nn/modelops.py): they round-trip through the
 plain dicts run.json has always held, plans write exactly those dicts, an older run's plan
 reads back, a bad dict is one paragraph, and ``apply_op`` applies a typed op as it applied
 its dict."""
@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Plan, Stage
 from stagetrain.families import build_spec
 from stagetrain.growth import apply_op
-from stagetrain.modelops import OPS, AddLora, Deepen, MergeLora, Stack, Widen, as_op, from_dict
 from stagetrain.models import StagedModel
-from stagetrain.plan import Plan, Stage
+from stagetrain.nn.modelops import OPS, AddLora, Deepen, MergeLora, Stack, Widen, as_op, from_dict
 from stagetrain.runs.runner import train
 
 LEGACY_RUN = Path(__file__).parent / "data" / "legacy_layerwise_run" / "run.json"

@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.families import FAMILIES, build_spec
-from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
 from stagetrain.growth.ops import add_lora, merge_lora
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.models.registry import table
-from stagetrain.plan import Stage
+from stagetrain.nn.flops import analytic_flops, measure_step_flops
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import train
 

@@ -1,4 +1,4 @@
-"""The objective registry (stagetrain/objective_registry.py): every objective has one record
+"""The objective registry (stagetrain/nn/objective_registry.py): every objective has one record
 and one loss, generic code reads the record (uses_head, the metrics, the trivial baseline,
 the comparable loss), an unknown name is one paragraph, and a new objective registered with
 its loss is trained and scored without editing the engine, the baselines or the plan."""
@@ -9,12 +9,17 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.families import build_spec
 from stagetrain.models import StagedModel
-from stagetrain.objective_registry import OBJECTIVE_TYPES, ObjectiveType, objective_type, register
-from stagetrain.objectives import LOSSES, build_helper, split_metrics, stage_loss
-from stagetrain.plan import Stage
+from stagetrain.nn.objective_registry import (
+    OBJECTIVE_TYPES,
+    ObjectiveType,
+    objective_type,
+    register,
+)
+from stagetrain.nn.objectives import LOSSES, build_helper, split_metrics, stage_loss
 from stagetrain.runs.baselines import kind_of
 from stagetrain.runs.convergence import _judge
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import make_cfg, run_cli
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.search import objective_value, worst
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",

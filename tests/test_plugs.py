@@ -13,20 +13,20 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, run_dirs
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.datasets import DATASETS
-from stagetrain.errors import StagetrainError
 from stagetrain.families import FAMILIES
 from stagetrain.strategies import STRATEGIES
 
-INIT = "from stagetrain.plugs import exports\n\n__getattr__ = exports(__name__{impl})\n"
+INIT = "from stagetrain.core.plugs import exports\n\n__getattr__ = exports(__name__{impl})\n"
 
 TOY = {
     "datasets/toy/__init__.py": INIT.format(impl=', "reader"'),
     "datasets/toy/config.py": '''
         from dataclasses import dataclass
 
-        from stagetrain.errors import StagetrainError
-        from stagetrain.schema import DatasetConfig
+        from stagetrain.core.errors import StagetrainError
+        from stagetrain.core.schema import DatasetConfig
 
         ITEMSIZE = 4
 
@@ -65,7 +65,7 @@ TOY = {
         from dataclasses import dataclass
 
         from stagetrain.datasets import inputs
-        from stagetrain.errors import StagetrainError
+        from stagetrain.core.errors import StagetrainError
 
 
         @dataclass
@@ -89,8 +89,8 @@ TOY = {
     "strategies/toystrat/config.py": '''
         from dataclasses import dataclass
 
-        from stagetrain.errors import StagetrainError
-        from stagetrain.schema import StrategyConfig
+        from stagetrain.core.errors import StagetrainError
+        from stagetrain.core.schema import StrategyConfig
 
 
         @dataclass
@@ -104,7 +104,7 @@ TOY = {
                 raise StagetrainError("strategy.epochs must be >= 1.")
     ''',
     "strategies/toystrat/plan.py": '''
-        from stagetrain.plan import Plan
+        from stagetrain.core.plan import Plan
         from stagetrain.strategies.common import all_groups, stage_from_cfg
 
 

@@ -13,14 +13,14 @@ from conftest import final_weights, make_cfg
 from safetensors import safe_open
 from torch.utils.flop_counter import FlopCounterMode
 
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.engine import freeze
-from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec
-from stagetrain.flops import analytic_flops, measure_step_flops
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.models.resnet_growth import deepen_stage, widen_stage
-from stagetrain.plan import Stage
+from stagetrain.nn.flops import analytic_flops, measure_step_flops
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import train
 

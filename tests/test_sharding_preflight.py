@@ -14,8 +14,8 @@ import math
 import pytest
 from conftest import make_cfg
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.datasets import dataset_meta
-from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
 from stagetrain.runs import preflight
 from stagetrain.runs.config import validate

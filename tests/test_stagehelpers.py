@@ -1,4 +1,4 @@
-"""Stage helpers as typed records (stagetrain/stagehelpers.py): the plans write the plain
+"""Stage helpers as typed records (stagetrain/nn/stagehelpers.py): the plans write the plain
 dicts run.json has always held, those dicts (an older run's) read back, the record reads
 as that dict for code that indexes it, a bad dict is one paragraph, and the module built
 from a record is the module built from its dict."""
@@ -11,11 +11,10 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from stagetrain.errors import StagetrainError
-from stagetrain.objectives import build_helper
-from stagetrain.plan import Plan, Stage
-from stagetrain.runs.runner import train
-from stagetrain.stagehelpers import (
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Plan, Stage
+from stagetrain.nn.objectives import build_helper
+from stagetrain.nn.stagehelpers import (
     HELPERS,
     AuxHead,
     Decoder,
@@ -24,6 +23,7 @@ from stagetrain.stagehelpers import (
     as_helper,
     from_dict,
 )
+from stagetrain.runs.runner import train
 
 MLP = ["model.widths=[32,16]"]
 CNN = ["model=cnn", "model.channels=[4,6]"]

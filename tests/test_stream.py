@@ -16,11 +16,11 @@ from conftest import (
     resume_until_done,
 )
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data import epoch_permutation
 from stagetrain.data.augment import epoch_key
 from stagetrain.data.stream import EpochLoader, sequential_batches
 from stagetrain.datasets import load_data
-from stagetrain.errors import StagetrainError
 from stagetrain.runs.runner import train
 
 SMALL = ["strategy=scratch", "dataset=mnist", "model.widths=[64]", "train.batch_size=50", "progress=off",

@@ -94,7 +94,7 @@ def test_the_sweep_check_covers_an_experiments_own_sweep(tmp_path):
 
 def test_a_sweep_of_hundreds_of_combinations_is_checked_in_seconds():
     from stagetrain.app.overrides import check_command_line
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
 
     start = time.perf_counter()
     check_command_line(["-m", "strategy=layerwise,grow,scratch", "seed=range(0,100)", "dry_run=true"])

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import DATA_ROOT, make_cfg
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.tokenizer import Tokenizer
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.datasets.fortunes.config import SYSTEM_FORTUNES
-from stagetrain.errors import StagetrainError
 from stagetrain.families import transformer as family
 from stagetrain.models import StagedModel
 from stagetrain.runs.config import validate

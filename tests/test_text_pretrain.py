@@ -20,7 +20,7 @@ from conftest import (
     run_cli,
 )
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.runner import train
 
 TINY = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=2", "model.max_len=24",

@@ -81,7 +81,7 @@ def test_patience_stops_a_stage_and_records_why(tmp_path):
 
 
 def test_nonfinite_loss_fails_the_run_with_stage_step_and_hint(tmp_path):
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
 
     with pytest.raises(StagetrainError, match="non-finite"):
         train(make_cfg("strategy=scratch", "optim.name=sgd", "optim.lr=1e6", "sched.name=constant",

@@ -14,7 +14,7 @@ from conftest import assert_epochs_exactly_once, copy_rewound_to_stage_1, make_c
 from safetensors import safe_open
 from torch.utils.flop_counter import FlopCounterMode
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.families import transformer as family
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name, stack
 from stagetrain.models import StagedModel, count_parameters, part_type

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -109,7 +109,7 @@ def load(run_dir: str | Path, trust_target: str | None = None) -> Run:
 
     A run of your own network (``model=custom``) names its class or builder in its files;
     stagetrain calls it only when you vouch for it: ``trust_target="mypkg.nets.Net"``."""
-    from stagetrain import trust
+    from stagetrain.core import trust
 
     with trust.vouched([trust_target] if trust_target else []):
         return _load(Path(run_dir).expanduser())

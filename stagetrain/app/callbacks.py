@@ -77,7 +77,7 @@ def _check_objective(config: DictConfig) -> None:
     """An optimising sweeper must optimise the way ``objective`` says: refused before any job."""
     from omegaconf import OmegaConf
 
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.search import check_objective, check_sweeper, prepare_sweeper, quiet_optuna
 
     metric, mode = str(config.objective.metric), str(config.objective.mode)

@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain.app.hydrawrites import guard_hydra_writes
-from stagetrain.errors import StagetrainError
-from stagetrain.plan import StopReason
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import StopReason
 from stagetrain.runs.config import register_configs
 
 log = logging.getLogger("stagetrain")
@@ -154,7 +154,7 @@ def hydra_entry(outcome: Outcome) -> Callable[[], None]:
 def run_job(cfg: DictConfig, outcome: Outcome) -> dict[str, Any] | None:
     """Train one job in Hydra's output directory; returns its run record (a failed sweep
     job's too: record_failure) and puts it in ``outcome``; a single run's failure exits here."""
-    from stagetrain.errors import StopRequested
+    from stagetrain.core.errors import StopRequested
     from stagetrain.runs import runlock
     from stagetrain.runs.guard import locked_train, say_error
     from stagetrain.runs.launch import requeue_after_stop, resume_hint

@@ -150,7 +150,7 @@ def version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         if dist == "stagetrain":
-            from stagetrain.version import __version__
+            from stagetrain.core.version import __version__
 
             return __version__
         return "not installed"

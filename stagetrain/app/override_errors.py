@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stagetrain.errors import StagetrainError, did_you_mean
+from stagetrain.core.errors import StagetrainError, did_you_mean
 
 TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
               "String": "a string"}

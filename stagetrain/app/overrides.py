@@ -33,7 +33,7 @@ from stagetrain.app.override_errors import (
     is_group,
 )
 from stagetrain.app.sweepcheck import check_jobs, composer
-from stagetrain.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
+from stagetrain.core.errors import StagetrainError, did_you_mean, no_run_error, run_exists_error
 from stagetrain.runs import runlock
 
 CONFIG_MODULE = "pkg://stagetrain.conf"

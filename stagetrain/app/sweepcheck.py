@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stagetrain.app.hydra_private import BASIC_SWEEPER
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 SHOWN = 6  # combinations named per distinct failure; the rest are counted
 

@@ -11,8 +11,8 @@ import os
 import stat
 from pathlib import Path
 
-from stagetrain import userfile
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 
 MAX_YAML_BYTES = userfile.LIMITS["config"]  # a config file is a few hundred bytes
 MAX_EXPANDED_NODES = 100_000

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 import yaml
 
-from stagetrain import userfile
 from stagetrain.checkpoint.schema import CONFIG_KEY, REQUIRED
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 
 log = logging.getLogger("stagetrain")
 

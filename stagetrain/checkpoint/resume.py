@@ -9,9 +9,9 @@ from typing import Any
 from stagetrain.checkpoint.io import load
 from stagetrain.checkpoint.schema import describe
 from stagetrain.checkpoint.sharded import folder_of, load_meta, verify
-from stagetrain.errors import StagetrainError
-from stagetrain.specfile import check_spec
-from stagetrain.trust import UntrustedCode
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.trust import UntrustedCode
+from stagetrain.nn.specfile import check_spec
 
 log = logging.getLogger("stagetrain")
 

@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from stagetrain import userfile
 from stagetrain.checkpoint.io import _fsync_dir, atomic_write, load, save
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 
 FORMAT = "stagetrain-sharded-checkpoint"
 MANIFEST, META = "manifest.json", "state.pt"

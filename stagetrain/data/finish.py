@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import DataBundle, Split
 from stagetrain.data.stream import sequential_batches
-from stagetrain.errors import StagetrainError
 
 
 def _select_classes(split: Split, classes: list[int]) -> Split:

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from stagetrain import userfile
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import LazyInputs, Split
-from stagetrain.errors import StagetrainError
 
 TEST_FRACTION = 0.1  # held out as the test split when the folder has no test/
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's

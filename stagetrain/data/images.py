@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from stagetrain import userfile
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import Split
-from stagetrain.errors import StagetrainError
 
 log = logging.getLogger("stagetrain")
 

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.augment import apply
 from stagetrain.data.bundle import LazyInputs, read_batch
-from stagetrain.errors import StagetrainError
 
 
 class _Items(Dataset):

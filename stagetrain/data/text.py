@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import DataBundle, Split
 from stagetrain.data.finish import channel_stats, finish_bundle
 from stagetrain.data.tokenizer import Tokenizer, pad_batch
-from stagetrain.errors import StagetrainError
 from stagetrain.textfiles import held_out_counts, label_names, part_sizes
 
 

@@ -1,4 +1,4 @@
-"""Datasets: ``dataset=<name>`` is a plug (``plugs.py``): the folder
+"""Datasets: ``dataset=<name>`` is a plug (``core/plugs.py``): the folder
 ``stagetrain/datasets/<name>/`` (or an installed package under the entry-point group
 ``stagetrain.datasets``) plus ``conf/dataset/<name>.yaml``; adding one edits nothing else.
 
@@ -32,7 +32,7 @@ import math
 from types import ModuleType
 from typing import Any
 
-from stagetrain.plugs import Plugs
+from stagetrain.core.plugs import Plugs
 
 DATASETS = Plugs("dataset", "dataset", __name__, ("Config", "validate", "meta"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagetrain.schema import DatasetConfig as Config
+from stagetrain.core.schema import DatasetConfig as Config
 
 __all__ = ["Config", "meta_of", "no_options"]
 

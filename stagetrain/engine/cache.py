@@ -13,12 +13,12 @@ import time
 
 import torch
 
+from stagetrain.core.plan import Stage
 from stagetrain.data.stream import sequential_batches
 from stagetrain.engine.options import EngineOptions
 from stagetrain.engine.runtime import StageRuntime, wants_cache
 from stagetrain.engine.state import RunState
 from stagetrain.models import StagedModel
-from stagetrain.plan import Stage
 
 
 def build_cache(rt: StageRuntime, model: StagedModel, stage: Stage, opts: EngineOptions,

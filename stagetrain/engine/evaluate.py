@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from stagetrain import distributed
+from stagetrain.core.plan import Stage
 from stagetrain.data import DataBundle
 from stagetrain.data.stream import sequential_batches
 from stagetrain.engine.runtime import prefix_len
 from stagetrain.models import StagedModel
-from stagetrain.objectives import objective_of, split_metrics, stage_loss
-from stagetrain.plan import Stage
+from stagetrain.nn.objectives import objective_of, split_metrics, stage_loss
 
 FINAL = Stage(name="final", epochs=0, trainable=[])  # the model itself: blocks + head
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.plan import Stage
 from stagetrain.engine.state import RunState
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters
-from stagetrain.plan import Stage
 
 PROBE_SAMPLES = 256
 

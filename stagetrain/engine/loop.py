@@ -18,6 +18,8 @@ from torch import nn
 from stagetrain import distributed
 from stagetrain.checkpoint import save, set_rng_state
 from stagetrain.checkpoint.schema import restore
+from stagetrain.core.errors import StopRequested
+from stagetrain.core.plan import Plan, Stage, StopReason
 from stagetrain.data import DataBundle, epoch_permutation
 from stagetrain.engine import ranks, saving, sharding, solver, stopping, streaming
 from stagetrain.engine.cache import build_cache
@@ -27,11 +29,9 @@ from stagetrain.engine.nonfinite import NonFiniteGuard, checkpoint_may_follow
 from stagetrain.engine.options import EngineOptions
 from stagetrain.engine.runtime import StageRuntime, enter_stage, set_train_mode
 from stagetrain.engine.state import RunState, StageState
-from stagetrain.errors import StopRequested
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
-from stagetrain.objectives import objective_of, split_metrics
-from stagetrain.plan import Plan, Stage, StopReason
+from stagetrain.nn.objectives import objective_of, split_metrics
 from stagetrain.progress import Reporter
 from stagetrain.runs.rundir import MetricsLog, RunDir
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.engine.state import RunState
-from stagetrain.errors import StagetrainError
-from stagetrain.plan import Stage
 
 log = logging.getLogger("stagetrain")
 NONFINITE_MAX_IN_A_ROW = 10  # train.on_nonfinite=skip_batch stops at this many skipped batches in a row

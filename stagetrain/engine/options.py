@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stagetrain.schema import CACHE_MAX_BYTES
+from stagetrain.core.schema import CACHE_MAX_BYTES
 
 
 @dataclass(frozen=True)

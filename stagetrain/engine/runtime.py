@@ -17,16 +17,16 @@ import torch
 from torch import nn
 
 from stagetrain.checkpoint import set_rng_state
+from stagetrain.core.plan import Plan, Stage
 from stagetrain.data import DataBundle
 from stagetrain.data.stream import EpochLoader
 from stagetrain.engine import sharding
 from stagetrain.engine.options import EngineOptions
-from stagetrain.flops import PROBE_BATCH, measure_stage_flops
 from stagetrain.growth import map_optimizer_state
 from stagetrain.models import StagedModel
-from stagetrain.objectives import build_helper, stage_loss
-from stagetrain.optim import build_optimizer, build_scheduler, param_groups
-from stagetrain.plan import Plan, Stage
+from stagetrain.nn.flops import PROBE_BATCH, measure_stage_flops
+from stagetrain.nn.objectives import build_helper, stage_loss
+from stagetrain.nn.optim import build_optimizer, build_scheduler, param_groups
 
 
 def prefix_len(model: StagedModel, stage: Stage) -> int:

@@ -19,10 +19,10 @@ from stagetrain import distributed
 from stagetrain.checkpoint import save, set_rng_state, snapshot
 from stagetrain.checkpoint.schema import restore, sharded_meta
 from stagetrain.checkpoint.sharded import folder_of, load_tensors, save_sharded
+from stagetrain.core.plan import Stage
 from stagetrain.engine import sharding
 from stagetrain.engine.runtime import StageRuntime, freeze, resume_inside
 from stagetrain.models import StagedModel
-from stagetrain.plan import Stage
 
 
 def stage_module(step: nn.Module) -> nn.Module:

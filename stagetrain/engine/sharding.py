@@ -36,11 +36,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.engine.options import EngineOptions
-from stagetrain.errors import StagetrainError
 from stagetrain.models import StagedModel
-from stagetrain.objectives import build_helper
-from stagetrain.plan import Stage
+from stagetrain.nn.objectives import build_helper
 
 
 def require_launched(opts: EngineOptions, world: int) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from stagetrain.core.plan import Plan, Stage, StopReason, target_met
 from stagetrain.engine.state import RunState
-from stagetrain.plan import Plan, Stage, StopReason, target_met
 
 
 def after_step(plan: Plan, stage: Stage, st: RunState) -> None:

@@ -1,4 +1,4 @@
-"""Model families: ``model=<name>`` is a plug (``plugs.py``): the folder
+"""Model families: ``model=<name>`` is a plug (``core/plugs.py``): the folder
 ``stagetrain/families/<name>/`` (or an installed package under the entry-point group
 ``stagetrain.families``) plus ``conf/model/<name>.yaml``, found without being registered.
 
@@ -17,7 +17,7 @@ A family's ``config.py`` has no torch import (the config layer loads it at start
 * optionally ``resolve(model, dataset)`` -- the model with values that follow the data
   filled in (a family without it cannot read token ids);
 * optionally ``batch_norm(model)`` -- whether the model normalises over the batch;
-* optionally ``trust_targets(model)`` -- the callables its config names (``trust.py``);
+* optionally ``trust_targets(model)`` -- the callables its config names (``core/trust.py``);
 * optionally ``is_lm(model)``, ``as_classifier(spec, classes, model)`` and
   ``with_mask_token(spec)`` -- a language model's head, and what fine-tuning one on labels
   or masked-token pretraining starts from;
@@ -32,9 +32,9 @@ import contextlib
 from types import ModuleType
 from typing import Any
 
-from stagetrain import trust
-from stagetrain.errors import StagetrainError
-from stagetrain.plugs import Plugs
+from stagetrain.core import trust
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plugs import Plugs
 
 FAMILIES = Plugs("model", "model family", __name__, ("Config", "validate", "spec"))
 

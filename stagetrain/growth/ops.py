@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from stagetrain.errors import StagetrainError
-from stagetrain.modelops import AddLora, Deepen, MergeLora, ModelOp, Stack, Widen, as_op
+from stagetrain.core.errors import StagetrainError
 from stagetrain.models import StagedModel, part_type
 from stagetrain.models.growth_units import fresh_name
 from stagetrain.models.lora import LoRAConv2d, LoRALinear, resolve_targets
+from stagetrain.nn.modelops import AddLora, Deepen, MergeLora, ModelOp, Stack, Widen, as_op
 
 
 def _grown_block(model: StagedModel, op: Widen | Deepen, name: str, variant: str) -> tuple[int, Any]:

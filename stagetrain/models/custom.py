@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.trust import resolve_target
 from stagetrain.models.registry import PartType, register
-from stagetrain.trust import resolve_target
 
 GLUE = {
     "none": lambda x: x,

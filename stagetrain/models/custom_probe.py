@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.models.custom import adapt_channels, native_prefixes, rename
 from stagetrain.models.registry import build_part, build_shared
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.models.growth_units import (
     consumer_units,
     copy_norm,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 # model_type -> how it is cut. "rotary": positions inside each layer (cos/sin from the
 # model's rotary embedding); "pre_ln": the residual stream is never normalised in place, so a

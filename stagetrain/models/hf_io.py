@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.models.hf_arch import ARCHS, hf_config, name_map, rename
 from stagetrain.models.staged import StagedModel
 
@@ -30,7 +30,7 @@ def load_pretrained(model: StagedModel, folder: str) -> dict[str, Any]:
     matches the task is taken too, else it stays freshly initialised)."""
     from safetensors.torch import load
 
-    from stagetrain import userfile
+    from stagetrain.core import userfile
 
     where = f"model.pretrained={folder}"
     try:

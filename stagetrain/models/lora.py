@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 
 class LoRALinear(nn.Linear):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.plan import Plan, Stage
 from stagetrain.data import DataBundle
-from stagetrain.objective_registry import find as find_objective
-from stagetrain.objective_registry import objective_type
-from stagetrain.plan import Plan, Stage
+from stagetrain.nn.objective_registry import find as find_objective
+from stagetrain.nn.objective_registry import objective_type
 
 CAP = 20_000  # samples read per split (a fixed seeded sample beyond)
 CHUNK = 4096

@@ -4,7 +4,7 @@ cross-field validation, and the engine's options.
 Hydra checks key names and types when it composes the config (unknown keys and wrong
 types fail there, before anything runs). ``validate`` then checks values and combinations,
 still before any data is loaded or a run directory is used, and returns the typed
-``RunConfig`` (plain dataclasses, ``schema.py``) that everything below the run layer gets:
+``RunConfig`` (plain dataclasses, ``core/schema.py``) that everything below the run layer gets:
 only this module and the run layer (runner, resume, record, cli) touch OmegaConf.
 """
 
@@ -17,11 +17,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from stagetrain.datasets import DATASETS, dataset, inputs, streamable
-from stagetrain.errors import StagetrainError, check_choice, check_positive, did_you_mean
-from stagetrain.families import FAMILIES, family
-from stagetrain.ranges import check_numbers
-from stagetrain.schema import (
+from stagetrain.core.errors import StagetrainError, check_choice, check_positive, did_you_mean
+from stagetrain.core.ranges import check_numbers
+from stagetrain.core.schema import (
     AUGMENTS,
     CACHE_MAX_BYTES,
     OPTIMIZERS,
@@ -32,6 +30,8 @@ from stagetrain.schema import (
     DeviceConfig,
     RunConfig,
 )
+from stagetrain.datasets import DATASETS, dataset, inputs, streamable
+from stagetrain.families import FAMILIES, family
 from stagetrain.strategies import STRATEGIES, config_module
 
 

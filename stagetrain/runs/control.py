@@ -26,11 +26,11 @@ def run_control(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train the equal-FLOPs scratch control of the completed run ``info`` (in ``run_dir``);
     returns what the staged run's run.json records under ``control``. A failed control is
     recorded and logged; it never fails the staged run."""
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
+    from stagetrain.core.trust import UntrustedCode
     from stagetrain.runs.resume import saved_config
     from stagetrain.runs.rundir import RunDir
     from stagetrain.runs.runner import train
-    from stagetrain.trust import UntrustedCode
 
     control_dir = Path(run_dir) / SUBDIR
     saved_config(info, Path(run_dir) / "run.json")  # the record may be a file (a completed run resumed)

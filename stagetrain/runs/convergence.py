@@ -38,7 +38,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stagetrain.objective_registry import find as find_objective
+from stagetrain.nn.objective_registry import find as find_objective
 from stagetrain.runread import under_trained  # noqa: F401 - convergence.under_trained, as documented
 
 log = logging.getLogger("stagetrain")
@@ -197,7 +197,7 @@ def source_warnings(info: dict[str, Any]) -> list[str]:
     (still falling or barely learnt, none before growth), record ``source.under_trained``
     (which ``under_trained`` reads) and warn. A source that is a bare weights file, or a run
     recorded before the check, is unknown: nothing is recorded."""
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.rundir import RunDir
 
     src = info.get("source")

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from stagetrain import distributed
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.schema import DeviceConfig
 from stagetrain.runs.launch import job_threads, limit_job_threads
-from stagetrain.schema import DeviceConfig
 
 log = logging.getLogger("stagetrain")
 

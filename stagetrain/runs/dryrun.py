@@ -7,15 +7,15 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.plan import Plan, Stage
+from stagetrain.core.schema import RunConfig
 from stagetrain.datasets import dataset_meta
 from stagetrain.engine.runtime import planned_length, prepare, wants_cache
 from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
-from stagetrain.objectives import probe_batch
-from stagetrain.optim import LBFGS_MAX_PASSES
-from stagetrain.plan import Plan, Stage
+from stagetrain.nn.objectives import probe_batch
+from stagetrain.nn.optim import LBFGS_MAX_PASSES
 from stagetrain.runs.preflight import memory_of, shard_count
-from stagetrain.schema import RunConfig
 from stagetrain.strategies import hook
 
 

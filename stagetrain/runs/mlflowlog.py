@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runs.tensorboard import SKIP, StepLog, aux_stages, flat_params, split_tag
 
 EXPERIMENT = "stagetrain"
@@ -57,7 +57,7 @@ def client(uri: str | None) -> tuple[Any, str]:
 
 def _read_id(path: Path) -> str | None:
     """The MLflow run id a run directory recorded (through the file gate); None when absent or unreadable."""
-    from stagetrain import userfile
+    from stagetrain.core import userfile
 
     if not path.exists():
         return None

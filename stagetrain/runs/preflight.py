@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from stagetrain.errors import StagetrainError
-from stagetrain.specfile import check_spec
+from stagetrain.core.errors import StagetrainError
+from stagetrain.nn.specfile import check_spec
 
 BYTES_PER_PARAM = 16  # fp32 weight + gradient + Adam's two moments
 

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from stagetrain.checkpoint import atomic_write, write_error
+from stagetrain.core.version import __version__
 from stagetrain.models import count_parameters
 from stagetrain.runs.rundir import RunDir
-from stagetrain.version import __version__
 
 log = logging.getLogger("stagetrain")
 

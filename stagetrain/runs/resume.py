@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stagetrain.checkpoint.resume import latest_state
-from stagetrain.errors import StagetrainError, no_run_error, run_exists_error
+from stagetrain.core.errors import StagetrainError, no_run_error, run_exists_error
 from stagetrain.runs.config import validate
 from stagetrain.runs.rundir import RunDir
 

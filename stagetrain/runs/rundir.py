@@ -18,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stagetrain import distributed, userfile
+from stagetrain import distributed
 from stagetrain.checkpoint import atomic_write, write_error
-from stagetrain.errors import StagetrainError
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
 from stagetrain.runread import read_events
 
 HYDRA_FILES = {".hydra", "stagetrain.log"}

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 _held: dict[str, int] = {}  # identity -> open descriptor holding its lock
 _fork_hook = False  # os.register_at_fork done (once per process)

@@ -19,14 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from stagetrain import checkpoint as ckpt
 from stagetrain import distributed
+from stagetrain.core.errors import StagetrainError, StopRequested
+from stagetrain.core.plan import Plan
+from stagetrain.core.schema import RunConfig
 from stagetrain.data import DataBundle
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.engine import Engine
-from stagetrain.errors import StagetrainError, StopRequested
 from stagetrain.families import build_spec, vouched_by
-from stagetrain.flops import analytic_flops
 from stagetrain.models import StagedModel, count_parameters
-from stagetrain.plan import Plan
+from stagetrain.nn.flops import analytic_flops
 from stagetrain.progress import Reporter
 from stagetrain.runs import preflight
 from stagetrain.runs.config import engine_options, to_yaml, validate
@@ -36,7 +37,6 @@ from stagetrain.runs.launch import continue_on_requeue, stop_on_signals
 from stagetrain.runs.record import RunRecord, write_plots
 from stagetrain.runs.resume import open_run
 from stagetrain.runs.rundir import RunDir
-from stagetrain.schema import RunConfig
 from stagetrain.strategies import STRATEGIES, hook
 
 log = logging.getLogger("stagetrain")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.core.errors import StagetrainError, check_choice
 
 METRICS = ("val/acc", "val/loss")
 MODES = ("auto", "max", "min")
@@ -230,7 +230,7 @@ def _check_sqlite_file(path: Path, where: str) -> Path:
     refused unread); a new one needs a folder this process may create and write."""
     import os
 
-    from stagetrain import userfile
+    from stagetrain.core import userfile
     from stagetrain.runs import runlock
 
     if os.path.lexists(path):

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 SKIP = {"stage", "stage_name", "epoch", "step", "flops", "time", "split", "wall", "event", "lr"}
 

@@ -67,7 +67,7 @@ def _text(value: Any) -> str:
 def trial_config(cfg: DictConfig, setting: dict[str, Any]) -> DictConfig:
     """The job's config (resolved) with the trial's settings, untuned and uncontrolled; a value
     of another kind than the key's (text for a number, a list for a scalar) is refused."""
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
 
     trial_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     trial_cfg.tune.lr, trial_cfg.tune.grid, trial_cfg.resume = [], None, "auto"
@@ -92,7 +92,7 @@ def _kind(value: Any) -> str:
 
 
 def _trial(trial_cfg: DictConfig, setting: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.runner import train
 
     path = run_dir / SUBDIR / trial_name(setting)
@@ -107,7 +107,7 @@ def _trial(trial_cfg: DictConfig, setting: dict[str, Any], run_dir: Path) -> dic
 
 def _check_not_stale(trial_cfg: DictConfig, path: Path) -> None:
     """A trial folder that already holds a run is resumed only if that run has this trial's settings."""
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core.errors import StagetrainError
     from stagetrain.runs.resume import changed_keys
     from stagetrain.runs.rundir import RunDir
 
@@ -123,7 +123,7 @@ def _check_not_stale(trial_cfg: DictConfig, path: Path) -> None:
 
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate every trial, train them, select on validation, write and return the job's run.json."""
-    from stagetrain.errors import StagetrainError, run_exists_error
+    from stagetrain.core.errors import StagetrainError, run_exists_error
     from stagetrain.runs.config import validate
     from stagetrain.runs.rundir import RunDir
     from stagetrain.runs.search import direction, objective_value

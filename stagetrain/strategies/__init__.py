@@ -1,6 +1,6 @@
 """Strategies: small folders that turn their config into a Plan. None owns a training loop.
 
-A strategy is a plug (``plugs.py``): a folder ``strategies/<name>/`` (or an installed
+A strategy is a plug (``core/plugs.py``): a folder ``strategies/<name>/`` (or an installed
 package under the entry-point group ``stagetrain.strategies``) whose package exports what
 ``Strategy`` below describes, plus its YAML in ``conf/strategy/<name>.yaml``; adding one
 edits nothing else (see docs/architecture.md). Each folder's
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from stagetrain.plan import Plan
-from stagetrain.plugs import Plugs, exports
+from stagetrain.core.plan import Plan
+from stagetrain.core.plugs import Plugs, exports
 
 
 @runtime_checkable
@@ -48,7 +48,7 @@ def config_module(name: str) -> Any:
 
 def plan_exports(package: str) -> Any:
     """A strategy package's module ``__getattr__``: ``Config``/``validate`` from its
-    ``config.py``, ``build`` and the optional hooks from its ``plan.py``, imported on first
+    ``config.py``, ``build`` and the optional hooks from its ``core/plan.py``, imported on first
     use (it needs torch; ``config.py`` does not)."""
     return exports(package, "plan")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Stage
 from stagetrain.families import is_lm
-from stagetrain.plan import Stage
 
 
 def stage_from_cfg(cfg: Any, **fields: Any) -> Stage:

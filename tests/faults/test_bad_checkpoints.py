@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from stagetrain import checkpoint as ckpt
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 from .harness import COMMON, launch, load_final
 

@@ -16,9 +16,9 @@ from conftest import make_cfg
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from stagetrain import checkpoint as ckpt
+from stagetrain.core.errors import StagetrainError
 from stagetrain.engine import NONFINITE_MAX_IN_A_ROW
 from stagetrain.engine.nonfinite import NonFiniteGuard
-from stagetrain.errors import StagetrainError
 from stagetrain.progress import Reporter
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import build_engine, train

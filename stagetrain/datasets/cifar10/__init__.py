@@ -1,5 +1,5 @@
 """``dataset=cifar10``: a dataset plug (see README.md beside this file and plugs.py)."""
 
-from stagetrain.plugs import exports
+from stagetrain.core.plugs import exports
 
 __getattr__ = exports(__name__, "reader")  # Config, validate, meta from config.py; load from reader.py

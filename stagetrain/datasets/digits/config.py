@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagetrain.schema import DatasetConfig as Config  # no options beyond every dataset's
+from stagetrain.core.schema import DatasetConfig as Config  # no options beyond every dataset's
 
 __all__ = ["Config", "meta", "validate"]
 

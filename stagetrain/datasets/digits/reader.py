@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import Split
-from stagetrain.errors import StagetrainError
 
 
 def load(ds: Any, seed: int) -> tuple[Split, Split, float]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stagetrain.core.errors import StagetrainError, check_choice
 from stagetrain.datasets.text_classification.config import Config as TextClassificationConfig
-from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.textfiles import (
     expand,
     labelled_meta,

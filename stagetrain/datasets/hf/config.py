@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stagetrain import userfile
-from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.schema import DatasetConfig
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.schema import DatasetConfig
 from stagetrain.textfiles import (
     expand,
     held_out_counts,

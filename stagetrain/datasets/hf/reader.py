@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import DataBundle, LazyInputs, Split
 from stagetrain.data.finish import finish_loaded
 from stagetrain.data.stream import storage_choice
@@ -29,7 +30,6 @@ from stagetrain.datasets.hf.config import (
     token_counts,
     training_texts,
 )
-from stagetrain.errors import StagetrainError
 from stagetrain.textfiles import label_names
 
 

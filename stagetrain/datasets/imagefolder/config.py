@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_positive
-from stagetrain.schema import DatasetConfig
+from stagetrain.core.errors import StagetrainError, check_positive
+from stagetrain.core.schema import DatasetConfig
 
 STREAMABLE = True  # stream(): images decoded when read, in the DataLoader's workers
 

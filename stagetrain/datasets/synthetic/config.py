@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_positive
-from stagetrain.schema import DatasetConfig
+from stagetrain.core.errors import StagetrainError, check_positive
+from stagetrain.core.schema import DatasetConfig
 
 ITEMSIZE = 4  # float32 inputs
 

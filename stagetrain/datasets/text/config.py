@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stagetrain import userfile
-from stagetrain.errors import StagetrainError
-from stagetrain.schema import DatasetConfig
+from stagetrain.core import userfile
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.schema import DatasetConfig
 from stagetrain.textfiles import expand, lm_meta, read_utf8, token_vocab, validate_text_dataset
 
 

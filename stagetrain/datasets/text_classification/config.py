@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.schema import DatasetConfig
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.schema import DatasetConfig
 from stagetrain.textfiles import labelled_meta, read_labelled, token_vocab, validate_text_dataset
 
 

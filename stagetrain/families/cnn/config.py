@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stagetrain.core.errors import StagetrainError, check_positive
 from stagetrain.datasets import inputs
-from stagetrain.errors import StagetrainError, check_positive
 from stagetrain.families.mlp.config import check_common, check_widths, classifier, dense_block
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.trust import resolve_target
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.trust import resolve_target
 
 HEAD_INPUTS = ("none", "flatten", "pool_flatten", "pool", "cls_token")
 ADAPT = ("none", "repeat")
@@ -134,5 +134,5 @@ def plain_kwargs(value: Any) -> Any:
 
 
 def trust_targets(m: Any) -> list[str]:
-    """The callable this config names (``trust.py``): model.target, the user's own."""
+    """The callable this config names (``core/trust.py``): model.target, the user's own."""
     return [str(m.get("target"))] if m.get("target") else []

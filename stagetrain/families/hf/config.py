@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice, did_you_mean
+from stagetrain.core.errors import StagetrainError, check_choice, did_you_mean
 
 __all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
            "with_grow_widths", "grow_schedule", "init_weights", "export", "SUPPORTED"]
@@ -78,7 +78,7 @@ def _normalised(values: dict[str, Any], where: str, own: tuple[str, ...] = ()) -
 
 def _pretrained_config(folder: str) -> dict[str, Any]:
     """config.json of a local folder that also holds model.safetensors; one paragraph otherwise."""
-    from stagetrain import userfile
+    from stagetrain.core import userfile
 
     path = Path(folder).expanduser()
     if not path.is_dir():

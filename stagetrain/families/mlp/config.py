@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.schema import ACTIVATIONS
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.schema import ACTIVATIONS
 
 
 @dataclass

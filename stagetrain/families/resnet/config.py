@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stagetrain.core.errors import StagetrainError, check_choice
 from stagetrain.datasets import inputs
-from stagetrain.errors import StagetrainError, check_choice
 from stagetrain.families.cnn.config import is_image
 from stagetrain.families.mlp.config import check_widths, classifier
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.tvarchs import ARCHS
 from stagetrain.families.custom.config import (
     check_adapt,
     check_kwargs,
@@ -21,7 +22,6 @@ from stagetrain.families.custom.config import (
     input_shape,
     plain_kwargs,
 )
-from stagetrain.tvarchs import ARCHS
 
 
 @dataclass
@@ -70,5 +70,5 @@ def batch_norm(m: Any) -> bool:
 
 
 def trust_targets(m: Any) -> list[str]:
-    """The builder this config names (``trust.py``): torchvision.models.<arch>."""
+    """The builder this config names (``core/trust.py``): torchvision.models.<arch>."""
     return [f"torchvision.models.{m.get('arch')}"] if m.get("arch") else []

@@ -1,5 +1,5 @@
 """``model=transformer``: a model-family plug (see README.md beside this file and plugs.py)."""
 
-from stagetrain.plugs import exports
+from stagetrain.core.plugs import exports
 
 __getattr__ = exports(__name__)  # Config, validate, spec and the hooks, from config.py

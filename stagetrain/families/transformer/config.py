@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from stagetrain import datasets
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.core.errors import StagetrainError, check_choice
 
 MAX_AUTO_TOKENS = 64  # patch=0 picks the smallest patch giving at most this many tokens
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.schema import CACHE_MAX_BYTES, StrategyConfig
 from stagetrain.datasets import DATASETS
-from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.schema import CACHE_MAX_BYTES, StrategyConfig
 from stagetrain.strategies.layerwise.config import AutoConfig, check_epochs
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")

@@ -41,18 +41,18 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Plan, Stage, auto_length
 from stagetrain.datasets import dataset_meta
-from stagetrain.errors import StagetrainError
 from stagetrain.families import build_spec, family, is_lm
 from stagetrain.growth import fresh_name
-from stagetrain.modelops import AddLora, Deepen, MergeLora, ModelOp
 from stagetrain.models import StagedModel
 from stagetrain.models.registry import part_type
-from stagetrain.objective_registry import objective_type
-from stagetrain.objectives import head_objective
-from stagetrain.plan import Plan, Stage, auto_length
+from stagetrain.nn.modelops import AddLora, Deepen, MergeLora, ModelOp
+from stagetrain.nn.objective_registry import objective_type
+from stagetrain.nn.objectives import head_objective
+from stagetrain.nn.stagehelpers import AuxHead, LMHead
 from stagetrain.source import Source, load_bare, load_source
-from stagetrain.stagehelpers import AuxHead, LMHead
 from stagetrain.strategies.common import (
     LBFGS_STEPS,
     all_groups,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.plan import TARGET_KEYS, parse_target
+from stagetrain.core.schema import StrategyConfig, as_list
 from stagetrain.families import grow_schedule, grow_widths, is_lm, scaled_schedule
-from stagetrain.plan import TARGET_KEYS, parse_target
-from stagetrain.schema import StrategyConfig, as_list
 
 
 @dataclass

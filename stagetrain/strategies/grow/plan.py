@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Plan, Stage
 from stagetrain.families import build_spec, family
 from stagetrain.growth.ops import stack_problem
-from stagetrain.modelops import Deepen, ModelOp, Stack, Widen
-from stagetrain.plan import Plan, Stage
+from stagetrain.nn.modelops import Deepen, ModelOp, Stack, Widen
 from stagetrain.strategies.common import stage_from_cfg
 from stagetrain.strategies.grow.config import schedule
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagetrain.errors import StagetrainError, check_choice
-from stagetrain.plan import AUTO_DEFAULTS
-from stagetrain.schema import CACHE_MAX_BYTES, OBJECTIVES, StrategyConfig, as_list
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.plan import AUTO_DEFAULTS
+from stagetrain.core.schema import CACHE_MAX_BYTES, OBJECTIVES, StrategyConfig, as_list
 
 
 @dataclass
@@ -82,7 +82,7 @@ def validate(cfg: Any) -> None:
             )
 
 
-AUX_HEADS = ("linear", "conv", "mlp_sr")  # stagetrain/auxheads.py HEADS (this module stays torch-free)
+AUX_HEADS = ("linear", "conv", "mlp_sr")  # stagetrain/nn/auxheads.py HEADS (this module stays torch-free)
 
 
 def check_aux_head(s: Any) -> None:

@@ -3,7 +3,7 @@
 Stage l trains block l alone on the (frozen, cacheable) output of blocks 1..l-1, through
 a helper that exists only in that stage:
 
-* supervised  -- an auxiliary classifier (strategy.aux_head, stagetrain/auxheads.py: linear --
+* supervised  -- an auxiliary classifier (strategy.aux_head, stagetrain/nn/auxheads.py: linear --
                  Linear, for CNNs global pooling [+ k plain convs], for sequences mean over
                  positions + LayerNorm + Linear; conv -- layerCNN's; mlp_sr -- DGL's); on language-model data
                  (model.head=lm) an auxiliary LM head (LayerNorm + Linear to the vocabulary, per
@@ -21,15 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from stagetrain.auxheads import DEFAULTS as AUX_DEFAULTS
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.plan import Plan, Stage, auto_length
+from stagetrain.core.schema import as_list
 from stagetrain.models.registry import part_type
-from stagetrain.objective_registry import objective_type
-from stagetrain.objectives import head_objective
-from stagetrain.plan import Plan, Stage, auto_length
-from stagetrain.schema import as_list
-from stagetrain.stagehelpers import AuxHead, Decoder, Helper, LMHead, RBMVisible
-from stagetrain.stagehelpers import from_dict as helper_from_dict
+from stagetrain.nn.auxheads import DEFAULTS as AUX_DEFAULTS
+from stagetrain.nn.objective_registry import objective_type
+from stagetrain.nn.objectives import head_objective
+from stagetrain.nn.stagehelpers import AuxHead, Decoder, Helper, LMHead, RBMVisible
+from stagetrain.nn.stagehelpers import from_dict as helper_from_dict
 from stagetrain.strategies.common import (
     all_groups,
     head_input_shape,
@@ -67,7 +67,7 @@ class GreedySettings:
 
 
 def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> AuxHead:
-    """A supervised greedy stage's auxiliary classifier (stagetrain/auxheads.py), its options
+    """A supervised greedy stage's auxiliary classifier (stagetrain/nn/auxheads.py), its options
     resolved to the published defaults so the plan and run.json show what was built."""
     helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": classes}
     kind = g.aux_head

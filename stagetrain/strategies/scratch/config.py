@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stagetrain.errors import StagetrainError
-from stagetrain.schema import StrategyConfig
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.schema import StrategyConfig
 
 
 @dataclass

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stagetrain.core.plan import Plan
 from stagetrain.families import build_spec
-from stagetrain.plan import Plan
 from stagetrain.strategies.common import all_groups, stage_from_cfg
 from stagetrain.strategies.scratch.config import arch_file
 
@@ -27,10 +27,10 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
 def read_arch(path: Any, where: str) -> dict[str, Any]:
     """The ``arch`` metadata of a model.safetensors file (its header only, through the file
     gate), checked as data: a spec a file gives names code only when the config vouches."""
-    from stagetrain import userfile
-    from stagetrain.errors import StagetrainError
+    from stagetrain.core import userfile
+    from stagetrain.core.errors import StagetrainError
+    from stagetrain.nn.specfile import check_spec
     from stagetrain.source import safetensors_metadata
-    from stagetrain.specfile import check_spec
 
     with userfile.open_file(path, where, "source") as f:
         try:

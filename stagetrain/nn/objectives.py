@@ -1,7 +1,7 @@
 """Stage objectives: the loss of one batch, and the helper modules some objectives need.
 
 * supervised  -- cross-entropy through the model's head, or through an auxiliary head
-                 (stagetrain/auxheads.py: linear, conv, mlp_sr)
+                 (stagetrain/nn/auxheads.py: linear, conv, mlp_sr)
 * lm          -- causal language modelling: next-token cross-entropy (nats) through the
                  model's per-position ``lm_head`` (a supervised stage through an LM head is one),
                  or through an auxiliary LM head (layer-wise on LM data; in-run pretraining on
@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stagetrain import stagehelpers as helpers
-from stagetrain.auxheads import build_aux_head
+from stagetrain.core.plan import Stage
 from stagetrain.models import Block, StagedModel
-from stagetrain.objective_registry import find as find_objective
-from stagetrain.objective_registry import objective_type
-from stagetrain.plan import Stage
+from stagetrain.nn import stagehelpers as helpers
+from stagetrain.nn.auxheads import build_aux_head
+from stagetrain.nn.objective_registry import find as find_objective
+from stagetrain.nn.objective_registry import objective_type
 
 
 class Decoder(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from stagetrain.core.plan import Stage
 from stagetrain.models import StagedModel, part_type
-from stagetrain.objectives import stage_loss
-from stagetrain.plan import Stage
+from stagetrain.nn.objectives import stage_loss
 
 PROBE_BATCH = 2  # BatchNorm in train mode needs more than one sample
 

@@ -13,9 +13,9 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stagetrain.modelops import ModelOp, as_op
-from stagetrain.objective_registry import find as find_objective
-from stagetrain.stagehelpers import Helper, as_helper
+from stagetrain.nn.modelops import ModelOp, as_op
+from stagetrain.nn.objective_registry import find as find_objective
+from stagetrain.nn.stagehelpers import Helper, as_helper
 
 
 class StopReason(str, enum.Enum):

@@ -29,8 +29,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from stagetrain.errors import StagetrainError
-from stagetrain.tvarchs import ARCHS
+from stagetrain.core.errors import StagetrainError
+from stagetrain.core.tvarchs import ARCHS
 
 
 class UntrustedCode(StagetrainError):

@@ -1,6 +1,6 @@
 """torchvision's builders that stagetrain knows (``ARCHS``): where each is cut into stem,
 blocks and head. Plain data, torch-free: read by ``families/torchvision.py`` (``model=torchvision``)
-and by ``trust.py`` (these builders need no vouching)."""
+and by ``core/trust.py`` (these builders need no vouching)."""
 
 from __future__ import annotations
 

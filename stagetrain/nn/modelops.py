@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 
 @dataclass(frozen=True)

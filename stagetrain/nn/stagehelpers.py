@@ -1,5 +1,5 @@
 """A stage's helper -- the module that exists only during its stage -- as typed records:
-``AuxHead`` (an auxiliary classifier, stagetrain/auxheads.py), ``LMHead`` (an auxiliary
+``AuxHead`` (an auxiliary classifier, stagetrain/nn/auxheads.py), ``LMHead`` (an auxiliary
 per-position vocabulary head), ``Decoder`` (autoencoder / denoising) and ``RBMVisible`` (an
 RBM's visible bias). ``objectives.build_helper`` builds the module from one.
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 
 @dataclass(frozen=True, eq=False)

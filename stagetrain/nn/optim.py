@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stagetrain.plan import Stage
+from stagetrain.core.plan import Stage
 
 LBFGS_ITERS = 50  # L-BFGS iterations per step (a full-batch stage takes one step per epoch)
 # the forward-backward passes one such step may make: torch's max_eval (5/4 of max_iter) and

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 FILE_HINT = "It was not written by stagetrain, or was altered; use the file the run wrote."
 MAX_BLOCKS = 1000  # blocks of one model; the deepest family default has 12
@@ -88,7 +88,7 @@ def check_spec(spec: Any, source: str, hint: str = FILE_HINT, cap: int = MAX_UNI
 
     user_code = False
     if spec.get("shared"):  # the user's own module (model=custom/torchvision): code, run only when vouched for
-        from stagetrain import trust
+        from stagetrain.core import trust
 
         trust.check_spec(spec, source)
         check_shared_parts(spec, source, hint)

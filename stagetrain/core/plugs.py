@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from stagetrain.errors import StagetrainError, did_you_mean
+from stagetrain.core.errors import StagetrainError, did_you_mean
 
 
 class Plugs(Mapping[str, ModuleType]):

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 # the most a file of each kind may hold; a run of stagetrain cannot use more of it

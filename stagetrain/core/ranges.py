@@ -14,7 +14,7 @@ import math
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from stagetrain.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit (torch takes 64, numpy does not)
 MAX_CLASSES = 100_000
