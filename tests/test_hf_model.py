@@ -292,12 +292,3 @@ def test_a_language_models_spec_becomes_its_classifier_and_gets_a_mask_token(mod
     assert masked["stem"]["mask_id"] == VOCAB and masked["stem"]["vocab_size"] == VOCAB + 1
     grown = StagedModel(masked)
     assert grown.stem.token_embedding().num_embeddings == VOCAB + 1 and family.with_mask_token(masked) is masked
-
-
-@needs_fortunes
-def test_unmerged_lora_adapters_are_not_exported(tmp_path, caplog):
-    train(make_cfg(*RUN, "strategy=scratch"), tmp_path / "src")
-    info = train(make_cfg(*RUN, "strategy=finetune", f"strategy.source={tmp_path / 'src'}", "strategy.mode=lora",
-                          "strategy.lora.targets=[q_proj]", "strategy.lora.merge=false"), tmp_path / "run")
-    assert info["status"] == "completed" and not (tmp_path / "run" / "hf").exists()
-    assert "still has its LoRA adapters" in caplog.text

@@ -1,11 +1,15 @@
 """``model=hf`` weights in transformers' own names: a pretrained folder's model.safetensors
 read into a cut model (``load_pretrained``, through the file gate; never a pickle), and a
 trained model written back with ``save_pretrained`` (``export_pretrained``: config.json and
-model.safetensors that ``AutoModelFor<task>.from_pretrained`` loads)."""
+model.safetensors that ``AutoModelFor<task>.from_pretrained`` loads). A model that still has
+its LoRA adapters (``strategy.lora.merge=false``) is written as that base (the frozen layers
+and the trained head) plus ``adapter/`` in PEFT's format (adapter_config.json and
+adapter_model.safetensors, PEFT's key names), which ``PeftModel.from_pretrained(base,
+adapter)`` loads; written without importing ``peft``."""
 
 from __future__ import annotations
 
-import logging
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,8 @@ from stagetrain.models.hf_arch import ARCHS, hf_config, name_map, rename
 from stagetrain.models.staged import StagedModel
 
 AUTO = {"lm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM", "classification": "AutoModelForSequenceClassification"}
-log = logging.getLogger("stagetrain")
+PEFT_TASK = {"lm": "CAUSAL_LM", "classification": "SEQ_CLS"}  # PEFT has no task type of its own for mlm
+LORA_KEYS = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight"}
 TIED = ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "lm_head.decoder.weight",
         "lm_head.decoder.bias")
 
@@ -72,7 +77,7 @@ def hf_model(model: StagedModel) -> Any:
     config = hf_config(spec["stem"]["config"], num_hidden_layers=len(spec["blocks"]),
                        vocab_size=int(spec["stem"]["vocab_size"]), **extra)
     hf = getattr(transformers, AUTO[task]).from_config(config)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.rpartition(".")[2] not in LORA_KEYS}
     mapped = rename(list(state), name_map(t, task, model.block_names), to_hf=True)
     if len(mapped) != len(state):
         raise StagetrainError(f"model=hf export: weights with no transformers name: "
@@ -87,14 +92,47 @@ def hf_model(model: StagedModel) -> Any:
 
 
 def export_pretrained(model: StagedModel, folder: Path) -> Path | None:
-    """``folder`` (``<run>/hf``) written by ``save_pretrained``: config.json, model.safetensors.
-    A model that still has LoRA adapters (``strategy.lora.merge=false``) is not exported: its
-    layers are not transformers' (a warning says so; PEFT's format is a later part of issue 26)."""
-    if model.spec.get("lora"):
-        log.warning("model=hf: the model still has its LoRA adapters (strategy.lora.merge=false), which transformers' "
-                    "layers do not hold, so %s is not written; merge them to export.", folder)
-        return None
+    """``folder`` (``<run>/hf``) written by ``save_pretrained``: config.json, model.safetensors;
+    with unmerged LoRA adapters, the base without them and ``folder/adapter`` (PEFT's format)."""
     hf = hf_model(model)
     with torch.no_grad():
         hf.save_pretrained(str(folder), safe_serialization=True)
+    if model.spec.get("lora"):
+        export_adapter(model, Path(folder) / "adapter", Path(folder))
+    return folder
+
+
+def export_adapter(model: StagedModel, folder: Path, base: Path) -> Path:
+    """``model``'s LoRA adapters as PEFT writes them: adapter_model.safetensors with keys
+    ``base_model.model.<transformers module>.lora_A.weight`` / ``lora_B.weight`` (A: rank x in,
+    B: out x rank, scale lora_alpha / r as stagetrain's), adapter_config.json naming every
+    adapted module by its full transformers name and ``base`` as base_model_name_or_path. The
+    trained head (classifier, or a decoder's final norm and untied LM head) is in
+    ``modules_to_save`` as PEFT saves a fine-tuned head, so the adapter also applies to the
+    source model; an MLM head (its decoder tied to the embeddings) stays in the base only."""
+    from safetensors.torch import save_file
+
+    t, task = _kind(model)
+    lora = model.spec["lora"]
+    saved = task != "mlm"  # the head trained too: PEFT's modules_to_save (an MLM head holds the tied decoder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.named_parameters()
+             if k.rpartition(".")[2] in LORA_KEYS or (saved and k.startswith("head."))}
+    mapped = rename(list(state), name_map(t, task, model.block_names), to_hf=True)
+    tensors, modules, heads = {}, set(), set()
+    for key, theirs in mapped.items():
+        module, _, leaf = theirs.rpartition(".")
+        if key.startswith("head."):
+            heads.add(module)
+            tensors[f"base_model.model.{theirs}"] = state[key]
+        else:
+            modules.add(module)
+            tensors[f"base_model.model.{module}.{LORA_KEYS[leaf]}"] = state[key]
+    config = {"peft_type": "LORA", "task_type": PEFT_TASK.get(task), "base_model_name_or_path": str(base.resolve()),
+              "r": int(lora["rank"]), "lora_alpha": float(lora["alpha"]), "lora_dropout": 0.0, "bias": "none",
+              "target_modules": sorted(modules), "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+              "init_lora_weights": True, "inference_mode": True, "modules_to_save": sorted(heads) or None,
+              "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return folder

@@ -19,7 +19,8 @@ from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice, did_you_mean
 
-__all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
+__all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "check_text_pretrain",
+           "grow_widths",
            "with_grow_widths", "grow_schedule", "init_weights", "export", "SUPPORTED"]
 
 SUPPORTED = ("bert", "roberta", "gpt2", "llama", "qwen2", "mistral")
@@ -252,6 +253,21 @@ def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
     return {**arch, "stem": {**stem, "config": config, "vocab_size": vocab + 1, "mask_id": vocab},
             "blocks": [{**b, "config": config} for b in arch["blocks"]], "head": head,
             "num_classes": head["out"]}
+
+
+def check_text_pretrain(m: Any, objective: str) -> None:
+    """In-run ``lm`` / ``mlm`` pretraining (``strategy.pretrain.objective``) needs the layers the
+    architecture has: next-token prediction causal ones (a decoder), masked tokens
+    bidirectional ones (an encoder); a transformers layer's causality is its own."""
+    t = _type(m)
+    if objective == "lm" and t in ENCODERS:
+        raise StagetrainError(f"strategy.pretrain.objective=lm trains next-token prediction, which needs causal layers, "
+                              f"but a {t} model's layers attend both ways (an encoder). Use "
+                              "strategy.pretrain.objective=mlm, or a decoder (gpt2, llama, qwen2, mistral).")
+    if objective == "mlm" and t not in ENCODERS:
+        raise StagetrainError(f"strategy.pretrain.objective=mlm predicts masked tokens from both sides, but a {t} "
+                              "model's layers are causal (a decoder). Use strategy.pretrain.objective=lm, or an "
+                              "encoder (bert, roberta).")
 
 
 def grow_widths(m: Any) -> list[int]:

@@ -144,6 +144,9 @@ def _validate_text_pretrain(cfg: Any) -> None:
         readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "with_mask_token"))
         raise StagetrainError(f"strategy.pretrain.objective={p.objective} needs a token model that can pretrain "
                               f"on text: {readers}.")
+    check = getattr(family(cfg.model.name), "check_text_pretrain", None)  # a family whose layers fix causality
+    if check is not None:
+        return check(cfg.model, p.objective)
     if p.objective == "lm" and cfg.model.causal is False:
         raise StagetrainError("strategy.pretrain.objective=lm trains next-token prediction, which needs causal "
                               "layers: leave model.causal=null (lm makes it causal) or use objective=mlm.")

@@ -105,7 +105,7 @@ def _text_pretrain_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -
     """The classifier that in-run lm / mlm pretraining prepares: causal layers for lm (unless
     model.causal says otherwise), a mask token in the vocabulary for mlm."""
     model, objective = cfg.model, objective_type(cfg.strategy.pretrain.objective)
-    if objective.causal and model.causal is None:
+    if objective.causal and getattr(model, "causal", False) is None:  # model=hf: its layers decide
         model = replace(model, causal=True)
     arch = build_spec(model, in_shape, num_classes)
     return _hook(cfg, "with_mask_token")(arch) if objective.mask_token else arch
