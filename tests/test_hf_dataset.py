@@ -174,3 +174,47 @@ def test_sigkill_mid_epoch_while_streaming_resumes_to_the_same_weights(tmp_path)
     resume_until_done(run, args, tmp_path)
     ref, got = final_weights(tmp_path / "reference"), final_weights(run)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+HELD_OUT_WORD = "quixotrophy"  # only in the held-out rows
+
+
+def _bpe_has_word(tok_json: str) -> bool:
+    vocab = json.loads(tok_json)["model"]["vocab"]
+    return any(len(t) >= 4 and t.lstrip("Ġ") in HELD_OUT_WORD for t in vocab if "qui" in t or "trop" in t or "xot" in t)
+
+
+def test_a_bpe_never_sees_a_language_models_held_out_tail(tmp_path):
+    """The held-out validation and test tail is cut where the BPE's training rows end."""
+    from stagetrain.data.tokenizer import Tokenizer, from_description
+
+    rows = [{"text": WORDS[k]} for _ in range(40) for k in sorted(WORDS)] + [{"text": f"{HELD_OUT_WORD} " * 6}] * 25
+    path = tmp_path / "lm.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    ds = _cfg(tmp_path, f"dataset.path={path}", "dataset.tokenizer=bpe", "dataset.vocab_size=320",
+              "dataset.val_fraction=0.15", "dataset.test_fraction=0.15").dataset
+    data = load_data(ds, 0)
+    everything = Tokenizer.build("bpe", [r["text"] for r in rows], ds).impl.to_str()
+    assert _bpe_has_word(everything)  # the check can fail: all the rows teach it the word
+    assert not _bpe_has_word(data.info["tokenizer"]["json"])  # the run's BPE learnt from the training rows only
+    tok = from_description(data.info["tokenizer"])
+    assert HELD_OUT_WORD not in tok.decode(data.train.x.flatten())  # and no training window holds a held-out row
+    assert HELD_OUT_WORD in tok.decode(data.val.x.flatten()) and HELD_OUT_WORD in tok.decode(data.test.x.flatten())
+
+
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_a_classification_bpe_learns_from_the_training_rows_only(tmp_path, storage):
+    """Test rows and the seeded validation rows are drawn before the BPE is trained."""
+    from stagetrain.data.tokenizer import Tokenizer, from_description
+
+    path = _write(tmp_path, "jsonl")
+    ds = _cfg(tmp_path, f"dataset.path={path}", "dataset.label_field=label", "dataset.tokenizer=bpe",
+              "dataset.vocab_size=300", "dataset.max_len=64", f"dataset.storage={storage}").dataset
+    data = load_data(ds, 3)
+    tok = from_description(data.info["tokenizer"])
+    read = (lambda s: s.x) if storage == "memory" else (lambda s: torch.stack([s.x.reader[int(i)] for i in s.x.index]))
+    train_texts = [tok.decode(x) for x in read(data.train)]  # exact: no text is cut at 64 tokens
+    assert Tokenizer.build("bpe", train_texts, ds).impl.to_str() == data.info["tokenizer"]["json"]
+    val_texts = sorted(tok.decode(x) for x in read(data.val))
+    assert val_texts and not set(val_texts) & set(train_texts)
+    assert Tokenizer.build("bpe", train_texts + val_texts, ds).impl.to_str() != data.info["tokenizer"]["json"]

@@ -231,16 +231,35 @@ def lm_parts(ds: Any, tokens: int, parts: dict[str, Any]) -> tuple[int, int, int
     return tokens - n_val - n_test, n_val, n_test
 
 
+def held_fraction(ds: Any, parts: dict[str, Any]) -> float:
+    """The fraction of a language model's training stream held out (validation and test not given as files)."""
+    return (0.0 if "val" in parts else ds.val_fraction) + (0.0 if "test" in parts else ds.test_fraction)
+
+
+def lm_training_rows(ds: Any, parts: dict[str, Any]) -> int:
+    """Leading rows of a language model's training file that lie wholly before its held-out
+    tail (by the rows' sizes): what a tokenizer learns from, and, for a learnt tokenizer
+    (bpe, hf), where the training tokens end, so it never sees validation or test text."""
+    counts = token_counts(ds, parts["train"])
+    limit, total, k = (1.0 - held_fraction(ds, parts)) * sum(counts), 0, 0
+    while k < len(counts) and total + counts[k] <= limit:
+        total += counts[k]
+        k += 1
+    return k
+
+
 def training_texts(ds: Any) -> list[str]:
-    """The texts a tokenizer's vocabulary is built from: the training split's, less the rows
-    held out for testing (a language model's held-out tail is part of them: its rows are
-    only cut by token position when they are read)."""
+    """The texts a tokenizer's vocabulary is built from: a language model's rows before its
+    held-out tail (``lm_training_rows``), or the training split's labelled texts less the rows
+    held out for testing (a BPE learns from the training rows alone: ``reader._classification``)."""
     parts = splits(ds)
     texts = [t or "" for t in parts["train"].data.column(ds.text_field).to_pylist()]
-    if ds.label_field is not None and "test" not in parts:
+    if ds.label_field is None:
+        return [*texts[: lm_training_rows(ds, parts)], "\n"]  # language modelling: rows end in a newline
+    if "test" not in parts:
         held = set(test_rows(labels(parts["train"], ds.label_field), ds.test_fraction))
         texts = [t for i, t in enumerate(texts) if i not in held]
-    return texts if ds.label_field is not None else [*texts, "\n"]  # language modelling: rows end in a newline
+    return texts
 
 
 def vocab_size(ds: Any) -> int:

@@ -17,13 +17,15 @@ import torch
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import DataBundle, LazyInputs, Split
-from stagetrain.data.finish import finish_loaded
+from stagetrain.data.finish import channel_stats, finish_bundle
 from stagetrain.data.stream import storage_choice
 from stagetrain.data.tokenizer import Tokenizer, pad_batch
 from stagetrain.datasets.hf.config import (
     ITEMSIZE,
+    held_fraction,
     labels,
     lm_parts,
+    lm_training_rows,
     meta,
     splits,
     test_rows,
@@ -88,9 +90,12 @@ def _storage(ds: Any) -> tuple[str, str]:
 
 def bundle(ds: Any, seed: int, storage: str | None = None) -> DataBundle:
     parts = splits(ds)
-    tok = Tokenizer.build(ds.tokenizer, training_texts(ds), ds)
     storage, why = (storage, f"dataset.storage={storage}") if storage else _storage(ds)
-    made = (_classification if ds.label_field is not None else _lm)(ds, seed, parts, tok, storage, why)
+    if ds.label_field is not None:
+        made, tok = _classification(ds, seed, parts, storage, why)
+    else:
+        tok = Tokenizer.build(ds.tokenizer, training_texts(ds), ds)
+        made = _lm(ds, seed, parts, tok, storage, why)
     made.info.update({"tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
                       "splits_given": sorted(parts), "rows": {k: len(v) for k, v in parts.items()}})
     return made
@@ -108,7 +113,11 @@ def _inputs(reader: Any, rows: list[int], storage: str, workers: int) -> torch.T
     return reader.batch(rows) if rows else torch.empty(0, *reader.sample_shape, dtype=torch.long)
 
 
-def _classification(ds: Any, seed: int, parts: dict[str, Any], tok: Tokenizer, storage: str, why: str) -> DataBundle:
+def _classification(ds: Any, seed: int, parts: dict[str, Any], storage: str,
+                    why: str) -> tuple[DataBundle, Tokenizer]:
+    """Labelled rows: the splits are drawn over row positions first (the test rows, then the
+    seeded validation rows), so a BPE learns from the training rows alone; then each split's
+    rows are read (in memory) or wrapped in a reader (streamed)."""
     train_names = labels(parts["train"], ds.label_field)
     names = label_names(train_names)
     index = {name: i for i, name in enumerate(names)}
@@ -128,10 +137,23 @@ def _classification(ds: Any, seed: int, parts: dict[str, Any], tok: Tokenizer, s
             raise StagetrainError(f"dataset=hf: the {split} split has labels {unknown[:5]} that the training split "
                                   f"has no examples of (it has {names[:10]}).")
         y = torch.tensor([index[got[r]] for r in rows], dtype=torch.long)
-        made[split] = Split(_inputs(Rows(data, ds.text_field, tok, ds.max_len), rows, storage, 0), y)
+        made[split] = Split(torch.tensor(rows, dtype=torch.long).view(-1, 1), y)  # row positions, read below
+    bundle = finish_bundle(ds, seed, made["train"], made["test"], 1.0, made.get("val"))
+    rows_of = {s: getattr(bundle, s).x[:, 0].tolist() for s in ("train", "val", "test")}
+    texts = training_texts(ds) if ds.tokenizer != "bpe" else \
+        [t or "" for t in parts["train"][rows_of["train"]][ds.text_field]] if rows_of["train"] else []
+    tok = Tokenizer.build(ds.tokenizer, texts, ds)
+    source = {"train": "train", "val": "val" if "val" in parts else "train", "test": "test" if "test" in parts else "train"}
+    workers = int(getattr(ds, "workers", 0))
+    for s, rows in rows_of.items():
+        reader = Rows(parts[source[s]], ds.text_field, tok, ds.max_len)
+        setattr(bundle, s, Split(_inputs(reader, rows, storage, workers), getattr(bundle, s).y))
+    bundle.in_shape = (ds.max_len,)
+    bundle.mean, bundle.std = channel_stats(bundle.train, 1.0)
     shown = [names[c] for c in ds.classes] if ds.classes is not None else names
-    info = {"task": "classification", "labels": shown, "examples": len(train_names)}
-    return finish_loaded(ds, seed, (made["train"], made["test"], 1.0, made.get("val"), info), storage, why)
+    bundle.info = {"task": "classification", "labels": shown, "examples": len(train_names), "storage": storage,
+                   "storage_reason": why, **({"workers": workers} if storage == "stream" else {})}
+    return bundle, tok
 
 
 def _stream_of(ds: Any, data: Any, tok: Tokenizer) -> tuple[torch.Tensor, np.ndarray]:
@@ -146,6 +168,10 @@ def _lm(ds: Any, seed: int, parts: dict[str, Any], tok: Tokenizer, storage: str,
     T = ds.max_len
     streams = {name: _stream_of(ds, data, tok) for name, data in parts.items()}
     n_train, n_val, _ = lm_parts(ds, len(streams["train"][0]), parts)
+    held = held_fraction(ds, parts)
+    if ds.tokenizer not in ("bytes", "chars") and held > 0:  # a learnt tokenizer: cut where its training text ends
+        n_train = int(streams["train"][1][lm_training_rows(ds, parts)])
+        n_val = 0 if "val" in parts else round((len(streams["train"][0]) - n_train) * ds.val_fraction / held)
     # split -> (source split, first token, tokens)
     layout = {"train": ("train", 0, n_train),
               "val": ("val", 0, len(streams["val"][0])) if "val" in parts else ("train", n_train, n_val),
