@@ -214,4 +214,9 @@ def test_a_fine_tune_reuses_its_source_runs_bpe(tmp_path):
     assert info["data"]["tokenizer"]["sha256"] == recorded["sha256"] and 0 <= info["final"]["test/acc"] <= 1
     with pytest.raises(StagetrainError, match="differs from the 300"):
         _settings(*cls, "dataset.vocab_size=400")
+    auto = [*cls[:3], "dataset.vocab_size=300"]  # no tokenizer_path: the fine-tune carries its source's BPE
+    info = train(make_cfg(*lm, *auto, "strategy=finetune", f"strategy.source={source}"), tmp_path / "ft2")
+    assert info["data"]["tokenizer"]["sha256"] == recorded["sha256"]
+    with pytest.raises(StagetrainError, match="trained on a BPE of 301 token ids.*dataset.tokenizer=bpe"):
+        _settings(*cls[:2], "dataset.max_len=16", "strategy=finetune", f"strategy.source={source}")
     shutil.rmtree(source)

@@ -122,6 +122,37 @@ def validate(cfg: Any) -> None:
     if not re.fullmatch(r"best|last|stage-\d+", s.source_checkpoint):
         raise StagetrainError(f"strategy.source_checkpoint={s.source_checkpoint!r} is not valid: use best, last or stage-<k>.")
     _validate_numbers(s)
+    _carry_tokenizer(cfg)
+
+
+def _carry_tokenizer(cfg: Any) -> None:
+    """A fine-tune from a run keeps the run's vocabulary: when the source run trained a BPE
+    (run.json ``data.tokenizer``), this run's ``dataset.tokenizer=bpe`` reuses it
+    (``dataset.tokenizer_path`` = the source run, unless given); another tokenizer is refused,
+    since the source's token embeddings would mean other text."""
+    import json
+
+    from stagetrain import datasets
+    from stagetrain.core import userfile
+
+    ds, source = cfg.dataset, Path(str(cfg.strategy.source)).expanduser()
+    run_json = source / "run.json"
+    if not source.is_dir() or not run_json.is_file() or datasets.inputs(ds) != "tokens":
+        return
+    try:
+        tok = json.loads(userfile.read_text(run_json, "strategy.source", "record"))["data"]["tokenizer"]
+        kind, size = tok["kind"], int(tok["vocab_size"])
+    except (ValueError, KeyError, TypeError):
+        return  # a run without a recorded tokenizer: the vocabulary checks of the source's spec apply
+    if kind != "bpe":
+        return
+    if getattr(ds, "tokenizer", None) != "bpe":
+        raise StagetrainError(
+            f"strategy.source={cfg.strategy.source} was trained on a BPE of {size} token ids, so its embeddings "
+            f"mean nothing under dataset.tokenizer={getattr(ds, 'tokenizer', None)}. Add dataset.tokenizer=bpe "
+            f"dataset.vocab_size={size - 1}: the fine-tune then reuses the source run's BPE.")
+    if getattr(ds, "tokenizer_path", None) is None:
+        ds.tokenizer_path = str(source)
 
 
 def _validate_text_pretrain(cfg: Any) -> None:
