@@ -76,6 +76,9 @@ MODES = {
 }
 
 
+PROBED = ("linear_probe", "lp_ft", "gradual_unfreeze")  # a head-only L-BFGS probe stage first
+
+
 @needs_fortunes
 @pytest.mark.full  # ten command-line runs (about two minutes on 2 busy cores): `pytest --full`
 @pytest.mark.parametrize("mode", list(MODES))
@@ -88,8 +91,9 @@ def test_every_finetune_mode_runs_on_a_hf_source_from_the_command_line(mode, sou
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "completed" and info["source"]["path"].startswith(str(sources / source))
     assert [s["trainable_params"] for s in info["stages"]] == trainable(model)
-    assert all(s["objective"] == "supervised" for s in info["plan"]["stages"])
-    assert 0 <= info["final"]["test/acc"] <= 1 and 0 < info["final"]["val/loss"] < 6.0  # ln 43 = 3.76
+    assert all(s["objective"] == "supervised" for s in info["stages"])
+    # an L-BFGS probe on 64 texts of 43 classes overfits (validation loss ~30); the others stay near ln 43 = 3.76
+    assert 0 <= info["final"]["test/acc"] <= 1 and 0 < info["final"]["val/loss"] < (100 if mode in PROBED else 6)
     final = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["arch"]
     assert len(final["blocks"]) == 2 + (mode == "add_layers") and "lora" not in final  # lora merged at the end
     if mode == "discriminative_lrs":

@@ -19,9 +19,8 @@ from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice, did_you_mean
 
-__all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "check_text_pretrain",
-           "grow_widths",
-           "with_grow_widths", "grow_schedule", "init_weights", "export", "SUPPORTED"]
+__all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
+           "with_grow_widths", "grow_schedule", "init_weights", "export", "check_text_pretrain", "SUPPORTED"]
 
 SUPPORTED = ("bert", "roberta", "gpt2", "llama", "qwen2", "mistral")
 ENCODERS = ("bert", "roberta")
@@ -44,8 +43,7 @@ def _type(m: Any) -> str:
 
 
 def is_lm(m: Any) -> bool:
-    """A causal language model (task=lm): its supervised stages train ``lm``. An mlm head says
-    ``"objective": "mlm"`` in its spec, which the stages through it train (``head_objective``)."""
+    """A causal LM (task=lm): its supervised stages train ``lm`` (an mlm head's spec says so itself)."""
     return m.task == "lm"
 
 
@@ -228,9 +226,8 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
 
 
 def as_classifier(arch: dict[str, Any], num_classes: int, model: Any = None) -> dict[str, Any]:
-    """A language model's spec (lm or mlm head) with the model's own classification head over
-    padded token inputs: what fine-tuning it on labelled texts starts from (the stem and the
-    layers keep their weights, their causality and the mask token's row)."""
+    """An LM's or MLM's spec under the model's own classification head over padded inputs (the
+    stem and layers keep their weights, causality and mask token row): fine-tuning on labels."""
     padded = {"padding": True}
     head = arch["head"]
     cls = {"type": "hf_head", "model_type": head["model_type"], "config": head["config"], "tokens": head["tokens"],
@@ -240,8 +237,7 @@ def as_classifier(arch: dict[str, Any], num_classes: int, model: Any = None) -> 
 
 
 def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
-    """The spec with one more embedding row, the mask token of ``mlm`` pretraining: id
-    ``mask_id`` = the old vocabulary size (the data's ids keep their meaning)."""
+    """One more embedding row, ``mlm`` pretraining's mask token: id = the old vocabulary size."""
     stem = arch["stem"]
     if "mask_id" in stem:
         return arch
@@ -256,18 +252,14 @@ def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_text_pretrain(m: Any, objective: str) -> None:
-    """In-run ``lm`` / ``mlm`` pretraining (``strategy.pretrain.objective``) needs the layers the
-    architecture has: next-token prediction causal ones (a decoder), masked tokens
-    bidirectional ones (an encoder); a transformers layer's causality is its own."""
-    t = _type(m)
-    if objective == "lm" and t in ENCODERS:
-        raise StagetrainError(f"strategy.pretrain.objective=lm trains next-token prediction, which needs causal layers, "
-                              f"but a {t} model's layers attend both ways (an encoder). Use "
-                              "strategy.pretrain.objective=mlm, or a decoder (gpt2, llama, qwen2, mistral).")
-    if objective == "mlm" and t not in ENCODERS:
-        raise StagetrainError(f"strategy.pretrain.objective=mlm predicts masked tokens from both sides, but a {t} "
-                              "model's layers are causal (a decoder). Use strategy.pretrain.objective=lm, or an "
-                              "encoder (bert, roberta).")
+    """In-run lm / mlm pretraining needs the layers the architecture has (no model.causal here)."""
+    encoder = _type(m) in ENCODERS
+    if (objective == "lm") == encoder:
+        need = "causal layers (a decoder: gpt2, llama, qwen2, mistral)" if encoder else \
+            "bidirectional layers (an encoder: bert, roberta)"
+        raise StagetrainError(f"strategy.pretrain.objective={objective} needs {need}, but a {_type(m)} model is "
+                              f"{'an encoder' if encoder else 'a decoder'}. Use strategy.pretrain.objective="
+                              f"{'mlm' if encoder else 'lm'}, or a model_type with {need.partition(' (')[0]}.")
 
 
 def grow_widths(m: Any) -> list[int]:
@@ -290,17 +282,14 @@ def with_grow_widths(m: Any, widths: list[int]) -> Any:
 
 def grow_schedule(m: Any) -> list[list[int]]:
     """grow's default: depth 1 -> 2 -> all layers at the model's MLP width."""
-    widths = grow_widths(m)
-    return [widths[:d] for d in sorted({1, 2, len(widths)})]
+    return [grow_widths(m)[:d] for d in sorted({1, 2, len(grow_widths(m))})]
 
 
 def init_weights(m: Any, model: Any) -> dict[str, Any] | None:
     """A fresh model's weights from ``model.pretrained`` (its model.safetensors), if set."""
-    if not m.pretrained:
-        return None
     from stagetrain.models.hf_io import load_pretrained
 
-    return load_pretrained(model, m.pretrained)
+    return load_pretrained(model, m.pretrained) if m.pretrained else None
 
 
 def export(m: Any, model: Any, run_dir: Path) -> Path | None:
