@@ -80,3 +80,19 @@ def copy_parts(src: StagedModel, dst: StagedModel, skip: set[str]) -> None:
     for name in src.group_names:
         if name not in skip:
             dst.group(name).load_state_dict(src.group(name).state_dict())
+
+
+def insert_copy(model: StagedModel, index: int) -> tuple[StagedModel, nn.Module]:
+    """A model with a block like block ``index`` (same spec, fresh weights) inserted above it,
+    every other group copied unchanged; returns the model and the new block (whose weights an
+    operator then sets, e.g. output projections zeroed for an identity)."""
+    import copy
+
+    spec = copy.deepcopy(model.spec)
+    blocks = spec["blocks"]
+    new_block = {**copy.deepcopy(blocks[index]), "name": fresh_name(blocks)}
+    blocks.insert(index + 1, new_block)
+    new = StagedModel(spec).to(next(model.parameters()))
+    with torch.no_grad():
+        copy_parts(model, new, {new_block["name"]})
+    return new, new.blocks[new_block["name"]]

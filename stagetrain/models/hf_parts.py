@@ -21,14 +21,13 @@ identity: they offer ``stack`` and ``deepen:random`` only.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stagetrain.models.growth_units import copy_parts, fresh_name
+from stagetrain.models.growth_units import insert_copy
 from stagetrain.models.hf_arch import (
     ARCHS,
     attention_mask,
@@ -165,16 +164,11 @@ class HFHead(nn.Module):
 def deepen_hf(model: StagedModel, index: int, kind: str = "residual_zero") -> StagedModel:
     """A layer like layer ``index`` inserted above it: the identity (residual_zero, identity:
     its output projections zero, its other weights fresh) or freshly initialised (random)."""
-    spec = copy.deepcopy(model.spec)
-    blocks = spec["blocks"]
-    new_block = {**copy.deepcopy(blocks[index]), "name": fresh_name(blocks)}
-    blocks.insert(index + 1, new_block)
-    new = StagedModel(spec).to(next(model.parameters()))
+    new, block = insert_copy(model, index)
     with torch.no_grad():
-        copy_parts(model, new, {new_block["name"]})
         if kind in ("residual_zero", "identity"):
-            layer = new.blocks[new_block["name"]].layer
-            for path in ARCHS[new_block["model_type"]]["zero"]:
+            layer = block.layer
+            for path in ARCHS[model.spec["blocks"][index]["model_type"]]["zero"]:
                 linear = layer.get_submodule(path)
                 linear.weight.zero_()
                 if linear.bias is not None:

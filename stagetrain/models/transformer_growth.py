@@ -26,7 +26,7 @@ from stagetrain.models.growth_units import (
     consumer_units,
     copy_parts,
     copy_units,
-    fresh_name,
+    insert_copy,
     own_units,
     read_units,
     widen_info,
@@ -66,15 +66,9 @@ def widen_mlp(model: StagedModel, index: int, width: int, method: str = "net2net
 def deepen_layer(model: StagedModel, index: int, kind: str = "residual_zero") -> StagedModel:
     """Insert a layer like layer ``index`` above it: the identity (residual_zero, identity)
     or freshly initialised (random)."""
-    spec = copy.deepcopy(model.spec)
-    blocks = spec["blocks"]
-    new_block = {**copy.deepcopy(blocks[index]), "name": fresh_name(blocks)}
-    blocks.insert(index + 1, new_block)
-    new = StagedModel(spec).to(next(model.parameters()))
+    new, layer = insert_copy(model, index)
     with torch.no_grad():
-        copy_parts(model, new, {new_block["name"]})
         if kind in ("residual_zero", "identity"):
-            layer = new.blocks[new_block["name"]]
             for linear in (layer.attn.proj, layer.mlp.fc2):
                 linear.weight.zero_()
                 linear.bias.zero_()
