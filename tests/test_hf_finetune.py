@@ -39,15 +39,20 @@ def _params(model: StagedModel, *prefixes: str, leaf: str = "") -> int:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """model=hf source runs: a LLaMA and a BERT classifying fortunes, a LLaMA language model."""
+    """model=hf source runs by name: a LLaMA and a BERT classifying fortunes, a LLaMA language model."""
     root = tmp_path_factory.mktemp("hf_sources")
-    for name, args in {"llama": [LLAMA], "bert": [BERT], "llama_lm": [LLAMA, "dataset.task=lm"]}.items():
-        assert train(make_cfg("model=hf", *args, *DATA, "strategy=scratch"), root / name)["status"] == "completed"
-    return root
+    args = {"llama": [LLAMA], "bert": [BERT], "llama_lm": [LLAMA, "dataset.task=lm"]}
+
+    def source(name: str):  # trained once, when a test first asks for it
+        if not (root / name / "run.json").is_file():
+            info = train(make_cfg("model=hf", *args[name], *DATA, "strategy=scratch"), root / name)
+            assert info["status"] == "completed"
+        return root / name
+    return source
 
 
 def _source_model(sources, name: str) -> StagedModel:
-    return StagedModel(torch.load(sources / name / "checkpoints" / "last.pt", weights_only=True)["arch"])
+    return StagedModel(torch.load(sources(name) / "checkpoints" / "last.pt", weights_only=True)["arch"])
 
 
 def _lora(m: StagedModel, targets: tuple[str, ...], rank: int = 4) -> int:
@@ -86,10 +91,10 @@ def test_every_finetune_mode_runs_on_a_hf_source_from_the_command_line(mode, sou
     source, args, trainable = MODES[mode]
     model = _source_model(sources, source)
     proc = run_cli("model=hf", LLAMA if source == "llama" else BERT, *DATA, "strategy=finetune",
-                   f"strategy.source={sources / source}", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+                   f"strategy.source={sources(source)}", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["status"] == "completed" and info["source"]["path"].startswith(str(sources / source))
+    assert info["status"] == "completed" and info["source"]["path"].startswith(str(sources(source)))
     assert [s["trainable_params"] for s in info["stages"]] == trainable(model)
     assert all(s["objective"] == "supervised" for s in info["stages"])
     # an L-BFGS probe on 64 texts of 43 classes overfits (validation loss ~30); the others stay near ln 43 = 3.76
@@ -108,7 +113,7 @@ def test_every_finetune_mode_runs_on_a_hf_source_from_the_command_line(mode, sou
 @needs_fortunes
 @pytest.mark.full  # three command-line runs, one with its control, one a search of two trials: `pytest --full`
 def test_the_equal_flops_control_and_tuning_run_on_a_hf_finetune(sources, tmp_path):
-    base = ["model=hf", LLAMA, *DATA, "strategy=finetune", f"strategy.source={sources / 'llama'}",
+    base = ["model=hf", LLAMA, *DATA, "strategy=finetune", f"strategy.source={sources('llama')}",
             "strategy.mode=lora", "strategy.lora.targets=[q_proj,v_proj]"]
     proc = run_cli(*base, "compare.scratch=true", f"hydra.run.dir={tmp_path / 'ctl'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,13 +133,13 @@ def test_the_equal_flops_control_and_tuning_run_on_a_hf_finetune(sources, tmp_pa
 def test_a_language_model_source_becomes_a_classifier(sources, tmp_path):
     """A LLaMA trained on next tokens, fine-tuned on categories: the family's as_classifier puts
     its stem and layers under LlamaForSequenceClassification's head (score at the last token)."""
-    info = train(make_cfg("model=hf", LLAMA, *DATA, "strategy=finetune", f"strategy.source={sources / 'llama_lm'}",
+    info = train(make_cfg("model=hf", LLAMA, *DATA, "strategy=finetune", f"strategy.source={sources('llama_lm')}",
                           "strategy.mode=full"), tmp_path / "run")
     assert info["status"] == "completed" and info["stages"][0]["objective"] == "supervised"
     arch = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["arch"]
     assert arch["head"]["task"] == "classification" and arch["head"]["out"] == CLASSES
     assert all(b["causal"] and b["padding"] for b in arch["blocks"])
-    body = {k: v for k, v in torch.load(sources / "llama_lm" / "checkpoints" / "best.pt",
+    body = {k: v for k, v in torch.load(sources("llama_lm") / "checkpoints" / "best.pt",
                                         weights_only=True)["model"].items() if not k.startswith("head.")}
     missing = StagedModel(arch).load_state_dict(body, strict=False).missing_keys  # the source's body fits
     assert missing and all(k.startswith("head.") for k in missing)  # only the classifier head is new
