@@ -39,9 +39,11 @@ def _params(model: StagedModel, *prefixes: str, leaf: str = "") -> int:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """model=hf source runs by name: a LLaMA and a BERT classifying fortunes, a LLaMA language model."""
+    """model=hf source runs by name: a LLaMA and a BERT classifying fortunes, a LLaMA language
+    model, a BERT masked language model."""
     root = tmp_path_factory.mktemp("hf_sources")
-    args = {"llama": [LLAMA], "bert": [BERT], "llama_lm": [LLAMA, "dataset.task=lm"]}
+    args = {"llama": [LLAMA], "bert": [BERT], "llama_lm": [LLAMA, "dataset.task=lm"],
+            "bert_mlm": [BERT, "dataset.task=lm"]}
 
     def source(name: str):  # trained once, when a test first asks for it
         if not (root / name / "run.json").is_file():
@@ -130,16 +132,20 @@ def test_the_equal_flops_control_and_tuning_run_on_a_hf_finetune(sources, tmp_pa
 
 
 @needs_fortunes
-def test_a_language_model_source_becomes_a_classifier(sources, tmp_path):
-    """A LLaMA trained on next tokens, fine-tuned on categories: the family's as_classifier puts
-    its stem and layers under LlamaForSequenceClassification's head (score at the last token)."""
-    info = train(make_cfg("model=hf", LLAMA, *DATA, "strategy=finetune", f"strategy.source={sources('llama_lm')}",
+@pytest.mark.parametrize("source", ["llama_lm", "bert_mlm"])
+def test_a_language_model_source_becomes_a_classifier(source, sources, tmp_path):
+    """A LLaMA trained on next tokens (a BERT on masked tokens), fine-tuned on categories: the
+    family's as_classifier puts its stem and layers (causal; the mask token's row) under the
+    model's own sequence classifier (score at the last token; pooler + classifier on [CLS])."""
+    model = LLAMA if source == "llama_lm" else BERT
+    info = train(make_cfg("model=hf", model, *DATA, "strategy=finetune", f"strategy.source={sources(source)}",
                           "strategy.mode=full"), tmp_path / "run")
     assert info["status"] == "completed" and info["stages"][0]["objective"] == "supervised"
     arch = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["arch"]
     assert arch["head"]["task"] == "classification" and arch["head"]["out"] == CLASSES
-    assert all(b["causal"] and b["padding"] for b in arch["blocks"])
-    body = {k: v for k, v in torch.load(sources("llama_lm") / "checkpoints" / "best.pt",
+    assert all(b["causal"] == (source == "llama_lm") and b["padding"] for b in arch["blocks"])
+    assert ("mask_id" in arch["stem"]) == (source == "bert_mlm")
+    body = {k: v for k, v in torch.load(sources(source) / "checkpoints" / "best.pt",
                                         weights_only=True)["model"].items() if not k.startswith("head.")}
     missing = StagedModel(arch).load_state_dict(body, strict=False).missing_keys  # the source's body fits
     assert missing and all(k.startswith("head.") for k in missing)  # only the classifier head is new
