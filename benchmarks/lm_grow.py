@@ -15,6 +15,10 @@ growth. Plot: val loss against cumulative FLOPs, one line per run, the target da
     STAGETRAIN_DATA=../shared/data python benchmarks/lm_grow.py              # 2 arms x 3 seeds (~40 min here)
     python benchmarks/lm_grow.py --from-sweep <sweep dir> [<sweep dir> ...]  # finished sweeps
     python benchmarks/lm_grow.py --quick                                      # tiny sizes, 1 seed: a smoke test
+
+``--from-sweep`` reads any sweep with the arms ``scratch`` and ``grow_stack``, e.g. ``experiment=gstack_llama``
+(the same comparison on ``model=hf``, a LLaMA-style decoder over BPE tokens: pass ``--experiment gstack_llama``
+to name it in the JSON and the plot; its losses are nats per BPE token).
 """
 
 from __future__ import annotations
@@ -134,6 +138,11 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"runs": runs, "summary": summary}
 
 
+TITLES = {"lm_grow_vs_scratch": ("byte LM on fortunes: stacking 2->4->8 layers vs 8 layers from scratch", "nats/byte"),
+          "gstack_llama": ("LLaMA-style decoder (model=hf), BPE tokens on fortunes: stacking 2->4->8 vs scratch",
+                           "nats/token")}
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -149,9 +158,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         for g in r["growth"]:
             ax.axvline(g["flops"], color=colours[r["arm"]], lw=0.5, ls=":")
     ax.axhline(result["summary"]["targets"][0], color="grey", ls="--", lw=1, label="scratch final val loss")
+    title, unit = TITLES.get(result["settings"]["experiment"], (result["settings"]["experiment"], "nats/token"))
     ax.set_xlabel("cumulative training FLOPs")
-    ax.set_ylabel("val loss (nats/byte)")
-    ax.set_title("byte LM on fortunes: stacking 2->4->8 layers vs 8 layers from scratch")
+    ax.set_ylabel(f"val loss ({unit})")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -164,13 +174,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--from-sweep", type=Path, nargs="+",
                    help="analyse finished lm_grow_vs_scratch sweeps (e.g. one per arm) instead of training")
+    p.add_argument("--experiment", default="lm_grow_vs_scratch",
+                   help="the experiment the sweeps ran (--from-sweep): its name in the JSON and the plot")
     p.add_argument("--out", type=Path, default=RESULTS / "lm_grow.json")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args()
     start = time.perf_counter()
     runs = sweep_runs(args.from_sweep) if args.from_sweep else run_all(list(range(1 if args.quick else args.seeds)),
                                                                         args.quick)
-    result = {"machine": machine(), "settings": {"experiment": "lm_grow_vs_scratch", "quick": args.quick,
+    result = {"machine": machine(), "settings": {"experiment": args.experiment, "quick": args.quick,
                                                  "from_sweep": [str(x) for x in args.from_sweep or []],
                                                  "margins_nats": MARGINS},
               **analyse(runs)}

@@ -190,7 +190,7 @@ def test_experiments_are_documented_sweeps():
 def test_every_experiment_job_composes_and_plans(name, tmp_path):
     env = {"STAGETRAIN_DATA": str(tiny_fortunes(tmp_path / "data"))} if name in TEXT_EXPERIMENTS else None
     proc = run_cli("-m", f"experiment={name}", "dry_run=true", f"hydra.sweep.dir={tmp_path / 'dry'}", cwd=tmp_path,
-                   env=env)
+                   env=env, timeout=max(300, 5 * _sweep_size(name)))  # bert_pretrain_finetune: 108 jobs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("Dry run: nothing was trained") == _sweep_size(name)
     assert "ERROR" not in proc.stderr
@@ -218,9 +218,15 @@ SMALL = {
                                "dataset.labeled_fraction=0.1", "strategy.pretrain.epochs=1"],
     "text_layerwise_vs_scratch": ["seed=0", "strategy.epochs_per_layer=1",
                                   "compare.scratch=false"],
+    "gstack_llama": ["arm=grow_stack", "seed=0", "strategy.epochs_per_stage=1", "strategy.final_epochs=1",
+                     "model.config.hidden_size=16", "dataset.max_len=16", "dataset.val_fraction=0.1",
+                     "dataset.test_fraction=0.1"],
+    "bert_pretrain_finetune": ["arm=text_mlm_bpe", "strategy.mode=lora", "seed=0", "dataset.labeled_fraction=0.1",
+                               "strategy.pretrain.epochs=1"],
 }
-LM_EXPERIMENTS = {"lm_grow_vs_scratch"}  # language models report val/test loss, not accuracy
-TEXT_EXPERIMENTS = {"lm_grow_vs_scratch", "text_pretrain_finetune", "text_layerwise_vs_scratch"}  # on fortunes
+LM_EXPERIMENTS = {"lm_grow_vs_scratch", "gstack_llama"}  # language models report val/test loss, not accuracy
+TEXT_EXPERIMENTS = {"lm_grow_vs_scratch", "text_pretrain_finetune", "text_layerwise_vs_scratch",  # on fortunes
+                    "gstack_llama", "bert_pretrain_finetune"}
 
 
 def tiny_fortunes(root: Path) -> Path:
