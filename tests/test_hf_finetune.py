@@ -232,7 +232,8 @@ def _tiny(model_type: str, task: str, targets: list[str]) -> StagedModel:
 
 @pytest.mark.parametrize(("model_type", "task", "targets"), [("llama", "lm", ["q_proj", "v_proj"]),
                                                              ("bert", "classification", ["query", "value"]),
-                                                             ("qwen2", "classification", ["o_proj", "down_proj"])])
+                                                             ("qwen2", "classification", ["o_proj", "down_proj"]),
+                                                             ("gpt2", "lm", ["c_attn"])])  # GPT-2: Conv1D layers
 def test_unmerged_lora_adapters_load_in_peft_with_stagetrains_logits(model_type, task, targets, tmp_path):
     peft = pytest.importorskip("peft", reason="peft (the hf extra) is not installed")
     from safetensors.torch import load_file
@@ -280,3 +281,27 @@ def test_a_finished_run_with_unmerged_lora_writes_a_peft_adapter(tmp_path):
     x = torch.randint(1, 257, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(x) - tuned(input_ids=x).logits).abs().max() <= 1e-5
+
+
+def test_lora_on_gpt2s_conv1d_layers_merges_to_the_same_function():
+    """GPT-2's projections are transformers' Conv1D (weight in x out): adapters attach to them
+    by name, leave the function unchanged until trained, and merge back exactly."""
+    from stagetrain.growth.ops import merge_lora
+    from stagetrain.models.lora import LoRAConv1D
+
+    model = _tiny("gpt2", "lm", ["c_attn", "c_fc"])
+    adapted = [m for m in model.modules() if isinstance(m, LoRAConv1D)]
+    assert len(adapted) == 4  # c_attn and mlp.c_fc of both layers
+    x = torch.randint(1, 40, (3, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(x)
+        for m in adapted:
+            m.lora_b.zero_()
+        plain = model(x)
+    assert (before - plain).abs().max() > 1e-4  # the trained-looking adapters change the output
+    model = _tiny("gpt2", "lm", ["c_attn", "c_fc"])
+    merged = merge_lora(model).eval()
+    assert not any(isinstance(m, LoRAConv1D) for m in merged.modules())
+    with torch.no_grad():
+        assert (merged(x) - model(x)).abs().max() <= 1e-5
+

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.models import StagedModel, part_type
 from stagetrain.models.growth_units import fresh_name
-from stagetrain.models.lora import LoRAConv2d, LoRALinear, resolve_targets
+from stagetrain.models.lora import LORA_TYPES, adaptable, resolve_targets
 from stagetrain.nn.modelops import AddLora, Deepen, MergeLora, ModelOp, Stack, Widen, as_op
 
 
@@ -105,7 +104,7 @@ def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = N
     targets = resolve_targets(model, list(patterns or []))
     if not targets:
         names = sorted({f"{n} ({type(m).__name__})" for b in model.blocks.values()
-                        for n, m in b.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)})
+                        for n, m in b.named_modules() if adaptable(m)})
         why = (f"strategy.lora.targets={list(patterns)} matches none of the blocks' Linear/Conv2d layers"
                if patterns else "strategy.lora.targets=[] adapts every nn.Linear inside the blocks, and they have none")
         example = names[0].split(" ")[0] if names else None
@@ -127,7 +126,7 @@ def merge_lora(model: Any) -> Any:
     state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
     with torch.no_grad():
         for name, m in model.named_modules():
-            if isinstance(m, LoRALinear | LoRAConv2d):
+            if isinstance(m, LORA_TYPES):
                 state[f"{name}.weight"] = m.weight + m.delta()
     new.load_state_dict(state)
     return new

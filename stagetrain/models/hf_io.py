@@ -102,6 +102,13 @@ def export_pretrained(model: StagedModel, folder: Path) -> Path | None:
     return folder
 
 
+def _fan_in_fan_out(model: StagedModel) -> bool:
+    """PEFT's flag for layers stored in x out (GPT-2's Conv1D): true when the adapted ones are."""
+    from stagetrain.models.lora import LoRAConv1D
+
+    return any(isinstance(m, LoRAConv1D) for m in model.modules())
+
+
 def export_adapter(model: StagedModel, folder: Path, base: Path) -> Path:
     """``model``'s LoRA adapters as PEFT writes them: adapter_model.safetensors with keys
     ``base_model.model.<transformers module>.lora_A.weight`` / ``lora_B.weight`` (A: rank x in,
@@ -129,7 +136,7 @@ def export_adapter(model: StagedModel, folder: Path, base: Path) -> Path:
             tensors[f"base_model.model.{module}.{LORA_KEYS[leaf]}"] = state[key]
     config = {"peft_type": "LORA", "task_type": PEFT_TASK.get(task), "base_model_name_or_path": str(base.resolve()),
               "r": int(lora["rank"]), "lora_alpha": float(lora["alpha"]), "lora_dropout": 0.0, "bias": "none",
-              "target_modules": sorted(modules), "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+              "target_modules": sorted(modules), "fan_in_fan_out": _fan_in_fan_out(model), "use_rslora": False, "use_dora": False,
               "init_lora_weights": True, "inference_mode": True, "modules_to_save": sorted(heads) or None,
               "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
     folder.mkdir(parents=True, exist_ok=True)

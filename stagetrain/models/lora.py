@@ -1,4 +1,5 @@
-"""LoRA on any ``nn.Linear`` / ``nn.Conv2d`` of a model, chosen by module-name pattern.
+"""LoRA on any ``nn.Linear`` / ``nn.Conv2d`` (and transformers' GPT-2 ``Conv1D``, a linear layer
+whose weight is stored in x out) of a model, chosen by module-name pattern.
 
 A target layer computes ``layer(x) + alpha/rank * B(A(x))`` with B zero at insertion, so
 adding adapters leaves the function unchanged; merging folds ``alpha/rank * B A`` into the
@@ -61,8 +62,42 @@ class LoRAConv2d(nn.Conv2d):
         return self.lora_scale * torch.einsum("or,rikl->oikl", self.lora_b.flatten(1), self.lora_a)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections): y = x W + b with W in x out."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | nn.Conv2d) or is_conv1d(module)
+
+
+class LoRAConv1D(nn.Module):
+    """transformers' ``Conv1D`` with an adapter: the same ``weight`` (in x out), ``bias`` and
+    ``nf``, so the base keys and a merge into a plain ``Conv1D`` are unchanged."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float):
+        super().__init__()
+        n_in, self.nf = base.weight.shape
+        self.weight = nn.Parameter(torch.empty_like(base.weight))
+        self.bias = nn.Parameter(torch.empty_like(base.bias))
+        self.lora_a = nn.Parameter(torch.empty(rank, n_in, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(self.nf, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.lora_scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).view(*x.shape[:-1], self.nf)
+        return out + self.lora_scale * F.linear(F.linear(x, self.lora_a), self.lora_b)
+
+    def delta(self) -> torch.Tensor:
+        return (self.lora_scale * self.lora_b @ self.lora_a).T  # in x out, as the weight
+
+
+LORA_TYPES = (LoRALinear, LoRAConv2d, LoRAConv1D)
+
+
 def _adapted(module: nn.Module, rank: int, alpha: float) -> nn.Module:
-    cls = LoRALinear if isinstance(module, nn.Linear) else LoRAConv2d
+    cls = LoRAConv1D if is_conv1d(module) else LoRALinear if isinstance(module, nn.Linear) else LoRAConv2d
     new = cls(module, rank, alpha)
     new.load_state_dict(module.state_dict(), strict=False)
     return new
@@ -82,13 +117,13 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     out = []
     for bname, block in model.blocks.items():
         for name, m in block.named_modules():
-            if not name or not isinstance(m, nn.Linear | nn.Conv2d):
+            if not name or not adaptable(m):
                 continue
             full = f"blocks.{bname}.{name}"
             leaf = name.rpartition(".")[2]
             hit = (any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(leaf, p)
                        for p in patterns)
-                   if patterns else isinstance(m, nn.Linear))
+                   if patterns else isinstance(m, nn.Linear) or is_conv1d(m))
             if hit:
                 out.append(full)
     return out
@@ -107,6 +142,7 @@ def attach(model: nn.Module, lora: dict[str, Any]) -> None:
             layer = model.get_submodule(name)
         except AttributeError:
             layer = None
-        if not name.startswith("blocks.") or not isinstance(layer, nn.Linear | nn.Conv2d):
-            raise StagetrainError(f"the spec's lora target {name!r} is not a Linear or Conv2d layer inside the blocks")
+        if not name.startswith("blocks.") or layer is None or not adaptable(layer):
+            raise StagetrainError(f"the spec's lora target {name!r} is not a Linear, Conv2d or Conv1D layer inside "
+                                  "the blocks")
         _set(model, name, _adapted(layer, int(lora["rank"]), float(lora["alpha"])))
