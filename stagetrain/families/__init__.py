@@ -52,10 +52,15 @@ def vouched_by(cfg: Any) -> contextlib.AbstractContextManager[None]:
     return trust.vouched(trust.named_by(cfg) | {str(t) for t in (hook(model) if hook else [])})
 
 
+def hook(model: Any, name: str) -> Any:
+    """The optional hook ``name`` of ``model``'s family (see the list above), or None."""
+    return getattr(family(model.name), name, None)
+
+
 def is_lm(model: Any) -> bool:
     """Whether ``model`` (a resolved model config) is a language model (its head predicts tokens)."""
-    hook = getattr(family(model.name), "is_lm", None)
-    return bool(hook is not None and hook(model))
+    own = hook(model, "is_lm")
+    return bool(own is not None and own(model))
 
 
 def build_spec(model_cfg: object, in_shape: tuple[int, ...], num_classes: int) -> dict:

@@ -26,6 +26,7 @@ from stagetrain.data import DataBundle
 from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.engine import Engine
 from stagetrain.families import build_spec, vouched_by
+from stagetrain.families import hook as family_hook
 from stagetrain.models import StagedModel, count_parameters
 from stagetrain.nn.flops import analytic_flops
 from stagetrain.progress import Reporter
@@ -87,7 +88,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     record.update(engine)
     continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
-    export = _family_hook(settings, "export")  # e.g. model=hf: <run>/hf/ (save_pretrained)
+    export = family_hook(settings.model, "export")  # e.g. model=hf: <run>/hf/ (save_pretrained)
     if main and export is not None:
         export(settings.model, engine.model, rundir.path)
     if main:  # under-trained / barely-learnt stages: the log, run.json, the final table (convergence.py)
@@ -142,7 +143,7 @@ def build_parts(settings: RunConfig, device: torch.device, fresh: bool = True) -
     spec = initial_spec(settings, datasets["target"].in_shape, datasets["target"].num_classes)
     seed_everything(settings.seed)
     model = StagedModel(spec).to(device)
-    init_weights = _family_hook(settings, "init_weights")  # e.g. model=hf: model.pretrained's weights
+    init_weights = family_hook(settings.model, "init_weights")  # e.g. model=hf: model.pretrained's weights
     if fresh and init_weights is not None:
         init_weights(settings.model, model)
     plan = STRATEGIES[settings.strategy.name].build(settings, spec)
@@ -258,10 +259,3 @@ def check_world(batch_size: int, world: int) -> None:
             f"train.batch_size={batch_size} cannot be split over the {world} torchrun processes: the global "
             f"batch stays train.batch_size and each process takes batch_size / {world}. Use a "
             f"multiple of {world}, e.g. train.batch_size={max(world, batch_size // world * world)}.")
-
-
-def _family_hook(settings: RunConfig, name: str) -> Any:
-    """The model family's optional hook ``name`` (``init_weights``, ``export``), or None."""
-    from stagetrain.families import family
-
-    return getattr(family(settings.model.name), name, None)

@@ -44,7 +44,8 @@ import torch
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.plan import Plan, Stage, auto_length
 from stagetrain.datasets import dataset_meta
-from stagetrain.families import build_spec, family, is_lm
+from stagetrain.families import build_spec, is_lm
+from stagetrain.families import hook as family_hook
 from stagetrain.growth import fresh_name
 from stagetrain.models import StagedModel
 from stagetrain.models.registry import part_type
@@ -108,7 +109,7 @@ def _text_pretrain_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -
     if objective.causal and getattr(model, "causal", False) is None:  # model=hf: its layers decide
         model = replace(model, causal=True)
     arch = build_spec(model, in_shape, num_classes)
-    return _hook(cfg, "with_mask_token")(arch) if objective.mask_token else arch
+    return family_hook(cfg.model, "with_mask_token")(arch) if objective.mask_token else arch
 
 
 def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -123,16 +124,11 @@ def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: 
             raise StagetrainError(
                 f"strategy.head=reuse needs the same number of classes, but the source {src.path} has "
                 f"{arch['num_classes']} and this run's data has {num_classes}. Use strategy.head=new.")
-    elif head_objective(arch["head"]) is not None and not is_lm(cfg.model) and _hook(cfg, "as_classifier"):
-        arch = _hook(cfg, "as_classifier")(arch, num_classes, cfg.model)  # LM / MLM pretraining -> labels
+    elif head_objective(arch["head"]) is not None and not is_lm(cfg.model) and family_hook(cfg.model, "as_classifier"):
+        arch = family_hook(cfg.model, "as_classifier")(arch, num_classes, cfg.model)  # LM / MLM pretraining -> labels
     else:
         arch["head"]["out"] = arch["num_classes"] = int(num_classes)
     return arch
-
-
-def _hook(cfg: Any, name: str) -> Any:
-    """The model family's optional hook (``as_classifier``, ``with_mask_token``), or None."""
-    return getattr(family(cfg.model.name), name, None)
 
 
 def _arch_name(cfg: Any) -> str:
