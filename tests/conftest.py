@@ -163,6 +163,20 @@ def kill_once(run: Path, args: list[str], cwd: Path, fired: Callable[[], bool], 
             proc.kill()
 
 
+def kill_mid_epoch(run: Path, args: list[str], cwd: Path) -> None:
+    """Start the CLI; SIGKILL it once a mid-epoch checkpoint after epoch 1 exists."""
+    last = run / "checkpoints" / "last.pt"
+
+    def mid_epoch() -> bool:
+        try:
+            pos = torch.load(last, weights_only=True)["position"] if last.exists() else None
+        except Exception:  # noqa: BLE001 - being replaced right now
+            pos = None
+        return pos is not None and pos["epoch"] >= 1 and pos["batch"] > 0
+
+    kill_once(run, args, cwd, mid_epoch)
+
+
 def assert_epochs_exactly_once(run: Path) -> None:
     events = read_metrics(run / "metrics.jsonl")
     keys = Counter((e["stage"], e["epoch"], e["split"]) for e in events if "split" in e)

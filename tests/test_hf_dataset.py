@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import final_weights, kill_once, make_cfg, resume_until_done, run_cli
+from conftest import final_weights, kill_mid_epoch, make_cfg, resume_until_done, run_cli
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.datasets import load_data
@@ -161,15 +161,7 @@ def test_sigkill_mid_epoch_while_streaming_resumes_to_the_same_weights(tmp_path)
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run, last = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "last.pt"
-
-    def mid_epoch() -> bool:
-        try:
-            pos = torch.load(last, weights_only=True)["position"] if last.exists() else None
-        except Exception:  # noqa: BLE001 - being replaced right now
-            pos = None
-        return pos is not None and pos["epoch"] >= 1 and pos["batch"] > 0
-
-    kill_once(run, args, tmp_path, mid_epoch)
+    kill_mid_epoch(run, args, tmp_path)
     assert torch.load(last, weights_only=True)["position"]["batch"] > 0
     resume_until_done(run, args, tmp_path)
     ref, got = final_weights(tmp_path / "reference"), final_weights(run)

@@ -11,7 +11,7 @@ import torch
 from conftest import (
     assert_epochs_exactly_once,
     final_weights,
-    kill_once,
+    kill_mid_epoch,
     make_cfg,
     resume_until_done,
 )
@@ -114,20 +114,6 @@ def test_bad_storage_settings_are_refused_before_anything_runs(overrides, words)
         validate(make_cfg(*SMALL, *overrides))
 
 
-def _kill_mid_epoch(run, args, cwd):
-    """Start the CLI; SIGKILL it once a mid-epoch checkpoint after epoch 1 exists."""
-    last = run / "checkpoints" / "last.pt"
-
-    def mid_epoch() -> bool:
-        try:
-            pos = torch.load(last, weights_only=True)["position"] if last.exists() else None
-        except Exception:  # noqa: BLE001 - being replaced right now
-            pos = None
-        return pos is not None and pos["epoch"] >= 1 and pos["batch"] > 0
-
-    kill_once(run, args, cwd, mid_epoch)
-
-
 @pytest.mark.full  # three runs, one killed: ~45 s on 2 busy cores; `pytest --full`
 def test_sigkill_mid_epoch_while_streaming_with_workers_and_augmentation_resumes_bit_identical(idx_root, tmp_path):
     args = [*SMALL, f"dataset.root={idx_root}", "model.widths=[512,512]", "train.batch_size=16", "train.epochs=3",
@@ -135,7 +121,7 @@ def test_sigkill_mid_epoch_while_streaming_with_workers_and_augmentation_resumes
     reference = tmp_path / "reference"
     train(make_cfg(*args), reference)
     run = tmp_path / "killed"
-    _kill_mid_epoch(run, args, tmp_path)
+    kill_mid_epoch(run, args, tmp_path)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["position"]["batch"] > 0, "expected a checkpoint inside an epoch"
     resume_until_done(run, args, tmp_path)
