@@ -202,6 +202,20 @@ def copy_rewound_to_stage_1(run: Path, copy: Path) -> Path:
     return copy
 
 
+def assert_resumes_bit_identical_from_stage_1(args: list[str], tmp_path: Path) -> None:
+    """Train ``args`` to the end; resume a copy rewound to the end of stage 1 with
+    resume=auto: the same final weights, bit for bit, and every epoch logged once."""
+    from stagetrain.runs.runner import train
+
+    run = tmp_path / "ref"
+    assert train(make_cfg(*args), run)["status"] == "completed"
+    resumed = copy_rewound_to_stage_1(run, tmp_path / "resumed")
+    assert train(make_cfg(*args, "resume=auto"), resumed)["status"] == "completed"
+    ref, got = final_weights(run), final_weights(resumed)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert_epochs_exactly_once(resumed)
+
+
 def resume_until_done(run: Path, args: list[str], cwd: Path) -> None:
     proc = run_cli(*args, f"hydra.run.dir={run}", "resume=auto", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -186,15 +186,9 @@ RESUME = ["model=hf", BERT, *DATA, "strategy=finetune", "strategy.pretrain.enabl
 def test_a_bert_resumes_bit_identical_between_pretraining_and_fine_tuning(tmp_path):
     """Restarted at the end of mlm pretraining, the run adds the same adapters and ends with the
     same weights, bit for bit, every epoch once."""
-    from conftest import assert_epochs_exactly_once, copy_rewound_to_stage_1, final_weights
+    from conftest import assert_resumes_bit_identical_from_stage_1
 
-    run = tmp_path / "ref"
-    assert train(make_cfg(*RESUME), run)["status"] == "completed"
-    resumed = copy_rewound_to_stage_1(run, tmp_path / "resumed")
-    assert train(make_cfg(*RESUME, "resume=auto"), resumed)["status"] == "completed"
-    ref, got = final_weights(run), final_weights(resumed)
-    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    assert_epochs_exactly_once(resumed)
+    assert_resumes_bit_identical_from_stage_1(RESUME, tmp_path)
 
 
 @needs_fortunes

@@ -251,17 +251,11 @@ def test_a_lora_finetune_targets_the_models_own_module_names(tmp_path):
 def test_a_grown_llama_resumes_bit_identical_across_the_insertion(tmp_path):
     """Restarted from the end of stage 1 (before the insertion), the run inserts the same layer,
     carries Adam's moments and ends with the same weights, bit for bit."""
-    from conftest import assert_epochs_exactly_once, copy_rewound_to_stage_1, final_weights
+    from conftest import assert_resumes_bit_identical_from_stage_1
 
     args = [*RUN, "strategy=grow", "strategy.deepen=insert", "strategy.epochs_per_stage=1",
             "strategy.optimizer_state=map"]
-    run = tmp_path / "ref"
-    assert train(make_cfg(*args), run)["status"] == "completed"
-    resumed = copy_rewound_to_stage_1(run, tmp_path / "resumed")
-    assert train(make_cfg(*args, "resume=auto"), resumed)["status"] == "completed"
-    ref, got = final_weights(run), final_weights(resumed)
-    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    assert_epochs_exactly_once(resumed)
+    assert_resumes_bit_identical_from_stage_1(args, tmp_path)
 
 
 @pytest.mark.parametrize(("model_type", "task"), [("llama", "lm"), ("gpt2", "lm"), ("bert", "mlm")])
