@@ -101,3 +101,20 @@ def finish(result: dict[str, Any], args: Any, start: float, plot: Any) -> None:
     if not args.no_plot:
         plot(result, out.with_suffix(".png"))
     print(f"total {result['total_seconds']:.0f} s")
+
+
+def bar_plot(path: Path, bars: dict[str, float], colors: list[str], ylabel: str, title: str, **title_kw: Any) -> None:
+    """One bar per variant (a benchmark's medians), saved as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(bars), list(bars.values()), color=colors)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, **title_kw)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")

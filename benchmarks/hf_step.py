@@ -56,7 +56,17 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from benchutil import DATA_ROOT, RESULTS, RUN_ROOT, events, finish, machine, make_cfg, no_run_plots
+from benchutil import (
+    DATA_ROOT,
+    RESULTS,
+    RUN_ROOT,
+    bar_plot,
+    events,
+    finish,
+    machine,
+    make_cfg,
+    no_run_plots,
+)
 
 from stagetrain.data import epoch_permutation
 from stagetrain.datasets import load_data
@@ -178,20 +188,11 @@ def summarise(rows: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     s = result["summary"]["cpu"]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(list(VARIANTS), [s[n] for n in VARIANTS], color=["tab:blue", "tab:grey", "tab:orange"])
-    ax.set_ylabel("training tokens / CPU-second (median)")
-    ax.set_title(f"model=hf step: engine/hand {s['engine_vs_hand']:.2f}x, trainer/engine "
-                 f"{s['trainer_vs_engine']:.2f}x", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    bar_plot(path, {n: s[n] for n in VARIANTS}, ["tab:blue", "tab:grey", "tab:orange"],
+             "training tokens / CPU-second (median)",
+             f"model=hf step: engine/hand {s['engine_vs_hand']:.2f}x, trainer/engine {s['trainer_vs_engine']:.2f}x",
+             fontsize=9)
 
 
 def main() -> None:

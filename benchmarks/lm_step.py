@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from benchutil import RESULTS, RUN_ROOT, finish, machine, make_cfg, no_run_plots
+from benchutil import RESULTS, RUN_ROOT, bar_plot, finish, machine, make_cfg, no_run_plots
 
 from stagetrain.models import StagedModel
 from stagetrain.nn.optim import lr_factor
@@ -89,19 +89,9 @@ def run_hand(arch: dict[str, Any], size: dict[str, int], lr: float) -> dict[str,
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    names = ["engine", "hand"]
-    ax.bar(names, [result["summary"][f"{n}_tokens_per_s"] for n in names], color=["tab:blue", "tab:grey"])
-    ax.set_ylabel("training tokens / s (median)")
-    ax.set_title(f"LM step, engine/hand time ratio {result['summary']['ratio']:.2f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    s = result["summary"]
+    bar_plot(path, {n: s[f"{n}_tokens_per_s"] for n in ("engine", "hand")}, ["tab:blue", "tab:grey"],
+             "training tokens / s (median)", f"LM step, engine/hand time ratio {s['ratio']:.2f}")
 
 
 def main() -> None:
