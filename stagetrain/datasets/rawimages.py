@@ -7,7 +7,7 @@ from typing import Any
 
 from stagetrain.core.schema import DatasetConfig as Config
 
-__all__ = ["Config", "meta_of", "no_options"]
+__all__ = ["Config", "meta_of", "no_options", "plug_of"]
 
 
 def meta_of(raw: dict[str, Any], ds: Any) -> tuple[tuple[int, ...], int, int]:
@@ -17,3 +17,8 @@ def meta_of(raw: dict[str, Any], ds: Any) -> tuple[tuple[int, ...], int, int]:
 
 def no_options(ds: Any) -> None:
     """Nothing to check beyond the options every dataset has."""
+
+
+def plug_of(raw: dict[str, Any]) -> tuple[Any, Any]:
+    """A torchvision image plug's ``meta`` and ``validate`` hooks, from its ``RAW`` description."""
+    return (lambda ds: meta_of(raw, ds)), no_options

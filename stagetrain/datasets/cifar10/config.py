@@ -1,6 +1,6 @@
 """``dataset=cifar10``: options, checks and sizes without reading the files (torch-free)."""
 
-from stagetrain.datasets.rawimages import Config, meta_of, no_options  # noqa: F401 - Config: the plug's schema
+from stagetrain.datasets.rawimages import Config, plug_of  # noqa: F401 - Config: the plug's schema
 
 RAW = {
     "name": "cifar10", "folder": "cifar-10-batches-py", "tv_class": "CIFAR10", "shape": (3, 32, 32), "classes": 10, "n_train": 50000,
@@ -8,9 +8,4 @@ RAW = {
     "offline": 'copy the extracted archive from a machine that has it',
 }
 
-
-def meta(ds: object) -> tuple:
-    return meta_of(RAW, ds)
-
-
-validate = no_options
+meta, validate = plug_of(RAW)  # sizes from RAW; no options beyond every dataset's

@@ -1,17 +1,13 @@
-"""``dataset=fashion_mnist``: options, checks and sizes without reading the files (torch-free)."""
+"""``dataset=fashion_mnist``: options, checks and sizes without reading the files (torch-free).
+Fashion-MNIST is a drop-in for MNIST (Xiao et al., 2017): the same shapes, sizes and IDX files,
+in another folder."""
 
-from stagetrain.datasets.rawimages import Config, meta_of, no_options  # noqa: F401 - Config: the plug's schema
+from stagetrain.datasets.mnist.config import RAW as MNIST
+from stagetrain.datasets.mnist.config import STREAMABLE  # noqa: F401 - stream(): images read lazily from the IDX file
+from stagetrain.datasets.rawimages import Config, plug_of  # noqa: F401 - Config: the plug's schema
 
 RAW = {
-    "name": "fashion_mnist", "folder": "FashionMNIST", "tv_class": "FashionMNIST", "shape": (1, 28, 28), "classes": 10, "n_train": 60000,
-    "layout": "idx",
+    **MNIST, "name": "fashion_mnist", "folder": "FashionMNIST", "tv_class": "FashionMNIST",
     "offline": 'on Debian/Ubuntu, `apt install dataset-fashion-mnist` installs them gzipped in /usr/share/datasets/fashion-mnist/; gunzip each into {folder}/ (README, Data)',
 }
-STREAMABLE = True  # stream(): images read lazily from the IDX file
-
-
-def meta(ds: object) -> tuple:
-    return meta_of(RAW, ds)
-
-
-validate = no_options
+meta, validate = plug_of(RAW)  # sizes from RAW; no options beyond every dataset's

@@ -1,6 +1,6 @@
 """``dataset=mnist``: options, checks and sizes without reading the files (torch-free)."""
 
-from stagetrain.datasets.rawimages import Config, meta_of, no_options  # noqa: F401 - Config: the plug's schema
+from stagetrain.datasets.rawimages import Config, plug_of  # noqa: F401 - Config: the plug's schema
 
 RAW = {
     "name": "mnist", "folder": "MNIST", "tv_class": "MNIST", "shape": (1, 28, 28), "classes": 10, "n_train": 60000,
@@ -9,9 +9,4 @@ RAW = {
 }
 STREAMABLE = True  # stream(): images read lazily from the IDX file
 
-
-def meta(ds: object) -> tuple:
-    return meta_of(RAW, ds)
-
-
-validate = no_options
+meta, validate = plug_of(RAW)  # sizes from RAW; no options beyond every dataset's
