@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,6 @@ from stagetrain.data.bundle import Split
 def load(ds: Any, seed: int) -> tuple[Split, Split, float]:
     import numpy as np
 
-    from stagetrain.datasets.digits.split import TEST, TRAIN
-
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise StagetrainError("dataset=digits reads scikit-learn's bundled digits; install it: pip install scikit-learn.")
@@ -28,5 +27,6 @@ def load(ds: Any, seed: int) -> tuple[Split, Split, float]:
     x = torch.tensor(table[:, :-1].reshape(-1, 1, 8, 8), dtype=torch.uint8)  # N x 1 x 8 x 8, values 0..16
     y = torch.tensor(table[:, -1], dtype=torch.long)
     # digits has no official test split: a fixed, stratified 20% is held out.
-    tr, te = (torch.tensor([int(i) for i in idx.split()]) for idx in (TRAIN, TEST))
+    split = json.loads((Path(__file__).parent / "split.json").read_text())  # stored: no scikit-learn import
+    tr, te = torch.tensor(split["train"]), torch.tensor(split["test"])
     return Split(x[tr], y[tr]), Split(x[te], y[te]), 16.0
