@@ -1,0 +1,135 @@
+"""The records of the image and user-module part types (torch-free): ``linear``, ``conv``,
+``linear_head``, the ResNet parts and the parts cut from a user's module (``model=custom`` /
+``torchvision``). Their fields are the keys of the plain dict (``inp`` is "in"); see
+``core/partbase.py`` for the round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from stagetrain.core.partbase import Block, Head, Part
+
+
+@dataclass(kw_only=True)
+class Dense(Block):
+    """``linear``: Linear [+BatchNorm] + activation [+dropout]; ``residual``: x + f(x)."""
+
+    TAG: ClassVar[str | None] = "linear"
+    inp: int
+    out: int
+    act: str | None = None
+    bn: bool | None = None
+    dropout: float | None = None
+    residual: bool | None = None
+
+
+@dataclass(kw_only=True)
+class Conv(Dense):
+    """``conv``: Conv [+BatchNorm] + activation + max-pool (``pool``: 0 for none)."""
+
+    TAG: ClassVar[str | None] = "conv"
+    kernel: int
+    pool: int | None = None
+
+
+@dataclass(kw_only=True)
+class LinearHead(Head):
+    """``linear_head`` (flatten + Linear): the head of a spec whose head names no type."""
+
+    TAG: ClassVar[str | None] = "linear_head"
+
+
+@dataclass(kw_only=True)
+class PoolLinear(Head):
+    """``pool_linear``: global average pooling + Linear (ResNet)."""
+
+    TAG: ClassVar[str | None] = "pool_linear"
+
+
+@dataclass(kw_only=True)
+class ResnetStem(Part):
+    """``resnet_stem``: ``kind`` cifar (3x3 conv) or imagenet (7x7/2 conv + max-pool)."""
+
+    KIND: ClassVar[str] = "stem"
+    TAG: ClassVar[str | None] = "resnet_stem"
+    kind: str
+    inp: int
+    out: int
+    in_hw: list[int]
+    out_shape: list[int]
+
+
+@dataclass(kw_only=True)
+class ResnetStage(Block):
+    """``resnet_stage``: ``units`` residual units (basic or bottleneck) of one stage."""
+
+    TAG: ClassVar[str | None] = "resnet_stage"
+    unit: str
+    inp: int
+    out: int
+    mid: int
+    units: int
+    stride: int
+    shortcut: str
+    in_hw: list[int]
+
+
+@dataclass(kw_only=True)
+class CustomModule(Part):
+    """``custom_module``: the user's whole network (``target`` built with ``kwargs``), the
+    module the custom parts are cut from."""
+
+    KIND: ClassVar[str] = "shared"
+    TAG: ClassVar[str | None] = "custom_module"
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class CustomStem(Part):
+    """``custom_stem``: the user module's submodules ``modules`` in order."""
+
+    KIND: ClassVar[str] = "stem"
+    TAG: ClassVar[str | None] = "custom_stem"
+    modules: list[str] = field(default_factory=list)
+    in_channels: int | None = None
+    flops: float | None = None
+
+
+@dataclass(kw_only=True)
+class ViTStem(Part):
+    """``vit_stem``: torchvision's ViT patch projection, class token and positions."""
+
+    KIND: ClassVar[str] = "stem"
+    TAG: ClassVar[str | None] = "vit_stem"
+    conv: str
+    class_token: str
+    pos_embedding: str
+    dropout: str
+    in_channels: int | None = None
+    flops: float | None = None
+
+
+@dataclass(kw_only=True)
+class CustomBlock(Block):
+    """``custom_block``: the user module's submodule at ``path``."""
+
+    TAG: ClassVar[str | None] = "custom_block"
+    path: str
+    flops: float | None = None
+
+
+@dataclass(kw_only=True)
+class CustomHead(Head):
+    """``custom_head``: the user module's ``modules`` after the glue ``input`` (e.g. pool_flatten)."""
+
+    TAG: ClassVar[str | None] = "custom_head"
+    modules: list[str] = field(default_factory=list)
+    input: str | None = None
+    flops: float | None = None
+
+
+IMAGE_PARTS: tuple[type[Part], ...] = (Dense, Conv, LinearHead, PoolLinear, ResnetStem, ResnetStage, CustomModule,
+                                    CustomStem, ViTStem, CustomBlock, CustomHead)

@@ -1,0 +1,128 @@
+"""The records of the sequence part types (torch-free): ``model=transformer``'s stems
+(``patch_embed``, ``token_embed``), ``transformer_layer`` and heads (``seq_classifier``,
+``lm_head``), and ``model=hf``'s parts (``hf_embed``, ``hf_decoder_layer`` /
+``hf_encoder_layer``, ``hf_head``), which carry transformers' plain config dict. Their fields
+are the keys of the plain dict (``inp`` is "in"); see ``core/partbase.py`` for the round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from stagetrain.core.partbase import Block, Head, Part
+
+
+@dataclass(kw_only=True)
+class PatchEmbed(Part):
+    """``patch_embed``: an image cut into ``patch`` x ``patch`` tokens (+ a class token)."""
+
+    KIND: ClassVar[str] = "stem"
+    TAG: ClassVar[str | None] = "patch_embed"
+    in_shape: list[int]
+    patch: int
+    d_model: int
+    cls_token: bool | None = None
+    tokens: int
+    out_shape: list[int] | None = None
+
+
+@dataclass(kw_only=True)
+class TokenEmbed(Part):
+    """``token_embed``: token ids to vectors plus learnt positions; ``padding``: id 0 is padding;
+    ``mask_id``: the row of mlm's mask token."""
+
+    KIND: ClassVar[str] = "stem"
+    TAG: ClassVar[str | None] = "token_embed"
+    vocab_size: int
+    max_len: int
+    d_model: int
+    padding: bool | None = None
+    mask_id: int | None = None
+    out_shape: list[int] | None = None
+
+
+@dataclass(kw_only=True)
+class TransformerLayer(Block):
+    """``transformer_layer``: pre-norm attention + MLP (``mlp_hidden`` units)."""
+
+    TAG: ClassVar[str | None] = "transformer_layer"
+    d_model: int
+    n_heads: int
+    mlp_hidden: int
+    tokens: int
+    causal: bool | None = None
+    dropout: float | None = None
+    padding: bool | None = None
+
+
+@dataclass(kw_only=True)
+class SeqClassifier(Head):
+    """``seq_classifier``: the tokens pooled (``pool``: mean or cls), then a Linear."""
+
+    TAG: ClassVar[str | None] = "seq_classifier"
+    pool: str | None = None
+    tokens: int | None = None
+    padding: bool | None = None
+
+
+@dataclass(kw_only=True)
+class LMHeadPart(Head):
+    """``lm_head``: per-position vocabulary logits (``tie``: the token embedding's weight)."""
+
+    TAG: ClassVar[str | None] = "lm_head"
+    tie: bool | None = None
+    tokens: int | None = None
+
+
+@dataclass(kw_only=True)
+class HFPart(Part):
+    """What every ``model=hf`` part carries: the architecture and transformers' plain config."""
+
+    model_type: str
+    config: dict[str, Any] = field(default_factory=dict)
+    tokens: int | None = None
+    padding: bool | None = None
+
+
+@dataclass(kw_only=True)
+class HFEmbed(HFPart):
+    """``hf_embed``: the model's embeddings (``mask_id``: the row of mlm's mask token)."""
+
+    KIND: ClassVar[str] = "stem"
+    TAG: ClassVar[str | None] = "hf_embed"
+    vocab_size: int
+    d_model: int | None = None
+    out_shape: list[int] | None = None
+    mask_id: int | None = None
+
+
+@dataclass(kw_only=True)
+class HFDecoderLayer(HFPart, Block):
+    """``hf_decoder_layer``: transformers' decoder layer number ``index``."""
+
+    TAG: ClassVar[str | None] = "hf_decoder_layer"
+    index: int | None = None
+    causal: bool | None = None
+
+
+@dataclass(kw_only=True)
+class HFEncoderLayer(HFDecoderLayer):
+    """``hf_encoder_layer``: transformers' encoder layer number ``index``."""
+
+    TAG: ClassVar[str | None] = "hf_encoder_layer"
+
+
+@dataclass(kw_only=True)
+class HFHead(HFPart, Head):
+    """``hf_head``: the model's own head for ``task`` (lm, mlm, classification); ``objective``:
+    what its per-position logits train (lm, mlm), absent for a classifier."""
+
+    TAG: ClassVar[str | None] = "hf_head"
+    task: str
+    tie: bool | None = None
+    objective: str | None = None
+
+
+SEQ_PARTS: tuple[type[Part], ...] = (PatchEmbed, TokenEmbed, TransformerLayer, SeqClassifier, LMHeadPart, HFEmbed,
+                                     HFDecoderLayer, HFEncoderLayer, HFHead)
