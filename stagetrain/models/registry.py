@@ -1,8 +1,8 @@
 """The part-type registry: how each kind of stem, block and head is built, what it costs
 and how it may grow.
 
-A model spec names the type of every part (``{"type": "conv", ...}``); this table maps the
-name to a ``PartType``. A family module registers its types when it is imported;
+A model spec names the type of every part (``{"type": "conv", ...}``; its typed record is
+``core/spec.py``'s); this table maps the name to a ``PartType``. A family module registers its types when it is imported;
 ``part_type`` imports every family on a miss, so a checkpoint of any registered family
 rebuilds without its config.
 
@@ -23,6 +23,8 @@ from typing import Any
 from torch import nn
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.partbase import Part
+from stagetrain.core.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class PartType:
     objectives: tuple[str, ...] = ("supervised",)
     width_key: str = "out"  # the spec field a widen changes
     shared: bool = False  # build(spec, shared): the part is taken from the model's shared module
+    typed: bool = False  # build and flops take the part's typed record (core/parts*.py), not its plain dict
 
 
 PARTS: dict[str, PartType] = {}
@@ -73,23 +76,37 @@ def part_type(name: str) -> PartType:
     return PARTS[name]
 
 
-def build_part(spec: dict[str, Any], kind: str, shared: nn.Module | None = None) -> nn.Module:
-    t = part_type(spec["type"])
+def given(t: PartType, part: Part) -> Part | dict[str, Any]:
+    """What ``t``'s builder and FLOP formula take: the typed record, or (a part type not yet
+    typed) its plain dict, a head's with its type first as it always had."""
+    if t.typed:
+        return part
+    return {"type": t.name, **part.to_dict()} if t.kind == "head" else part.to_dict()
+
+
+def build_part(part: Part, kind: str, shared: nn.Module | None = None) -> nn.Module:
+    t = part_type(part.TAG)
     if t.kind != kind:
         raise StagetrainError(f"A part of type {t.name!r} is a {t.kind}, not a {kind}.")
-    return t.build(spec, shared) if t.shared else t.build(spec)
+    return t.build(given(t, part), shared) if t.shared else t.build(given(t, part))
 
 
-def build_shared(spec: dict[str, Any]) -> nn.Module | None:
-    """The module several parts of one model are cut from (``spec["shared"]``, e.g. a user's
+def part_flops(part: Part) -> float:
+    """A part's forward FLOPs per sample (its type's closed form)."""
+    t = part_type(part.TAG)
+    return t.flops(given(t, part))
+
+
+def build_shared(spec: ModelSpec) -> nn.Module | None:
+    """The module several parts of one model are cut from (``spec.shared``, e.g. a user's
     whole ``nn.Module`` for ``model=custom``), built once from the whole model spec; None
     when the model has none. It is not kept: the parts hold its submodules."""
-    if not spec.get("shared"):
+    if spec.shared is None:
         return None
-    t = part_type(spec["shared"]["type"])
+    t = part_type(spec.shared.TAG)
     if t.kind != "shared":
         raise StagetrainError(f"A part of type {t.name!r} is a {t.kind}, not a shared module.")
-    return t.build(spec)
+    return t.build(spec if t.typed else spec.to_dict())
 
 
 def table() -> list[dict[str, Any]]:

@@ -1,12 +1,13 @@
-"""StagedModel: an optional stem, ordered named blocks and a head, rebuilt exactly from a
-plain-dict spec.
+"""StagedModel: an optional stem, ordered named blocks and a head, rebuilt exactly from an
+architecture spec (``core/spec.py``'s typed ``ModelSpec``, or its plain dict).
 
 The architecture spec is the only thing needed to rebuild a model: strategies that change
 the architecture (growth, added layers, adapters) change the spec, so a checkpoint reloads
 without the config that produced it. Each part's ``type`` names a registered part type
 (``models/registry.py``). Trainable groups are ``stem`` (when there is one), the block
 names, and ``head``. A spec may name a ``shared`` module (``model=custom``: the user's
-whole network), built once; its parts are then submodules of that one instance.
+whole network), built once; its parts are then submodules of that one instance. ``arch`` is
+the typed spec; ``spec`` its plain dict (what checkpoints and run.json store), a fresh copy.
 """
 
 from __future__ import annotations
@@ -17,29 +18,35 @@ from typing import Any
 import torch
 from torch import nn
 
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.models.registry import build_part, build_shared
 
 DEFAULT_BLOCK = "linear"
-DEFAULT_HEAD = "linear_head"
 
 
 class StagedModel(nn.Module):
     """``stem`` (optional), blocks ``block1..blockL`` applied in order, then ``head``."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: ModelSpec | dict[str, Any]):
         super().__init__()
-        self.spec = copy.deepcopy(spec)
-        shared = build_shared(spec)  # one module the parts are cut from (model=custom), or None
-        if spec.get("stem"):
-            self.stem = build_part(spec["stem"], "stem", shared)
-        self.blocks = nn.ModuleDict({b["name"]: build_part(b, "block", shared) for b in spec["blocks"]})
-        self.head = build_part({"type": DEFAULT_HEAD, **spec["head"]}, "head", shared)
+        self.arch = copy.deepcopy(as_spec(spec))
+        arch = self.arch
+        shared = build_shared(arch)  # one module the parts are cut from (model=custom), or None
+        if arch.stem is not None:
+            self.stem = build_part(arch.stem, "stem", shared)
+        self.blocks = nn.ModuleDict({b.name: build_part(b, "block", shared) for b in arch.blocks})
+        self.head = build_part(arch.head, "head", shared)
         if hasattr(self.head, "bind"):  # a head that reads another part (an LM head tied to the embedding)
             self.head.bind(self)
-        if spec.get("lora"):
+        if arch.lora is not None:
             from stagetrain.models.lora import attach
 
-            attach(self, spec["lora"])
+            attach(self, arch.lora.to_dict())
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The plain dict of the architecture (a fresh copy: change ``arch``, or build anew)."""
+        return self.arch.to_dict()
 
     @property
     def block_names(self) -> list[str]:
@@ -76,8 +83,8 @@ class StagedModel(nn.Module):
     def feature_shape(self, index: int) -> tuple[int, ...]:
         """Shape (without batch) of the output of block ``index`` (-1: the model input)."""
         if index < 0:
-            return tuple(self.spec["in_shape"])
-        return tuple(self.spec["blocks"][index]["out_shape"])
+            return tuple(self.arch.in_shape)
+        return tuple(self.arch.blocks[index].out_shape or ())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from stagetrain.core.plan import Stage
-from stagetrain.models import StagedModel, part_type
+from stagetrain.models import StagedModel
+from stagetrain.models.registry import part_flops
 from stagetrain.nn.objectives import stage_loss
 
 PROBE_BATCH = 2  # BatchNorm in train mode needs more than one sample
@@ -79,13 +80,13 @@ def analytic_flops(model: StagedModel, first_trainable: int) -> float:
     A part costs f forward, f more for its weight gradient when it trains, and f more for
     its input gradient when anything below it trains.
     """
-    spec = model.spec
-    parts = [spec["stem"]] if spec.get("stem") else []
-    parts += spec["blocks"] + [{"type": "linear_head", **spec["head"]}]
-    offset = 1 if spec.get("stem") else 0
+    arch = model.arch
+    parts = [arch.stem] if arch.stem is not None else []
+    parts += [*arch.blocks, arch.head]
+    offset = 1 if arch.stem is not None else 0
     total = 0.0
     for i, part in enumerate(parts):
-        f = part_type(part["type"]).flops(part)
+        f = part_flops(part)
         trains = i >= first_trainable + offset or (offset and first_trainable == 0)
         below_trains = i > first_trainable + offset or (offset and first_trainable == 0 and i > 0)
         total += f * (1 + int(trains) + int(below_trains))

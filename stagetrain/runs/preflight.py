@@ -21,16 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.nn.specfile import check_spec
 
 BYTES_PER_PARAM = 16  # fp32 weight + gradient + Adam's two moments
 
 
-def activation_elements(spec: dict[str, Any]) -> int:
+def activation_elements(spec: ModelSpec | dict[str, Any]) -> int:
     """Output elements per sample summed over the parts (what one sample keeps for backward)."""
-    total = math.prod(spec["in_shape"])
-    for block in spec["blocks"]:
-        shape = block.get("out_shape")
+    arch = as_spec(spec)
+    total = math.prod(arch.in_shape)
+    for block in arch.blocks:
+        shape = block.out_shape
         if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
             total += math.prod(shape)
     return total
