@@ -260,7 +260,7 @@ def test_denoising_noise_levels_follow_the_configured_schedule_per_layer():
     cases = (("[0.1,0.2,0.3]", [0.1, 0.2, 0.3]), ("0.25", [0.25] * 3), ("[0.1,0.4]", [0.1, 0.4, 0.4]))
     for noise, expected in cases:
         engine = build_engine(make_cfg(*FAST, "strategy.objective=denoising", f"strategy.noise={noise}"))
-        levels = [engine.plan.stages[k].noise for k in greedy_indices(engine)]
+        levels = [engine.plan.stages[k].objective_args.noise for k in greedy_indices(engine)]
         assert levels == expected
 
 
@@ -276,8 +276,8 @@ def test_denoising_with_nu_zero_loss_equals_the_plain_autoencoders(arch, tied):
     y = engine.data.train.y[:64]
     for k in greedy_indices(engine):
         stage = engine.plan.stages[k]
-        assert stage.objective == "denoising" and stage.noise == 0.0
-        ae = replace(stage, objective="autoencoder")
+        assert stage.objective == "denoising" and stage.objective_args.noise == 0.0
+        ae = replace(stage, objective="autoencoder", objective_args=None)  # an autoencoder takes no parameters
         helper = build_helper(stage.helper)
         h = engine.model.features(x, 0, k).detach()
         loss_dae, _ = stage_loss(stage, engine.model, helper, h, y, k, True)

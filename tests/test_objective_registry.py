@@ -74,7 +74,8 @@ def test_denoising_differs_from_autoencoder_only_by_its_training_noise():
     helper = build_helper({"kind": "decoder", "type": "linear", "in": 16, "out": 6, "tied": True})
     losses = {}
     for name in ("autoencoder", "denoising"):
-        stage = Stage("s", 1, ["block1", "helper"], objective=name, stop_block=1, noise=0.5)
+        args = {"noise": 0.5} if name == "denoising" else None  # an autoencoder takes no parameters
+        stage = Stage("s", 1, ["block1", "helper"], objective=name, stop_block=1, objective_args=args)
         torch.manual_seed(2)
         losses[name] = [float(stage_loss(stage, model, helper, x, None, 0, t)[0].detach()) for t in (False, True)]
     assert losses["autoencoder"][0] == losses["denoising"][0]  # evaluation: the clean input

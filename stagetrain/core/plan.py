@@ -2,18 +2,25 @@
 
 A stage says which blocks the forward path uses, which groups train (block names,
 ``head``, ``helper``), the objective, the data, the optimizer settings, and its budget.
-It owns no code: the engine applies it. ``Plan.to_dict`` (``dataclasses.asdict``, the
-model ops as their plain dicts) is what ``run.json`` and ``dry_run`` show; ``Plan.from_dict``
-reads it back.
+It owns no code: the engine applies it. What only one objective or strategy uses sits behind
+its owner: ``Stage.objective_args`` is the objective's typed parameters (declared in
+``nn/objective_registry.py``: denoising's ``noise``, rbm's ``cd_k``), ``Stage.extra`` a
+strategy's typed per-stage settings (a ``StageExtra`` subclass in the plug's ``config.py``:
+grow's ``data_fraction``, finetune's ``partial`` and ``bn``). ``Plan.to_dict`` (plain data:
+the model ops, helpers, objective args and extra as their dicts) is what ``run.json`` and
+``dry_run`` show; ``Plan.from_dict`` reads it back, an older run's flat stage keys included.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, ClassVar
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.nn.modelops import ModelOp, as_op
+from stagetrain.nn.objective_registry import args_dict, as_args
 from stagetrain.nn.objective_registry import find as find_objective
 from stagetrain.nn.stagehelpers import Helper, as_helper
 
@@ -45,14 +52,65 @@ class StopReason(str, enum.Enum):
 
 
 @dataclass
+class StageExtra:
+    """A strategy's own per-stage settings (``Stage.extra``); this base is a stage without any.
+
+    A strategy declares a dataclass subclass in its plug's ``config.py`` with a kind, by
+    convention its name (``class GrowStage(StageExtra, kind="grow")``), and fields of its
+    own. The class attributes below are what the engine asks of every stage, with the
+    neutral answers; a subclass answers by a field of the same name. run.json holds it as
+    ``{"kind": ..., **fields}``; reading looks the kind up among the declared subclasses
+    (``declared``), never imports or calls what a file names.
+    """
+
+    kind: ClassVar[str] = ""
+    declared: ClassVar[dict[str, type[StageExtra]]] = {}
+    data_fraction = 1.0  # train on this leading fraction of a fixed seeded order of the data
+    partial: ClassVar[Any] = MappingProxyType({})  # group -> parameter-name patterns (fnmatch) that train
+    bn = "eval"  # BatchNorm of frozen groups: eval | train_stats | train_affine
+
+    def __init_subclass__(cls, kind: str = "", **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if kind:
+            cls.kind = kind
+            StageExtra.declared[kind] = cls
+
+    def to_dict(self) -> dict[str, Any] | None:
+        """run.json's form: ``{"kind": ..., **fields}``; None for a stage without settings."""
+        return {"kind": self.kind, **asdict(self)} if self.kind else None
+
+
+ENGINE_ASKS = ("data_fraction", "partial", "bn")  # StageExtra's questions: once flat Stage fields
+
+
+def as_extra(value: Any) -> StageExtra:
+    """A stage's ``extra``: a ``StageExtra`` as it is, None as the neutral one, a plain dict
+    (run.json) read into the subclass its ``kind`` declares; anything else is one paragraph."""
+    if value is None:
+        return StageExtra()
+    if isinstance(value, StageExtra):
+        return value
+    kind = value.get("kind") if isinstance(value, dict) else None
+    cls = StageExtra.declared.get(kind) if isinstance(kind, str) else None
+    names = {f.name for f in fields(cls)} if cls is not None else set()
+    if cls is None or not set(value) - {"kind"} <= names:
+        known = ", ".join(f"{k} ({', '.join(f.name for f in fields(c))})" for k, c in sorted(StageExtra.declared.items()))
+        raise StagetrainError(
+            f"A stage's extra settings {value!r} are not a strategy's: give a mapping with a declared kind and its "
+            f"fields (declared: {known or 'none'}). The plan may come from a newer stagetrain or another strategy plug.")
+    return cls(**{k: v for k, v in value.items() if k != "kind"})
+
+
+@dataclass
 class Stage:
     """One phase of training. Group names: ``stem`` (models with one), ``block1..blockL``,
     ``head``, ``helper``."""
 
     name: str
-    epochs: int | None  # None: bounded by max_flops instead (grow's flops_share trigger)
+    epochs: int | None  # None: bounded by max_flops instead (grow's flops_share trigger, scratch's strategy.flops)
     trainable: list[str]
     objective: str = "supervised"  # a registered objective (objective_registry): supervised | lm | mlm | autoencoder | denoising | rbm
+    objective_args: Any = None  # the objective's parameters (objective_registry: DenoisingArgs, RBMArgs; a plain dict read)
     stop_block: int | None = None  # forward path is blocks[:stop_block] (None: all blocks)
     helper: Helper | None = None  # auxiliary head / decoder (stagehelpers; a plain dict read), dropped at stage end
     helper_to_head: bool = False  # at stage end, the helper becomes the model's head
@@ -65,20 +123,24 @@ class Stage:
     sched: str = "cosine"
     lr_scale: dict[str, float] = field(default_factory=dict)  # per group LR multiplier
     cache: str = "off"  # auto | on | off: reuse the frozen prefix's outputs in this stage
-    noise: float = 0.0  # denoising masking level
-    cd_k: int = 1  # rbm Gibbs steps
     ops: list[ModelOp] = field(default_factory=list)  # growth ops applied at stage start (modelops; plain dicts read)
-    data_fraction: float = 1.0  # use this leading fraction of a fixed seeded order of the data
     patience: int | None = None  # stage-level early stop (default: train.patience)
-    max_flops: float | None = None  # stage compute budget (the flops_share trigger)
+    max_flops: float | None = None  # stage compute budget (grow's flops_share trigger, scratch's strategy.flops)
     auto: dict[str, Any] | None = None  # epochs=auto: {"patience": p, "min_delta": d}; ``epochs`` is then the max
-    partial: dict[str, list[str]] = field(default_factory=dict)  # group -> parameter-name patterns (fnmatch) that train
-    bn: str = "eval"  # BatchNorm of frozen groups: eval | train_stats | train_affine
+    extra: StageExtra = field(default_factory=StageExtra)  # the strategy's own settings (a plain dict read)
     description: str = ""
 
     def __post_init__(self) -> None:
         self.ops = [as_op(op) for op in self.ops]
         self.helper = as_helper(self.helper)
+        self.objective_args = as_args(self.objective, self.objective_args)
+        self.extra = as_extra(self.extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (a stage of run.json's ``plan``): every field, the typed ones as their dicts."""
+        return {**asdict(self), "helper": self.helper.to_dict() if self.helper is not None else None,
+                "ops": [op.to_dict() for op in self.ops], "objective_args": args_dict(self.objective_args),
+                "extra": self.extra.to_dict()}
 
     @property
     def uses_head(self) -> bool:
@@ -104,15 +166,39 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (run.json's ``plan``): every field, the model ops and helpers as their dicts."""
         out = asdict(self)
-        out["stages"] = [{**d, "helper": s.helper.to_dict() if s.helper is not None else None,
-                          "ops": [op.to_dict() for op in s.ops]} for d, s in zip(out["stages"], self.stages, strict=True)]
-        return {**out, "final_ops": [op.to_dict() for op in self.final_ops]}
+        return {**out, "stages": [s.to_dict() for s in self.stages], "final_ops": [op.to_dict() for op in self.final_ops]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        """A plan from its plain data (``to_dict``, run.json's ``plan``, also an older run's)."""
-        stages = [Stage(**s) for s in data["stages"]]
+        """A plan from its plain data (``to_dict``, run.json's ``plan``, also an older run's:
+        ``migrate``). A stage's extra is read by its kind among the declared ``StageExtra``
+        subclasses: ``strategies.read_plan`` loads the plan's strategy plug first."""
+        stages = [Stage(**migrate(s, data.get("strategy", ""))) for s in data["stages"]]
         return cls(**{**data, "stages": stages})
+
+
+def migrate(stage: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """An older run's stage dict in the current form. Plans before ``objective_args`` and
+    ``extra`` held their fields flat: ``noise`` and ``cd_k`` become the objective's args (the
+    fields it declares; the others were unread), ``data_fraction``, ``partial`` and ``bn``
+    the extra of the plan's strategy (the kind its name declares). A flat value that no
+    declared field takes must be the neutral one, or the plan is refused in one paragraph."""
+    s = dict(stage)
+    if "objective_args" not in s:
+        flat = {k: s.pop(k) for k in ("noise", "cd_k") if k in s}
+        kind = find_objective(s.get("objective", "supervised"))
+        s["objective_args"] = args_dict(kind.args_from(flat)) if kind is not None else None
+    if "extra" not in s:
+        flat = {k: s.pop(k) for k in ENGINE_ASKS if k in s}
+        declared = StageExtra.declared.get(strategy)
+        names = {f.name for f in fields(declared)} if declared is not None else set()
+        left = {k: v for k, v in flat.items() if k not in names and v != getattr(StageExtra, k)}
+        if left:
+            raise StagetrainError(
+                f"Stage {s.get('name')!r} of this older {strategy!r} plan sets {left}, which no declared stage "
+                f"settings of strategy {strategy!r} take (declared kinds: {', '.join(sorted(StageExtra.declared)) or 'none'}).")
+        s["extra"] = {"kind": strategy, **{k: v for k, v in flat.items() if k in names}} if names else None
+    return s
 
 
 TARGET_KEYS = ("val/acc", "val/loss", "val/ppl", "val/bpb", "train/acc", "train/loss", "train/ppl", "train/bpb")

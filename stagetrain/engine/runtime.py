@@ -32,7 +32,7 @@ from stagetrain.nn.optim import build_optimizer, build_scheduler, param_groups
 def prefix_len(model: StagedModel, stage: Stage) -> int:
     """Number of leading blocks of the stage's path that are frozen: their output is the
     stage's input, computed without gradients (and cached when that pays)."""
-    if stage.bn != "eval" or "stem" in stage.trainable:  # a changing function below block 1 is no prefix
+    if stage.extra.bn != "eval" or "stem" in stage.trainable:  # a changing function below block 1 is no prefix
         return 0
     stop = len(model.block_names) if stage.stop_block is None else stage.stop_block
     p = 0
@@ -44,20 +44,20 @@ def prefix_len(model: StagedModel, stage: Stage) -> int:
 def freeze(model: StagedModel, stage: Stage) -> None:
     """requires_grad True exactly for what the stage trains.
 
-    A trainable group trains whole unless ``stage.partial`` names the parameter-name
-    patterns (fnmatch, within the group) that train in it (BitFit: ``*bias``; LoRA: ``*lora_*``). ``stage.bn=train_affine``
+    A trainable group trains whole unless ``stage.extra.partial`` names the parameter-name
+    patterns (fnmatch, within the group) that train in it (BitFit: ``*bias``; LoRA: ``*lora_*``). ``stage.extra.bn=train_affine``
     also trains the BatchNorm scale and shift of frozen groups.
     """
     for p in model.parameters():  # no stale gradient from the previous stage stays behind
         p.grad = None
     for name in model.group_names:
         group = model.group(name)
-        if name in stage.trainable and name in stage.partial:
+        if name in stage.trainable and name in stage.extra.partial:
             for pname, p in group.named_parameters():
-                p.requires_grad_(any(fnmatch.fnmatchcase(pname, pat) for pat in stage.partial[name]))
+                p.requires_grad_(any(fnmatch.fnmatchcase(pname, pat) for pat in stage.extra.partial[name]))
         else:
             group.requires_grad_(name in stage.trainable)
-            if name not in stage.trainable and stage.bn == "train_affine":
+            if name not in stage.trainable and stage.extra.bn == "train_affine":
                 for m in group.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.requires_grad_(True)
@@ -69,7 +69,7 @@ def set_train_mode(model: StagedModel, helper: nn.Module | None, stage: Stage) -
     for name in model.group_names:
         if name not in stage.trainable:
             model.group(name).eval()
-            if stage.bn != "eval":  # train_stats / train_affine: frozen BN keeps updating statistics
+            if stage.extra.bn != "eval":  # train_stats / train_affine: frozen BN keeps updating statistics
                 for m in model.group(name).modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.train()
@@ -133,9 +133,9 @@ def prepare(model: StagedModel, stage: Stage, x: torch.Tensor, y: torch.Tensor
 
 def stage_indices(data: DataBundle, stage: Stage, seed: int) -> torch.Tensor:
     base = data.labeled if stage.data == "labeled" else torch.arange(len(data.train), device=data.labeled.device)
-    if stage.data_fraction < 1.0:  # nested subsets: a fixed seeded order, growing prefix
+    if stage.extra.data_fraction < 1.0:  # nested subsets: a fixed seeded order, growing prefix
         order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed + 17))
-        base = base[order[: max(1, round(stage.data_fraction * len(base)))].to(base.device)]
+        base = base[order[: max(1, round(stage.extra.data_fraction * len(base)))].to(base.device)]
     return base
 
 

@@ -4,14 +4,31 @@ look an objective up instead of comparing its name (torch-free; the losses thems
 ``objectives.LOSSES``, keyed by the same names).
 
 Like the part-type registry (``models/registry.py``): ``register`` adds a record, and
-``objective_type(name)`` finds it or refuses the name in one paragraph.
+``objective_type(name)`` finds it or refuses the name in one paragraph. An objective that
+takes parameters declares their typed record (``args``: ``DenoisingArgs``, ``RBMArgs``); a
+stage carries one as ``Stage.objective_args`` (``as_args``), run.json as its plain dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from stagetrain.core.errors import StagetrainError
+
+
+@dataclass(frozen=True)
+class DenoisingArgs:
+    """denoising's parameters: each input unit is zeroed with probability ``noise`` in training."""
+
+    noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class RBMArgs:
+    """rbm's parameters: ``cd_k`` Gibbs steps of contrastive divergence."""
+
+    cd_k: int = 1
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,7 @@ class ObjectiveType:
     how the run normalises its inputs (``unit`` for RBMs); ``causal``: a transformer trained
     on it needs causal (True) or bidirectional (False) attention (None: either);
     ``mask_token``: it needs a mask token in the vocabulary; ``predicts``: what it predicts,
-    in words (plan descriptions).
+    in words (plan descriptions); ``args``: the dataclass of its parameters (None: it takes none).
     """
 
     name: str
@@ -52,6 +69,14 @@ class ObjectiveType:
     causal: bool | None = None
     mask_token: bool = False
     predicts: str = ""
+    args: type | None = None
+
+    def args_from(self, offered: dict[str, Any]) -> Any:
+        """Its parameters from ``offered`` (a greedy plan's settings, an older plan's flat
+        stage keys): the fields ``args`` declares, the rest ignored; None if it takes none."""
+        if self.args is None:
+            return None
+        return self.args(**{f.name: offered[f.name] for f in fields(self.args) if f.name in offered})
 
     @property
     def tokens(self) -> bool:
@@ -82,6 +107,32 @@ def objective_type(name: str) -> ObjectiveType:
     return found
 
 
+def as_args(objective: str, value: Any) -> Any:
+    """A stage's ``objective_args`` as the objective's typed record: its defaults for None, a
+    plain dict (run.json) read into it; None for an objective without parameters (or one no
+    one registers, refused where it is used). Anything else is one paragraph."""
+    kind = find(objective)
+    if kind is None or (kind.args is None and value is None):
+        return value
+    if kind.args is None:
+        raise StagetrainError(f"A stage of objective {objective!r} gives objective_args {value!r}, but that objective "
+                              "takes no parameters; leave objective_args null.")
+    if isinstance(value, kind.args):
+        return value
+    names = [f.name for f in fields(kind.args)]
+    if value is None:
+        return kind.args()
+    if isinstance(value, dict) and set(value) <= set(names):
+        return kind.args(**value)
+    raise StagetrainError(f"A stage of objective {objective!r} gives objective_args {value!r}; it takes a mapping "
+                          f"of {', '.join(names)} ({kind.args.__name__}).")
+
+
+def args_dict(args: Any) -> dict[str, Any] | None:
+    """run.json's form of a stage's ``objective_args``: a plain dict, or None."""
+    return None if args is None else asdict(args)
+
+
 register(ObjectiveType("supervised", through_head=True, follows_head=True, metrics=("acc",), baseline="majority",
                        helper="aux_head", labels=True, predicts="the class label"))
 register(ObjectiveType("lm", through_head=True, metrics=("ppl", "bpb"), baseline="unigram", targets="next",
@@ -91,6 +142,6 @@ register(ObjectiveType("mlm", metrics=("ppl", "bpb"), baseline="unigram", target
 register(ObjectiveType("autoencoder", baseline="mean_image", baseline_raw_input_only=True, helper="decoder",
                        predicts="the block's input"))
 register(ObjectiveType("denoising", baseline="mean_image", baseline_raw_input_only=True, helper="decoder",
-                       noisy=True, predicts="the block's clean input from a masked one"))
+                       noisy=True, predicts="the block's clean input from a masked one", args=DenoisingArgs))
 register(ObjectiveType("rbm", baseline="mean_image", baseline_raw_input_only=True, helper="rbm",
-                       comparable_loss=False, input_norm="unit", predicts="the block's input (CD-k)"))
+                       comparable_loss=False, input_norm="unit", predicts="the block's input (CD-k)", args=RBMArgs))

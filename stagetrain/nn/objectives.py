@@ -248,7 +248,7 @@ def _reconstruction(stage: Stage, model: StagedModel, helper: nn.Module | None, 
     block = model.blocks[model.block_names[stage.stop_block - 1]]
     if block.spec["type"] == "linear":
         h = h.flatten(1)
-    noisy = mask_noise(h, stage.noise) if objective_type(stage.objective).noisy and training else h
+    noisy = mask_noise(h, stage.objective_args.noise) if objective_type(stage.objective).noisy and training else h
     recon = helper(block(noisy), block)
     return F.mse_loss(recon.float(), h.float()), None
 
@@ -263,7 +263,7 @@ def _rbm(stage: Stage, model: StagedModel, helper: nn.Module | None, h: torch.Te
         hid = torch.sigmoid(F.linear(v0, block.layer.weight, block.layer.bias))
         recon = torch.sigmoid(F.linear(hid, block.layer.weight.t(), helper.bias))
         return F.mse_loss(recon, v0), None
-    vk = cd_k_negative(v0, block.layer, helper.bias, stage.cd_k)
+    vk = cd_k_negative(v0, block.layer, helper.bias, stage.objective_args.cd_k)
     return (free_energy(v0, block.layer, helper.bias) - free_energy(vk, block.layer, helper.bias)).mean(), None
 
 

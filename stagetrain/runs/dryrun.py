@@ -36,7 +36,7 @@ def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int
             model, _ = apply_op(model, op, g)
         helper, p, step, pre, aux = prepare(model, stage, x, y)
         n_all, n_lab = sizes.get(stage.dataset, sizes["target"])
-        n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.data_fraction))
+        n = max(1, round((n_lab if stage.data == "labeled" else n_all) * stage.extra.data_fraction))
         cacheable = p > 0 and stage.cache != "off"
         passes = LBFGS_MAX_PASSES if stage.optimizer == "lbfgs" else 1  # at most: a line search's evaluations
         per_sample = step * passes + (0.0 if cacheable else pre)  # a frozen prefix runs once per step

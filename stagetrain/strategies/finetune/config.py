@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.plan import StageExtra
 from stagetrain.core.schema import CACHE_MAX_BYTES, StrategyConfig
 from stagetrain.datasets import DATASETS
 from stagetrain.strategies.layerwise.config import AutoConfig, check_epochs
@@ -22,6 +23,17 @@ MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "l
 MODE_LR_FACTOR = {"bitfit": 30.0, "lora": 10.0, "add_layers": 10.0}
 PRETRAIN_OBJECTIVES = ("supervised", "autoencoder", "denoising", "lm", "mlm")  # lm, mlm: text classification data
 RANDOM = "random"  # strategy.source=random: no transfer, the control run of a transfer sweep
+
+
+@dataclass
+class FinetuneStage(StageExtra, kind="finetune"):
+    """finetune's own settings of one stage (``Stage.extra``; run.json ``{"kind": "finetune", ...}``):
+    ``partial``, per trainable group the parameter-name patterns (fnmatch) that train in it
+    (bitfit ``*bias``, lora ``*lora_*``; a group not named trains whole), and ``bn``, the
+    BatchNorm of frozen groups (``strategy.bn``: eval | train_stats | train_affine)."""
+
+    partial: dict[str, list[str]] = field(default_factory=dict)
+    bn: str = "eval"
 
 
 @dataclass

@@ -61,7 +61,12 @@ from stagetrain.strategies.common import (
     head_probe_stage,
     stage_from_cfg,
 )
-from stagetrain.strategies.finetune.config import MODE_LR_FACTOR, RANDOM, source_dataset_cfg
+from stagetrain.strategies.finetune.config import (
+    MODE_LR_FACTOR,
+    RANDOM,
+    FinetuneStage,
+    source_dataset_cfg,
+)
 from stagetrain.strategies.layerwise.plan import GreedySettings, greedy_stages
 
 
@@ -213,13 +218,13 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
 
     def stage(name: str, trainable: list[str], n: int, **kw: Any) -> Stage:
         return stage_from_cfg(cfg, name=name, epochs=max(1, n), trainable=trainable, lr=kw.pop("lr", lr),
-                              lr_scale=lr_scale, bn=s.bn, cache=s.cache, description=f"{s.mode}: trains "
-                              f"{', '.join(trainable)}", **kw)
+                              lr_scale=lr_scale, extra=FinetuneStage(kw.pop("partial", {}), s.bn), cache=s.cache,
+                              description=f"{s.mode}: trains {', '.join(trainable)}", **kw)
 
     def probe(name: str, n: int) -> Stage:  # a head-only stage: L-BFGS steps, or n epochs at probe_lr
         steps = int(s.probe_epochs or LBFGS_STEPS) if s.probe == "lbfgs" else n
         return head_probe_stage(cfg, name, s.probe, steps, float(s.probe_l2), probe_lr, lr_scale=lr_scale,
-                                bn=s.bn, cache=s.cache, description=f"{s.mode}: trains head")
+                                extra=FinetuneStage(bn=s.bn), cache=s.cache, description=f"{s.mode}: trains head")
 
     plan = Plan("finetune", _pretrain_stages(cfg, spec) if s.pretrain.enabled else [])
     mode = s.mode

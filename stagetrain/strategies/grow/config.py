@@ -6,9 +6,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice
-from stagetrain.core.plan import TARGET_KEYS, parse_target
+from stagetrain.core.plan import TARGET_KEYS, StageExtra, parse_target
 from stagetrain.core.schema import StrategyConfig, as_list
 from stagetrain.families import grow_schedule, grow_widths, is_lm, scaled_schedule
+
+
+@dataclass
+class GrowStage(StageExtra, kind="grow"):
+    """grow's own settings of one stage (``Stage.extra``; run.json ``{"kind": "grow", ...}``):
+    the leading fraction of a fixed seeded order of the training data it uses
+    (``strategy.data_fractions``; the engine's ``stage_indices``)."""
+
+    data_fraction: float = 1.0
 
 
 @dataclass

@@ -20,7 +20,7 @@ from stagetrain.families import build_spec, family
 from stagetrain.growth.ops import stack_problem
 from stagetrain.nn.modelops import Deepen, ModelOp, Stack, Widen
 from stagetrain.strategies.common import stage_from_cfg
-from stagetrain.strategies.grow.config import schedule
+from stagetrain.strategies.grow.config import GrowStage, schedule
 
 
 def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         stages.append(stage_from_cfg(
             cfg, name=f"grow-{k + 1}", epochs=epochs,
             trainable=(["stem"] if spec.get("stem") else []) + [f"block{i + 1}" for i in range(len(w))] + ["head"],
-            ops=_ops(widths[k - 1], w, s) if k else [], data_fraction=fraction,
+            ops=_ops(widths[k - 1], w, s) if k else [], extra=GrowStage(data_fraction=fraction),
             lr=float(cfg.optim.lr) * (float(s.lr_after_growth) if k else 1.0),
             description=f"widths {w}, {fraction:.0%} of the data", **trigger,
         ))

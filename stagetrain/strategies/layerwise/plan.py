@@ -152,8 +152,9 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: GreedySettings, last_to_hea
             trainable=(["stem"] if i == 0 and spec.get("stem") else []) + [name, "helper"],
             objective=g.objective, stop_block=i + 1, helper=_helper(g, spec, i, to_head),
             helper_to_head=to_head, data="labeled" if objective.labels else "all", cache=g.cache,
-            noise=float(noise[min(i, len(noise) - 1)]) if objective.noisy else 0.0,
-            cd_k=int(g.cd_k), dataset=dataset,
+            objective_args=objective.args_from(
+                {"noise": float(noise[min(i, len(noise) - 1)]) if objective.noisy else 0.0, "cd_k": int(g.cd_k)}),
+            dataset=dataset,
             description=f"{name} on the frozen blocks below it ({g.objective})", **greedy,
         ))
     return stages
