@@ -14,7 +14,9 @@ from stagetrain.core.partbase import Block, Head, Part
 
 @dataclass(kw_only=True)
 class Dense(Block):
-    """``linear``: Linear [+BatchNorm] + activation [+dropout]; ``residual``: x + f(x)."""
+    """``linear``: Linear [+BatchNorm] + activation [+dropout]; ``residual``: x + gate * f(x)
+    (a block growth inserted); ``pool``: a conv block's max-pool (0 for none; growth writes 0
+    into an inserted linear block too)."""
 
     TAG: ClassVar[str | None] = "linear"
     inp: int
@@ -22,16 +24,16 @@ class Dense(Block):
     act: str | None = None
     bn: bool | None = None
     dropout: float | None = None
+    pool: int | None = None
     residual: bool | None = None
 
 
 @dataclass(kw_only=True)
 class Conv(Dense):
-    """``conv``: Conv [+BatchNorm] + activation + max-pool (``pool``: 0 for none)."""
+    """``conv``: Conv ('same' padding, ``kernel``) [+BatchNorm] + activation + max-pool."""
 
     TAG: ClassVar[str | None] = "conv"
     kernel: int
-    pool: int | None = None
 
 
 @dataclass(kw_only=True)

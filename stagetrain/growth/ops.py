@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.spec import Lora, ModelSpec, as_spec
 from stagetrain.models import StagedModel, part_type
 from stagetrain.models.growth_units import fresh_name
 from stagetrain.models.lora import LORA_TYPES, adaptable, resolve_targets
@@ -20,7 +22,7 @@ def _grown_block(model: StagedModel, op: Widen | Deepen, name: str, variant: str
     """The index of the block ``op`` grows and its type's operator for it, or one paragraph
     when the block's type does not offer ``<op>:<variant>``."""
     index = model.block_names.index(name)
-    t = part_type(model.spec["blocks"][index]["type"])
+    t = part_type(model.arch.blocks[index].TAG)
     fn = t.widen if isinstance(op, Widen) else t.deepen
     if fn is None or f"{op.op}:{variant}" not in t.grow:
         raise StagetrainError(f"Blocks of type {t.name!r} ({name}) do not support {op.op}:{variant}; "
@@ -65,12 +67,13 @@ def apply_op(model: StagedModel, op: ModelOp | dict[str, Any],
     return APPLY[type(op)](model, op, generator)
 
 
-def stack_problem(spec: dict[str, Any]) -> str | None:
+def stack_problem(spec: ModelSpec | dict[str, Any]) -> str | None:
     """Why depth stacking cannot apply to this architecture (None when it can)."""
-    blocks = spec["blocks"]
-    first_in = spec["stem"]["out_shape"] if spec.get("stem") else spec["in_shape"]
-    ins = [list(first_in)] + [list(b["out_shape"]) for b in blocks[:-1]]
-    changing = [b["name"] for b, i in zip(blocks, ins, strict=True) if list(b["out_shape"]) != i]
+    arch = as_spec(spec)
+    blocks = arch.blocks
+    first_in = arch.stem.out_shape if arch.stem is not None else arch.in_shape
+    ins = [list(first_in)] + [list(b.out_shape) for b in blocks[:-1]]
+    changing = [b.name for b, i in zip(blocks, ins, strict=True) if list(b.out_shape) != i]
     if not changing:
         return None
     return ("Depth stacking (strategy.deepen=stack) copies the block stack on top of itself, which needs every "
@@ -81,20 +84,20 @@ def stack_problem(spec: dict[str, Any]) -> str | None:
 def stack(model: StagedModel) -> StagedModel:
     """Depth stacking (G_stack, Du et al. 2024): the trained blocks, then copies of them in
     the same order. Not function-preserving; every block must keep its input shape."""
-    spec = copy.deepcopy(model.spec)
-    blocks = spec["blocks"]
+    spec = copy.deepcopy(model.arch)
+    blocks = spec.blocks
     problem = stack_problem(spec)
     if problem:
         raise StagetrainError(problem)
-    copies: list[dict[str, Any]] = []
+    copies: list[Any] = []
     for b in blocks:
-        copies.append({**copy.deepcopy(b), "name": fresh_name(blocks + copies)})
-    spec["blocks"] = blocks + copies
+        copies.append(copy.deepcopy(replace(b, name=fresh_name(blocks + copies))))
+    spec.blocks = blocks + copies
     new = StagedModel(spec).to(next(model.parameters()))
     state = model.state_dict()
     for b, c in zip(blocks, copies, strict=True):
-        for k, v in model.blocks[b["name"]].state_dict().items():
-            state[f"blocks.{c['name']}.{k}"] = v
+        for k, v in model.blocks[b.name].state_dict().items():
+            state[f"blocks.{c.name}.{k}"] = v
     new.load_state_dict(state)
     return new
 
@@ -112,7 +115,7 @@ def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = N
             f"{why}. Layers the blocks have: {', '.join(names[:12]) or 'none'}. "
             + (f"Name them by pattern, e.g. strategy.lora.targets=[{example}]." if example
                else "LoRA needs Linear or Conv2d layers inside the blocks; use mode=bitfit or partial."))
-    spec = {**model.spec, "lora": {"rank": int(rank), "alpha": float(alpha), "targets": targets}}
+    spec = replace(model.arch, lora=Lora(rank=int(rank), alpha=float(alpha), targets=targets))
     new = StagedModel(spec).to(next(model.parameters()))
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all("lora_" in k for k in missing)
@@ -121,7 +124,7 @@ def add_lora(model: Any, rank: int, alpha: float, patterns: list[str] | None = N
 
 def merge_lora(model: Any) -> Any:
     """Fold W + alpha/r * B A into plain layers; the function is unchanged."""
-    spec = {k: v for k, v in model.spec.items() if k != "lora"}
+    spec = replace(model.arch, lora=None, keys=tuple(k for k in model.arch.to_dict() if k != "lora"))
     new = StagedModel(spec).to(next(model.parameters()))
     state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
     with torch.no_grad():

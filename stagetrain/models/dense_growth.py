@@ -14,19 +14,24 @@
   activation; W is freshly initialised so the gate receives gradients.
 * ``deepen`` (random): a freshly initialised block (not function-preserving).
 
-Each operator takes the model, returns a new model (the architecture spec changed
-accordingly) and the unit mapping used (for mapping optimizer state).
+Each operator takes the model, returns a new model (its typed spec, ``model.arch``, changed
+accordingly: fields set on a copy, ``dataclasses.replace`` for a new block) and the unit
+mapping used (for mapping optimizer state).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.partbase import Part
+from stagetrain.core.parts import Conv, Dense
+from stagetrain.core.spec import ModelSpec
 from stagetrain.models.growth_units import (
     consumer_units,
     copy_norm,
@@ -40,39 +45,41 @@ from stagetrain.models.growth_units import (
 from stagetrain.models.staged import StagedModel
 
 
-def _consumer(spec: dict[str, Any], index: int) -> dict[str, Any]:
-    blocks = spec["blocks"]
-    return blocks[index + 1] if index + 1 < len(blocks) else spec["head"]
+def _consumer(spec: ModelSpec, index: int) -> Part:
+    blocks = spec.blocks
+    return blocks[index + 1] if index + 1 < len(blocks) else spec.head
 
 
 def widen_dense(model: StagedModel, index: int, width: int, method: str = "net2net", noise: float = 0.0,
                 generator: torch.Generator | None = None) -> tuple[StagedModel, dict[str, Any]]:
     """Widen linear/conv block ``index`` to ``width`` units/channels; returns the new model
     and the optimizer-state mapping (see ``map_optimizer_state``)."""
-    spec = copy.deepcopy(model.spec)
-    block = spec["blocks"][index]
-    old = block["out"]
+    spec = copy.deepcopy(model.arch)
+    block = spec.blocks[index]
+    assert isinstance(block, Dense)
+    old = block.out
     if width < old:
-        raise StagetrainError(f"cannot shrink {block['name']} from {old} to {width} units: growth only widens.")
-    if block.get("residual") or (spec["blocks"][index + 1:] or [{}])[0].get("residual"):
+        raise StagetrainError(f"cannot shrink {block.name} from {old} to {width} units: growth only widens.")
+    after = spec.blocks[index + 1] if index + 1 < len(spec.blocks) else None
+    if block.residual or getattr(after, "residual", None):
         raise StagetrainError(
-            f"cannot widen {block['name']}: it is or feeds a residual block, whose input and output "
+            f"cannot widen {block.name}: it is or feeds a residual block, whose input and output "
             "widths must stay equal. Widen before deepening with residual_zero, or use strategy.deepen=identity.")
     g = torch.cat([torch.arange(old), torch.randint(old, (width - old,), generator=generator)])
-    block["out"] = width
-    block["out_shape"] = [width, *block["out_shape"][1:]]
+    block.out = width
+    block.out_shape = [width, *block.out_shape[1:]]
     consumer = _consumer(spec, index)
-    if consumer.get("type", "linear_head") not in ("linear", "conv", "linear_head"):
-        raise StagetrainError(f"cannot widen {block['name']}: the block after it is of type {consumer['type']!r}, "
+    if consumer.TAG not in ("linear", "conv", "linear_head"):
+        raise StagetrainError(f"cannot widen {block.name}: the block after it is of type {consumer.TAG!r}, "
                               "which a linear/conv widening cannot adapt.")
     spatial = 1
-    if consumer.get("type") != "conv" and block["type"] == "conv":
-        spatial = consumer["in"] // old  # H*W per channel at the conv -> flatten boundary
-    consumer["in"] = width * spatial
+    if not isinstance(consumer, Conv) and isinstance(block, Conv):
+        spatial = consumer.inp // old  # H*W per channel at the conv -> flatten boundary
+    consumer.inp = width * spatial
     new = StagedModel(spec).to(next(model.parameters()))
-    name = block["name"]
+    name = block.name
     src, dst = model.blocks[name], new.blocks[name]
-    consumer_name = spec["blocks"][index + 1]["name"] if index + 1 < len(spec["blocks"]) else "head"
+    consumer_name = after.name if after is not None else "head"
     src_c, dst_c = model.group(consumer_name), new.group(consumer_name)
     with torch.no_grad():
         copy_parts(model, new, {name, consumer_name})
@@ -103,31 +110,32 @@ def _copy_rest_of_consumer(src: nn.Module, dst: nn.Module) -> None:
 def deepen_dense(model: StagedModel, index: int, kind: str = "identity") -> StagedModel:
     """Insert a new block after block ``index``, of the same width (kind: identity,
     residual_zero, or random)."""
-    spec = copy.deepcopy(model.spec)
-    blocks = spec["blocks"]
+    spec = copy.deepcopy(model.arch)
+    blocks = spec.blocks
     prev = blocks[index]
-    act = prev["act"]
+    assert isinstance(prev, Dense)
+    act = prev.act
     if kind == "identity" and act != "relu":
         raise StagetrainError(
             f"An identity block is function-preserving only after ReLU blocks, but model.activation={act}. "
             "Use strategy.deepen=residual_zero (exact for any activation) or strategy.op=random.")
-    width = prev["out"]
-    new_block = {**prev, "name": fresh_name(blocks), "in": width, "out": width, "pool": 0,
-                 "dropout": 0.0, "residual": kind == "residual_zero"}
+    width = prev.out
+    new_block = copy.deepcopy(replace(prev, name=fresh_name(blocks), inp=width, out=width, pool=0, dropout=0.0,
+                                      residual=kind == "residual_zero"))
     blocks.insert(index + 1, new_block)
     new = StagedModel(spec).to(next(model.parameters()))
     with torch.no_grad():
-        copy_parts(model, new, {new_block["name"]})
-        b = new.blocks[new_block["name"]]
+        copy_parts(model, new, {new_block.name})
+        b = new.blocks[new_block.name]
         if kind == "residual_zero":
             b.gate.zero_()
         elif kind == "identity":
             w = b.layer.weight
             w.zero_()
-            if prev["type"] == "linear":
+            if not isinstance(prev, Conv):
                 w.copy_(torch.eye(width))
             else:
-                k = prev["kernel"]
+                k = prev.kernel
                 w[torch.arange(width), torch.arange(width), k // 2, k // 2] = 1.0
             b.layer.bias.zero_()
             if b.bn is not None:

@@ -67,8 +67,8 @@ def widen_info(g: torch.Tensor, method: str, own: list[dict[str, Any]], consumer
 
 
 def fresh_name(blocks: list[Any]) -> str:
-    """The first free ``block<i>`` name, i > the block count (blocks: specs or names)."""
-    taken = {b["name"] if isinstance(b, dict) else b for b in blocks}
+    """The first free ``block<i>`` name, i > the block count (blocks: typed parts, plain dicts or names)."""
+    taken = {b if isinstance(b, str) else b["name"] if isinstance(b, dict) else b.name for b in blocks}
     i = len(blocks) + 1
     while f"block{i}" in taken:
         i += 1
@@ -87,12 +87,13 @@ def insert_copy(model: StagedModel, index: int) -> tuple[StagedModel, nn.Module]
     every other group copied unchanged; returns the model and the new block (whose weights an
     operator then sets, e.g. output projections zeroed for an identity)."""
     import copy
+    from dataclasses import replace
 
-    spec = copy.deepcopy(model.spec)
-    blocks = spec["blocks"]
-    new_block = {**copy.deepcopy(blocks[index]), "name": fresh_name(blocks)}
+    spec = copy.deepcopy(model.arch)
+    blocks = spec.blocks
+    new_block = copy.deepcopy(replace(blocks[index], name=fresh_name(blocks)))
     blocks.insert(index + 1, new_block)
     new = StagedModel(spec).to(next(model.parameters()))
     with torch.no_grad():
-        copy_parts(model, new, {new_block["name"]})
-    return new, new.blocks[new_block["name"]]
+        copy_parts(model, new, {new_block.name})
+    return new, new.blocks[new_block.name]

@@ -246,7 +246,7 @@ def _reconstruction(stage: Stage, model: StagedModel, helper: nn.Module | None, 
                     y: torch.Tensor, first: int, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """autoencoder / denoising: the decoder reconstructs the trained block's (clean) input."""
     block = model.blocks[model.block_names[stage.stop_block - 1]]
-    if block.spec["type"] == "linear":
+    if block.spec.TAG == "linear":  # a linear block reads its input flat (the typed part, core/parts.py)
         h = h.flatten(1)
     noisy = mask_noise(h, stage.objective_args.noise) if objective_type(stage.objective).noisy and training else h
     recon = helper(block(noisy), block)
