@@ -1,11 +1,12 @@
-"""Ranges of numeric settings that the schema's types cannot express.
+"""Ranges and choices of settings that the schema's types cannot express, as tables.
 
-``check_numbers`` walks the whole typed config: every float anywhere (a top-level key, a
-strategy option, an element of a list) must be finite, so ``nan``/``inf`` are refused
+``check_values`` walks the whole typed config once: every float anywhere (a top-level key,
+a strategy option, an element of a list) must be finite, so ``nan``/``inf`` are refused
 wherever a float is accepted. ``RANGES`` then bounds the settings whose meaning has a
-range (a decay factor, a momentum, a seed, a probability). Each refusal is one paragraph
-naming the key, the value and the valid range. No torch here: the command-line check runs
-it before anything is imported or written.
+range (a count, a decay factor, a momentum, a seed, a probability) and ``CHOICES`` names the
+valid words of the run-wide string settings. Each refusal is one paragraph naming the key,
+the value and what is valid. No torch here: the command-line check runs it before anything
+is imported or written. A plug checks its own options in its ``validate``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import math
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from stagetrain.core.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.schema import AUGMENTS, OPTIMIZERS, SCHEDULES, SHARDS, STORAGES
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit (torch takes 64, numpy does not)
 MAX_CLASSES = 100_000
@@ -28,6 +30,20 @@ SIZE_CAPS = (("model.kwargs", 2**62), ("model.", MAX_UNITS), ("strategy.widths",
 # key -> (low, high, low inclusive, high inclusive); None: unbounded on that side
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "seed": (0, SEED_MAX, True, True),
+    "train.epochs": (0, None, False, True),
+    "train.batch_size": (0, None, False, True),
+    "train.eval_batch_size": (0, None, False, True),
+    "train.patience": (0, None, False, True),
+    "optim.weight_decay": (0, None, True, True),
+    "sched.step_size": (0, None, False, True),
+    "sched.warmup_epochs": (0, None, True, True),
+    "checkpoint.every_steps": (0, None, True, True),
+    "device.threads": (0, None, True, True),
+    "dataset.labeled_fraction": (0, 1, False, True),
+    "dataset.val_fraction": (0, 1, False, False),
+    "dataset.max_train": (0, None, False, True),
+    "dataset.memory_budget": (0, None, False, True),
+    "dataset.workers": (0, None, True, True),
     "optim.momentum": (0, 1, True, False),
     "optim.lr": (0, None, False, True),
     "sched.gamma": (0, 1, False, True),
@@ -44,6 +60,18 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "strategy.rbm_lr": (0, None, False, True),
     "strategy.cache_max_bytes": (0, None, True, True),
     "logger.every_steps": (0, None, True, True),
+}
+# key -> the valid values of a run-wide string setting (a plug's own are checked by its validate)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset.storage": tuple(STORAGES),
+    "dataset.augment": tuple(AUGMENTS),
+    "train.on_nonfinite": ("stop", "skip_batch"),
+    "optim.name": tuple(OPTIMIZERS),
+    "sched.name": tuple(SCHEDULES),
+    "device.name": ("auto", "cpu", "cuda", "mps"),
+    "device.precision": ("fp32", "bf16"),
+    "device.shard": tuple(SHARDS),
+    "progress": ("auto", "rich", "plain", "off"),
 }
 
 
@@ -74,8 +102,9 @@ def _bounds_text(low: float | None, high: float | None, low_in: bool, high_in: b
     return f"in {'[' if low_in else '('}{_num(low)}, {_num(high)}{']' if high_in else ')'}"
 
 
-def check_numbers(cfg: Any) -> None:
-    """Refuse a non-finite float anywhere in ``cfg`` and a value outside ``RANGES``."""
+def check_values(cfg: Any) -> None:
+    """Refuse a non-finite float anywhere in ``cfg``, a value outside ``RANGES`` and a word
+    not in ``CHOICES``."""
     leaves = _walk(cfg)
     for key, value in leaves:
         if isinstance(value, float) and not math.isfinite(value):
@@ -98,3 +127,6 @@ def check_numbers(cfg: Any) -> None:
         if abs(value) > cap:
             raise StagetrainError(f"{key}={value} is out of range: it must be at most {cap:,}"
                                   f"{' (a size of the model or the data)' if cap < 2**62 else ''}.")
+    for key, options in CHOICES.items():
+        if key in values:
+            check_choice(key, values[key], options)

@@ -6,7 +6,8 @@ A dataset's ``config.py`` imports no torch (the config layer loads it at start-u
 
 * ``Config`` -- its options dataclass (``schema.DatasetConfig`` or a subclass of it);
 * ``validate(ds)`` -- raises ``StagetrainError`` for option values it cannot read (no
-  file is read; the options every dataset has are checked by ``config.py``);
+  file is read; the options every dataset has are checked by ``validate`` here and the
+  ranges table, ``core/ranges.py``);
 * ``meta(ds)`` -- (input shape, classes, training samples before the validation split[,
   True when it has its own validation split]) without reading the data where it can (dry
   runs, start-up checks; language-model data: the vocabulary as classes);
@@ -32,6 +33,7 @@ import math
 from types import ModuleType
 from typing import Any
 
+from stagetrain.core.errors import StagetrainError
 from stagetrain.core.plugs import Plugs
 
 DATASETS = Plugs("dataset", "dataset", __name__, ("Config", "validate", "meta"))
@@ -40,6 +42,27 @@ DATASETS = Plugs("dataset", "dataset", __name__, ("Config", "validate", "meta"))
 def dataset(name: str) -> ModuleType:
     """The dataset plug ``dataset=<name>``, or one paragraph naming the valid ones."""
     return DATASETS.plug(name)
+
+
+def validate(ds: Any) -> None:
+    """The rules every dataset shares that a range cannot say (classes, storage), then the
+    plug's own ``validate``; raises ``StagetrainError``."""
+    plug = dataset(ds.name)
+    if ds.classes is not None:
+        classes = list(ds.classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
+            raise StagetrainError(
+                f"dataset.classes={classes} is not valid: give at least two distinct non-negative class labels, "
+                "e.g. [0,1,2,3,4].")
+    can = f"it can be streamed for {', '.join(n for n in DATASETS if streamable(n))}"
+    if ds.storage == "stream" and not streamable(ds.name):
+        raise StagetrainError(f"dataset.storage=stream: dataset={ds.name} is always read into memory; {can}. "
+                              "Use dataset.storage=auto or memory.")
+    if ds.augment != "none" and (not streamable(ds.name) or ds.storage == "memory"):
+        raise StagetrainError(f"dataset.augment={ds.augment} runs per sample in the streamed loader's workers, so it "
+                              f"needs a streamed dataset ({can}) and dataset.storage=stream or auto "
+                              f"(got dataset={ds.name}, dataset.storage={ds.storage}).")
+    plug.validate(ds)
 
 
 def _config(ds: Any) -> ModuleType:

@@ -35,6 +35,7 @@ from typing import Any
 from stagetrain.core import trust
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.plugs import Plugs
+from stagetrain.datasets import inputs
 
 FAMILIES = Plugs("model", "model family", __name__, ("Config", "validate", "spec"))
 
@@ -50,6 +51,24 @@ def vouched_by(cfg: Any) -> contextlib.AbstractContextManager[None]:
     model = cfg.get("model") or {}
     hook = getattr(family(model.get("name")), "trust_targets", None) if model.get("name") in FAMILIES else None
     return trust.vouched(trust.named_by(cfg) | {str(t) for t in (hook(model) if hook else [])})
+
+
+def validate(model: Any, ds: Any, batch_size: int) -> Any:
+    """The model settings checked against the data (``ds``) and the batch size, with values
+    left to follow the data filled in (the family's optional ``resolve``: e.g. a transformer's
+    vocabulary from a text dataset); raises ``StagetrainError``."""
+    fam = family(model.name)
+    if inputs(ds) == "tokens" and not hasattr(fam, "resolve"):
+        readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "resolve"))
+        raise StagetrainError(f"dataset={ds.name} gives token ids, which model={model.name} cannot read. Use a "
+                              f"family whose stem embeds them: {readers}.")
+    model = fam.resolve(model, ds) if hasattr(fam, "resolve") else model
+    fam.validate(model, ds)
+    batch_norm = hook(model, "batch_norm")
+    if batch_size == 1 and batch_norm is not None and batch_norm(model):
+        raise StagetrainError("train.batch_size=1 with model.bn=true: batch normalization needs at least two "
+                              "samples per batch to compute its statistics. Use train.batch_size>=2 or model.bn=false.")
+    return model
 
 
 def hook(model: Any, name: str) -> Any:

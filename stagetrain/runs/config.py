@@ -17,21 +17,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from stagetrain.core.errors import StagetrainError, check_choice, check_positive, did_you_mean
-from stagetrain.core.ranges import check_numbers
-from stagetrain.core.schema import (
-    AUGMENTS,
-    CACHE_MAX_BYTES,
-    OPTIMIZERS,
-    SCHEDULES,
-    SHARDS,
-    STORAGES,
-    DatasetConfig,
-    DeviceConfig,
-    RunConfig,
-)
-from stagetrain.datasets import DATASETS, dataset, inputs, streamable
+from stagetrain import datasets, families
+from stagetrain.core.errors import StagetrainError, check_choice, did_you_mean
+from stagetrain.core.ranges import check_values
+from stagetrain.core.schema import CACHE_MAX_BYTES, DatasetConfig, DeviceConfig, RunConfig
+from stagetrain.datasets import DATASETS
 from stagetrain.families import FAMILIES, family
+from stagetrain.runs.search import check_run
 from stagetrain.strategies import STRATEGIES, config_module
 
 
@@ -99,28 +91,22 @@ def engine_options(cfg: RunConfig, config_yaml: str) -> Any:
     )
 
 
-def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    check_positive(key, value, allow_zero)
-
-
-def _fraction(key: str, value: float, allow_zero: bool = False) -> None:
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (low_ok and value <= 1):
-        raise StagetrainError(f"{key}={value} is out of range: it must be in (0, 1].")
-
-
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """Check values and combinations that the type schema cannot; raise StagetrainError.
 
-    Returns the typed settings (``settings``) that the run hands to strategies and the engine.
+    One pass, each axis's rules in their own place: the key names here, the run-wide ranges
+    and choices (``core/ranges.py``), the dataset's (``datasets.validate``), the model's
+    against the data (``families.validate``), the search settings (``search.check_run``),
+    then the strategy plug's. Returns the typed settings (``settings``) that the run hands
+    to strategies and the engine.
     """
     if isinstance(cfg, DictConfig):
         check_known_keys(cfg)
         cfg = settings(cfg)
-    check_numbers(cfg)
-    _validate_dataset(cfg.dataset)
-    cfg.model = _validate_model(cfg.model, cfg.dataset)
-    _validate_run(cfg)
+    check_values(cfg)
+    datasets.validate(cfg.dataset)
+    cfg.model = families.validate(cfg.model, cfg.dataset, cfg.train.batch_size)
+    check_run(cfg)
     check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
     config_module(cfg.strategy.name).validate(cfg)
     return cfg
@@ -146,82 +132,6 @@ def check_known_keys(node: DictConfig, prefix: str = "") -> None:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
             check_known_keys(child, f"{name}.")
-
-
-def _validate_dataset(ds: DatasetConfig) -> None:
-    """The options every dataset has, then the dataset plug's own ``validate``."""
-    plug = dataset(ds.name)
-    _fraction("dataset.labeled_fraction", ds.labeled_fraction)
-    if not 0 < ds.val_fraction < 1:
-        raise StagetrainError(f"dataset.val_fraction={ds.val_fraction} is out of range: it must be in (0, 1).")
-    if ds.classes is not None:
-        classes = list(ds.classes)
-        if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
-            raise StagetrainError(
-                f"dataset.classes={classes} is not valid: give at least two distinct non-negative class labels, e.g. [0,1,2,3,4]."
-            )
-    _positive("dataset.max_train", ds.max_train)
-    _validate_storage(ds)
-    plug.validate(ds)
-
-
-def _validate_storage(ds: DatasetConfig) -> None:
-    check_choice("dataset.storage", ds.storage, STORAGES)
-    check_choice("dataset.augment", ds.augment, AUGMENTS)
-    _positive("dataset.memory_budget", ds.memory_budget)
-    _positive("dataset.workers", ds.workers, allow_zero=True)
-    can = f"it can be streamed for {', '.join(n for n in DATASETS if streamable(n))}"
-    if ds.storage == "stream" and not streamable(ds.name):
-        raise StagetrainError(f"dataset.storage=stream: dataset={ds.name} is always read into memory; {can}. "
-                              "Use dataset.storage=auto or memory.")
-    if ds.augment != "none" and (not streamable(ds.name) or ds.storage == "memory"):
-        raise StagetrainError(f"dataset.augment={ds.augment} runs per sample in the streamed loader's workers, so it "
-                              f"needs a streamed dataset ({can}) and dataset.storage=stream or auto "
-                              f"(got dataset={ds.name}, dataset.storage={ds.storage}).")
-
-
-def _validate_model(model: Any, ds: DatasetConfig) -> Any:
-    """The model settings, checked, with values left to follow the data filled in (the
-    family's optional ``resolve``: e.g. a transformer's vocabulary from a text dataset)."""
-    fam = family(model.name)
-    if inputs(ds) == "tokens" and not hasattr(fam, "resolve"):
-        readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "resolve"))
-        raise StagetrainError(f"dataset={ds.name} gives token ids, which model={model.name} cannot read. Use a "
-                              f"family whose stem embeds them: {readers}.")
-    model = fam.resolve(model, ds) if hasattr(fam, "resolve") else model
-    fam.validate(model, ds)
-    return model
-
-
-def _validate_run(cfg: RunConfig) -> None:
-    train = cfg.train
-    _positive("train.epochs", train.epochs)
-    _positive("train.batch_size", train.batch_size)
-    _positive("train.eval_batch_size", train.eval_batch_size)
-    _positive("train.patience", train.patience)
-    batch_norm = getattr(family(cfg.model.name), "batch_norm", None)
-    if train.batch_size == 1 and batch_norm is not None and batch_norm(cfg.model):
-        raise StagetrainError("train.batch_size=1 with model.bn=true: batch normalization needs at least two "
-                              "samples per batch to compute its statistics. Use train.batch_size>=2 or model.bn=false.")
-    check_choice("train.on_nonfinite", train.on_nonfinite, ("stop", "skip_batch"))
-    check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    _positive("optim.lr", cfg.optim.lr)
-    _positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
-    check_choice("sched.name", cfg.sched.name, SCHEDULES)
-    _positive("sched.step_size", cfg.sched.step_size)
-    _positive("sched.warmup_epochs", cfg.sched.warmup_epochs, allow_zero=True)
-    _positive("checkpoint.every_steps", cfg.checkpoint.every_steps, allow_zero=True)
-    check_choice("device.name", cfg.device.name, ("auto", "cpu", "cuda", "mps"))
-    check_choice("device.precision", cfg.device.precision, ("fp32", "bf16"))
-    check_choice("device.shard", cfg.device.shard, SHARDS)
-    _positive("device.threads", cfg.device.threads, allow_zero=True)
-    check_choice("progress", cfg.progress, ("auto", "rich", "plain", "off"))
-    _positive("seed", cfg.seed, allow_zero=True)
-    from stagetrain.runs.search import check_compare, check_objective, check_tune
-
-    check_objective(cfg.objective.metric, cfg.objective.mode)
-    check_compare(cfg.compare.control_key, cfg.compare.control_value, cfg.compare.level)
-    check_tune(list(cfg.tune.lr), cfg.tune.grid, cfg.compare.scratch, cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -26,6 +26,13 @@ def direction(metric: str, mode: str) -> str:
     return "min" if metric.endswith("loss") else "max"
 
 
+def check_run(cfg: Any) -> None:
+    """The search settings of a run (``objective``, ``compare``, ``tune``), checked together."""
+    check_objective(cfg.objective.metric, cfg.objective.mode)
+    check_compare(cfg.compare.control_key, cfg.compare.control_value, cfg.compare.level)
+    check_tune(list(cfg.tune.lr), cfg.tune.grid, cfg.compare.scratch, cfg)
+
+
 def check_objective(metric: str, mode: str) -> None:
     if str(metric).startswith("test/"):
         raise StagetrainError(
