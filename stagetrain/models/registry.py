@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.partbase import Part
-from stagetrain.core.spec import ModelSpec
+from stagetrain.core.spec import ModelSpec, part_from_dict
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,16 @@ PARTS: dict[str, PartType] = {}
 
 
 def register(part: PartType) -> PartType:
+    if part.typed:  # callers may still hand a typed part type its plain dict: read it into the record
+        build, flops, name = part.build, part.flops, part.name
+        part = replace(part, build=lambda spec, *shared: build(_record(spec, name), *shared),
+                       flops=lambda spec: flops(_record(spec, name)))
     PARTS[part.name] = part
     return part
+
+
+def _record(spec: Part | dict[str, Any], name: str) -> Part:
+    return spec if isinstance(spec, Part) else part_from_dict(spec, f"{name} part", name)
 
 
 def _import_all() -> None:

@@ -14,6 +14,8 @@ A layer computes ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``; attention is on
 ``mlp.fc1`` -> GELU -> ``mlp.fc2`` (names LoRA targets and BitFit patterns rely on).
 Growth (``models/transformer_growth.py``): Net2Net widening of the MLP hidden size, and a
 residual layer whose output projections are zero (the identity) inserted above a layer.
+Each part is built from its typed record (``core/parts_seq.py``); the dict above is how a
+spec is stored.
 
 Padding (parts whose spec says ``"padding": true``: padded text classification): token id
 0 is padding. The token stem outputs an all-zero row at a padded position; each layer
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagetrain.core import parts_seq as parts
 from stagetrain.models.registry import PartType, register
 
 
@@ -37,17 +40,17 @@ class PatchEmbed(nn.Module):
     """Images [B, C, H, W] -> non-overlapping ``patch`` x ``patch`` patches -> Linear, plus a
     learned position embedding (and a learned CLS token in front when ``cls_token``)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.PatchEmbed):
         super().__init__()
-        self.spec = dict(spec)
-        c, p, d = spec["in_shape"][0], spec["patch"], spec["d_model"]
+        self.spec = spec
+        c, p, d = spec.in_shape[0], spec.patch, spec.d_model
         self.proj = nn.Linear(c * p * p, d)
-        self.cls = nn.Parameter(0.02 * torch.randn(1, 1, d)) if spec.get("cls_token") else None
-        self.pos = nn.Parameter(0.02 * torch.randn(1, spec["tokens"], d))
+        self.cls = nn.Parameter(0.02 * torch.randn(1, 1, d)) if spec.cls_token else None
+        self.pos = nn.Parameter(0.02 * torch.randn(1, spec.tokens, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        p = self.spec["patch"]
+        p = self.spec.patch
         patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
         z = self.proj(patches)
         if self.cls is not None:
@@ -58,16 +61,16 @@ class PatchEmbed(nn.Module):
 class TokenEmbed(nn.Module):
     """Token ids [B, T] (T <= max_len) -> embedding + learned position embedding."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.TokenEmbed):
         super().__init__()
-        self.spec = dict(spec)
-        self.embed = nn.Embedding(spec["vocab_size"], spec["d_model"])
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.pos = nn.Parameter(0.02 * torch.randn(1, spec["max_len"], spec["d_model"]))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, spec.max_len, spec.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x) + self.pos[:, : x.shape[1]]
-        return z * (x != 0).unsqueeze(-1).to(z.dtype) if self.spec.get("padding") else z
+        return z * (x != 0).unsqueeze(-1).to(z.dtype) if self.spec.padding else z
 
 
 def real_positions(x: torch.Tensor) -> torch.Tensor:
@@ -118,18 +121,18 @@ class MLP(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-LN layer: x + attn(ln1(x)), then x + mlp(ln2(x)) (dropout on both branches)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.TransformerLayer):
         super().__init__()
-        self.spec = dict(spec)
-        d, p = spec["d_model"], float(spec.get("dropout", 0.0))
+        self.spec = spec
+        d, p = spec.d_model, float(0.0 if spec.dropout is None else spec.dropout)
         self.ln1 = nn.LayerNorm(d)
-        self.attn = Attention(d, spec["n_heads"], bool(spec.get("causal")), p)
+        self.attn = Attention(d, spec.n_heads, bool(spec.causal), p)
         self.ln2 = nn.LayerNorm(d)
-        self.mlp = MLP(d, spec["mlp_hidden"])
+        self.mlp = MLP(d, spec.mlp_hidden)
         self.drop = nn.Dropout(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep = real_positions(x) if self.spec.get("padding") else None
+        keep = real_positions(x) if self.spec.padding else None
         x = x + self.drop(self.attn(self.ln1(x), keep))
         x = x + self.drop(self.mlp(self.ln2(x)))
         return x if keep is None else x * keep.unsqueeze(-1).to(x.dtype)
@@ -140,17 +143,17 @@ class SeqClassifier(nn.Module):
     (Linear). ``layer`` is the name layer-wise training's auxiliary head hands over. With
     ``padding`` the mean skips padded positions."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.SeqClassifier):
         super().__init__()
-        self.spec = dict(spec)
-        self.norm = nn.LayerNorm(spec["in"])
-        self.layer = nn.Linear(spec["in"], spec["out"])
+        self.spec = spec
+        self.norm = nn.LayerNorm(spec.inp)
+        self.layer = nn.Linear(spec.inp, spec.out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.get("pool") == "cls":
+        if self.spec.pool == "cls":
             pooled = x[:, 0]
         else:
-            pooled = masked_mean(x) if self.spec.get("padding") else x.mean(1)
+            pooled = masked_mean(x) if self.spec.padding else x.mean(1)
         return self.layer(self.norm(pooled))
 
 
@@ -159,15 +162,15 @@ class LMHead(nn.Module):
     With ``tie`` the Linear's weight is the token stem's embedding (``bind`` connects them;
     the weight is stored once, under the stem)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.LMHeadPart):
         super().__init__()
-        self.spec = dict(spec)
-        self.norm = nn.LayerNorm(spec["in"])
-        self.layer = None if spec.get("tie") else nn.Linear(spec["in"], spec["out"], bias=False)
+        self.spec = spec
+        self.norm = nn.LayerNorm(spec.inp)
+        self.layer = None if spec.tie else nn.Linear(spec.inp, spec.out, bias=False)
         self._tied: list[nn.Embedding] = []  # a plain list: not a submodule, so no second copy
 
     def bind(self, model: nn.Module) -> None:
-        if self.spec.get("tie"):
+        if self.spec.tie:
             self._tied[:] = [model.stem.embed]
 
     @property
@@ -184,19 +187,19 @@ def attention_flops(tokens: int, d: int) -> float:
     return 4.0 * tokens * tokens * d
 
 
-def _layer_flops(spec: dict[str, Any]) -> float:
-    t, d, h = spec["tokens"], spec["d_model"], spec["mlp_hidden"]
+def _layer_flops(spec: parts.TransformerLayer) -> float:
+    t, d, h = spec.tokens, spec.d_model, spec.mlp_hidden
     return 2.0 * t * (3 * d * d + d * d + 2 * d * h) + attention_flops(t, d)
 
 
-def _patch_flops(spec: dict[str, Any]) -> float:
-    c, p = spec["in_shape"][0], spec["patch"]
-    patches = spec["tokens"] - (1 if spec.get("cls_token") else 0)
-    return 2.0 * patches * c * p * p * spec["d_model"]
+def _patch_flops(spec: parts.PatchEmbed) -> float:
+    c, p = spec.in_shape[0], spec.patch
+    patches = spec.tokens - (1 if spec.cls_token else 0)
+    return 2.0 * patches * c * p * p * spec.d_model
 
 
-def _lm_flops(spec: dict[str, Any]) -> float:
-    return 2.0 * spec["tokens"] * spec["in"] * spec["out"]
+def _lm_flops(spec: parts.LMHeadPart) -> float:
+    return 2.0 * spec.tokens * spec.inp * spec.out
 
 
 def _register_cpu_attention_flops() -> None:
@@ -240,9 +243,9 @@ LAYER_GROWTH = {
     "deepen:random": "none",
     "stack": "none (copies of the trained layers on top, G_stack)",
 }
-register(PartType("patch_embed", "stem", PatchEmbed, _patch_flops))
-register(PartType("token_embed", "stem", TokenEmbed, lambda spec: 0.0))
+register(PartType("patch_embed", "stem", PatchEmbed, _patch_flops, typed=True))
+register(PartType("token_embed", "stem", TokenEmbed, lambda spec: 0.0, typed=True))
 register(PartType("transformer_layer", "block", TransformerLayer, _layer_flops, LAYER_GROWTH, _widen, _deepen,
-                  ("supervised",), width_key="mlp_hidden"))
-register(PartType("seq_classifier", "head", SeqClassifier, lambda spec: 2.0 * spec["in"] * spec["out"]))
-register(PartType("lm_head", "head", LMHead, _lm_flops))
+                  ("supervised",), width_key="mlp_hidden", typed=True))
+register(PartType("seq_classifier", "head", SeqClassifier, lambda spec: 2.0 * spec.inp * spec.out, typed=True))
+register(PartType("lm_head", "head", LMHead, _lm_flops, typed=True))

@@ -38,13 +38,13 @@ def widen_mlp(model: StagedModel, index: int, width: int, method: str = "net2net
               generator: torch.Generator | None = None) -> tuple[StagedModel, dict[str, Any]]:
     """Widen the MLP of layer ``index`` to ``width`` hidden units; returns the new model and
     the optimizer-state map (fc1 rows and bias are the units, fc2 columns read them)."""
-    spec = copy.deepcopy(model.spec)
-    block = spec["blocks"][index]
-    name, old = block["name"], int(block["mlp_hidden"])
+    spec = copy.deepcopy(model.arch)
+    block = spec.blocks[index]
+    name, old = block.name, int(block.mlp_hidden)
     if width < old:
         raise StagetrainError(f"cannot shrink the MLP of {name} from {old} to {width} hidden units: growth only widens.")
     g = torch.cat([torch.arange(old), torch.randint(old, (width - old,), generator=generator)])
-    block["mlp_hidden"] = int(width)
+    block.mlp_hidden = int(width)
     new = StagedModel(spec).to(next(model.parameters()))
     src, dst = model.blocks[name], new.blocks[name]
     with torch.no_grad():
