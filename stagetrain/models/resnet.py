@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagetrain.core import parts
 from stagetrain.models.registry import PartType, register
 from stagetrain.models.resnet_spec import conv_out
 
@@ -32,13 +33,13 @@ from stagetrain.models.resnet_spec import conv_out
 class Stem(nn.Module):
     """cifar: 3x3 conv + BN + ReLU; imagenet: 7x7 stride-2 conv + BN + ReLU + 3x3 stride-2 max-pool."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.ResnetStem):
         super().__init__()
-        self.spec = dict(spec)
-        k, s = (3, 1) if spec["kind"] == "cifar" else (7, 2)
-        self.conv = nn.Conv2d(spec["in"], spec["out"], k, s, k // 2, bias=False)
-        self.bn = nn.BatchNorm2d(spec["out"])
-        self.pool = nn.MaxPool2d(3, 2, 1) if spec["kind"] == "imagenet" else None
+        self.spec = spec
+        k, s = (3, 1) if spec.kind == "cifar" else (7, 2)
+        self.conv = nn.Conv2d(spec.inp, spec.out, k, s, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(spec.out)
+        self.pool = nn.MaxPool2d(3, 2, 1) if spec.kind == "imagenet" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.conv(x)))
@@ -93,14 +94,14 @@ class Unit(nn.Module):
 class Stage(nn.Module):
     """``units`` residual units; the first takes the stage's input channels and stride."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.ResnetStage):
         super().__init__()
-        self.spec = dict(spec)
-        kind, mid, out = spec["unit"], spec["mid"], spec["out"]
+        self.spec = spec
+        kind, mid, out = spec.unit, spec.mid, spec.out
         self.units = nn.ModuleList(
-            Unit(kind, spec["in"] if i == 0 else out, mid, out, spec["stride"] if i == 0 else 1,
-                 i == 0 and spec["shortcut"] == "projection")
-            for i in range(spec["units"]))
+            Unit(kind, spec.inp if i == 0 else out, mid, out, spec.stride if i == 0 else 1,
+                 i == 0 and spec.shortcut == "projection")
+            for i in range(spec.units))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.units:
@@ -111,40 +112,40 @@ class Stage(nn.Module):
 class PoolLinear(nn.Module):
     """Global average pool + Linear; ``layer`` is the Linear (an aux head's ``layer`` loads into it)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.PoolLinear):
         super().__init__()
-        self.spec = dict(spec)
-        self.layer = nn.Linear(spec["in"], spec["out"])
+        self.spec = spec
+        self.layer = nn.Linear(spec.inp, spec.out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def _stem_flops(spec: dict[str, Any]) -> float:
-    k, s = (3, 1) if spec["kind"] == "cifar" else (7, 2)
-    h, w = (conv_out(n, k, s, k // 2) for n in spec["in_hw"])
-    return 2.0 * spec["in"] * spec["out"] * k * k * h * w
+def _stem_flops(spec: parts.ResnetStem) -> float:
+    k, s = (3, 1) if spec.kind == "cifar" else (7, 2)
+    h, w = (conv_out(n, k, s, k // 2) for n in spec.in_hw)
+    return 2.0 * spec.inp * spec.out * k * k * h * w
 
 
-def _stage_flops(spec: dict[str, Any]) -> float:
+def _stage_flops(spec: parts.ResnetStage) -> float:
     """Per unit: its convs at their output resolution (the first unit's at the stride)."""
-    (h, w), (ho, wo) = spec["in_hw"], spec["out_shape"][1:]
-    mid, out = spec["mid"], spec["out"]
+    (h, w), (ho, wo) = spec.in_hw, spec.out_shape[1:]
+    mid, out = spec.mid, spec.out
     total = 0.0
-    for i in range(spec["units"]):
-        cin = spec["in"] if i == 0 else out
-        if spec["unit"] == "basic":
+    for i in range(spec.units):
+        cin = spec.inp if i == 0 else out
+        if spec.unit == "basic":
             total += 9 * cin * mid * ho * wo + 9 * mid * out * ho * wo
         else:
             hin, win = (h, w) if i == 0 else (ho, wo)
             total += cin * mid * hin * win + 9 * mid * mid * ho * wo + mid * out * ho * wo
-        if i == 0 and spec["shortcut"] == "projection":
+        if i == 0 and spec.shortcut == "projection":
             total += cin * out * ho * wo
     return 2.0 * total
 
 
-def _head_flops(spec: dict[str, Any]) -> float:
-    return 2.0 * spec["in"] * spec["out"]
+def _head_flops(spec: parts.PoolLinear) -> float:
+    return 2.0 * spec.inp * spec.out
 
 
 def _widen(*args: Any, **kw: Any) -> Any:
@@ -164,6 +165,6 @@ STAGE_GROWTH = {  # see resnet_growth.py for what each guarantee rests on
     "deepen:residual_zero": "exact", "deepen:identity": "exact (a zero-scale unit after ReLU)",
     "deepen:random": "none",
 }
-register(PartType("resnet_stem", "stem", Stem, _stem_flops))
-register(PartType("resnet_stage", "block", Stage, _stage_flops, STAGE_GROWTH, _widen, _deepen, ("supervised",)))
-register(PartType("pool_linear", "head", PoolLinear, _head_flops))
+register(PartType("resnet_stem", "stem", Stem, _stem_flops, typed=True))
+register(PartType("resnet_stage", "block", Stage, _stage_flops, STAGE_GROWTH, _widen, _deepen, ("supervised",), typed=True))
+register(PartType("pool_linear", "head", PoolLinear, _head_flops, typed=True))

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.parts import ResnetStage
+from stagetrain.core.spec import part_from_dict
 from stagetrain.models.growth_units import (
     consumer_units,
     copy_parts,
@@ -53,10 +55,10 @@ AXES = {
 }
 
 
-def _widened_dims(stage: dict[str, Any], unit: int, module: str, widened: set[str]) -> list[int]:
+def _widened_dims(stage: ResnetStage, unit: int, module: str, widened: set[str]) -> list[int]:
     """Dims of ``module``'s tensors that index widened channels (units after the first read
     the stage's own channels as their input)."""
-    axes = AXES[stage["unit"]][module]
+    axes = AXES[stage.unit][module]
     if unit > 0:
         axes = tuple("out" if a == "in" else a for a in axes)
     return [d for d, a in enumerate(axes) if a in widened]
@@ -89,13 +91,13 @@ def _remap(dst: torch.Tensor, src: torch.Tensor, dims: list[int], g: torch.Tenso
     dst.copy_(src)
 
 
-def _map_block(src_block: nn.Module, dst_block: nn.Module, stage_old: dict[str, Any], widened: set[str],
+def _map_block(src_block: nn.Module, dst_block: nn.Module, stage_old: ResnetStage, widened: set[str],
                g: torch.Tensor, method: str, prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Write dst_block's tensors from src_block's through g; returns the optimizer-state
     map entries (own: output axes, consumer: input axes) of its parameters."""
     src_state = dict(src_block.state_dict())
-    if stage_old["shortcut"] == "identity":
-        _identity_shortcut(src_state, "units.0.shortcut.", stage_old["in"], src_state["units.0.conv1.weight"])
+    if stage_old.shortcut == "identity":
+        _identity_shortcut(src_state, "units.0.shortcut.", stage_old.inp, src_state["units.0.conv1.weight"])
     params = {name for name, _ in dst_block.named_parameters()}
     own, reads = [], []
     for key, dst in dst_block.state_dict().items():
@@ -123,30 +125,32 @@ def widen_stage(model: StagedModel, index: int, width: int, method: str = "net2n
                 generator: torch.Generator | None = None) -> tuple[StagedModel, dict[str, Any]]:
     """Widen resnet stage ``index`` to ``width`` channels; returns the new model and the
     optimizer-state map (``widen_info``)."""
-    spec = copy.deepcopy(model.spec)
-    stage = spec["blocks"][index]
-    old_stage = dict(model.spec["blocks"][index])
-    old, name = stage["out"], stage["name"]
+    spec = copy.deepcopy(model.arch)
+    stage = spec.blocks[index]
+    assert isinstance(stage, ResnetStage)
+    old_stage = copy.deepcopy(stage)
+    old, name = stage.out, stage.name
     if width < old:
         raise StagetrainError(f"cannot shrink {name} from {old} to {width} channels: growth only widens.")
-    if spec.get("lora"):
+    if spec.lora is not None:
         raise StagetrainError(f"cannot widen {name} while it carries LoRA adapters: merge them first.")
     g = torch.cat([torch.arange(old), torch.randint(old, (width - old,), generator=generator)])
-    basic = stage["unit"] == "basic"
-    stage.update(out=width, out_shape=[width, *stage["out_shape"][1:]], mid=width if basic else stage["mid"])
+    basic = stage.unit == "basic"
+    stage.out, stage.out_shape, stage.mid = width, [width, *stage.out_shape[1:]], width if basic else stage.mid
     if width != old:
-        stage["shortcut"] = "projection"
-    last = index + 1 == len(spec["blocks"])
-    consumer = spec["head"] if last else spec["blocks"][index + 1]
-    if consumer.get("type") not in ("pool_linear", "resnet_stage"):
-        raise StagetrainError(f"cannot widen {name}: the part after it is of type {consumer.get('type')!r}, which "
-                              "a resnet stage widening cannot adapt (it adapts resnet stages and the pool_linear head).")
-    old_consumer = dict(consumer)
-    consumer["in"] = width
+        stage.shortcut = "projection"
+    last = index + 1 == len(spec.blocks)
+    consumer = spec.head if last else spec.blocks[index + 1]
+    if consumer.to_dict().get("type") not in ("pool_linear", "resnet_stage"):  # as written (a head may name none)
+        raise StagetrainError(f"cannot widen {name}: the part after it is of type {consumer.to_dict().get('type')!r}, "
+                              "which a resnet stage widening cannot adapt (it adapts resnet stages and the pool_linear "
+                              "head).")
+    old_consumer = copy.deepcopy(consumer)
+    consumer.inp = width
     if not last and width != old:
-        consumer["shortcut"] = "projection"
+        consumer.shortcut = "projection"
     new = StagedModel(spec).to(next(model.parameters()))
-    consumer_name = "head" if last else consumer["name"]
+    consumer_name = "head" if last else consumer.name
     with torch.no_grad():
         copy_parts(model, new, {name, consumer_name})
         widened = {"out", "mid"} if basic else {"out"}
@@ -167,16 +171,17 @@ def widen_stage(model: StagedModel, index: int, width: int, method: str = "net2n
 def deepen_stage(model: StagedModel, index: int, kind: str = "residual_zero") -> StagedModel:
     """Insert a stride-1, one-unit stage with stage ``index``'s channels after it:
     zero last-BN scale (residual_zero, identity: exact) or fresh (random)."""
-    spec = copy.deepcopy(model.spec)
-    blocks = spec["blocks"]
+    spec = copy.deepcopy(model.arch)
+    blocks = spec.blocks
     prev = blocks[index]
-    c = prev["out"]
-    block = stage_spec(fresh_name(blocks), prev["unit"], c, c, 1, 1, prev["out_shape"][1:])
+    assert isinstance(prev, ResnetStage)
+    c = prev.out
+    block = part_from_dict(stage_spec(fresh_name(blocks), prev.unit, c, c, 1, 1, prev.out_shape[1:]), "new stage")
     blocks.insert(index + 1, block)
     new = StagedModel(spec).to(next(model.parameters()))
     with torch.no_grad():
-        copy_parts(model, new, {block["name"]})
+        copy_parts(model, new, {block.name})
         if kind in ("residual_zero", "identity"):
-            for unit in new.blocks[block["name"]].units:
+            for unit in new.blocks[block.name].units:
                 unit.last_bn.weight.zero_()
     return new
