@@ -27,7 +27,7 @@ TIED = ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.dec
 
 
 def _kind(model: StagedModel) -> tuple[str, str]:
-    return model.spec["stem"]["model_type"], model.spec["head"]["task"]
+    return model.arch.stem.model_type, model.arch.head.task
 
 
 def load_pretrained(model: StagedModel, folder: str) -> dict[str, Any]:
@@ -72,10 +72,10 @@ def hf_model(model: StagedModel) -> Any:
     import transformers
 
     t, task = _kind(model)
-    spec = model.spec
-    extra = {"num_labels": int(spec["head"]["out"])} if task == "classification" else {}
-    config = hf_config(spec["stem"]["config"], num_hidden_layers=len(spec["blocks"]),
-                       vocab_size=int(spec["stem"]["vocab_size"]), **extra)
+    arch = model.arch
+    extra = {"num_labels": int(arch.head.out)} if task == "classification" else {}
+    config = hf_config(arch.stem.config, num_hidden_layers=len(arch.blocks),
+                       vocab_size=int(arch.stem.vocab_size), **extra)
     hf = getattr(transformers, AUTO[task]).from_config(config)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.rpartition(".")[2] not in LORA_KEYS}
     mapped = rename(list(state), name_map(t, task, model.block_names), to_hf=True)
@@ -97,7 +97,7 @@ def export_pretrained(model: StagedModel, folder: Path) -> Path | None:
     hf = hf_model(model)
     with torch.no_grad():
         hf.save_pretrained(str(folder), safe_serialization=True)
-    if model.spec.get("lora"):
+    if model.arch.lora is not None:
         export_adapter(model, Path(folder) / "adapter", Path(folder))
     return folder
 
@@ -120,7 +120,7 @@ def export_adapter(model: StagedModel, folder: Path, base: Path) -> Path:
     from safetensors.torch import save_file
 
     t, task = _kind(model)
-    lora = model.spec["lora"]
+    lora = model.arch.lora
     saved = task != "mlm"  # the head trained too: PEFT's modules_to_save (an MLM head holds the tied decoder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.named_parameters()
              if k.rpartition(".")[2] in LORA_KEYS or (saved and k.startswith("head."))}
@@ -135,7 +135,7 @@ def export_adapter(model: StagedModel, folder: Path, base: Path) -> Path:
             modules.add(module)
             tensors[f"base_model.model.{module}.{LORA_KEYS[leaf]}"] = state[key]
     config = {"peft_type": "LORA", "task_type": PEFT_TASK.get(task), "base_model_name_or_path": str(base.resolve()),
-              "r": int(lora["rank"]), "lora_alpha": float(lora["alpha"]), "lora_dropout": 0.0, "bias": "none",
+              "r": int(lora.rank), "lora_alpha": float(lora.alpha), "lora_dropout": 0.0, "bias": "none",
               "target_modules": sorted(modules), "fan_in_fan_out": _fan_in_fan_out(model), "use_rslora": False, "use_dora": False,
               "init_lora_weights": True, "inference_mode": True, "modules_to_save": sorted(heads) or None,
               "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}

@@ -1,7 +1,8 @@
 """The part types of ``model=hf``: a Hugging Face ``transformers`` model cut into a stem (its
 embeddings), one block per decoder/encoder layer and a head (final norm + LM head, MLM head
 or pooled classifier). Each part builds transformers' own modules from the plain config dict
-its spec carries (``spec["config"]``, with ``model_type``), so a checkpoint's spec stays data.
+its typed record carries (``core/parts_seq.py``: ``config``, with ``model_type``), so a
+checkpoint's spec stays data.
 
     stem  {"type": "hf_embed", "model_type": "llama", "config": {...}, "padding": false, ...}
     block {"type": "hf_decoder_layer" | "hf_encoder_layer", "name": "block1", "config": {...}, ...}
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagetrain.core import parts_seq as parts
 from stagetrain.models.growth_units import insert_copy
 from stagetrain.models.hf_arch import (
     ARCHS,
@@ -43,10 +45,10 @@ from stagetrain.models.staged import StagedModel
 class HFEmbed(nn.Module):
     """Token ids [B, T] -> the model's embeddings [B, T, d] (padded rows zero with padding)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.HFEmbed):
         super().__init__()
-        self.spec = dict(spec)
-        t, config = spec["model_type"], hf_config(spec["config"])
+        self.spec = spec
+        t, config = spec.model_type, hf_config(spec.config)
         d = config.hidden_size
         if ARCHS[t]["rotary"]:
             self.embed_tokens = nn.Embedding(config.vocab_size, d, config.pad_token_id)
@@ -59,38 +61,38 @@ class HFEmbed(nn.Module):
         init_hf(self, config.initializer_range)
 
     def token_embedding(self) -> nn.Embedding:
-        t = self.spec["model_type"]
+        t = self.spec.model_type
         if ARCHS[t]["rotary"]:
             return self.embed_tokens
         return self.wte if t == "gpt2" else self.embeddings.word_embeddings
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = self.spec["model_type"]
+        t = self.spec.model_type
         if ARCHS[t]["rotary"]:
             z = self.embed_tokens(ids)
         elif t == "gpt2":
             z = self.drop(self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))[None])
         else:
             z = self.embeddings(input_ids=ids)
-        return z * ids.ne(0).unsqueeze(-1).to(z.dtype) if self.spec.get("padding") else z
+        return z * ids.ne(0).unsqueeze(-1).to(z.dtype) if self.spec.padding else z
 
 
 class HFLayer(nn.Module):
     """One decoder/encoder layer of the model (``layer``: transformers' own class)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.HFDecoderLayer):
         super().__init__()
-        self.spec = dict(spec)
-        t, config = spec["model_type"], hf_config(spec["config"])
-        index = min(int(spec.get("index", 0)), config.num_hidden_layers - 1)
+        self.spec = spec
+        t, config = spec.model_type, hf_config(spec.config)
+        index = min(int(spec.index or 0), config.num_hidden_layers - 1)
         suffix = "Layer" if ARCHS[t]["kind"] == "encoder" else ("Block" if t == "gpt2" else "DecoderLayer")
         self.layer = hf_class(t, suffix)(config, layer_idx=index)
         init_hf(self.layer, config.initializer_range)
         self.rotary = hf_class(t, "RotaryEmbedding")(config=config) if ARCHS[t]["rotary"] else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        padding = bool(self.spec.get("padding"))
-        mask = attention_mask(h, padding, bool(self.spec.get("causal")))
+        padding = bool(self.spec.padding)
+        mask = attention_mask(h, padding, bool(self.spec.causal))
         extra: dict[str, Any] = {}
         if self.rotary is not None:
             positions = torch.arange(h.shape[1], device=h.device)[None]
@@ -105,24 +107,24 @@ class HFHead(nn.Module):
     token. Encoders: the MLM head (every position), or the pooled classifier of the model's
     ``ForSequenceClassification`` (BERT's pooler on [CLS]; RoBERTa's head on <s>)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: parts.HFHead):
         super().__init__()
-        self.spec = dict(spec)
-        t, task = spec["model_type"], spec["task"]
-        config = hf_config(spec["config"], num_labels=int(spec["out"]) if task == "classification" else 2)
-        d, out = config.hidden_size, int(spec["out"])
+        self.spec = spec
+        t, task = spec.model_type, spec.task
+        config = hf_config(spec.config, num_labels=int(spec.out) if task == "classification" else 2)
+        d, out = config.hidden_size, int(spec.out)
         self._tied: list[nn.Embedding] = []  # a plain list: the stem holds the tied weight once
         if ARCHS[t]["kind"] == "decoder":
             eps = config.layer_norm_epsilon if t == "gpt2" else config.rms_norm_eps
             self.norm = nn.LayerNorm(d, eps=eps) if t == "gpt2" else hf_class(t, "RMSNorm")(d, eps=eps)
-            self.out = None if spec.get("tie") else nn.Linear(d, out, bias=False)
+            self.out = None if spec.tie else nn.Linear(d, out, bias=False)
         elif task == "mlm":
             if t == "bert":
                 self.transform = hf_class(t, "PredictionHeadTransform")(config)
             else:
                 self.dense = nn.Linear(d, d)
                 self.layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-            self.decoder = None if spec.get("tie") else nn.Linear(d, out, bias=False)
+            self.decoder = None if spec.tie else nn.Linear(d, out, bias=False)
             self.bias = nn.Parameter(torch.zeros(out))
         elif t == "bert":
             self.pooler = hf_class(t, "Pooler")(config)
@@ -134,19 +136,19 @@ class HFHead(nn.Module):
         init_hf(self, config.initializer_range)
 
     def bind(self, model: nn.Module) -> None:
-        if self.spec.get("tie"):
+        if self.spec.tie:
             self._tied[:] = [model.stem.token_embedding()]
 
     def _weight(self, own: nn.Linear | None) -> torch.Tensor:
         return self._tied[0].weight if own is None else own.weight
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        t, task = self.spec["model_type"], self.spec["task"]
+        t, task = self.spec.model_type, self.spec.task
         if ARCHS[t]["kind"] == "decoder":
             z = self.norm(h)
             if task == "lm":
                 return F.linear(z, self._weight(self.out))
-            keep = real_positions(h) if self.spec.get("padding") else torch.ones(h.shape[:2], dtype=torch.bool,
+            keep = real_positions(h) if self.spec.padding else torch.ones(h.shape[:2], dtype=torch.bool,
                                                                                   device=h.device)
             last = (keep.long() * torch.arange(h.shape[1], device=h.device)).argmax(-1)
             return F.linear(z[torch.arange(h.shape[0], device=h.device), last], self._weight(self.out))
@@ -168,7 +170,7 @@ def deepen_hf(model: StagedModel, index: int, kind: str = "residual_zero") -> St
     with torch.no_grad():
         if kind in ("residual_zero", "identity"):
             layer = block.layer
-            for path in ARCHS[model.spec["blocks"][index]["model_type"]]["zero"]:
+            for path in ARCHS[model.arch.blocks[index].model_type]["zero"]:
                 linear = layer.get_submodule(path)
                 linear.weight.zero_()
                 if linear.bias is not None:
@@ -176,24 +178,24 @@ def deepen_hf(model: StagedModel, index: int, kind: str = "residual_zero") -> St
     return new
 
 
-def _layer_flops(spec: dict[str, Any]) -> float:
+def _layer_flops(spec: parts.HFDecoderLayer) -> float:
     """Forward FLOPs per sample: the layer's matmuls over T tokens, plus attention 4 T^2 d."""
-    c, t = spec["config"], int(spec["tokens"])
+    c, t = spec.config, int(spec.tokens)
     d = int(c.get("hidden_size") or c.get("n_embd"))
     heads = int(c.get("num_attention_heads") or c.get("n_head"))
     kv = int(c.get("num_key_value_heads") or heads) * (d // heads)
     inner = int(c.get("intermediate_size") or c.get("n_inner") or 4 * d)
-    mlp = (3 if ARCHS[spec["model_type"]]["rotary"] else 2) * d * inner
+    mlp = (3 if ARCHS[spec.model_type]["rotary"] else 2) * d * inner
     return 2.0 * t * (2 * d * d + 2 * d * kv + mlp) + 4.0 * t * t * d
 
 
-def _head_flops(spec: dict[str, Any]) -> float:
-    d, out, t = int(spec["in"]), int(spec["out"]), int(spec["tokens"])
-    if spec["task"] == "lm":
+def _head_flops(spec: parts.HFHead) -> float:
+    d, out, t = int(spec.inp), int(spec.out), int(spec.tokens)
+    if spec.task == "lm":
         return 2.0 * t * d * out
-    if spec["task"] == "mlm":
+    if spec.task == "mlm":
         return 2.0 * t * (d * d + d * out)
-    return 2.0 * (d * out + (0 if ARCHS[spec["model_type"]]["kind"] == "decoder" else d * d))
+    return 2.0 * (d * out + (0 if ARCHS[spec.model_type]["kind"] == "decoder" else d * d))
 
 
 DECODER_GROWTH = {
@@ -203,7 +205,7 @@ DECODER_GROWTH = {
     "stack": "none (copies of the trained layers on top, G_stack)",
 }
 ENCODER_GROWTH = {"deepen:random": "none", "stack": "none (copies of the trained layers on top, G_stack)"}
-register(PartType("hf_embed", "stem", HFEmbed, lambda spec: 0.0))
-register(PartType("hf_decoder_layer", "block", HFLayer, _layer_flops, DECODER_GROWTH, None, deepen_hf))
-register(PartType("hf_encoder_layer", "block", HFLayer, _layer_flops, ENCODER_GROWTH, None, deepen_hf))
-register(PartType("hf_head", "head", HFHead, _head_flops))
+register(PartType("hf_embed", "stem", HFEmbed, lambda spec: 0.0, typed=True))
+register(PartType("hf_decoder_layer", "block", HFLayer, _layer_flops, DECODER_GROWTH, None, deepen_hf, typed=True))
+register(PartType("hf_encoder_layer", "block", HFLayer, _layer_flops, ENCODER_GROWTH, None, deepen_hf, typed=True))
+register(PartType("hf_head", "head", HFHead, _head_flops, typed=True))
