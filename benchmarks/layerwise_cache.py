@@ -69,7 +69,8 @@ from stagetrain.engine import Engine
 from stagetrain.models import StagedModel
 from stagetrain.nn.objectives import build_helper
 from stagetrain.nn.optim import lr_factor
-from stagetrain.runs.runner import seed_everything, train
+from stagetrain.runs.device import seed_everything
+from stagetrain.runs.runner import train
 
 Weights = dict[str, torch.Tensor]
 

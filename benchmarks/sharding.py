@@ -92,7 +92,8 @@ def worker(args: argparse.Namespace) -> None:
     from stagetrain.datasets import dataset_meta
     from stagetrain.runs import preflight
     from stagetrain.runs.config import validate
-    from stagetrain.runs.runner import initial_spec, train
+    from stagetrain.runs.parts import initial_spec
+    from stagetrain.runs.runner import train
 
     rank = int(os.environ.get("RANK", "0"))
     seen: list[dict[str, Any]] = []

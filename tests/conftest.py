@@ -269,7 +269,7 @@ def engine_for(cfg):
     from stagetrain.families import vouched_by
     from stagetrain.progress import Reporter
     from stagetrain.runs.config import validate
-    from stagetrain.runs.runner import build_engine
+    from stagetrain.runs.parts import build_engine
 
     with vouched_by(cfg):  # as runner.train: the test's config is the user's
         validate(cfg)

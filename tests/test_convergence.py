@@ -22,8 +22,9 @@ from stagetrain.runs.banner import final_table
 from stagetrain.runs.baselines import for_plan, stage_baseline
 from stagetrain.runs.config import validate
 from stagetrain.runs.convergence import convergence, under_trained
+from stagetrain.runs.parts import build_engine, build_parts
 from stagetrain.runs.rundir import RunDir, read_metrics
-from stagetrain.runs.runner import build_engine, build_parts, train
+from stagetrain.runs.runner import train
 
 CPU = torch.device("cpu")
 TINY = ["model=transformer", "model.d_model=16", "model.n_heads=2", "model.n_layers=2", "model.max_len=24",

@@ -15,7 +15,9 @@ from conftest import make_cfg, run_cli
 
 from stagetrain.engine import Engine
 from stagetrain.progress import Reporter
-from stagetrain.runs.runner import build_engine, pick_device, train
+from stagetrain.runs.device import pick_device
+from stagetrain.runs.parts import build_engine
+from stagetrain.runs.runner import train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -22,7 +22,8 @@ from stagetrain.models import StagedModel
 from stagetrain.models.custom import native_prefixes, rename
 from stagetrain.nn.flops import analytic_flops, measure_step_flops
 from stagetrain.runs.config import validate
-from stagetrain.runs.runner import dry_run, train
+from stagetrain.runs.dryrun import dry_run
+from stagetrain.runs.runner import train
 
 CPU = torch.device("cpu")
 SMALL = ["model=custom", "model.target=custom_net.SmallNet", "model.stem=[conv,bn,act]",

@@ -15,7 +15,8 @@ from conftest import make_cfg
 
 from stagetrain.engine import Engine
 from stagetrain.progress import Reporter
-from stagetrain.runs.runner import build_engine, pick_device
+from stagetrain.runs.device import pick_device
+from stagetrain.runs.parts import build_engine
 
 SMALL = ["strategy=scratch", "device=cpu", "model.widths=[32]", "train.epochs=3", "optim.lr=0.01"]
 

@@ -26,7 +26,8 @@ from stagetrain.growth.ops import add_lora, merge_lora
 from stagetrain.models import StagedModel
 from stagetrain.progress import Reporter
 from stagetrain.runs.config import validate
-from stagetrain.runs.runner import build_engine, train
+from stagetrain.runs.parts import build_engine
+from stagetrain.runs.runner import train
 
 CPU = torch.device("cpu")
 TARGET = "dataset.classes=[5,6,7,8,9]"

@@ -29,8 +29,8 @@ from stagetrain.models import StagedModel, count_parameters
 from stagetrain.nn.objectives import build_helper, free_energy, mask_noise, stage_loss
 from stagetrain.progress import Reporter
 from stagetrain.runs.config import validate
+from stagetrain.runs.parts import build_engine as run_build_engine
 from stagetrain.runs.rundir import RunDir
-from stagetrain.runs.runner import build_engine as run_build_engine
 from stagetrain.runs.runner import train
 from stagetrain.strategies import STRATEGIES
 

@@ -19,7 +19,8 @@ from stagetrain.datasets import dataset_meta
 from stagetrain.models import StagedModel
 from stagetrain.runs import preflight
 from stagetrain.runs.config import validate
-from stagetrain.runs.runner import dry_run, initial_spec, run_specs
+from stagetrain.runs.dryrun import dry_run
+from stagetrain.runs.parts import initial_spec, run_specs
 
 # (overrides, every parameter's shape written out by hand)
 MLP = (["model.widths=[33,17]"],

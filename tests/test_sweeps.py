@@ -277,7 +277,7 @@ def test_dry_run_plan_counts_in_run_pretraining_on_its_own_data():
     from stagetrain.datasets import dataset_meta
     from stagetrain.runs.config import validate
     from stagetrain.runs.dryrun import estimate_plan
-    from stagetrain.runs.runner import initial_spec
+    from stagetrain.runs.parts import initial_spec
     from stagetrain.strategies import STRATEGIES
 
     cfg = make_cfg("strategy=finetune", "strategy.pretrain.enabled=true", "strategy.pretrain.dataset=mnist",
@@ -297,7 +297,8 @@ def test_dry_run_estimate_of_a_full_batch_probe_bounds_what_it_spends(tmp_path):
     from stagetrain.datasets import dataset_meta
     from stagetrain.runs.config import validate
     from stagetrain.runs.dryrun import estimate_plan
-    from stagetrain.runs.runner import initial_spec, train
+    from stagetrain.runs.parts import initial_spec
+    from stagetrain.runs.runner import train
     from stagetrain.strategies import STRATEGIES
 
     cfg = make_cfg("strategy=finetune", "strategy.source=random", "strategy.mode=linear_probe",

@@ -7,8 +7,13 @@ from typing import Any
 
 import torch
 
+from stagetrain.core.schema import RunConfig
 from stagetrain.data import DataBundle
+from stagetrain.engine import Engine
+from stagetrain.models import count_parameters
 from stagetrain.runread import fmt
+from stagetrain.runs.dryrun import estimate_plan
+from stagetrain.runs.parts import Parts
 
 
 def start_banner(strategy: str, run_dir: str, device: torch.device, bf16: bool, data: DataBundle,
@@ -83,3 +88,12 @@ def show(text: str) -> None:
     from stagetrain.progress import make_console
 
     make_console().print(text, markup=False, highlight=False)
+
+
+def run_banner(settings: RunConfig, parts: Parts, engine: Engine, run_dir: str, resumed: dict[str, Any] | None) -> None:
+    """The start banner of a run: where it writes, its data, model and plan with estimates."""
+    data = parts.datasets["target"]
+    rows = estimate_plan(settings, parts.plan, parts.model.spec, len(data.train), len(data.labeled))
+    at = f"resuming at stage {engine.state.stage + 1}, step {engine.state.global_step}" if resumed else None
+    show(start_banner(parts.plan.strategy, run_dir, engine.device, engine.opts.bf16, data,
+                      count_parameters(engine.model), rows, at))

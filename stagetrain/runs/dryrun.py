@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from stagetrain import distributed
 from stagetrain.core.plan import Plan, Stage
 from stagetrain.core.schema import RunConfig
 from stagetrain.datasets import dataset_meta
@@ -15,8 +16,10 @@ from stagetrain.growth import apply_op
 from stagetrain.models import StagedModel, count_parameters, trainable_parameters
 from stagetrain.nn.objectives import probe_batch
 from stagetrain.nn.optim import LBFGS_MAX_PASSES
+from stagetrain.runs import preflight
+from stagetrain.runs.parts import initial_spec, run_specs
 from stagetrain.runs.preflight import memory_of, shard_count
-from stagetrain.strategies import hook
+from stagetrain.strategies import STRATEGIES, hook
 
 
 def estimate_plan(cfg: RunConfig, plan: Plan, spec: dict[str, Any], n_train: int,
@@ -91,3 +94,17 @@ def print_plan(plan: Plan, rows: list[dict[str, Any]], params: int) -> None:
     console.print("memory/rank: fp32 weights, gradients and Adam state" + (
         f" sharded over {shards} ranks (device.shard=fsdp), plus the whole model gathered to evaluate" if shards > 1
         else "") + ", and activations of a batch (the in-memory dataset not included)")
+
+
+def dry_run(settings: RunConfig) -> dict[str, Any]:
+    """``dry_run=true``: the checks, the plan and its estimates, printed and returned; nothing
+    is read beyond the dataset's sizes and nothing is written."""
+    preflight.check_run(settings, None, run_specs)
+    shape, classes, n_train, n_labeled = dataset_meta(settings.dataset)
+    spec = initial_spec(settings, shape, classes)
+    plan = STRATEGIES[settings.strategy.name].build(settings, spec)
+    rows = estimate_plan(settings, plan, spec, n_train, n_labeled)
+    if distributed.is_main():
+        print_plan(plan, rows, count_parameters(StagedModel(spec)))
+    return {"dry_run": True, "plan": plan.to_dict(),
+            "estimates": [{k: v for k, v in r.items() if k != "stage"} for r in rows]}

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from stagetrain import distributed
 from stagetrain.checkpoint import atomic_write, write_error
 from stagetrain.core.version import __version__
 from stagetrain.models import count_parameters
@@ -51,6 +52,30 @@ class RunRecord:
             "stages": [], "final": {}, "versions": versions(), "config": config, "error": None,
             "source": source,
         })
+
+    def sinks(self, logger: Any) -> list[Any]:
+        """Where this run's metric events go besides metrics.jsonl: TensorBoard and MLflow
+        when ``logger`` (the ``logger`` settings) asks; none off rank 0."""
+        if self.rundir is None:
+            return []
+        out = []
+        if logger.tensorboard:
+            from stagetrain.runs.tensorboard import TensorBoardSink
+
+            out.append(TensorBoardSink(self.rundir.path, self.info["config"], self.info["plan"], logger.every_steps))
+        if logger.mlflow:
+            from stagetrain.runs.mlflowlog import MlflowSink
+
+            out.append(MlflowSink(self.rundir.path, self.info["config"], self.info["plan"], logger.every_steps,
+                                  logger.mlflow_uri, lambda: self.info.get("status", "")))
+        return out
+
+    def note_world(self, batch_size: int) -> None:
+        """Under torchrun: the world size, backend and each rank's share of the batch."""
+        world = distributed.world_size()
+        if world > 1:
+            self.info["distributed"] = {"world_size": world, "backend": str(torch.distributed.get_backend()),
+                                        "batch_per_rank": batch_size // world}
 
     def update(self, engine: Any, **extra: Any) -> None:
         st = engine.state

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,22 @@ from omegaconf import DictConfig, OmegaConf
 from stagetrain import checkpoint as ckpt
 from stagetrain import distributed
 from stagetrain.core.errors import StagetrainError, StopRequested
-from stagetrain.core.plan import Plan
 from stagetrain.core.schema import RunConfig
-from stagetrain.data import DataBundle
-from stagetrain.datasets import dataset_meta, load_data
 from stagetrain.engine import Engine
-from stagetrain.families import build_spec, vouched_by
 from stagetrain.families import hook as family_hook
-from stagetrain.models import StagedModel, count_parameters
+from stagetrain.families import vouched_by
+from stagetrain.models import count_parameters
 from stagetrain.nn.flops import analytic_flops
 from stagetrain.progress import Reporter
 from stagetrain.runs import preflight
 from stagetrain.runs.config import engine_options, to_yaml, validate
-from stagetrain.runs.device import choose_threads, pick_device, seed_everything
-from stagetrain.runs.dryrun import estimate_plan, print_plan
+from stagetrain.runs.device import choose_threads, pick_device
+from stagetrain.runs.dryrun import dry_run
 from stagetrain.runs.launch import continue_on_requeue, stop_on_signals
+from stagetrain.runs.parts import build_parts, run_specs
 from stagetrain.runs.record import RunRecord, write_plots
 from stagetrain.runs.resume import open_run
 from stagetrain.runs.rundir import RunDir
-from stagetrain.strategies import STRATEGIES, hook
 
 log = logging.getLogger("stagetrain")
 
@@ -74,7 +70,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     record.info["threads"] = choose_threads(settings.device, device, analytic_flops(parts.model, 0))
     engine = Engine(parts.plan, engine_options(settings, to_yaml(start.cfg)), parts.datasets, parts.model, device,
                     Reporter(settings.progress if main else "off"), rundir if main else None, stop_flag={},
-                    sinks=_sinks(settings, rundir, record) if main else [], on_update=record.update)
+                    sinks=record.sinks(settings.logger), on_update=record.update)
     if start.state is not None:
         engine.restore(start.state)
     distributed.barrier()  # every rank has read the run directory before rank 0 writes to it
@@ -82,9 +78,11 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
         rundir.checkpoints.mkdir(parents=True, exist_ok=True)
         ckpt.preflight_disk(rundir.checkpoints, count_parameters(engine.model), settings.optim,
                             len(engine.plan.stages))
-    _distributed_note(record, settings)
+    record.note_world(settings.train.batch_size)
     if main and settings.progress != "off":
-        _banner(settings, parts, engine, record, start.state)
+        from stagetrain.runs.banner import run_banner
+
+        run_banner(settings, parts, engine, record.info["run_dir"], start.state)
     record.update(engine)
     continue_on_requeue()  # under submitit: a requeued job continues this run (resume=auto)
     final = _run(engine, record, settings, rundir, main)
@@ -102,72 +100,6 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     return record.info
 
 
-def initial_spec(cfg: RunConfig, shape: tuple[int, ...], classes: int) -> dict[str, Any]:
-    """The architecture the run starts from: the strategy's own, or the one ``model=`` gives."""
-    own = hook(cfg.strategy.name, "initial_spec")
-    return own(cfg, shape, classes) if own else build_spec(cfg.model, shape, classes)
-
-
-def run_specs(cfg: RunConfig, shape: tuple[int, ...], classes: int) -> list[dict[str, Any]]:
-    """The architectures the run starts and (when its strategy grows it) ends with."""
-    final = hook(cfg.strategy.name, "final_spec")
-    return [initial_spec(cfg, shape, classes)] + ([final(cfg, shape, classes)] if final else [])
-
-
-def dry_run(settings: RunConfig) -> dict[str, Any]:
-    preflight.check_run(settings, None, run_specs)
-    shape, classes, n_train, n_labeled = dataset_meta(settings.dataset)
-    spec = initial_spec(settings, shape, classes)
-    plan = STRATEGIES[settings.strategy.name].build(settings, spec)
-    rows = estimate_plan(settings, plan, spec, n_train, n_labeled)
-    if distributed.is_main():
-        print_plan(plan, rows, count_parameters(StagedModel(spec)))
-    return {"dry_run": True, "plan": plan.to_dict(),
-            "estimates": [{k: v for k, v in r.items() if k != "stage"} for r in rows]}
-
-
-@dataclass
-class Parts:
-    """What a run trains: its datasets (``target`` and any a strategy adds), the model it
-    starts from, the plan, and what the strategy's ``init_model`` loaded (for run.json)."""
-
-    datasets: dict[str, DataBundle]
-    model: StagedModel
-    plan: Plan
-    source: dict[str, Any] | None
-
-
-def build_parts(settings: RunConfig, device: torch.device, fresh: bool = True) -> Parts:
-    """Data, model (the strategy's initial architecture and, when ``fresh``, weights) and plan."""
-    datasets = {"target": load_data(settings.dataset, settings.seed, device).to(device)}
-    spec = initial_spec(settings, datasets["target"].in_shape, datasets["target"].num_classes)
-    seed_everything(settings.seed)
-    model = StagedModel(spec).to(device)
-    init_weights = family_hook(settings.model, "init_weights")  # e.g. model=hf: model.pretrained's weights
-    if fresh and init_weights is not None:
-        init_weights(settings.model, model)
-    plan = STRATEGIES[settings.strategy.name].build(settings, spec)
-    init_model = hook(settings.strategy.name, "init_model")
-    source = init_model(settings, model) if fresh and init_model else None
-    extra = hook(settings.strategy.name, "datasets")
-    for name, dataset_cfg in (extra(settings) if extra else {}).items():
-        datasets[name] = load_data(dataset_cfg, settings.seed, device).to(device)
-    return Parts(datasets, model, plan, source)
-
-
-def build_engine(cfg: DictConfig, device: torch.device, rundir: RunDir | None, reporter: Reporter,
-                 resumed: dict[str, Any] | None = None, **collaborators: Any) -> tuple[Engine, dict[str, Any] | None]:
-    """An engine exactly as ``train`` builds one (without run.json), and what
-    ``init_model`` loaded; tests drive it directly."""
-    settings = validate(cfg)
-    parts = build_parts(settings, device, fresh=resumed is None)
-    engine = Engine(parts.plan, engine_options(settings, to_yaml(cfg)), parts.datasets, parts.model, device,
-                    reporter, rundir, **collaborators)
-    if resumed is not None:
-        engine.restore(resumed)
-    return engine, parts.source
-
-
 def _join_ranks(settings: RunConfig) -> bool:
     """Under torchrun: join the process group and check the batch splits; True on rank 0."""
     world = distributed.world_size() if distributed.init() else 1
@@ -176,39 +108,6 @@ def _join_ranks(settings: RunConfig) -> bool:
         if not distributed.is_main():  # rank 0's log speaks for the run; other ranks add warnings and errors
             log.setLevel(logging.WARNING)
     return distributed.is_main()
-
-
-def _banner(settings: RunConfig, parts: Parts, engine: Engine, record: RunRecord,
-            resumed: dict[str, Any] | None) -> None:
-    from stagetrain.runs.banner import show, start_banner
-
-    data = parts.datasets["target"]
-    rows = estimate_plan(settings, parts.plan, parts.model.spec, len(data.train), len(data.labeled))
-    at = f"resuming at stage {engine.state.stage + 1}, step {engine.state.global_step}" if resumed else None
-    show(start_banner(parts.plan.strategy, record.info["run_dir"], engine.device, engine.opts.bf16, data,
-                      count_parameters(engine.model), rows, at))
-
-
-def _sinks(settings: RunConfig, rundir: RunDir, record: RunRecord) -> list[Any]:
-    """Where metric events go besides metrics.jsonl: TensorBoard and MLflow when asked."""
-    lg, sinks = settings.logger, []
-    if lg.tensorboard:
-        from stagetrain.runs.tensorboard import TensorBoardSink
-
-        sinks.append(TensorBoardSink(rundir.path, record.info["config"], record.info["plan"], lg.every_steps))
-    if lg.mlflow:
-        from stagetrain.runs.mlflowlog import MlflowSink
-
-        sinks.append(MlflowSink(rundir.path, record.info["config"], record.info["plan"], lg.every_steps,
-                                lg.mlflow_uri, lambda: record.info.get("status", "")))
-    return sinks
-
-
-def _distributed_note(record: RunRecord, settings: RunConfig) -> None:
-    world = distributed.world_size()
-    if world > 1:
-        record.info["distributed"] = {"world_size": world, "backend": str(torch.distributed.get_backend()),
-                                      "batch_per_rank": settings.train.batch_size // world}
 
 
 def _run(engine: Engine, record: RunRecord, settings: RunConfig, rundir: RunDir, main: bool) -> dict[str, float]:

@@ -20,8 +20,9 @@ from stagetrain.core.errors import StagetrainError
 from stagetrain.engine import NONFINITE_MAX_IN_A_ROW
 from stagetrain.engine.nonfinite import NonFiniteGuard
 from stagetrain.progress import Reporter
+from stagetrain.runs.parts import build_engine
 from stagetrain.runs.rundir import read_metrics
-from stagetrain.runs.runner import build_engine, train
+from stagetrain.runs.runner import train
 
 BASE = ["strategy=scratch", "model.widths=[32,16]", "train.epochs=3", "device=cpu", "plots=false",
         "checkpoint.every_steps=1"]
