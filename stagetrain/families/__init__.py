@@ -20,7 +20,8 @@ A family's ``config.py`` has no torch import (the config layer loads it at start
 * optionally ``trust_targets(model)`` -- the callables its config names (``core/trust.py``);
 * optionally ``is_lm(model)``, ``as_classifier(spec, classes, model)`` and
   ``with_mask_token(spec)`` -- a language model's head, and what fine-tuning one on labels
-  or masked-token pretraining starts from;
+  or masked-token pretraining starts from, and ``check_text_pretrain(model, objective)`` --
+  a family whose layers fix causality checks in-run lm/mlm pretraining itself;
 * optionally ``init_weights(model, staged_model)`` -- a fresh run's weights the family's own
   way (``model=hf``: transformers' init), and ``export(model, staged_model, run_dir)`` -- the
   finished model written in the family's own format (``<run>/hf/``).
@@ -59,7 +60,7 @@ def validate(model: Any, ds: Any, batch_size: int) -> Any:
     vocabulary from a text dataset); raises ``StagetrainError``."""
     fam = family(model.name)
     if inputs(ds) == "tokens" and not hasattr(fam, "resolve"):
-        readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "resolve"))
+        readers = " or ".join(f"model={n}" for n in offering("resolve"))
         raise StagetrainError(f"dataset={ds.name} gives token ids, which model={model.name} cannot read. Use a "
                               f"family whose stem embeds them: {readers}.")
     model = fam.resolve(model, ds) if hasattr(fam, "resolve") else model
@@ -76,6 +77,11 @@ def hook(model: Any, name: str) -> Any:
     return getattr(family(model.name), name, None)
 
 
+def offering(name: str) -> list[str]:
+    """The families that have the optional hook ``name`` (for a refusal naming the valid ones)."""
+    return [n for n in FAMILIES if hasattr(family(n), name)]
+
+
 def is_lm(model: Any) -> bool:
     """Whether ``model`` (a resolved model config) is a language model (its head predicts tokens)."""
     own = hook(model, "is_lm")
@@ -90,7 +96,7 @@ def build_spec(model_cfg: object, in_shape: tuple[int, ...], num_classes: int) -
 def grow_widths(model: object) -> list[int]:
     fam = family(model.name)  # type: ignore[attr-defined]
     if not hasattr(fam, "grow_widths"):
-        growable = [n for n in FAMILIES if hasattr(family(n), "grow_widths")]
+        growable = offering("grow_widths")
         raise StagetrainError(
             f"strategy=grow cannot grow model={model.name}: its blocks are not of registered growable "  # type: ignore[attr-defined]
             f"types. Families grow supports: {', '.join(growable)}.")

@@ -169,8 +169,7 @@ def _carry_tokenizer(cfg: Any) -> None:
 
 def _validate_text_pretrain(cfg: Any) -> None:
     """lm / mlm pretraining reads the run's own labelled texts as unlabelled sequences."""
-    from stagetrain import datasets
-    from stagetrain.families import FAMILIES, family
+    from stagetrain import datasets, families
 
     p, ds = cfg.strategy.pretrain, cfg.dataset
     if datasets.inputs(ds) != "tokens" or datasets.is_lm(ds):
@@ -183,11 +182,11 @@ def _validate_text_pretrain(cfg: Any) -> None:
         raise StagetrainError(f"strategy.pretrain.objective={p.objective} pretrains on every training text of "
                               f"dataset={ds.name}; strategy.pretrain.dataset and strategy.pretrain.classes do not "
                               "apply (leave them null).")
-    if not hasattr(family(cfg.model.name), "with_mask_token"):
-        readers = " or ".join(f"model={n}" for n in FAMILIES if hasattr(family(n), "with_mask_token"))
+    if families.hook(cfg.model, "with_mask_token") is None:
+        readers = " or ".join(f"model={n}" for n in families.offering("with_mask_token"))
         raise StagetrainError(f"strategy.pretrain.objective={p.objective} needs a token model that can pretrain "
                               f"on text: {readers}.")
-    check = getattr(family(cfg.model.name), "check_text_pretrain", None)  # a family whose layers fix causality
+    check = families.hook(cfg.model, "check_text_pretrain")  # a family whose layers fix causality
     if check is not None:
         return check(cfg.model, p.objective)
     if p.objective == "lm" and cfg.model.causal is False:
