@@ -163,7 +163,7 @@ def load_bare(model: Any, src: Source, prefixes: dict[str, str], reuse_head: boo
     naming the keys, when anything is missing, unexpected or of another shape."""
     from stagetrain.models.custom import native_prefixes, rename
 
-    pairs = native_prefixes(model.spec) if model.spec.get("shared") else []
+    pairs = native_prefixes(model.arch) if model.arch.shared is not None else []
     back = [(new, old) for old, new in sorted(pairs, key=lambda p: -len(p[1]))]
     native = {}  # the model's key -> the file's key, for messages in the file's terms
     for key in src.state:

@@ -14,7 +14,8 @@ A block *is* the user's submodule (``blocks.layer1.0.conv1.weight``); the stem a
 sequences of them under their paths with ``_`` for dots (``stem.conv1``, ``head.fc``), so
 parameter names are stable across rebuilds. ``native_prefixes`` maps the user module's own
 state-dict names to these (loading a torchvision-style ``.pth``). FLOPs per sample are
-measured once, when the spec is built (``custom_probe.py``), and stored in the spec.
+measured once, when the spec is built (``custom_probe.py``), and stored in the spec. Each part
+is built from its typed record (``core/parts.py``); the dict above is how a spec is stored.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.partbase import Part
+from stagetrain.core.parts import CustomHead, CustomModule, CustomStem
+from stagetrain.core.parts import ViTStem as ViTStemPart
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.core.trust import resolve_target
 from stagetrain.models.registry import PartType, register
 
@@ -53,36 +58,37 @@ def submodule(module: nn.Module, path: str, key: str) -> nn.Module:
             f"are: {children}; name nested ones with dots (e.g. features.0).") from None
 
 
-def build_module(spec: dict[str, Any]) -> nn.Module:
-    """The user's module from ``spec["shared"]`` (target + kwargs), its classifier resized
-    to ``spec["head"]["out"]`` when they differ."""
-    s = spec["shared"]
-    build = resolve_target(s["target"], "The architecture being built")
+def build_module(spec: ModelSpec) -> nn.Module:
+    """The user's module from ``spec.shared`` (target + kwargs), its classifier resized
+    to ``spec.head.out`` when they differ."""
+    s = spec.shared
+    assert isinstance(s, CustomModule)
+    build = resolve_target(s.target, "The architecture being built")
     try:
-        module = build(**s.get("kwargs", {}))
+        module = build(**s.kwargs)
     except Exception as e:  # noqa: BLE001 - the user's constructor: any failure is theirs to read
         first = str(e).splitlines()[0][:300] if str(e) else ""
-        raise StagetrainError(f"model.target={s['target']} could not build the network with kwargs "
-                              f"{s.get('kwargs', {})!r} ({type(e).__name__}: {first}). Check model.kwargs against "
+        raise StagetrainError(f"model.target={s.target} could not build the network with kwargs "
+                              f"{s.kwargs!r} ({type(e).__name__}: {first}). Check model.kwargs against "
                               "the target's signature.") from None
     if not isinstance(module, nn.Module):
-        raise StagetrainError(f"model.target={s['target']} returned a {type(module).__name__}, not an nn.Module.")
-    _resize_head(module, spec["head"])
+        raise StagetrainError(f"model.target={s.target} returned a {type(module).__name__}, not an nn.Module.")
+    _resize_head(module, spec.head)
     return module
 
 
-def _resize_head(module: nn.Module, head: dict[str, Any]) -> None:
-    """Replace the head's last nn.Linear by a fresh one with ``head["out"]`` outputs."""
+def _resize_head(module: nn.Module, head: CustomHead) -> None:
+    """Replace the head's last nn.Linear by a fresh one with ``head.out`` outputs."""
     last = None
-    for path in head["modules"]:
+    for path in head.modules:
         for name, sub in submodule(module, path, "head").named_modules():
             if isinstance(sub, nn.Linear):
                 last = (f"{path}.{name}" if name else path, sub)
-    if last is None or "out" not in head or last[1].out_features == head["out"]:
+    if last is None or head.out is None or last[1].out_features == head.out:
         return
     path, lin = last
     parent, _, leaf = path.rpartition(".")
-    new = nn.Linear(lin.in_features, int(head["out"]), bias=lin.bias is not None)
+    new = nn.Linear(lin.in_features, int(head.out), bias=lin.bias is not None)
     setattr(module.get_submodule(parent) if parent else module, leaf, new)
 
 
@@ -96,9 +102,9 @@ def adapt_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
 class Stem(nn.Sequential):
     """The user's stem submodules in order, after the optional gray -> RGB repeat."""
 
-    def __init__(self, spec: dict[str, Any], shared: nn.Module):
-        super().__init__(OrderedDict((safe(p), submodule(shared, p, "stem")) for p in spec["modules"]))
-        self.in_channels = spec.get("in_channels")
+    def __init__(self, spec: CustomStem, shared: nn.Module):
+        super().__init__(OrderedDict((safe(p), submodule(shared, p, "stem")) for p in spec.modules))
+        self.in_channels = spec.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(adapt_channels(x, self.in_channels))
@@ -112,13 +118,13 @@ class ViTStem(nn.Module):
     """torchvision's VisionTransformer input: patch projection, class token, position
     embedding and dropout (the part of its forward before the encoder layers)."""
 
-    def __init__(self, spec: dict[str, Any], shared: nn.Module):
+    def __init__(self, spec: ViTStemPart, shared: nn.Module):
         super().__init__()
-        self.in_channels = spec.get("in_channels")
-        self.conv_proj = submodule(shared, spec["conv"], "stem")
-        self.class_token = shared.get_parameter(spec["class_token"])
-        self.pos_embedding = shared.get_parameter(spec["pos_embedding"])
-        self.dropout = submodule(shared, spec["dropout"], "stem")
+        self.in_channels = spec.in_channels
+        self.conv_proj = submodule(shared, spec.conv, "stem")
+        self.class_token = shared.get_parameter(spec.class_token)
+        self.pos_embedding = shared.get_parameter(spec.pos_embedding)
+        self.dropout = submodule(shared, spec.dropout, "stem")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_proj(adapt_channels(x, self.in_channels)).flatten(2).transpose(1, 2)
@@ -130,24 +136,25 @@ class Head(nn.Sequential):
     """The parameter-free ``input`` glue (e.g. global average pool + flatten), then the
     user's head submodules in order."""
 
-    def __init__(self, spec: dict[str, Any], shared: nn.Module):
-        super().__init__(OrderedDict((safe(p), submodule(shared, p, "head")) for p in spec["modules"]))
-        self.glue = GLUE[spec.get("input", "none")]
+    def __init__(self, spec: CustomHead, shared: nn.Module):
+        super().__init__(OrderedDict((safe(p), submodule(shared, p, "head")) for p in spec.modules))
+        self.glue = GLUE["none" if spec.input is None else spec.input]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.glue(x))
 
 
-def native_prefixes(spec: dict[str, Any]) -> list[tuple[str, str]]:
+def native_prefixes(spec: ModelSpec | dict[str, Any]) -> list[tuple[str, str]]:
     """(user module name, StagedModel name) for every part: ``layer1`` -> ``blocks.layer1``."""
-    stem = spec.get("stem") or {}
+    arch = as_spec(spec)
+    stem = arch.stem
     pairs = []
-    if stem.get("type") == "vit_stem":
-        pairs += [(stem[k], f"stem.{attr}") for k, attr in VIT_STEM.items()]
-    else:
-        pairs += [(p, f"stem.{safe(p)}") for p in stem.get("modules", [])]
-    pairs += [(b["path"], f"blocks.{b['name']}") for b in spec["blocks"]]
-    pairs += [(p, f"head.{safe(p)}") for p in spec["head"]["modules"]]
+    if isinstance(stem, ViTStemPart):
+        pairs += [(getattr(stem, k), f"stem.{attr}") for k, attr in VIT_STEM.items()]
+    elif isinstance(stem, CustomStem):
+        pairs += [(p, f"stem.{safe(p)}") for p in stem.modules]
+    pairs += [(b.path, f"blocks.{b.name}") for b in arch.blocks]
+    pairs += [(p, f"head.{safe(p)}") for p in arch.head.modules]
     return sorted(pairs, key=lambda pair: -len(pair[0]))
 
 
@@ -159,13 +166,15 @@ def rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def _flops(spec: dict[str, Any]) -> float:
-    return float(spec.get("flops", 0.0))
+def _flops(spec: Part) -> float:
+    """The forward FLOPs per sample the probe measured (``custom_probe``)."""
+    flops = getattr(spec, "flops", None)
+    return float(0.0 if flops is None else flops)
 
 
-register(PartType("custom_module", "shared", build_module, _flops))
-register(PartType("custom_stem", "stem", Stem, _flops, shared=True))
-register(PartType("vit_stem", "stem", ViTStem, _flops, shared=True))
-register(PartType("custom_block", "block", lambda spec, shared: submodule(shared, spec["path"], "blocks"),
-                  _flops, shared=True))
-register(PartType("custom_head", "head", Head, _flops, shared=True))
+register(PartType("custom_module", "shared", build_module, _flops, typed=True))
+register(PartType("custom_stem", "stem", Stem, _flops, shared=True, typed=True))
+register(PartType("vit_stem", "stem", ViTStem, _flops, shared=True, typed=True))
+register(PartType("custom_block", "block", lambda spec, shared: submodule(shared, spec.path, "blocks"),
+                  _flops, shared=True, typed=True))
+register(PartType("custom_head", "head", Head, _flops, shared=True, typed=True))

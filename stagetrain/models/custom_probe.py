@@ -62,7 +62,7 @@ CONTRACT = ("stagetrain runs the parts one after another (the stem's submodules,
 
 
 def _check_coverage(arch: ModelSpec, shared: nn.Module) -> None:
-    pairs = native_prefixes(arch.to_dict())
+    pairs = native_prefixes(arch)
     left = [k for k in shared.state_dict() if rename(k, pairs) is None]
     if left:
         raise StagetrainError(

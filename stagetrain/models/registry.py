@@ -24,7 +24,7 @@ from torch import nn
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.partbase import Part
-from stagetrain.core.spec import ModelSpec, part_from_dict
+from stagetrain.core.spec import ModelSpec, as_spec, part_from_dict
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ PARTS: dict[str, PartType] = {}
 def register(part: PartType) -> PartType:
     if part.typed:  # callers may still hand a typed part type its plain dict: read it into the record
         build, flops, name = part.build, part.flops, part.name
-        part = replace(part, build=lambda spec, *shared: build(_record(spec, name), *shared),
+        whole = part.kind == "shared"  # a shared module is built from the whole model spec
+        part = replace(part, build=lambda spec, *shared: build(as_spec(spec) if whole else _record(spec, name), *shared),
                        flops=lambda spec: flops(_record(spec, name)))
     PARTS[part.name] = part
     return part
