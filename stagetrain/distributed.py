@@ -26,6 +26,7 @@ the GPU wait.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from stagetrain.core.errors import StagetrainError
 
 
 def launched() -> bool:
@@ -71,6 +74,26 @@ def init() -> bool:
         dist.init_process_group(backend)
         atexit.register(_shutdown)
     return True
+
+
+def join(batch_size: int) -> bool:
+    """Under torchrun: join the process group and check that the global batch splits over
+    the ranks; True on rank 0 (the only one that writes), whose log speaks for the run."""
+    world = world_size() if init() else 1
+    if world > 1:
+        check_world(batch_size, world)
+        if not is_main():  # other ranks add warnings and errors
+            logging.getLogger("stagetrain").setLevel(logging.WARNING)
+    return is_main()
+
+
+def check_world(batch_size: int, world: int) -> None:
+    """Under torchrun the global batch stays ``train.batch_size``: each rank takes 1/world of it."""
+    if batch_size % world:
+        raise StagetrainError(
+            f"train.batch_size={batch_size} cannot be split over the {world} torchrun processes: the global "
+            f"batch stays train.batch_size and each process takes batch_size / {world}. Use a "
+            f"multiple of {world}, e.g. train.batch_size={max(world, batch_size // world * world)}.")
 
 
 def _shutdown() -> None:

@@ -29,8 +29,9 @@ import torch
 from conftest import DATA_ROOT, assert_epochs_exactly_once, make_cfg, run_dirs
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.distributed import check_world
 from stagetrain.runs.rundir import read_metrics
-from stagetrain.runs.runner import check_world, train
+from stagetrain.runs.runner import train
 
 pytestmark = pytest.mark.full  # torchrun multi-process runs: `pytest --full`
 

@@ -53,7 +53,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     settings = validate(cfg)
     if settings.dry_run:
         return dry_run(settings)
-    main = _join_ranks(settings)  # only rank 0 writes the run directory
+    main = distributed.join(settings.train.batch_size)  # only rank 0 writes the run directory
     rundir = RunDir(Path(run_dir))
     start = open_run(cfg, rundir, write_config=main)
     if start.completed:
@@ -100,16 +100,6 @@ def _train(cfg: DictConfig, run_dir: str | Path | None) -> dict[str, Any]:
     return record.info
 
 
-def _join_ranks(settings: RunConfig) -> bool:
-    """Under torchrun: join the process group and check the batch splits; True on rank 0."""
-    world = distributed.world_size() if distributed.init() else 1
-    if world > 1:
-        check_world(settings.train.batch_size, world)
-        if not distributed.is_main():  # rank 0's log speaks for the run; other ranks add warnings and errors
-            log.setLevel(logging.WARNING)
-    return distributed.is_main()
-
-
 def _run(engine: Engine, record: RunRecord, settings: RunConfig, rundir: RunDir, main: bool) -> dict[str, float]:
     """The engine's run, with signals turned into a checkpointed stop and every failure
     recorded in run.json before it propagates."""
@@ -149,12 +139,3 @@ def _failure(e: BaseException, device: torch.device) -> BaseException:
             "heads (adaptive pooling) and CNN decoders (upsampling) are such cases. Run it with "
             "device.deterministic=false.")
     return e
-
-
-def check_world(batch_size: int, world: int) -> None:
-    """Under torchrun the global batch stays ``train.batch_size``: each rank takes 1/world of it."""
-    if batch_size % world:
-        raise StagetrainError(
-            f"train.batch_size={batch_size} cannot be split over the {world} torchrun processes: the global "
-            f"batch stays train.batch_size and each process takes batch_size / {world}. Use a "
-            f"multiple of {world}, e.g. train.batch_size={max(world, batch_size // world * world)}.")
