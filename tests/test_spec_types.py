@@ -21,7 +21,7 @@ from stagetrain.core.spec import PART_TYPES, ModelSpec, from_dict
 from stagetrain.datasets import dataset_meta
 from stagetrain.families import family
 from stagetrain.runs.config import validate
-from stagetrain.runs.runner import run_specs
+from stagetrain.runs.parts import run_specs
 
 LEGACY = "tests/data/legacy_layerwise_run/checkpoints/last.pt"
 IMAGES = ["dataset=synthetic", "dataset.shape=[3,16,16]"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.parts import LinearHead
 from stagetrain.core.plan import Stage
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.families import is_lm
 
 
@@ -43,15 +45,17 @@ def head_probe_stage(cfg: Any, name: str, probe: str, steps: int, l2: float, lr:
     return stage_from_cfg(cfg, name=name, epochs=max(1, steps), trainable=["head"], lr=float(lr), **fields)
 
 
-def all_groups(spec: dict[str, Any]) -> list[str]:
+def all_groups(spec: ModelSpec | dict[str, Any]) -> list[str]:
     """Every trainable group of a model, input to output: its stem (if any), blocks and head."""
-    return (["stem"] if spec.get("stem") else []) + [b["name"] for b in spec["blocks"]] + ["head"]
+    arch = as_spec(spec)
+    return (["stem"] if arch.stem is not None else []) + arch.block_names + ["head"]
 
 
-def head_input_shape(spec: dict[str, Any]) -> list[int]:
+def head_input_shape(spec: ModelSpec | dict[str, Any]) -> list[int]:
     """The input shape of an auxiliary head that computes what the model's head computes (so
     it can become the head): the flat vector a flatten + linear head reads, or the last
     block's output for a head that pools it first (e.g. resnet's pool_linear)."""
-    if spec["head"].get("type", "linear_head") == "linear_head":
-        return [spec["head"]["in"]]
-    return list(spec["blocks"][-1]["out_shape"])
+    arch = as_spec(spec)
+    if isinstance(arch.head, LinearHead):
+        return [arch.head.inp]
+    return list(arch.blocks[-1].out_shape)

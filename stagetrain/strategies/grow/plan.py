@@ -16,6 +16,7 @@ from typing import Any
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.plan import Plan, Stage
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.families import build_spec, family
 from stagetrain.growth.ops import stack_problem
 from stagetrain.nn.modelops import Deepen, ModelOp, Stack, Widen
@@ -51,8 +52,9 @@ def _ops(prev: list[int], cur: list[int], s: Any) -> list[ModelOp]:
     return ops
 
 
-def build(cfg: Any, spec: dict[str, Any]) -> Plan:
+def build(cfg: Any, spec: ModelSpec | dict[str, Any]) -> Plan:
     s = cfg.strategy
+    spec = as_spec(spec)
     widths = schedule(cfg)
     if s.deepen == "stack" and s.op != "random" and any(len(b) > len(a) for a, b in zip(widths, widths[1:], strict=False)):
         problem = stack_problem(spec)
@@ -73,7 +75,7 @@ def build(cfg: Any, spec: dict[str, Any]) -> Plan:
         fraction = float(fractions[min(k, len(fractions) - 1)])
         stages.append(stage_from_cfg(
             cfg, name=f"grow-{k + 1}", epochs=epochs,
-            trainable=(["stem"] if spec.get("stem") else []) + [f"block{i + 1}" for i in range(len(w))] + ["head"],
+            trainable=(["stem"] if spec.stem is not None else []) + [f"block{i + 1}" for i in range(len(w))] + ["head"],
             ops=_ops(widths[k - 1], w, s) if k else [], extra=GrowStage(data_fraction=fraction),
             lr=float(cfg.optim.lr) * (float(s.lr_after_growth) if k else 1.0),
             description=f"widths {w}, {fraction:.0%} of the data", **trigger,
