@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagetrain.core.partbase import Part
 from stagetrain.core.plan import Stage
+from stagetrain.core.spec import DEFAULT_HEAD, ModelSpec, as_spec, part_from_dict
 from stagetrain.models import Block, StagedModel
 from stagetrain.nn import stagehelpers as helpers
 from stagetrain.nn.auxheads import build_aux_head
@@ -118,22 +120,25 @@ def mask_noise(x: torch.Tensor, level: float) -> torch.Tensor:
     return x * (torch.rand_like(x) >= level).to(x.dtype)
 
 
-def probe_batch(spec: dict[str, Any], n: int, unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_batch(spec: ModelSpec | dict[str, Any], n: int, unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A made-up batch the model ``spec`` accepts (dry-run estimates): random inputs (token
     ids for a token stem; in [0, 1] when ``unit``) and labels (next tokens for an LM head)."""
-    stem = spec.get("stem") or {}
-    if stem.get("type") == "token_embed" or "vocab_size" in stem:  # a token stem (model=transformer, hf)
-        x = torch.randint(1, stem.get("mask_id", stem["vocab_size"]), (n, spec["in_shape"][0]))  # real tokens only
-        lm = head_objective(spec["head"]) == "lm"
+    arch = as_spec(spec)
+    vocab = getattr(arch.stem, "vocab_size", None)
+    if vocab is not None:  # a token stem (model=transformer, hf)
+        mask_id = arch.stem.mask_id
+        x = torch.randint(1, vocab if mask_id is None else mask_id, (n, arch.in_shape[0]))  # real tokens only
+        lm = head_objective(arch.head) == "lm"
         return x, (torch.roll(x, -1, 1) if lm else torch.zeros(n, dtype=torch.long))
-    x = torch.randn(n, *spec["in_shape"])
+    x = torch.randn(n, *arch.in_shape)
     return (x.sigmoid() if unit else x), torch.zeros(n, dtype=torch.long)
 
 
-def head_objective(head: dict[str, Any]) -> str | None:
+def head_objective(head: Part | dict[str, Any]) -> str | None:
     """What a head's per-position logits train: ``lm`` (model=transformer's ``lm_head``, or a
     head whose spec says ``"objective": "lm"``), ``mlm`` (one that says so), None: a classifier."""
-    return "lm" if head.get("type") == "lm_head" else head.get("objective")
+    part = head if isinstance(head, Part) else part_from_dict(head, "head", DEFAULT_HEAD)
+    return "lm" if part.TAG == "lm_head" else getattr(part, "objective", None)
 
 
 def objective_of(stage: Stage, model: StagedModel) -> str:
@@ -144,7 +149,7 @@ def objective_of(stage: Stage, model: StagedModel) -> str:
     evaluation's stage does not know the model's head."""
     if not objective_type(stage.objective).follows_head:
         return stage.objective
-    own = head_objective(model.spec["head"]) if stage.uses_head else None
+    own = head_objective(model.arch.head) if stage.uses_head else None
     if own:
         return own
     return "lm" if isinstance(stage.helper, helpers.LMHead) else stage.objective
@@ -179,7 +184,7 @@ def _token_objective(stage: Stage, model: StagedModel, helper: nn.Module | None,
                      y: torch.Tensor, first: int, training: bool) -> torch.Tensor:
     """lm / mlm losses that read the input tokens (``first`` = 0: ``h`` is the token ids)."""
     if objective_type(stage.objective).targets == "inputs":  # mlm: the masked input tokens
-        mask_id = model.spec["stem"]["mask_id"]
+        mask_id = model.arch.stem.mask_id
         g = None if training else torch.Generator(h.device).manual_seed(0)  # the same masks every evaluation
         h, targets = mlm_corrupt(h, mask_id, g)
     else:  # lm on padded texts: position t predicts token t + 1; padding is no target
