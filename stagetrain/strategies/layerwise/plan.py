@@ -22,8 +22,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.partbase import Block
+from stagetrain.core.parts import Dense
 from stagetrain.core.plan import Plan, Stage, auto_length
 from stagetrain.core.schema import as_list
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.models.registry import part_type
 from stagetrain.nn.auxheads import DEFAULTS as AUX_DEFAULTS
 from stagetrain.nn.objective_registry import objective_type
@@ -66,46 +69,48 @@ class GreedySettings:
         return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
 
-def aux_head_spec(g: Any, block: dict[str, Any], classes: int) -> AuxHead:
+def aux_head_spec(g: Any, block: Block, classes: int) -> AuxHead:
     """A supervised greedy stage's auxiliary classifier (stagetrain/nn/auxheads.py), its options
     resolved to the published defaults so the plan and run.json show what was built."""
-    helper = {"kind": "aux_head", "in_shape": list(block["out_shape"]), "out": classes}
+    helper = {"kind": "aux_head", "in_shape": list(block.out_shape), "out": classes}
     kind = g.aux_head
     if kind in ("conv", "mlp_sr"):
-        if len(block["out_shape"]) != 3:
+        if len(block.out_shape) != 3:
             raise StagetrainError(
                 f"strategy.aux_head={kind} builds a convolutional auxiliary head ({'3x3' if kind == 'conv' else '1x1'} "
                 f"convs with BatchNorm, pooled to a grid), which reads feature maps [channels, height, width]; block "
-                f"{block['name']} (type {block['type']!r}) outputs shape {list(block['out_shape'])}. For MLP and "
+                f"{block.name} (type {block.TAG!r}) outputs shape {list(block.out_shape)}. For MLP and "
                 "Transformer blocks use strategy.aux_head=linear (a linear layer; sequences are averaged first).")
         options = {"layers": g.aux_layers, "width": g.aux_width, "grid": g.aux_grid}
-        defaults = {**AUX_DEFAULTS[kind], "width": block["out_shape"][0]}
+        defaults = {**AUX_DEFAULTS[kind], "width": block.out_shape[0]}
         helper |= {"head": kind} | {k: int(defaults[k] if v is None else v) for k, v in options.items()}
         helper |= {k: v for k, v in AUX_DEFAULTS[kind].items() if k not in helper}
-    elif kind != "linear" and len(block["out_shape"]) == 3:  # an older run's integer: k plain convs before pooling
+    elif kind != "linear" and len(block.out_shape) == 3:  # an older run's integer: k plain convs before pooling
         helper["extra_layers"] = int(kind)
     return helper_from_dict(helper)
 
 
-def _helper(g: Any, spec: dict[str, Any], index: int, last_to_head: bool) -> Helper:
-    block = spec["blocks"][index]
+def _helper(g: Any, spec: ModelSpec, index: int, last_to_head: bool) -> Helper:
+    block = spec.blocks[index]
     kind = objective_type(g.objective).helper  # aux_head | decoder | rbm
     if kind == "aux_head" and g.aux_head in ("conv", "mlp_sr"):  # refused on vectors and sequences
-        aux_head_spec(g, block, spec["num_classes"])
-    if kind == "aux_head" and head_objective(spec["head"]) == "mlm":
+        aux_head_spec(g, block, spec.num_classes)
+    if kind == "aux_head" and head_objective(spec.head) == "mlm":
         raise StagetrainError(
             "strategy=layerwise trains each layer through an auxiliary head on the stage's targets, but a masked-"
             "token model (model=hf model.task=mlm) has no per-layer masked-token head yet. Use strategy=scratch or "
             "strategy=grow for mlm, or model.task=classification on labelled texts.")
-    if kind == "aux_head" and head_objective(spec["head"]) == "lm":  # language model: next tokens
-        return LMHead(spec["head"]["in"], spec["head"]["out"])
+    if kind == "aux_head" and head_objective(spec.head) == "lm":  # language model: next tokens
+        return LMHead(spec.head.inp, spec.head.out)
     if kind == "aux_head" and last_to_head:  # the model head's shape: it becomes the head
-        return AuxHead(tuple(head_input_shape(spec)), spec["num_classes"])
+        return AuxHead(tuple(head_input_shape(spec)), spec.num_classes)
     if kind == "aux_head":
-        return aux_head_spec(g, block, spec["num_classes"])
+        return aux_head_spec(g, block, spec.num_classes)
+    assert isinstance(block, Dense)  # the decoder and rbm objectives are the linear and conv blocks' own
     if kind == "rbm":
-        return RBMVisible(block["in"])
-    return Decoder(block["type"], block["in"], block["out"], bool(g.tied), block.get("kernel"), block.get("pool", 0))
+        return RBMVisible(block.inp)
+    pool = 0 if block.pool is None else block.pool
+    return Decoder(block.TAG, block.inp, block.out, bool(g.tied), getattr(block, "kernel", None), pool)
 
 
 # The LRs left null follow the objective. A supervised greedy stage trains one block and a
@@ -128,16 +133,17 @@ def finetune_lr(cfg: Any, s: Any) -> float:
     return float(ft.lr) if ft.lr is not None else float(cfg.optim.lr) * FINETUNE_LR_FACTOR.get(s.objective, 1.0)
 
 
-def greedy_stages(cfg: Any, spec: dict[str, Any], g: GreedySettings, last_to_head: bool = False,
+def greedy_stages(cfg: Any, spec: ModelSpec | dict[str, Any], g: GreedySettings, last_to_head: bool = False,
                   dataset: str = "target") -> list[Stage]:
     """One greedy stage per block, from the greedy settings ``g``; finetune's in-run
     pretraining reuses this with its own settings and ``dataset="source"``."""
-    blocks = [b["name"] for b in spec["blocks"]]
-    for b in spec["blocks"]:
-        offered = part_type(b["type"]).objectives
+    spec = as_spec(spec)
+    blocks = spec.block_names
+    for b in spec.blocks:
+        offered = part_type(b.TAG).objectives
         if g.objective not in offered:
             raise StagetrainError(
-                f"Layer-wise objective {g.objective} cannot train {b['name']}, a block of type {b['type']!r}; "
+                f"Layer-wise objective {g.objective} cannot train {b.name}, a block of type {b.TAG!r}; "
                 f"that type supports: {', '.join(offered)}.")
     noise = as_list(g.noise)
     objective = objective_type(g.objective)
@@ -149,7 +155,7 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: GreedySettings, last_to_hea
         to_head = last_to_head and i == len(blocks) - 1
         stages.append(stage_from_cfg(
             cfg, name=f"greedy-{name}", **auto_length(g.epochs_per_layer, g.auto),
-            trainable=(["stem"] if i == 0 and spec.get("stem") else []) + [name, "helper"],
+            trainable=(["stem"] if i == 0 and spec.stem is not None else []) + [name, "helper"],
             objective=g.objective, stop_block=i + 1, helper=_helper(g, spec, i, to_head),
             helper_to_head=to_head, data="labeled" if objective.labels else "all", cache=g.cache,
             objective_args=objective.args_from(
@@ -160,12 +166,13 @@ def greedy_stages(cfg: Any, spec: dict[str, Any], g: GreedySettings, last_to_hea
     return stages
 
 
-def build(cfg: Any, spec: dict[str, Any]) -> Plan:
+def build(cfg: Any, spec: ModelSpec | dict[str, Any]) -> Plan:
     s = cfg.strategy
+    spec = as_spec(spec)
     objective = objective_type(s.objective)
     last_to_head = objective.helper == "aux_head" and not s.finetune.enabled  # the last aux head becomes the head
-    head_type = spec["head"].get("type", "linear_head")
-    if last_to_head and head_objective(spec["head"]) == "lm":
+    head_type = spec.head.TAG
+    if last_to_head and head_objective(spec.head) == "lm":
         raise StagetrainError(
             "strategy.finetune.enabled=false makes the last block's auxiliary head the model's head, but a language "
             "model's LM head shares the token embedding and is not an auxiliary head's copy. Keep "
