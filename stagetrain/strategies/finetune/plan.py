@@ -33,7 +33,6 @@ any mode (discriminative learning rates).
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.plan import Plan, Stage, auto_length
+from stagetrain.core.spec import ModelSpec, as_spec, from_dict
 from stagetrain.datasets import dataset_meta
 from stagetrain.families import build_spec, is_lm
 from stagetrain.families import hook as family_hook
@@ -102,8 +102,9 @@ def initial_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[
             load_bare(StagedModel(arch), src, dict(s.source_keys or {}), s.head == "reuse", _arch_name(cfg), True)
     else:
         arch = _source_arch(cfg, src, in_shape, num_classes)
-    if s.freeze_blocks > len(arch["blocks"]) and s.mode == "partial":
-        raise StagetrainError(f"strategy.freeze_blocks={s.freeze_blocks} exceeds the source's {len(arch['blocks'])} blocks.")
+    depth = len(as_spec(arch).blocks)
+    if s.freeze_blocks > depth and s.mode == "partial":
+        raise StagetrainError(f"strategy.freeze_blocks={s.freeze_blocks} exceeds the source's {depth} blocks.")
     return arch
 
 
@@ -119,21 +120,22 @@ def _text_pretrain_spec(cfg: Any, in_shape: tuple[int, ...], num_classes: int) -
 
 def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     s = cfg.strategy
-    arch = copy.deepcopy(src.arch)
-    if tuple(arch["in_shape"]) != tuple(in_shape):
+    arch = from_dict(src.arch, f"the source {src.path}")  # a copy
+    if tuple(arch.in_shape) != tuple(in_shape):
         raise StagetrainError(
-            f"The source {src.path} takes inputs of shape {tuple(arch['in_shape'])}, but dataset={cfg.dataset.name} "
+            f"The source {src.path} takes inputs of shape {tuple(arch.in_shape)}, but dataset={cfg.dataset.name} "
             f"gives {tuple(in_shape)}. Fine-tune on a dataset with the source's input shape.")
     if s.head == "reuse":
-        if arch["num_classes"] != num_classes:
+        if arch.num_classes != num_classes:
             raise StagetrainError(
                 f"strategy.head=reuse needs the same number of classes, but the source {src.path} has "
-                f"{arch['num_classes']} and this run's data has {num_classes}. Use strategy.head=new.")
-    elif head_objective(arch["head"]) is not None and not is_lm(cfg.model) and family_hook(cfg.model, "as_classifier"):
-        arch = family_hook(cfg.model, "as_classifier")(arch, num_classes, cfg.model)  # LM / MLM pretraining -> labels
+                f"{arch.num_classes} and this run's data has {num_classes}. Use strategy.head=new.")
+    elif head_objective(arch.head) is not None and not is_lm(cfg.model) and family_hook(cfg.model, "as_classifier"):
+        # LM / MLM pretraining -> labels
+        return family_hook(cfg.model, "as_classifier")(arch.to_dict(), num_classes, cfg.model)
     else:
-        arch["head"]["out"] = arch["num_classes"] = int(num_classes)
-    return arch
+        arch.head.out = arch.num_classes = int(num_classes)
+    return arch.to_dict()
 
 
 def _arch_name(cfg: Any) -> str:
@@ -146,8 +148,8 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     if s.pretrain.enabled:
         p = s.pretrain
         record = {"dataset": p.dataset or cfg.dataset.name, "classes": p.classes, "objective": p.objective}
-        if "mask_id" in (model.spec.get("stem") or {}):
-            record["mask_id"] = model.spec["stem"]["mask_id"]
+        if getattr(model.arch.stem, "mask_id", None) is not None:
+            record["mask_id"] = model.arch.stem.mask_id
         return {"pretrain": record}
     if s.source == RANDOM:
         return {"random": "no transfer: the model= architecture from random initial weights (control)"}
@@ -168,9 +170,9 @@ def init_model(cfg: Any, model: StagedModel) -> dict[str, Any]:
     return record
 
 
-def _added_blocks(spec: dict[str, Any], blocks: list[str], n: int) -> tuple[list[str], list[ModelOp]]:
+def _added_blocks(spec: ModelSpec, blocks: list[str], n: int) -> tuple[list[str], list[ModelOp]]:
     """add_layers: the names of ``n`` fresh blocks after the last, and the deepen ops that make them."""
-    last = spec["blocks"][-1]["type"]
+    last = spec.blocks[-1].TAG
     if "deepen:random" not in part_type(last).grow:
         raise StagetrainError(
             f"strategy.mode=add_layers inserts fresh blocks of the last block's type, and blocks of type {last!r} "
@@ -199,10 +201,11 @@ def mode_lr(cfg: Any) -> float:
     return float(cfg.optim.lr) * float(s.lr_factor if s.lr_factor is not None else MODE_LR_FACTOR.get(s.mode, 1.0))
 
 
-def build(cfg: Any, spec: dict[str, Any]) -> Plan:
+def build(cfg: Any, spec: ModelSpec | dict[str, Any]) -> Plan:
     s = cfg.strategy
-    blocks = [b["name"] for b in spec["blocks"]]
-    stem = ["stem"] if spec.get("stem") else []
+    spec = as_spec(spec)
+    blocks = spec.block_names
+    stem = ["stem"] if spec.stem is not None else []
     epochs = int(s.epochs or cfg.train.epochs)
     lr = mode_lr(cfg)
     probe_lr = float(s.probe_lr or lr)  # head-only stages (frozen backbone): issue 17
@@ -269,15 +272,15 @@ def _unfreezing(stage: Any, probe: Any, groups: list[str], epochs: int, every: i
     return [*stages, stage("unfreeze-all", groups, epochs - steps)]
 
 
-def _pretrain_stages(cfg: Any, spec: dict[str, Any]) -> list[Stage]:
+def _pretrain_stages(cfg: Any, spec: ModelSpec) -> list[Stage]:
     """In-run pretraining on the source data: one supervised stage with its own head (a
     helper sized for the source classes, dropped afterwards), or greedy layer-wise
     autoencoder/denoising stages."""
     p = cfg.strategy.pretrain
     objective = objective_type(p.objective)
     if objective.tokens:  # lm, mlm
-        stem = spec["stem"]
-        helper = LMHead(stem["d_model"], stem.get("mask_id", stem["vocab_size"]), targets="tokens")
+        stem = spec.stem
+        helper = LMHead(stem.d_model, stem.vocab_size if stem.mask_id is None else stem.mask_id, targets="tokens")
         return [stage_from_cfg(
             cfg, name=f"pretrain-{p.objective}", **auto_length(p.epochs, p.auto),
             trainable=[*all_groups(spec)[:-1], "helper"],
