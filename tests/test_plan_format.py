@@ -16,7 +16,6 @@ from stagetrain.core.errors import StagetrainError
 from stagetrain.core.plan import Plan, Stage, StageExtra
 from stagetrain.nn.objective_registry import DenoisingArgs, RBMArgs
 from stagetrain.runs.runner import train
-from stagetrain.strategies import read_plan
 from stagetrain.strategies.finetune.config import FinetuneStage
 from stagetrain.strategies.grow.config import GrowStage
 
@@ -37,16 +36,16 @@ def _old_plan(strategy: str, *stages: dict[str, object]) -> dict[str, object]:
 
 
 def test_an_old_plans_flat_keys_read_into_the_typed_form_with_their_values():
-    layerwise = read_plan(_old_plan("layerwise", _old_stage("greedy-block1", "denoising", noise=0.3, cd_k=7),
+    layerwise = Plan.from_dict(_old_plan("layerwise", _old_stage("greedy-block1", "denoising", noise=0.3, cd_k=7),
                                     _old_stage("greedy-block2", "rbm", noise=0.25, cd_k=5),
                                     _old_stage("finetune", noise=0.5, cd_k=3)))
     assert [s.objective_args for s in layerwise.stages] == [DenoisingArgs(noise=0.3), RBMArgs(cd_k=5), None]
     assert all(s.extra == StageExtra() and s.extra.bn == "eval" for s in layerwise.stages)  # no settings
-    grow = read_plan(_old_plan("grow", _old_stage("grow-1", data_fraction=0.25),
+    grow = Plan.from_dict(_old_plan("grow", _old_stage("grow-1", data_fraction=0.25),
                                _old_stage("grow-2", epochs=None, max_flops=3e8)))
     assert [s.extra for s in grow.stages] == [GrowStage(data_fraction=0.25), GrowStage(data_fraction=1.0)]
     assert grow.stages[0].extra.data_fraction == 0.25 and grow.stages[1].max_flops == 3e8
-    finetune = read_plan(_old_plan("finetune", _old_stage("bitfit", partial={"block1": ["*bias"]}, bn="train_affine")))
+    finetune = Plan.from_dict(_old_plan("finetune", _old_stage("bitfit", partial={"block1": ["*bias"]}, bn="train_affine")))
     (stage,) = finetune.stages
     assert stage.extra == FinetuneStage(partial={"block1": ["*bias"]}, bn="train_affine")
     assert stage.extra.partial == {"block1": ["*bias"]} and stage.extra.bn == "train_affine"
@@ -59,7 +58,7 @@ def test_an_old_plans_flat_keys_read_into_the_typed_form_with_their_values():
 def test_an_old_flat_value_no_strategy_takes_is_refused():
     """A scratch plan never set data_fraction: a non-neutral one has no owner and is not dropped."""
     with pytest.raises(StagetrainError, match="data_fraction"):
-        read_plan(_old_plan("scratch", _old_stage("train", data_fraction=0.5)))
+        Plan.from_dict(_old_plan("scratch", _old_stage("train", data_fraction=0.5)))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -71,7 +70,7 @@ def test_an_old_flat_value_no_strategy_takes_is_refused():
 ])
 def test_a_new_runs_plan_round_trips(overrides):
     plan = train(make_cfg(*overrides, "dry_run=true"), None)["plan"]
-    assert Plan.from_dict(plan).to_dict() == plan and read_plan(plan).to_dict() == plan
+    assert Plan.from_dict(plan).to_dict() == plan
     first = plan["stages"][0]
     if "strategy=grow" in overrides:
         assert [s["extra"] for s in plan["stages"]] == [{"kind": "grow", "data_fraction": f} for f in (0.5, 1.0)]
@@ -113,3 +112,36 @@ def test_a_new_strategy_declares_its_own_stage_settings_without_editing_stage():
     data = plan.to_dict()
     assert data["stages"][0]["extra"] == {"kind": "toy_settings", "warmup": 3, "data_fraction": 0.5}
     assert Plan.from_dict(data) == plan
+
+
+def test_a_fresh_process_reads_a_plan_whose_strategy_it_has_not_imported():
+    """The kind is the strategy's name: Plan.from_dict loads that plug's settings itself."""
+    import json
+    import subprocess
+    import sys
+
+    plan = _old_plan("grow", {**_old_stage("grow-1"), "data_fraction": 0.25})
+    new = {**_old_stage("grow-1"), "extra": {"kind": "grow", "data_fraction": 0.5}}
+    for k in ("noise", "cd_k", "data_fraction", "partial", "bn"):
+        new.pop(k)
+    code = ("import json, sys; from stagetrain.core.plan import Plan\n"
+            "for d in json.loads(sys.argv[1]): print(type(Plan.from_dict(d).stages[0].extra).__name__,"
+            " Plan.from_dict(d).stages[0].extra.data_fraction)")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([plan, _old_plan("grow", new)])],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["GrowStage", "0.25", "GrowStage", "0.5"]
+
+
+def test_a_plan_with_a_foreign_key_or_no_stages_is_one_paragraph():
+    with pytest.raises(StagetrainError, match="it has colour, which are not fields"):
+        Plan.from_dict(_old_plan("grow", {**_old_stage("s"), "colour": "red"}))
+    with pytest.raises(StagetrainError, match="it lacks stages"):
+        Plan.from_dict({"strategy": "grow"})
+
+
+def test_a_second_plug_cannot_take_over_a_declared_kind():
+    GrowStage  # noqa: B018 - grow's kind is declared
+    with pytest.raises(StagetrainError, match="declares stage settings of kind 'grow'"):
+        @dataclass
+        class Impostor(StageExtra, kind="grow"):
+            data_fraction: float = 0.1

@@ -14,7 +14,7 @@ the model ops, helpers, objective args and extra as their dicts) is what ``run.j
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -72,12 +72,30 @@ class StageExtra:
     def __init_subclass__(cls, kind: str = "", **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if kind:
+            had = StageExtra.declared.get(kind)
+            if had is not None and (had.__module__, had.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise StagetrainError(
+                    f"{cls.__module__}.{cls.__qualname__} declares stage settings of kind {kind!r}, which "
+                    f"{had.__module__}.{had.__qualname__} declares already: a kind is its strategy's name, one per plug.")
             cls.kind = kind
             StageExtra.declared[kind] = cls
 
     def to_dict(self) -> dict[str, Any] | None:
         """run.json's form: ``{"kind": ..., **fields}``; None for a stage without settings."""
         return {"kind": self.kind, **asdict(self)} if self.kind else None
+
+
+def settings_class(kind: str) -> type[StageExtra] | None:
+    """The ``StageExtra`` subclass of ``kind``. A kind is its strategy's name: when none is
+    declared yet, that strategy plug's ``config.py`` is loaded first -- a lookup among the
+    discovered plugs (``core/plugs.py``), never a path or callable read from a file."""
+    if kind not in StageExtra.declared:
+        from stagetrain.core.plugs import Plugs  # the strategy axis, found as every plug is
+
+        strategies = Plugs("strategy", "strategy", "stagetrain.strategies")
+        if kind in strategies:
+            strategies.config(kind)
+    return StageExtra.declared.get(kind)
 
 
 ENGINE_ASKS = ("data_fraction", "partial", "bn")  # StageExtra's questions: once flat Stage fields
@@ -91,13 +109,14 @@ def as_extra(value: Any) -> StageExtra:
     if isinstance(value, StageExtra):
         return value
     kind = value.get("kind") if isinstance(value, dict) else None
-    cls = StageExtra.declared.get(kind) if isinstance(kind, str) else None
+    cls = settings_class(kind) if isinstance(kind, str) else None
     names = {f.name for f in fields(cls)} if cls is not None else set()
     if cls is None or not set(value) - {"kind"} <= names:
         known = ", ".join(f"{k} ({', '.join(f.name for f in fields(c))})" for k, c in sorted(StageExtra.declared.items()))
         raise StagetrainError(
             f"A stage's extra settings {value!r} are not a strategy's: give a mapping with a declared kind and its "
-            f"fields (declared: {known or 'none'}). The plan may come from a newer stagetrain or another strategy plug.")
+            f"fields (declared: {known or 'none'}). The plan may come from a newer stagetrain or a strategy plug that "
+            "is not installed.")
     return cls(**{k: v for k, v in value.items() if k != "kind"})
 
 
@@ -171,10 +190,29 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         """A plan from its plain data (``to_dict``, run.json's ``plan``, also an older run's:
-        ``migrate``). A stage's extra is read by its kind among the declared ``StageExtra``
-        subclasses: ``strategies.read_plan`` loads the plan's strategy plug first."""
-        stages = [Stage(**migrate(s, data.get("strategy", ""))) for s in data["stages"]]
+        ``migrate``). A stage's extra is read by its kind (``settings_class``); a key that is no
+        field, or a missing one, is one paragraph."""
+        _check_keys("plan", data, cls)
+        stages = []
+        for s in data["stages"]:
+            _check_keys("stage", s, Stage, ENGINE_ASKS + ("noise", "cd_k"))
+            stages.append(Stage(**migrate(s, data.get("strategy", ""))))
         return cls(**{**data, "stages": stages})
+
+
+def _check_keys(what: str, data: Any, kind: type, older: tuple[str, ...] = ()) -> None:
+    """A plan's or stage's plain data has only its fields (and an older plan's flat keys) and
+    every field without a default."""
+    known = [f.name for f in fields(kind)]
+    required = [f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING]
+    bad = sorted(set(data) - set(known) - set(older)) if isinstance(data, dict) else None
+    missing = [k for k in required if k not in data] if isinstance(data, dict) else required
+    if bad or missing or bad is None:
+        raise StagetrainError(
+            f"A {what} read back is not a stagetrain {what}: "
+            + (f"it has {', '.join(bad)}, which are not fields. " if bad else "")
+            + (f"it lacks {', '.join(missing)}. " if missing else "")
+            + f"A {what} is a mapping of {', '.join(known)}. It may come from a newer stagetrain.")
 
 
 def migrate(stage: dict[str, Any], strategy: str) -> dict[str, Any]:
@@ -190,8 +228,8 @@ def migrate(stage: dict[str, Any], strategy: str) -> dict[str, Any]:
         s["objective_args"] = args_dict(kind.args_from(flat)) if kind is not None else None
     if "extra" not in s:
         flat = {k: s.pop(k) for k in ENGINE_ASKS if k in s}
-        declared = StageExtra.declared.get(strategy)
-        names = {f.name for f in fields(declared)} if declared is not None else set()
+        own = settings_class(strategy) if isinstance(strategy, str) else None
+        names = {f.name for f in fields(own)} if own is not None else set()
         left = {k: v for k, v in flat.items() if k not in names and v != getattr(StageExtra, k)}
         if left:
             raise StagetrainError(

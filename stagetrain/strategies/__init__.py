@@ -53,15 +53,6 @@ def plan_exports(package: str) -> Any:
     return exports(package, "plan")
 
 
-def read_plan(data: dict[str, Any]) -> Plan:
-    """A plan from run.json's plain data (also an older run's), its strategy's declared stage
-    settings (``StageExtra`` subclasses in the plug's ``config.py``) loaded first, so that
-    ``Plan.from_dict`` finds their kinds in the declared table."""
-    name = data.get("strategy")
-    if isinstance(name, str) and name in STRATEGIES:
-        STRATEGIES.config(name)
-    return Plan.from_dict(data)
-
 
 def hook(name: str, hook_name: str) -> Any:
     """A strategy's optional hook (``initial_spec``, ``final_spec``, ``init_model``, ``datasets``), or None."""
