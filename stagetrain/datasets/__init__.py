@@ -48,12 +48,7 @@ def validate(ds: Any) -> None:
     """The rules every dataset shares that a range cannot say (classes, storage), then the
     plug's own ``validate``; raises ``StagetrainError``."""
     plug = dataset(ds.name)
-    if ds.classes is not None:
-        classes = list(ds.classes)
-        if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
-            raise StagetrainError(
-                f"dataset.classes={classes} is not valid: give at least two distinct non-negative class labels, "
-                "e.g. [0,1,2,3,4].")
+    check_classes("dataset.classes", ds.classes)
     can = f"it can be streamed for {', '.join(n for n in DATASETS if streamable(n))}"
     if ds.storage == "stream" and not streamable(ds.name):
         raise StagetrainError(f"dataset.storage=stream: dataset={ds.name} is always read into memory; {can}. "
@@ -63,6 +58,17 @@ def validate(ds: Any) -> None:
                               f"needs a streamed dataset ({can}) and dataset.storage=stream or auto "
                               f"(got dataset={ds.name}, dataset.storage={ds.storage}).")
     plug.validate(ds)
+
+
+def check_classes(key: str, classes: Any) -> None:
+    """A class subset (``dataset.classes``, finetune's ``strategy.pretrain.classes``): None
+    (every class) or at least two distinct non-negative labels."""
+    if classes is None:
+        return
+    classes = list(classes)
+    if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
+        raise StagetrainError(
+            f"{key}={classes} is not valid: give at least two distinct non-negative class labels, e.g. [0,1,2,3,4].")
 
 
 def _config(ds: Any) -> ModuleType:

@@ -67,8 +67,11 @@ def validate(model: Any, ds: Any, batch_size: int) -> Any:
     fam.validate(model, ds)
     batch_norm = hook(model, "batch_norm")
     if batch_size == 1 and batch_norm is not None and batch_norm(model):
-        raise StagetrainError("train.batch_size=1 with model.bn=true: batch normalization needs at least two "
-                              "samples per batch to compute its statistics. Use train.batch_size>=2 or model.bn=false.")
+        switch = hasattr(model, "bn")  # the families whose batch normalization is an option (model.bn)
+        raise StagetrainError(
+            f"train.batch_size=1 with model={model.name}{' model.bn=true' if switch else ''}: its batch normalization "
+            "needs at least two samples per batch to compute its statistics. Use train.batch_size>=2"
+            f"{' or model.bn=false' if switch else ''}.")
     return model
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from stagetrain.core.errors import StagetrainError, check_choice
 from stagetrain.core.plan import StageExtra
 from stagetrain.core.schema import CACHE_MAX_BYTES, StrategyConfig
-from stagetrain.datasets import DATASETS
+from stagetrain.datasets import DATASETS, check_classes
 from stagetrain.strategies.layerwise.config import AutoConfig, check_epochs
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
@@ -103,6 +103,7 @@ def validate(cfg: Any) -> None:
             _validate_text_pretrain(cfg)
         if p.dataset is not None:
             check_choice("strategy.pretrain.dataset", p.dataset, DATASETS)
+        check_classes("strategy.pretrain.classes", p.classes)
         check_epochs("strategy.pretrain.epochs", p.epochs, p.auto, "strategy.pretrain.auto")
         if (p.lr is not None and p.lr <= 0) or not 0 <= p.noise < 1:
             raise StagetrainError("strategy.pretrain: lr must be > 0 and noise in [0, 1).")
