@@ -34,6 +34,7 @@ class Record:
     keys: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     TAG: ClassVar[str | None] = None  # the "type" value this record writes, if any
+    ORDER: ClassVar[tuple[str, ...]] = ()  # the key order of a record built in code (not read from a dict)
 
     @classmethod
     def own_fields(cls) -> list[str]:
@@ -48,8 +49,14 @@ class Record:
         return copy.deepcopy(self.extra[key])
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain dict: the source's keys in its order, then any field set since, then extras."""
-        order = list(self.keys) if self.keys is not None else (["type"] if self.TAG else [])
+        """The plain dict: the source's keys in its order (built in code: ``ORDER``'s keys that are
+        set), then any field set since, then extras."""
+        if self.keys is not None:
+            order = list(self.keys)
+        else:
+            names = {key_of(n): n for n in self.own_fields()}
+            order = [k for k in self.ORDER or ("type",) if (self.TAG if k == "type" else
+                                                             getattr(self, names[k]) is not None)]
         for name in self.own_fields():
             if key_of(name) not in order and getattr(self, name) is not None:
                 order.append(key_of(name))

@@ -19,6 +19,7 @@ class Dense(Block):
     into an inserted linear block too)."""
 
     TAG: ClassVar[str | None] = "linear"
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "in", "out", "act", "bn", "dropout", "out_shape")
     inp: int
     out: int
     act: str | None = None
@@ -33,6 +34,8 @@ class Conv(Dense):
     """``conv``: Conv ('same' padding, ``kernel``) [+BatchNorm] + activation + max-pool."""
 
     TAG: ClassVar[str | None] = "conv"
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "in", "out", "kernel", "pool", "act", "bn", "dropout",
+                                        "out_shape")
     kernel: int
 
 
@@ -41,6 +44,7 @@ class LinearHead(Head):
     """``linear_head`` (flatten + Linear): the head of a spec whose head names no type."""
 
     TAG: ClassVar[str | None] = "linear_head"
+    ORDER: ClassVar[tuple[str, ...]] = ("in", "out")  # the default head: its dict names no type
 
 
 @dataclass(kw_only=True)
@@ -48,6 +52,7 @@ class PoolLinear(Head):
     """``pool_linear``: global average pooling + Linear (ResNet)."""
 
     TAG: ClassVar[str | None] = "pool_linear"
+    ORDER: ClassVar[tuple[str, ...]] = ("in", "out", "type")
 
 
 @dataclass(kw_only=True)
@@ -56,6 +61,7 @@ class ResnetStem(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "resnet_stem"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "kind", "in", "out", "in_hw", "out_shape")
     kind: str
     inp: int
     out: int
@@ -68,6 +74,8 @@ class ResnetStage(Block):
     """``resnet_stage``: ``units`` residual units (basic or bottleneck) of one stage."""
 
     TAG: ClassVar[str | None] = "resnet_stage"
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "unit", "in", "out", "mid", "units", "stride", "shortcut",
+                                        "in_hw", "out_shape")
     unit: str
     inp: int
     out: int

@@ -19,6 +19,7 @@ class PatchEmbed(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "patch_embed"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "in_shape", "patch", "d_model", "cls_token", "tokens", "out_shape")
     in_shape: list[int]
     patch: int
     d_model: int
@@ -34,6 +35,7 @@ class TokenEmbed(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "token_embed"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "vocab_size", "max_len", "d_model", "padding", "out_shape", "mask_id")
     vocab_size: int
     max_len: int
     d_model: int
@@ -47,6 +49,8 @@ class TransformerLayer(Block):
     """``transformer_layer``: pre-norm attention + MLP (``mlp_hidden`` units)."""
 
     TAG: ClassVar[str | None] = "transformer_layer"
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "d_model", "n_heads", "mlp_hidden", "tokens", "causal",
+                                        "dropout", "out_shape", "padding")
     d_model: int
     n_heads: int
     mlp_hidden: int
@@ -61,6 +65,7 @@ class SeqClassifier(Head):
     """``seq_classifier``: the tokens pooled (``pool``: mean or cls), then a Linear."""
 
     TAG: ClassVar[str | None] = "seq_classifier"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "in", "out", "pool", "tokens", "padding")
     pool: str | None = None
     tokens: int | None = None
     padding: bool | None = None
@@ -71,6 +76,7 @@ class LMHeadPart(Head):
     """``lm_head``: per-position vocabulary logits (``tie``: the token embedding's weight)."""
 
     TAG: ClassVar[str | None] = "lm_head"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "in", "out", "tie", "tokens")
     tie: bool | None = None
     tokens: int | None = None
 

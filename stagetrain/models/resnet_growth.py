@@ -34,7 +34,6 @@ from torch import nn
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.parts import ResnetStage
-from stagetrain.core.spec import part_from_dict
 from stagetrain.models.growth_units import (
     consumer_units,
     copy_parts,
@@ -176,7 +175,7 @@ def deepen_stage(model: StagedModel, index: int, kind: str = "residual_zero") ->
     prev = blocks[index]
     assert isinstance(prev, ResnetStage)
     c = prev.out
-    block = part_from_dict(stage_spec(fresh_name(blocks), prev.unit, c, c, 1, 1, prev.out_shape[1:]), "new stage")
+    block = stage_spec(fresh_name(blocks), prev.unit, c, c, 1, 1, prev.out_shape[1:])
     blocks.insert(index + 1, block)
     new = StagedModel(spec).to(next(model.parameters()))
     with torch.no_grad():

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_positive
+from stagetrain.core.partbase import Block
+from stagetrain.core.parts import Conv
 from stagetrain.datasets import inputs
 from stagetrain.families.mlp.config import check_common, check_widths, classifier, dense_block
 
@@ -46,7 +48,7 @@ def is_image(dataset: Any) -> bool:
 
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    blocks: list[dict[str, Any]] = []
+    blocks: list[Block] = []
     c, h, w = in_shape
     every = int(m.pool_every)
     for i, out in enumerate(m.channels):
@@ -54,17 +56,14 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
         pool = int(m.pool) if due and m.pool and min(h, w) >= 2 * m.pool else 0
         if pool:
             h, w = h // pool, w // pool
-        blocks.append({
-            "name": f"block{i + 1}", "type": "conv", "in": c, "out": int(out),
-            "kernel": int(m.kernel), "pool": pool, "act": m.activation,
-            "bn": bool(m.bn), "dropout": float(m.dropout), "out_shape": [int(out), h, w],
-        })
+        blocks.append(Conv(name=f"block{i + 1}", inp=c, out=int(out), kernel=int(m.kernel), pool=pool,
+                           act=m.activation, bn=bool(m.bn), dropout=float(m.dropout), out_shape=[int(out), h, w]))
         c = int(out)
     width = c * h * w
     for out in m.fc_widths:
         blocks.append(dense_block(f"block{len(blocks) + 1}", width, out, m))
         width = int(out)
-    return classifier(in_shape, num_classes, blocks, width)
+    return classifier(in_shape, num_classes, blocks, width).to_dict()
 
 
 def grow_widths(m: Any) -> list[int]:

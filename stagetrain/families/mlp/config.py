@@ -1,5 +1,6 @@
 """``model=mlp``: fully connected blocks (Linear [+BatchNorm] + activation [+dropout]) and a
-linear head; one block per entry of ``model.widths``."""
+linear head; one block per entry of ``model.widths``. The spec is built from typed records
+(``core/parts.py``: ``Dense``, ``LinearHead``) and handed on as its plain dict."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.partbase import Block, Head, Part
+from stagetrain.core.parts import Dense, LinearHead
 from stagetrain.core.schema import ACTIVATIONS
+from stagetrain.core.spec import ModelSpec
 
 
 @dataclass
@@ -38,15 +42,18 @@ def validate(model: Any, dataset: Any) -> None:
     check_widths("widths", model.widths, "[256,128]")
 
 
-def dense_block(name: str, width: int, out: int, m: Any) -> dict[str, Any]:
-    return {"name": name, "type": "linear", "in": int(width), "out": int(out), "act": m.activation,
-            "bn": bool(m.bn), "dropout": float(m.dropout), "out_shape": [int(out)]}
+def dense_block(name: str, width: int, out: int, m: Any) -> Dense:
+    return Dense(name=name, inp=int(width), out=int(out), act=m.activation, bn=bool(m.bn), dropout=float(m.dropout),
+                 out_shape=[int(out)])
 
 
-def classifier(in_shape: tuple[int, ...], num_classes: int, blocks: list[dict[str, Any]], head_in: int,
-               **extra: Any) -> dict[str, Any]:
-    return {"in_shape": list(in_shape), "num_classes": int(num_classes), **extra,
-            "blocks": blocks, "head": {"in": int(head_in), "out": int(num_classes)}}
+def classifier(in_shape: tuple[int, ...], num_classes: int, blocks: list[Block], head: Head | int,
+               stem: Part | None = None) -> ModelSpec:
+    """The typed spec of blocks under a head (``head``: a part, or the input width of the
+    default flatten + Linear head)."""
+    if isinstance(head, int):
+        head = LinearHead(inp=int(head), out=int(num_classes))
+    return ModelSpec(in_shape=list(in_shape), num_classes=int(num_classes), stem=stem, blocks=blocks, head=head)
 
 
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -54,7 +61,7 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     for i, out in enumerate(m.widths):
         blocks.append(dense_block(f"block{i + 1}", width, out, m))
         width = int(out)
-    return classifier(in_shape, num_classes, blocks, width)
+    return classifier(in_shape, num_classes, blocks, width).to_dict()
 
 
 def grow_widths(m: Any) -> list[int]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.parts import PoolLinear, ResnetStem
 from stagetrain.datasets import inputs
 from stagetrain.families.cnn.config import is_image
 from stagetrain.families.mlp.config import check_widths, classifier
@@ -64,15 +65,13 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
 
     c, h, w = in_shape
     hw = stem_out_hw(m.stem, h, w)
-    stem = {"type": "resnet_stem", "kind": m.stem, "in": int(c), "out": int(m.stem_channels),
-            "in_hw": [h, w], "out_shape": [int(m.stem_channels), *hw]}
+    stem = ResnetStem(kind=m.stem, inp=int(c), out=int(m.stem_channels), in_hw=[h, w],
+                      out_shape=[int(m.stem_channels), *hw])
     blocks, cin = [], int(m.stem_channels)
     for i, (out, units) in enumerate(zip(m.stage_channels, units_per_stage(m), strict=True)):
         blocks.append(stage_spec(f"block{i + 1}", m.block, cin, out, units, 1 if i == 0 else 2, hw))
-        hw, cin = blocks[-1]["out_shape"][1:], int(out)
-    out = classifier(in_shape, num_classes, blocks, cin, stem=stem)
-    out["head"]["type"] = "pool_linear"
-    return out
+        hw, cin = blocks[-1].out_shape[1:], int(out)
+    return classifier(in_shape, num_classes, blocks, PoolLinear(inp=cin, out=int(num_classes)), stem=stem).to_dict()
 
 
 def grow_widths(m: Any) -> list[int]:
