@@ -20,6 +20,15 @@ from typing import Any
 
 from stagetrain import datasets
 from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.partbase import Block, Head
+from stagetrain.core.parts_seq import (
+    LMHeadPart,
+    PatchEmbed,
+    SeqClassifier,
+    TokenEmbed,
+    TransformerLayer,
+)
+from stagetrain.core.spec import ModelSpec, from_dict
 
 MAX_AUTO_TOKENS = 64  # patch=0 picks the smallest patch giving at most this many tokens
 
@@ -145,53 +154,50 @@ def _validate_patches(model: Any, dataset: Any) -> None:
 def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     m = replace(m, stem=m.stem or "patch", head=m.head or "cls")  # a Config used without resolve: images
     d = int(m.d_model)
-    padding = False
+    padding = None  # the key is written only when true
+    stem: TokenEmbed | PatchEmbed
     if m.stem == "tokens":
         tokens = int(in_shape[0]) if len(in_shape) == 1 else int(m.max_len)
-        padding = m.head != "lm"  # classification pads short texts with id 0; LM windows are never padded
-        stem = {"type": "token_embed", "vocab_size": int(m.vocab_size or 256), "max_len": int(m.max_len),
-                "d_model": d, **({"padding": True} if padding else {})}
+        padding = m.head != "lm" or None  # classification pads short texts with id 0; LM windows are never padded
+        stem = TokenEmbed(vocab_size=int(m.vocab_size or 256), max_len=int(m.max_len), d_model=d, padding=padding)
     else:
         p = patch_size(m, in_shape)
         cls_token = m.head == "cls" and m.pool == "cls"
         tokens = (in_shape[1] // p) * (in_shape[2] // p) + int(cls_token)
-        stem = {"type": "patch_embed", "in_shape": list(in_shape), "patch": p, "d_model": d,
-                "cls_token": cls_token, "tokens": tokens}
-    blocks = [{"name": f"block{i + 1}", "type": "transformer_layer", "d_model": d, "n_heads": int(m.n_heads),
-               "mlp_hidden": w, "tokens": tokens, "causal": is_causal(m), "dropout": float(m.dropout),
-               "out_shape": [tokens, d], **({"padding": True} if padding else {})}
-              for i, w in enumerate(layer_widths(m))]
+        stem = PatchEmbed(in_shape=list(in_shape), patch=p, d_model=d, cls_token=cls_token, tokens=tokens)
+    blocks: list[Block] = [
+        TransformerLayer(name=f"block{i + 1}", d_model=d, n_heads=int(m.n_heads), mlp_hidden=w, tokens=tokens,
+                         causal=is_causal(m), dropout=float(m.dropout), out_shape=[tokens, d], padding=padding)
+        for i, w in enumerate(layer_widths(m))]
+    head: Head
     if m.head == "lm":
         out = int(m.vocab_size)
-        head = {"type": "lm_head", "in": d, "out": out, "tie": bool(m.tie_embeddings) and m.stem == "tokens",
-                "tokens": tokens}
+        head = LMHeadPart(inp=d, out=out, tie=bool(m.tie_embeddings) and m.stem == "tokens", tokens=tokens)
     else:
         out = int(num_classes)
-        head = {"type": "seq_classifier", "in": d, "out": out, "pool": m.pool, "tokens": tokens,
-                **({"padding": True} if padding else {})}
-    stem["out_shape"] = [tokens, d]
-    return {"in_shape": list(in_shape), "num_classes": out, "stem": stem, "blocks": blocks, "head": head}
+        head = SeqClassifier(inp=d, out=out, pool=m.pool, tokens=tokens, padding=padding)
+    stem.out_shape = [tokens, d]
+    return ModelSpec(in_shape=list(in_shape), num_classes=out, stem=stem, blocks=blocks, head=head).to_dict()
 
 
 def as_classifier(arch: dict[str, Any], num_classes: int, model: Any) -> dict[str, Any]:
     """A language model's spec with a new pooled classifier head over padded token inputs:
     what fine-tuning an LM on labelled texts starts from (the layers keep their causality)."""
-    arch = {**arch, "num_classes": int(num_classes), "stem": {**arch["stem"], "padding": True},
-            "blocks": [{**b, "padding": True} for b in arch["blocks"]]}
-    d = arch["stem"]["d_model"]
-    arch["head"] = {"type": "seq_classifier", "in": d, "out": int(num_classes), "pool": getattr(model, "pool", "mean"),
-                    "tokens": arch["head"]["tokens"], "padding": True}
-    return arch
+    a = from_dict(arch)
+    head = SeqClassifier(inp=a.stem.d_model, out=int(num_classes), pool=getattr(model, "pool", "mean"),
+                         tokens=a.head.tokens, padding=True)
+    return replace(a, num_classes=int(num_classes), stem=replace(a.stem, padding=True),
+                   blocks=[replace(b, padding=True) for b in a.blocks], head=head).to_dict()
 
 
 def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
     """A token model's spec with one more embedding row: the mask token of ``mlm`` pretraining,
     id ``mask_id`` = the data's vocabulary size (so the data's ids keep their meaning)."""
-    stem = arch["stem"]
-    if "mask_id" in stem:
+    a = from_dict(arch)
+    if a.stem.mask_id is not None:
         return arch
-    vocab = int(stem["vocab_size"])
-    return {**arch, "stem": {**stem, "vocab_size": vocab + 1, "mask_id": vocab}}
+    vocab = int(a.stem.vocab_size)
+    return replace(a, stem=replace(a.stem, vocab_size=vocab + 1, mask_id=vocab)).to_dict()
 
 
 def grow_widths(m: Any) -> list[int]:
