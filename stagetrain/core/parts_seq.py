@@ -97,6 +97,8 @@ class HFEmbed(HFPart):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "hf_embed"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "model_type", "config", "tokens", "padding", "vocab_size", "d_model",
+                                        "out_shape", "mask_id")
     vocab_size: int
     d_model: int | None = None
     out_shape: list[int] | None = None
@@ -108,6 +110,8 @@ class HFDecoderLayer(HFPart, Block):
     """``hf_decoder_layer``: transformers' decoder layer number ``index``."""
 
     TAG: ClassVar[str | None] = "hf_decoder_layer"
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "model_type", "config", "tokens", "padding", "index", "causal",
+                                        "out_shape")
     index: int | None = None
     causal: bool | None = None
 
@@ -125,6 +129,8 @@ class HFHead(HFPart, Head):
     what its per-position logits train (lm, mlm), absent for a classifier."""
 
     TAG: ClassVar[str | None] = "hf_head"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "model_type", "config", "tokens", "padding", "task", "in", "out", "tie",
+                                        "objective")
     task: str
     tie: bool | None = None
     objective: str | None = None

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice, did_you_mean
+from stagetrain.core.partbase import Block
+from stagetrain.core.parts_seq import HFDecoderLayer, HFEmbed, HFEncoderLayer, HFHead
+from stagetrain.core.spec import ModelSpec, from_dict
 
 __all__ = ["Config", "validate", "resolve", "spec", "is_lm", "as_classifier", "with_mask_token", "grow_widths",
            "with_grow_widths", "grow_schedule", "init_weights", "export", "check_text_pretrain", "SUPPORTED"]
@@ -211,44 +214,40 @@ def spec(m: Any, in_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     task = m.task or "classification"
     tokens, d = int(in_shape[0]), _get(c, "hidden_size", "n_embd")
     vocab, layers = _get(c, "vocab_size"), _get(c, "num_hidden_layers", "n_layer")
-    padding = task != "lm"  # labelled texts and mlm pad with id 0; LM windows are never padded
-    common = {"model_type": t, "config": c, "tokens": tokens, **({"padding": True} if padding else {})}
-    stem = {"type": "hf_embed", **common, "vocab_size": vocab, "d_model": d, "out_shape": [tokens, d],
-            **({"mask_id": int(m.mask_id)} if task == "mlm" else {})}
-    kind = "hf_encoder_layer" if t in ENCODERS else "hf_decoder_layer"
-    blocks = [{"name": f"block{i + 1}", "type": kind, **common, "index": i, "causal": t not in ENCODERS,
-               "out_shape": [tokens, d]} for i in range(layers)]
+    padding = task != "lm" or None  # labelled texts and mlm pad with id 0; LM windows are never padded
+    common = {"model_type": t, "config": c, "tokens": tokens, "padding": padding}
+    stem = HFEmbed(**common, vocab_size=vocab, d_model=d, out_shape=[tokens, d],
+                   mask_id=int(m.mask_id) if task == "mlm" else None)
+    layer = HFEncoderLayer if t in ENCODERS else HFDecoderLayer
+    blocks: list[Block] = [layer(name=f"block{i + 1}", **common, index=i, causal=t not in ENCODERS,
+                                 out_shape=[tokens, d]) for i in range(layers)]
     out = vocab if task in ("lm", "mlm") else int(num_classes)
     tie = task != "classification" and bool(c.get("tie_word_embeddings", True))
-    head = {"type": "hf_head", **common, "task": task, "in": d, "out": out, "tie": tie,
-            **({"objective": task} if task != "classification" else {})}
-    return {"in_shape": list(in_shape), "num_classes": out, "stem": stem, "blocks": blocks, "head": head}
+    head = HFHead(**common, task=task, inp=d, out=out, tie=tie, objective=task if task != "classification" else None)
+    return ModelSpec(in_shape=list(in_shape), num_classes=out, stem=stem, blocks=blocks, head=head).to_dict()
 
 
 def as_classifier(arch: dict[str, Any], num_classes: int, model: Any = None) -> dict[str, Any]:
     """An LM's or MLM's spec under the model's own classification head over padded inputs (the
     stem and layers keep their weights, causality and mask token row): fine-tuning on labels."""
-    padded = {"padding": True}
-    head = arch["head"]
-    cls = {"type": "hf_head", "model_type": head["model_type"], "config": head["config"], "tokens": head["tokens"],
-           **padded, "task": "classification", "in": head["in"], "out": int(num_classes), "tie": False}
-    return {**arch, "num_classes": int(num_classes), "stem": {**arch["stem"], **padded},
-            "blocks": [{**b, **padded} for b in arch["blocks"]], "head": cls}
+    a = from_dict(arch)
+    h = a.head
+    cls = HFHead(model_type=h.model_type, config=h.config, tokens=h.tokens, padding=True, task="classification",
+                 inp=h.inp, out=int(num_classes), tie=False)
+    return replace(a, num_classes=int(num_classes), stem=replace(a.stem, padding=True),
+                   blocks=[replace(b, padding=True) for b in a.blocks], head=cls).to_dict()
 
 
 def with_mask_token(arch: dict[str, Any]) -> dict[str, Any]:
     """One more embedding row, ``mlm`` pretraining's mask token: id = the old vocabulary size."""
-    stem = arch["stem"]
-    if "mask_id" in stem:
+    a = from_dict(arch)
+    if a.stem.mask_id is not None:
         return arch
-    vocab = int(stem["vocab_size"])
-    config = {**stem["config"], "vocab_size": vocab + 1}
-    head = {**arch["head"], "config": config}
-    if head.get("task") in ("lm", "mlm"):
-        head["out"] = vocab + 1
-    return {**arch, "stem": {**stem, "config": config, "vocab_size": vocab + 1, "mask_id": vocab},
-            "blocks": [{**b, "config": config} for b in arch["blocks"]], "head": head,
-            "num_classes": head["out"]}
+    vocab = int(a.stem.vocab_size)
+    config = {**a.stem.config, "vocab_size": vocab + 1}
+    head = replace(a.head, config=config, out=vocab + 1 if a.head.task in ("lm", "mlm") else a.head.out)
+    return replace(a, stem=replace(a.stem, config=config, vocab_size=vocab + 1, mask_id=vocab),
+                   blocks=[replace(b, config=config) for b in a.blocks], head=head, num_classes=head.out).to_dict()
 
 
 def check_text_pretrain(m: Any, objective: str) -> None:
