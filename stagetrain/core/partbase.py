@@ -48,15 +48,17 @@ class Record:
             return _plain(getattr(self, name))
         return copy.deepcopy(self.extra[key])
 
+    def _written(self, key: str) -> bool:
+        """Whether a record built in code writes ``key``: its field is set."""
+        return getattr(self, next((n for n, k in KEY.items() if k == key), key)) is not None
+
     def to_dict(self) -> dict[str, Any]:
         """The plain dict: the source's keys in its order (built in code: ``ORDER``'s keys that are
         set), then any field set since, then extras."""
         if self.keys is not None:
             order = list(self.keys)
         else:
-            names = {key_of(n): n for n in self.own_fields()}
-            order = [k for k in self.ORDER or ("type",) if (self.TAG if k == "type" else
-                                                             getattr(self, names[k]) is not None)]
+            order = [k for k in self.ORDER or ("type",) if (self.TAG if k == "type" else self._written(k))]
         for name in self.own_fields():
             if key_of(name) not in order and getattr(self, name) is not None:
                 order.append(key_of(name))

@@ -93,6 +93,7 @@ class CustomModule(Part):
 
     KIND: ClassVar[str] = "shared"
     TAG: ClassVar[str | None] = "custom_module"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "target", "kwargs")
     target: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ class CustomStem(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "custom_stem"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "modules", "in_channels", "flops")
     modules: list[str] = field(default_factory=list)
     in_channels: int | None = None
     flops: float | None = None
@@ -114,6 +116,7 @@ class ViTStem(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "vit_stem"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "conv", "class_token", "pos_embedding", "dropout", "in_channels", "flops")
     conv: str
     class_token: str
     pos_embedding: str
@@ -127,6 +130,7 @@ class CustomBlock(Block):
     """``custom_block``: the user module's submodule at ``path``."""
 
     TAG: ClassVar[str | None] = "custom_block"
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "path", "out_shape", "flops")
     path: str
     flops: float | None = None
 
@@ -136,6 +140,7 @@ class CustomHead(Head):
     """``custom_head``: the user module's ``modules`` after the glue ``input`` (e.g. pool_flatten)."""
 
     TAG: ClassVar[str | None] = "custom_head"
+    ORDER: ClassVar[tuple[str, ...]] = ("type", "modules", "input", "out", "in", "flops")
     modules: list[str] = field(default_factory=list)
     input: str | None = None
     flops: float | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.partbase import Block, Head, Part, Record
@@ -63,9 +63,14 @@ class ModelSpec(Record):
     lora: Lora | None = None
     blank: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # a part given as {} / None
 
+    ORDER: ClassVar[tuple[str, ...]] = ("in_shape", "num_classes", "shared", "stem", "blocks", "head", "lora")
+
     @classmethod
     def own_fields(cls) -> list[str]:
         return [n for n in super().own_fields() if n != "blank"]
+
+    def _written(self, key: str) -> bool:
+        return key in self.blank or super()._written(key)
 
     def _value(self, key: str) -> Any:
         if key in PART_KEYS + ("lora",) and getattr(self, key) is None:

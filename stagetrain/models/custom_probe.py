@@ -9,6 +9,7 @@ a fixed seed inside ``fork_rng``, so it leaves the run's random state untouched.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -17,17 +18,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.partbase import Part
-from stagetrain.core.spec import ModelSpec, from_dict
+from stagetrain.core.spec import ModelSpec, as_spec
 from stagetrain.models.custom import adapt_channels, native_prefixes, rename
 from stagetrain.models.registry import build_part, build_shared
 
 PROBE_BATCH = 2  # BatchNorm in train mode (FLOP count) needs more than one sample
 
 
-def complete(spec: dict[str, Any]) -> dict[str, Any]:
+def complete(spec: ModelSpec | dict[str, Any]) -> dict[str, Any]:
     """``spec`` with out_shape/flops per part and the head's input width; refuses a cut
     that does not reproduce the module's forward."""
-    arch = from_dict(spec)  # a copy: the parts' shapes and FLOPs are written into it
+    arch = copy.deepcopy(as_spec(spec))  # a copy: the parts' shapes and FLOPs are written into it
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         shared = build_shared(arch)

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError, check_choice
+from stagetrain.core.partbase import Part
+from stagetrain.core.parts import CustomBlock, CustomHead, CustomModule, CustomStem
+from stagetrain.core.spec import ModelSpec, part_from_dict
 from stagetrain.core.trust import resolve_target
 
 HEAD_INPUTS = ("none", "flatten", "pool_flatten", "pool", "cls_token")
@@ -102,18 +105,16 @@ def cut_spec(target: str, kwargs: dict[str, Any], stem: list[str] | dict[str, An
     with shapes and FLOPs measured by a probe forward."""
     repeat = adapt == "repeat" and len(in_shape) == 3 and in_shape[0] == 1
     if isinstance(stem, dict):
-        stem_spec = dict(stem)
+        stem_part: Part | None = part_from_dict(stem, "stem")
     else:
-        stem_spec = {"type": "custom_stem", "modules": list(stem)} if stem or repeat else {}
+        stem_part = CustomStem(modules=list(stem)) if stem or repeat else None
     if repeat:
-        stem_spec["in_channels"] = 3
-    spec = {
-        "in_shape": list(in_shape), "num_classes": int(num_classes),
-        "shared": {"type": "custom_module", "target": target, "kwargs": dict(kwargs)},
-        "stem": stem_spec,
-        "blocks": [{"name": n, "type": "custom_block", "path": p} for n, p in zip(block_names(blocks), blocks, strict=True)],
-        "head": {"type": "custom_head", "modules": list(head), "input": head_input, "out": int(num_classes)},
-    }
+        stem_part.in_channels = 3
+    spec = ModelSpec(
+        in_shape=list(in_shape), num_classes=int(num_classes), shared=CustomModule(target=target, kwargs=dict(kwargs)),
+        stem=stem_part, blank={} if stem_part else {"stem": {}},  # no stem: written as {}
+        blocks=[CustomBlock(name=n, path=p) for n, p in zip(block_names(blocks), blocks, strict=True)],
+        head=CustomHead(modules=list(head), input=head_input, out=int(num_classes)))
     from stagetrain.models.custom_probe import complete  # torch, only when a spec is built
 
     return complete(spec)
