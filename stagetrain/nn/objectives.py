@@ -40,48 +40,48 @@ from stagetrain.nn.objective_registry import objective_type
 class Decoder(nn.Module):
     """Maps a block's output back to its input; tied: uses the encoder's weight transposed."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: helpers.Decoder):
         super().__init__()
-        self.spec = dict(spec)
-        self.tied = bool(spec["tied"])
-        if spec["type"] == "linear":
-            self.weight = None if self.tied else nn.Parameter(torch.empty(spec["in"], spec["out"]))
-            self.bias = nn.Parameter(torch.zeros(spec["in"]))
+        self.spec = spec
+        self.tied = bool(spec.tied)
+        if spec.type == "linear":
+            self.weight = None if self.tied else nn.Parameter(torch.empty(spec.in_, spec.out))
+            self.bias = nn.Parameter(torch.zeros(spec.in_))
             if self.weight is not None:
                 nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         else:
-            k = spec["kernel"]
-            self.weight = None if self.tied else nn.Parameter(torch.empty(spec["out"], spec["in"], k, k))
-            self.bias = nn.Parameter(torch.zeros(spec["in"]))
+            k = spec.kernel
+            self.weight = None if self.tied else nn.Parameter(torch.empty(spec.out, spec.in_, k, k))
+            self.bias = nn.Parameter(torch.zeros(spec.in_))
             if self.weight is not None:
                 nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, code: torch.Tensor, block: Block) -> torch.Tensor:
         w = block.layer.weight if self.tied else self.weight
-        if self.spec["type"] == "linear":
+        if self.spec.type == "linear":
             return F.linear(code, w.t() if self.tied else w, self.bias)
-        if self.spec.get("pool"):
-            code = F.interpolate(code, scale_factor=self.spec["pool"], mode="nearest")
-        k = self.spec["kernel"]
+        if self.spec.pool:
+            code = F.interpolate(code, scale_factor=self.spec.pool, mode="nearest")
+        k = self.spec.kernel
         return F.conv_transpose2d(code, w, self.bias, padding=k // 2)
 
 
 class RBMVisible(nn.Module):
     """The visible bias of an RBM whose weight and hidden bias are the block's Linear."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: helpers.RBMVisible):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(spec["in"]))
+        self.bias = nn.Parameter(torch.zeros(spec.in_))
 
 
 class AuxLMHead(nn.Module):
     """Auxiliary per-position vocabulary head: LayerNorm -> Linear, [B, T, D] -> [B, T, V]."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: helpers.LMHead | dict[str, Any]):
         super().__init__()
-        self.spec = dict(spec)
-        self.norm = nn.LayerNorm(spec["in"])
-        self.layer = nn.Linear(spec["in"], spec["out"], bias=False)
+        self.spec = spec if isinstance(spec, helpers.LMHead) else helpers.from_dict({"kind": "lm_head", **spec})
+        self.norm = nn.LayerNorm(self.spec.in_)
+        self.layer = nn.Linear(self.spec.in_, self.spec.out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(self.norm(x))
@@ -93,9 +93,9 @@ BUILDERS: dict[type[helpers.Helper], Any] = {helpers.AuxHead: build_aux_head, he
 
 def build_helper(spec: helpers.Helper | dict[str, Any] | None) -> nn.Module | None:
     """The module of a stage's helper (its record, or the record's plain dict), built from
-    the plain dict, which the modules keep as their ``spec``."""
+    the typed record, which the modules keep as their ``spec``."""
     helper = helpers.as_helper(spec)
-    return None if helper is None else BUILDERS[type(helper)](helper.to_dict())
+    return None if helper is None else BUILDERS[type(helper)](helper)
 
 
 def free_energy(v: torch.Tensor, layer: nn.Linear, visible_bias: torch.Tensor) -> torch.Tensor:
