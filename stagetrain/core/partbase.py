@@ -5,7 +5,9 @@ A part is a stem, a block, a head or a shared module (``models/registry.py`` bui
 checkpoint, run.json and a spec file it is the plain dict it always was; ``to_dict`` gives
 exactly that dict back (the same keys in the same order, unknown keys kept in ``extra``) and
 ``part_from_dict`` reads it. ``in`` is a Python keyword: the field is ``inp``, the key "in".
-A field left out of the dict is None (or its default) and stays out of ``to_dict``.
+A field left out of the dict is None (or its default) and stays out of ``to_dict``. A record
+built in code (no source dict) writes its set fields in its type's ``ORDER``, the key order
+its family has always written.
 The records of the part types are in ``core/parts.py`` and ``core/parts_seq.py``; the table
 from a ``"type"`` to its record is ``core/spec.py``'s ``PART_TYPES``.
 """

@@ -5,7 +5,7 @@ A target layer computes ``layer(x) + alpha/rank * B(A(x))`` with B zero at inser
 adding adapters leaves the function unchanged; merging folds ``alpha/rank * B A`` into the
 layer's weight. The adapted layer keeps its weight and bias under the same names (the
 adapters add ``lora_a``/``lora_b`` beside them), so a checkpoint's base keys are stable.
-The spec records the resolved target names: ``spec["lora"] = {"rank", "alpha", "targets"}``.
+The spec records the resolved target names: its ``lora`` (``core/spec.Lora``: ``rank``, ``alpha``, ``targets``).
 ``StagedModel`` attaches them from its spec; adding and merging (new models) are
 ``growth.ops.add_lora`` / ``merge_lora``.
 """
