@@ -19,7 +19,10 @@ from stagetrain.core.parts import Conv, Dense, LinearHead
 from stagetrain.core.parts_seq import HFEmbed, HFHead, TokenEmbed
 from stagetrain.core.spec import PART_TYPES, ModelSpec, from_dict
 from stagetrain.datasets import dataset_meta
-from stagetrain.families import family
+from stagetrain.families import build_spec, family
+from stagetrain.growth import apply_op
+from stagetrain.models import StagedModel
+from stagetrain.nn.modelops import AddLora, Deepen, MergeLora, Widen
 from stagetrain.runs.config import validate
 from stagetrain.runs.parts import run_specs
 
@@ -142,3 +145,65 @@ def test_family_hooks_that_change_a_spec_round_trip(family_specs):
         assert _same(from_dict(changed).to_dict(), changed)
         classifier = family(plug).as_classifier(changed, 3, None)
         assert _same(from_dict(classifier).to_dict(), classifier)
+
+
+# The key order each family has always written (checkpoints, run.json, model.safetensors' metadata), taken
+# from the plain-dict builders before the typed spec: a record built in code must keep writing it.
+PLAIN, DENSE = ["in_shape", "num_classes", "blocks", "head"], ["name", "type", "in", "out", "act", "bn", "dropout",
+                                                               "out_shape"]
+WITH_STEM, USER = ["in_shape", "num_classes", "stem", "blocks", "head"], ["in_shape", "num_classes", "shared", "stem",
+                                                                          "blocks", "head"]
+HF = ["type", "model_type", "config", "tokens"]
+FORMAT = {
+    "mlp": (PLAIN, None, DENSE, ["in", "out"]),
+    "cnn": (PLAIN, None, ["name", "type", "in", "out", "kernel", "pool", "act", "bn", "dropout", "out_shape"],
+            ["in", "out"]),
+    "resnet": (WITH_STEM, ["type", "kind", "in", "out", "in_hw", "out_shape"],
+               ["name", "type", "unit", "in", "out", "mid", "units", "stride", "shortcut", "in_hw", "out_shape"],
+               ["in", "out", "type"]),
+    "transformer": (WITH_STEM, ["type", "in_shape", "patch", "d_model", "cls_token", "tokens", "out_shape"],
+                    ["name", "type", "d_model", "n_heads", "mlp_hidden", "tokens", "causal", "dropout", "out_shape"],
+                    ["type", "in", "out", "pool", "tokens"]),
+    "transformer_lm": (WITH_STEM, ["type", "vocab_size", "max_len", "d_model", "out_shape"],
+                       ["name", "type", "d_model", "n_heads", "mlp_hidden", "tokens", "causal", "dropout", "out_shape"],
+                       ["type", "in", "out", "tie", "tokens"]),
+    "transformer_cls": (WITH_STEM, ["type", "vocab_size", "max_len", "d_model", "padding", "out_shape"],
+                        ["name", "type", "d_model", "n_heads", "mlp_hidden", "tokens", "causal", "dropout",
+                         "out_shape", "padding"], ["type", "in", "out", "pool", "tokens", "padding"]),
+    "hf_gpt2": (WITH_STEM, [*HF, "vocab_size", "d_model", "out_shape"],
+                ["name", *HF, "index", "causal", "out_shape"], [*HF, "task", "in", "out", "tie", "objective"]),
+    "hf_bert": (WITH_STEM, [*HF, "padding", "vocab_size", "d_model", "out_shape", "mask_id"],
+                ["name", *HF, "padding", "index", "causal", "out_shape"],
+                [*HF, "padding", "task", "in", "out", "tie", "objective"]),
+    "torchvision_vit": (USER, ["type", "conv", "class_token", "pos_embedding", "dropout", "flops"],
+                        ["name", "type", "path", "out_shape", "flops"], ["type", "modules", "input", "out", "in", "flops"]),
+    "custom": (USER, ["type", "modules", "flops"], ["name", "type", "path", "out_shape", "flops"],
+               ["type", "modules", "input", "out", "in", "flops"]),
+}
+
+
+def test_every_family_writes_the_key_order_it_always_wrote(family_specs):
+    for name, (top, stem, block, head) in FORMAT.items():
+        d = family_specs[name][0]
+        got = (list(d), list(d["stem"]) if d.get("stem") else None, list(d["blocks"][0]), list(d["head"]))
+        assert got == (top, stem, block, head), name
+
+
+def test_the_legacy_checkpoints_spec_is_what_model_mlp_builds_today():
+    arch = torch.load(LEGACY, map_location="cpu", weights_only=False)["arch"]
+    assert _same(build_spec(make_cfg("model=mlp", "model.widths=[16,8]").model, (1, 8, 8), 10), arch)
+
+
+def test_growth_writes_the_plain_dict_it_always_wrote():
+    model = StagedModel(build_spec(make_cfg("model=mlp", "model.widths=[6,6]").model, (1, 4, 4), 3))
+    g = torch.Generator().manual_seed(0)
+    wide, _ = apply_op(model, Widen("block1", 9, "net2net", 0.0), g)
+    deep, _ = apply_op(wide, Deepen("block1", "residual_zero"), g)
+    adapted, _ = apply_op(deep, AddLora(2, 4.0, None), g)
+    spec = adapted.spec
+    assert [b["name"] for b in spec["blocks"]] == ["block1", "block3", "block2"] and spec["head"] == {"in": 6, "out": 3}
+    assert list(spec["blocks"][1]) == [*DENSE, "pool", "residual"] and spec["blocks"][1]["residual"] is True
+    assert spec["blocks"][0]["out"] == 9 and spec["blocks"][2]["in"] == 9 and list(spec["blocks"][0]) == DENSE
+    assert list(spec) == [*PLAIN, "lora"] and list(spec["lora"]) == ["rank", "alpha", "targets"]
+    merged, _ = apply_op(adapted, MergeLora(), g)
+    assert list(merged.spec) == PLAIN and from_dict(merged.spec) == merged.arch
