@@ -140,10 +140,9 @@ def widen_stage(model: StagedModel, index: int, width: int, method: str = "net2n
         stage.shortcut = "projection"
     last = index + 1 == len(spec.blocks)
     consumer = spec.head if last else spec.blocks[index + 1]
-    if consumer.to_dict().get("type") not in ("pool_linear", "resnet_stage"):  # as written (a head may name none)
-        raise StagetrainError(f"cannot widen {name}: the part after it is of type {consumer.to_dict().get('type')!r}, "
-                              "which a resnet stage widening cannot adapt (it adapts resnet stages and the pool_linear "
-                              "head).")
+    if consumer.TAG not in ("pool_linear", "resnet_stage"):
+        raise StagetrainError(f"cannot widen {name}: the part after it is of type {consumer.TAG!r}, which "
+                              "a resnet stage widening cannot adapt (it adapts resnet stages and the pool_linear head).")
     old_consumer = copy.deepcopy(consumer)
     consumer.inp = width
     if not last and width != old:
