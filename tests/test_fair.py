@@ -172,16 +172,16 @@ def test_equal_flops_scratch_control_gets_the_staged_runs_flops_within_one_step(
 
 def _poison_test_labels(monkeypatch):
     """Every run's test labels shifted by one class: test accuracy collapses, validation is untouched."""
-    import stagetrain.runs.runner
+    import stagetrain.runs.parts
 
-    real = stagetrain.runs.runner.load_data
+    real = stagetrain.runs.parts.load_data
 
     def poisoned(ds, seed, *args):
         bundle = real(ds, seed, *args)
         bundle.test.y = (bundle.test.y + 1) % bundle.num_classes
         return bundle
 
-    monkeypatch.setattr(stagetrain.runs.runner, "load_data", poisoned)
+    monkeypatch.setattr(stagetrain.runs.parts, "load_data", poisoned)
 
 
 def test_tune_selects_on_validation_only_and_records_the_search(tmp_path, monkeypatch):

@@ -109,16 +109,16 @@ def test_a_nan_gradient_is_named_before_the_learning_rate(tmp_path):
 
 
 def test_a_nan_in_the_input_batch_is_named_as_the_data(tmp_path, monkeypatch):
-    import stagetrain.runs.runner
+    import stagetrain.runs.parts
 
-    real = stagetrain.runs.runner.load_data
+    real = stagetrain.runs.parts.load_data
 
     def with_nan(ds, seed, *args):  # data read with a NaN in every sample (statistics were finite)
         bundle = real(ds, seed, *args)
         bundle.train.x[:, 0] = float("nan")
         return bundle
 
-    monkeypatch.setattr(stagetrain.runs.runner, "load_data", with_nan)
+    monkeypatch.setattr(stagetrain.runs.parts, "load_data", with_nan)
     with pytest.raises(StagetrainError) as err:
         train(make_cfg("dataset=synthetic", "strategy=scratch", "train.epochs=1", "plots=false"), tmp_path)
     msg = str(err.value)
