@@ -63,9 +63,11 @@ TOY = {
     "families/toyfam/__init__.py": INIT.format(impl=""),
     "families/toyfam/config.py": '''
         from dataclasses import dataclass
+        from typing import ClassVar
 
-        from stagetrain.datasets import inputs
         from stagetrain.core.errors import StagetrainError
+        from stagetrain.core.partbase import Block
+        from stagetrain.datasets import inputs
 
 
         @dataclass
@@ -74,16 +76,37 @@ TOY = {
             width: int = 16
 
 
+        @dataclass(kw_only=True)
+        class ToyBlock(Block):
+            """``toy_block``: this family's own part type, tanh(W x + b)."""
+
+            TAG: ClassVar[str] = "toy_block"
+            BUILDER: ClassVar[str] = "toyplug.families.toyfam.parts"
+            inp: int
+            out: int
+
+
         def validate(model, dataset):
             if inputs(dataset) != "features":
                 raise StagetrainError(f"model=toyfam reads feature vectors; dataset={dataset.name} gives {inputs(dataset)}.")
 
 
         def spec(m, in_shape, num_classes):
-            block = {"name": "block1", "type": "linear", "in": in_shape[0], "out": m.width, "act": "relu",
-                     "bn": False, "dropout": 0.0, "out_shape": [m.width]}
+            block = {"name": "block1", "type": "toy_block", "in": in_shape[0], "out": m.width, "out_shape": [m.width]}
             return {"in_shape": list(in_shape), "num_classes": num_classes, "blocks": [block],
                     "head": {"in": m.width, "out": num_classes}}
+    ''',
+    "families/toyfam/parts.py": '''
+        from torch import nn
+
+        from stagetrain.models.registry import PartType, register
+
+
+        def build(part):
+            return nn.Sequential(nn.Linear(part.inp, part.out), nn.Tanh())
+
+
+        register(PartType("toy_block", "block", build, lambda part: 2.0 * part.inp * part.out, typed=True))
     ''',
     "strategies/toystrat/__init__.py": 'name = "toystrat"\n' + INIT.format(impl=', "plan"'),
     "strategies/toystrat/config.py": '''
@@ -168,6 +191,15 @@ def test_a_toy_dataset_family_and_strategy_run_from_the_command_line(toyplug, tm
     assert [s["name"] for s in record["stages"]] == ["head", "all"]
     assert record["config"]["dataset"]["n"] == 2000 and record["config"]["model"]["width"] == 16
     assert record["final"]["test/acc"] > 0.75  # x0 + x1 > 0 is linearly separable: it learnt
+    assert record["params"] == 6 * 16 + 16 + 16 * 2 + 2  # the family's own toy_block, then a linear head
+    # a fresh process rebuilds the model from the run alone: the part type's record and builder
+    # are found through the family plug (its config declares toy_block), nothing else imported
+    code = ("import sys, torch; import stagetrain; m = stagetrain.load(sys.argv[1]).model; "
+            "print(type(m.blocks['block1'][1]).__name__, sum(p.numel() for p in m.parameters()))")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code, str(run)], env=_env(toyplug), capture_output=True, text=True)
+    assert out.stdout.split() == ["Tanh", str(record["params"])], out.stderr[-2000:]
 
 
 def test_a_toy_plugs_own_validation_speaks_for_it(toyplug, tmp_path):

@@ -8,8 +8,9 @@ exactly that dict back (the same keys in the same order, unknown keys kept in ``
 A field left out of the dict is None (or its default) and stays out of ``to_dict``. A record
 built in code (no source dict) writes its set fields in its type's ``ORDER``, the key order
 its family has always written.
-The records of the part types are in ``core/parts.py`` and ``core/parts_seq.py``; the table
-from a ``"type"`` to its record is ``core/spec.py``'s ``PART_TYPES``.
+The records of stagetrain's part types are in ``core/parts.py`` and ``core/parts_seq.py``; a
+record declares itself when defined (``Part.declared``), and ``core/spec.part_class`` finds
+the record of a ``"type"`` there (loading the family plugs' configs on a miss).
 """
 
 from __future__ import annotations
@@ -92,9 +93,28 @@ def _plain(value: Any) -> Any:
 
 @dataclass(kw_only=True)
 class Part(Record):
-    """A stem, block, head or shared module; blocks have a ``name`` and an ``out_shape``."""
+    """A stem, block, head or shared module; blocks have a ``name`` and an ``out_shape``.
+
+    A part type's record names its ``TAG`` (the spec's ``"type"``) and its ``BUILDER``, the
+    module of stagetrain or of a family plug that registers how it is built
+    (``models/registry.register``). Defining the record declares it (``declared``); a
+    family plug declares its own in its torch-free ``config.py`` or a module it imports.
+    """
 
     KIND: ClassVar[str] = ""
+    BUILDER: ClassVar[str] = ""  # the module that registers this part type's builder
+    declared: ClassVar[dict[str, type[Part]]] = {}  # TAG -> record, every part type defined so far
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        tag = cls.__dict__.get("TAG")
+        if not tag:
+            return
+        had = Part.declared.get(tag)
+        if had is not None and (had.__module__, had.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise StagetrainError(f"{cls.__module__}.{cls.__qualname__} declares the part type {tag!r}, which "
+                                  f"{had.__module__}.{had.__qualname__} declares already: a part type has one record.")
+        Part.declared[tag] = cls
 
 
 @dataclass(kw_only=True)

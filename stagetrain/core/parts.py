@@ -19,6 +19,7 @@ class Dense(Block):
     into an inserted linear block too)."""
 
     TAG: ClassVar[str | None] = "linear"
+    BUILDER: ClassVar[str] = "stagetrain.models.basic"
     ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "in", "out", "act", "bn", "dropout", "out_shape")
     inp: int
     out: int
@@ -44,6 +45,7 @@ class LinearHead(Head):
     """``linear_head`` (flatten + Linear): the head of a spec whose head names no type."""
 
     TAG: ClassVar[str | None] = "linear_head"
+    BUILDER: ClassVar[str] = "stagetrain.models.basic"
     ORDER: ClassVar[tuple[str, ...]] = ("in", "out")  # the default head: its dict names no type
 
 
@@ -52,6 +54,7 @@ class PoolLinear(Head):
     """``pool_linear``: global average pooling + Linear (ResNet)."""
 
     TAG: ClassVar[str | None] = "pool_linear"
+    BUILDER: ClassVar[str] = "stagetrain.models.resnet"
     ORDER: ClassVar[tuple[str, ...]] = ("in", "out", "type")
 
 
@@ -61,6 +64,7 @@ class ResnetStem(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "resnet_stem"
+    BUILDER: ClassVar[str] = "stagetrain.models.resnet"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "kind", "in", "out", "in_hw", "out_shape")
     kind: str
     inp: int
@@ -74,6 +78,7 @@ class ResnetStage(Block):
     """``resnet_stage``: ``units`` residual units (basic or bottleneck) of one stage."""
 
     TAG: ClassVar[str | None] = "resnet_stage"
+    BUILDER: ClassVar[str] = "stagetrain.models.resnet"
     ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "unit", "in", "out", "mid", "units", "stride", "shortcut",
                                         "in_hw", "out_shape")
     unit: str
@@ -93,6 +98,7 @@ class CustomModule(Part):
 
     KIND: ClassVar[str] = "shared"
     TAG: ClassVar[str | None] = "custom_module"
+    BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "target", "kwargs")
     target: str
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +110,7 @@ class CustomStem(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "custom_stem"
+    BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "modules", "in_channels", "flops")
     modules: list[str] = field(default_factory=list)
     in_channels: int | None = None
@@ -116,6 +123,7 @@ class ViTStem(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "vit_stem"
+    BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "conv", "class_token", "pos_embedding", "dropout", "in_channels", "flops")
     conv: str
     class_token: str
@@ -130,6 +138,7 @@ class CustomBlock(Block):
     """``custom_block``: the user module's submodule at ``path``."""
 
     TAG: ClassVar[str | None] = "custom_block"
+    BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "path", "out_shape", "flops")
     path: str
     flops: float | None = None
@@ -140,6 +149,7 @@ class CustomHead(Head):
     """``custom_head``: the user module's ``modules`` after the glue ``input`` (e.g. pool_flatten)."""
 
     TAG: ClassVar[str | None] = "custom_head"
+    BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "modules", "input", "out", "in", "flops")
     modules: list[str] = field(default_factory=list)
     input: str | None = None

@@ -19,6 +19,7 @@ class PatchEmbed(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "patch_embed"
+    BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "in_shape", "patch", "d_model", "cls_token", "tokens", "out_shape")
     in_shape: list[int]
     patch: int
@@ -35,6 +36,7 @@ class TokenEmbed(Part):
 
     KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "token_embed"
+    BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "vocab_size", "max_len", "d_model", "padding", "out_shape", "mask_id")
     vocab_size: int
     max_len: int
@@ -49,6 +51,7 @@ class TransformerLayer(Block):
     """``transformer_layer``: pre-norm attention + MLP (``mlp_hidden`` units)."""
 
     TAG: ClassVar[str | None] = "transformer_layer"
+    BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("name", "type", "d_model", "n_heads", "mlp_hidden", "tokens", "causal",
                                         "dropout", "out_shape", "padding")
     d_model: int
@@ -65,6 +68,7 @@ class SeqClassifier(Head):
     """``seq_classifier``: the tokens pooled (``pool``: mean or cls), then a Linear."""
 
     TAG: ClassVar[str | None] = "seq_classifier"
+    BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "in", "out", "pool", "tokens", "padding")
     pool: str | None = None
     tokens: int | None = None
@@ -76,6 +80,7 @@ class LMHeadPart(Head):
     """``lm_head``: per-position vocabulary logits (``tie``: the token embedding's weight)."""
 
     TAG: ClassVar[str | None] = "lm_head"
+    BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "in", "out", "tie", "tokens")
     tie: bool | None = None
     tokens: int | None = None
@@ -84,6 +89,8 @@ class LMHeadPart(Head):
 @dataclass(kw_only=True)
 class HFPart(Part):
     """What every ``model=hf`` part carries: the architecture and transformers' plain config."""
+
+    BUILDER: ClassVar[str] = "stagetrain.models.hf_parts"
 
     model_type: str
     config: dict[str, Any] = field(default_factory=dict)

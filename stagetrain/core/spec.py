@@ -7,7 +7,8 @@ A spec is stored as a plain dict -- in checkpoints (``arch``), run.json and spec
 that dict does not change: ``to_dict`` gives exactly the dict the spec was read from (the
 same keys and values in the same order; keys no field declares kept in ``extra``), and
 ``from_dict`` reads today's dicts and older ones. The part a ``"type"`` names is looked up in
-``PART_TYPES``, this module's fixed table; a type it does not hold is one paragraph.
+``PART_TYPES`` (``Part.declared``: every record defined, stagetrain's and the family plugs');
+a type no family declares is one paragraph.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from stagetrain.core.partbase import Block, Head, Part, Record
 from stagetrain.core.parts import IMAGE_PARTS
 from stagetrain.core.parts_seq import SEQ_PARTS
 
-PART_TYPES: dict[str, type[Part]] = {cls.TAG: cls for cls in (*IMAGE_PARTS, *SEQ_PARTS) if cls.TAG}
+PART_TYPES: dict[str, type[Part]] = Part.declared  # TAG -> record: stagetrain's (imported above) and the plugs' loaded
+assert all(cls.TAG in PART_TYPES for cls in (*IMAGE_PARTS, *SEQ_PARTS) if cls.TAG)
 DEFAULT_HEAD = "linear_head"  # the type of a head that names none (mlp, cnn)
 PART_KEYS = ("shared", "stem", "head")
 
@@ -32,13 +34,31 @@ def part_from_dict(data: Any, where: str, default: str | None = None) -> Part:
     if not isinstance(data, dict):
         raise StagetrainError(f"The architecture spec's {where} is a {type(data).__name__}, not a mapping. "
                               "It was not written by stagetrain, or was altered.")
-    name = data.get("type", default)
+    return part_class(data.get("type", default)).from_plain(data, where)
+
+
+def part_class(name: Any) -> type[Part]:
+    """The record of the part type ``name`` (a spec's ``"type"``). Not declared yet: the model
+    family plugs' torch-free configs are loaded (a family declares its own part types there),
+    as every plug is found (``core/plugs.py``) -- never a path or callable a file names.
+    Unknown: one paragraph."""
+    if name not in PART_TYPES:
+        load_family_parts()
     if name not in PART_TYPES:
         raise StagetrainError(
             f"The model spec names a part of type {name!r}, which no model family registers "
             f"(registered: {', '.join(sorted(PART_TYPES))}). The checkpoint may come from a newer stagetrain "
             "or a family that is not installed.")
-    return PART_TYPES[name].from_plain(data, where)
+    return PART_TYPES[name]
+
+
+def load_family_parts() -> None:
+    """Load every model family plug's ``config.py``, which declares the part types it adds."""
+    from stagetrain.core.plugs import Plugs  # the family axis, found as every plug is
+
+    families = Plugs("model", "model family", "stagetrain.families")
+    for name in families:
+        families.config(name)
 
 
 @dataclass(kw_only=True)

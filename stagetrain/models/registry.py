@@ -1,10 +1,11 @@
 """The part-type registry: how each kind of stem, block and head is built, what it costs
 and how it may grow.
 
-A model spec names the type of every part (``{"type": "conv", ...}``; its typed record is
-``core/spec.py``'s); this table maps the name to a ``PartType``. A family module registers its types when it is imported;
-``part_type`` imports every family on a miss, so a checkpoint of any registered family
-rebuilds without its config.
+A model spec names the type of every part (``{"type": "conv", ...}``); its typed record
+(``core/parts*.py`` or a family plug's) names the module that registers the type here
+(``Part.BUILDER``), which ``part_type`` imports on first use. One chain from a ``"type"`` to
+its builder, the same for stagetrain's part types and a family plug's, so a checkpoint of
+any installed family rebuilds without its config; nothing is imported that no spec names.
 
 Growth guarantees are stated per operator: ``exact`` (the function is unchanged, up to
 float rounding), ``approximate`` (unchanged in expectation, e.g. with noise or dropout)
@@ -14,17 +15,22 @@ or ``none`` (a fresh random part).
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.partbase import Part
-from stagetrain.core.spec import ModelSpec, as_spec, part_from_dict
+from stagetrain.core.spec import (
+    PART_TYPES,
+    ModelSpec,
+    as_spec,
+    load_family_parts,
+    part_class,
+    part_from_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -68,20 +74,18 @@ def _record(spec: Part | dict[str, Any], name: str) -> Part:
     return spec if isinstance(spec, Part) else part_from_dict(spec, f"{name} part", name)
 
 
-def _import_all() -> None:
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # every module of this package
-        if info.name not in ("registry", "staged"):
-            importlib.import_module(f"stagetrain.models.{info.name}")
-
-
 def part_type(name: str) -> PartType:
+    """How the part type ``name`` is built: its record (``spec.part_class``, one paragraph when
+    no family declares it) names the module that registers it (``Part.BUILDER``: stagetrain's
+    or the family plug's own code), imported on first use."""
     if name not in PARTS:
-        _import_all()
+        builder = part_class(name).BUILDER
+        if builder:
+            importlib.import_module(builder)
     if name not in PARTS:
         raise StagetrainError(
-            f"The model spec names a part of type {name!r}, which no model family registers "
-            f"(registered: {', '.join(sorted(PARTS))}). The checkpoint may come from a newer stagetrain "
-            "or a family that is not installed.")
+            f"The part type {name!r} has a record but no builder: its module "
+            f"{part_class(name).BUILDER or '(none named)'} registers none. The family that declares it is incomplete.")
     return PARTS[name]
 
 
@@ -119,7 +123,9 @@ def build_shared(spec: ModelSpec) -> nn.Module | None:
 
 
 def table() -> list[dict[str, Any]]:
-    """Every registered part type with its growth operators and guarantees (for the docs)."""
-    _import_all()
+    """Every part type with its growth operators and guarantees (for the docs)."""
+    load_family_parts()
+    for name in list(PART_TYPES):
+        part_type(name)
     return [{"type": t.name, "kind": t.kind, "grow": dict(t.grow), "objectives": list(t.objectives)}
             for t in sorted(PARTS.values(), key=lambda t: (t.kind, t.name))]
