@@ -145,3 +145,13 @@ def test_a_second_plug_cannot_take_over_a_declared_kind():
         @dataclass
         class Impostor(StageExtra, kind="grow"):
             data_fraction: float = 0.1
+
+
+def test_a_stage_setting_of_the_wrong_type_in_a_file_is_one_paragraph():
+    stage = {k: v for k, v in _old_stage("grow-1").items() if k not in ("noise", "cd_k", "data_fraction", "partial", "bn")}
+    with pytest.raises(StagetrainError, match=r"data_fraction='abc' is not a"):
+        Plan.from_dict(_old_plan("grow", {**stage, "extra": {"kind": "grow", "data_fraction": "abc"}}))
+    with pytest.raises(StagetrainError, match=r"cd_k='x' is not a"):
+        Plan.from_dict(_old_plan("layerwise", {**stage, "objective": "rbm", "objective_args": {"cd_k": "x"}}))
+    ok = Plan.from_dict(_old_plan("grow", {**stage, "extra": {"kind": "grow", "data_fraction": 1}}))
+    assert ok.stages[0].extra.data_fraction == 1  # an int where a float is declared is a number

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import types
+import typing
 from collections.abc import Iterable
+from dataclasses import fields
+from typing import Any
 
 
 class StagetrainError(Exception):
@@ -56,3 +60,29 @@ def no_run_error(resume: object) -> StagetrainError:
     """``resume=<dir>`` names a directory without a run."""
     return StagetrainError(f"resume={resume}: that directory holds no stagetrain run (no run.json). "
                            "Give a run directory, or use hydra.run.dir=<dir> resume=auto to start one there.")
+
+
+_SIMPLE = {float: (int, float), int: (int,), str: (str,), bool: (bool,), dict: (dict,), list: (list,)}
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` read from a file fits the simple annotation ``hint`` (float, int, str,
+    bool, dict[...], list[...], X | None); other annotations are not checked."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    base = typing.get_origin(hint) or hint
+    if base not in _SIMPLE:
+        return True
+    return isinstance(value, _SIMPLE[base]) and (base is bool or not isinstance(value, bool))
+
+
+def check_types(record: type, values: dict[str, Any], what: str) -> None:
+    """One paragraph when a value read from a file (run.json's plan) does not have the type the
+    dataclass ``record`` declares for it."""
+    hints = typing.get_type_hints(record)
+    for f in fields(record):
+        if f.name in values and not _accepts(hints[f.name], values[f.name]):
+            raise StagetrainError(f"{what}: {f.name}={values[f.name]!r} is not a {hints[f.name]}, the type "
+                                  f"{record.__name__}.{f.name} has. The plan was not written by stagetrain, or was altered.")

@@ -18,7 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from stagetrain.core.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError, check_types
 from stagetrain.nn.modelops import ModelOp, as_op
 from stagetrain.nn.objective_registry import args_dict, as_args
 from stagetrain.nn.objective_registry import find as find_objective
@@ -117,7 +117,9 @@ def as_extra(value: Any) -> StageExtra:
             f"A stage's extra settings {value!r} are not a strategy's: give a mapping with a declared kind and its "
             f"fields (declared: {known or 'none'}). The plan may come from a newer stagetrain or a strategy plug that "
             "is not installed.")
-    return cls(**{k: v for k, v in value.items() if k != "kind"})
+    settings = {k: v for k, v in value.items() if k != "kind"}
+    check_types(cls, settings, f"A stage's {kind} settings")
+    return cls(**settings)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from stagetrain.core.errors import StagetrainError
+from stagetrain.core.errors import StagetrainError, check_types
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ def as_args(objective: str, value: Any) -> Any:
     if value is None:
         return kind.args()
     if isinstance(value, dict) and set(value) <= set(names):
+        check_types(kind.args, value, f"A stage's {objective} parameters")
         return kind.args(**value)
     raise StagetrainError(f"A stage of objective {objective!r} gives objective_args {value!r}; it takes a mapping "
                           f"of {', '.join(names)} ({kind.args.__name__}).")
