@@ -1,5 +1,5 @@
 """The architecture spec as typed records (core/spec.py): every family's spec, built from its
-default config through the run's own path (``runner.run_specs``: the first architecture and a
+default config through the run's own path (``runs.parts.run_specs``: the first architecture and a
 growing strategy's last), reads into records of its part types and writes back exactly the
 plain dict it was (keys, values and key order: checkpoints, run.json and spec hashes do not
 change); an older checkpoint's spec reads; an unknown part type is one paragraph."""
