@@ -37,7 +37,6 @@ from stagetrain.core.errors import StagetrainError, did_you_mean, no_run_error, 
 from stagetrain.runs import runlock
 
 CONFIG_MODULE = "pkg://stagetrain.conf"
-CONFIG_NAME = "config"  # the primary config (conf/config.yaml), as cli.py names it
 
 
 def check_command_line(argv: list[str]) -> list[str]:
@@ -62,7 +61,7 @@ def check_command_line(argv: list[str]) -> list[str]:
     config_name = args.config_name or "config"
     multirun = args.multirun or any(
         o.key_or_group == "hydra.mode" and o.get_value_element_as_str() == "MULTIRUN" for o in parsed)
-    _check_group_options(loader, parsed)
+    _check_group_options(loader, parsed, config_name)
     cfg, compose = None, composer(loader, config_name)  # a sweep's variants: composed fast after the first
     for job in _variants(parsed) if multirun else [list(args.overrides)]:
         try:
@@ -148,8 +147,9 @@ def _variants(parsed: list[Any]) -> list[list[str]]:
     return jobs
 
 
-def _check_group_options(loader: Any, parsed: list[Any]) -> None:
+def _check_group_options(loader: Any, parsed: list[Any], config_name: str) -> None:
     """``strategy=layerwize`` -> the options of the group and the closest one."""
+    searchpath = [p.input_line for p in parsed if p.get_key_element() == "hydra.searchpath"]
     for o in parsed:
         if o.is_delete() or not is_group(loader, o):
             continue
@@ -157,8 +157,7 @@ def _check_group_options(loader: Any, parsed: list[Any]) -> None:
             values = _values(o)
         except Exception:  # noqa: BLE001
             continue
-        searchpath = [p.input_line for p in parsed if p.get_key_element() == "hydra.searchpath"]
-        options = sorted(loader.get_group_options(o.key_or_group, config_name=CONFIG_NAME, overrides=searchpath))
+        options = sorted(loader.get_group_options(o.key_or_group, config_name=config_name, overrides=searchpath))
         for value in values:
             if value not in options and value != "null":
                 raise StagetrainError(
