@@ -106,7 +106,7 @@ TOY = {
             return nn.Sequential(nn.Linear(part.inp, part.out), nn.Tanh())
 
 
-        register(PartType("toy_block", "block", build, lambda part: 2.0 * part.inp * part.out, typed=True))
+        register(PartType("toy_block", "block", build, lambda part: 2.0 * part.inp * part.out))
     ''',
     "strategies/toystrat/__init__.py": 'name = "toystrat"\n' + INIT.format(impl=', "plan"'),
     "strategies/toystrat/config.py": '''

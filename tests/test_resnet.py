@@ -123,8 +123,8 @@ def test_growth_dispatcher_refuses_what_the_stage_does_not_offer():
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 def test_forward_flops_of_every_part_match_torchs_flop_counter(block, stem):
-    from stagetrain.models import part_type
-
+    from stagetrain.core.spec import part_from_dict
+    from stagetrain.models.registry import part_flops
     shape = (3, 13, 11)  # odd sizes: strided convs round up
     model = _model(shape, torch.float32, block=block, stem=stem, stage_channels="[4,6,8]")
     spec, h = model.spec, _x(shape, torch.float32)[:2]
@@ -132,7 +132,7 @@ def test_forward_flops_of_every_part_match_torchs_flop_counter(block, stem):
     for name, part in parts:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             out = model.group(name)(h)
-        assert counter.get_total_flops() / 2 == part_type(part["type"]).flops(part), name
+        assert counter.get_total_flops() / 2 == part_flops(part_from_dict(part, name)), name
         assert name == "head" or list(out.shape[1:]) == part["out_shape"], name
         h = out
 

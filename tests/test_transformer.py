@@ -15,9 +15,11 @@ from safetensors import safe_open
 from torch.utils.flop_counter import FlopCounterMode
 
 from stagetrain.core.errors import StagetrainError
+from stagetrain.core.spec import part_from_dict
 from stagetrain.families import transformer as family
 from stagetrain.growth import apply_op, map_optimizer_state, optimizer_state_by_name, stack
-from stagetrain.models import StagedModel, count_parameters, part_type
+from stagetrain.models import StagedModel, count_parameters
+from stagetrain.models.registry import part_flops
 from stagetrain.runs.rundir import read_metrics
 from stagetrain.runs.runner import train
 
@@ -49,7 +51,7 @@ def _forward_flops(model: StagedModel, x: torch.Tensor) -> float:
 
 
 def _registered_flops(spec: dict) -> float:
-    return sum(part_type(p["type"]).flops(p) for p in [spec["stem"], *spec["blocks"], spec["head"]])
+    return sum(part_flops(part_from_dict(p, "part")) for p in [spec["stem"], *spec["blocks"], spec["head"]])
 
 
 def test_spec_round_trips_through_json_and_rebuilds_the_same_function():

@@ -101,7 +101,7 @@ def _deepen(*args: Any, **kw: Any) -> Any:
 DENSE_GROWTH = {"widen:net2net": "exact", "widen:random": "none", "deepen:identity": "exact (after ReLU)",
                 "deepen:residual_zero": "exact", "deepen:random": "none"}
 register(PartType("linear", "block", Block, _linear_flops, DENSE_GROWTH, _widen, _deepen,
-                  ("supervised", "autoencoder", "denoising", "rbm"), typed=True))
+                  ("supervised", "autoencoder", "denoising", "rbm")))
 register(PartType("conv", "block", Block, _conv_flops, DENSE_GROWTH, _widen, _deepen,
-                  ("supervised", "autoencoder", "denoising"), typed=True))
-register(PartType("linear_head", "head", Head, _linear_flops, typed=True))
+                  ("supervised", "autoencoder", "denoising")))
+register(PartType("linear_head", "head", Head, _linear_flops))

@@ -172,9 +172,9 @@ def _flops(spec: Part) -> float:
     return float(0.0 if flops is None else flops)
 
 
-register(PartType("custom_module", "shared", build_module, _flops, typed=True))
-register(PartType("custom_stem", "stem", Stem, _flops, shared=True, typed=True))
-register(PartType("vit_stem", "stem", ViTStem, _flops, shared=True, typed=True))
+register(PartType("custom_module", "shared", build_module, _flops))
+register(PartType("custom_stem", "stem", Stem, _flops, shared=True))
+register(PartType("vit_stem", "stem", ViTStem, _flops, shared=True))
 register(PartType("custom_block", "block", lambda spec, shared: submodule(shared, spec.path, "blocks"),
-                  _flops, shared=True, typed=True))
-register(PartType("custom_head", "head", Head, _flops, shared=True, typed=True))
+                  _flops, shared=True))
+register(PartType("custom_head", "head", Head, _flops, shared=True))

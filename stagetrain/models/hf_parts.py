@@ -205,7 +205,7 @@ DECODER_GROWTH = {
     "stack": "none (copies of the trained layers on top, G_stack)",
 }
 ENCODER_GROWTH = {"deepen:random": "none", "stack": "none (copies of the trained layers on top, G_stack)"}
-register(PartType("hf_embed", "stem", HFEmbed, lambda spec: 0.0, typed=True))
-register(PartType("hf_decoder_layer", "block", HFLayer, _layer_flops, DECODER_GROWTH, None, deepen_hf, typed=True))
-register(PartType("hf_encoder_layer", "block", HFLayer, _layer_flops, ENCODER_GROWTH, None, deepen_hf, typed=True))
-register(PartType("hf_head", "head", HFHead, _head_flops, typed=True))
+register(PartType("hf_embed", "stem", HFEmbed, lambda spec: 0.0))
+register(PartType("hf_decoder_layer", "block", HFLayer, _layer_flops, DECODER_GROWTH, None, deepen_hf))
+register(PartType("hf_encoder_layer", "block", HFLayer, _layer_flops, ENCODER_GROWTH, None, deepen_hf))
+register(PartType("hf_head", "head", HFHead, _head_flops))

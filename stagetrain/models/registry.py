@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -26,10 +26,8 @@ from stagetrain.core.partbase import Part
 from stagetrain.core.spec import (
     PART_TYPES,
     ModelSpec,
-    as_spec,
     load_family_parts,
     part_class,
-    part_from_dict,
 )
 
 
@@ -54,24 +52,16 @@ class PartType:
     objectives: tuple[str, ...] = ("supervised",)
     width_key: str = "out"  # the spec field a widen changes
     shared: bool = False  # build(spec, shared): the part is taken from the model's shared module
-    typed: bool = False  # build and flops take the part's typed record (core/parts*.py), not its plain dict
 
 
 PARTS: dict[str, PartType] = {}
 
 
 def register(part: PartType) -> PartType:
-    if part.typed:  # callers may still hand a typed part type its plain dict: read it into the record
-        build, flops, name = part.build, part.flops, part.name
-        whole = part.kind == "shared"  # a shared module is built from the whole model spec
-        part = replace(part, build=lambda spec, *shared: build(as_spec(spec) if whole else _record(spec, name), *shared),
-                       flops=lambda spec: flops(_record(spec, name)))
+    """Register a part type; its ``build`` and ``flops`` take the part's typed record
+    (``core/parts*.py``, a plug's own), a shared module's ``build`` the whole ``ModelSpec``."""
     PARTS[part.name] = part
     return part
-
-
-def _record(spec: Part | dict[str, Any], name: str) -> Part:
-    return spec if isinstance(spec, Part) else part_from_dict(spec, f"{name} part", name)
 
 
 def part_type(name: str) -> PartType:
@@ -89,25 +79,17 @@ def part_type(name: str) -> PartType:
     return PARTS[name]
 
 
-def given(t: PartType, part: Part) -> Part | dict[str, Any]:
-    """What ``t``'s builder and FLOP formula take: the typed record, or (a part type not yet
-    typed) its plain dict, a head's with its type first as it always had."""
-    if t.typed:
-        return part
-    return {"type": t.name, **part.to_dict()} if t.kind == "head" else part.to_dict()
-
-
 def build_part(part: Part, kind: str, shared: nn.Module | None = None) -> nn.Module:
     t = part_type(part.TAG)
     if t.kind != kind:
         raise StagetrainError(f"A part of type {t.name!r} is a {t.kind}, not a {kind}.")
-    return t.build(given(t, part), shared) if t.shared else t.build(given(t, part))
+    return t.build(part, shared) if t.shared else t.build(part)
 
 
 def part_flops(part: Part) -> float:
     """A part's forward FLOPs per sample (its type's closed form)."""
     t = part_type(part.TAG)
-    return t.flops(given(t, part))
+    return t.flops(part)
 
 
 def build_shared(spec: ModelSpec) -> nn.Module | None:
@@ -119,7 +101,7 @@ def build_shared(spec: ModelSpec) -> nn.Module | None:
     t = part_type(spec.shared.TAG)
     if t.kind != "shared":
         raise StagetrainError(f"A part of type {t.name!r} is a {t.kind}, not a shared module.")
-    return t.build(spec if t.typed else spec.to_dict())
+    return t.build(spec)
 
 
 def table() -> list[dict[str, Any]]:

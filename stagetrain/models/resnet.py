@@ -165,6 +165,6 @@ STAGE_GROWTH = {  # see resnet_growth.py for what each guarantee rests on
     "deepen:residual_zero": "exact", "deepen:identity": "exact (a zero-scale unit after ReLU)",
     "deepen:random": "none",
 }
-register(PartType("resnet_stem", "stem", Stem, _stem_flops, typed=True))
-register(PartType("resnet_stage", "block", Stage, _stage_flops, STAGE_GROWTH, _widen, _deepen, ("supervised",), typed=True))
-register(PartType("pool_linear", "head", PoolLinear, _head_flops, typed=True))
+register(PartType("resnet_stem", "stem", Stem, _stem_flops))
+register(PartType("resnet_stage", "block", Stage, _stage_flops, STAGE_GROWTH, _widen, _deepen, ("supervised",)))
+register(PartType("pool_linear", "head", PoolLinear, _head_flops))

@@ -243,9 +243,9 @@ LAYER_GROWTH = {
     "deepen:random": "none",
     "stack": "none (copies of the trained layers on top, G_stack)",
 }
-register(PartType("patch_embed", "stem", PatchEmbed, _patch_flops, typed=True))
-register(PartType("token_embed", "stem", TokenEmbed, lambda spec: 0.0, typed=True))
+register(PartType("patch_embed", "stem", PatchEmbed, _patch_flops))
+register(PartType("token_embed", "stem", TokenEmbed, lambda spec: 0.0))
 register(PartType("transformer_layer", "block", TransformerLayer, _layer_flops, LAYER_GROWTH, _widen, _deepen,
-                  ("supervised",), width_key="mlp_hidden", typed=True))
-register(PartType("seq_classifier", "head", SeqClassifier, lambda spec: 2.0 * spec.inp * spec.out, typed=True))
-register(PartType("lm_head", "head", LMHead, _lm_flops, typed=True))
+                  ("supervised",), width_key="mlp_hidden"))
+register(PartType("seq_classifier", "head", SeqClassifier, lambda spec: 2.0 * spec.inp * spec.out))
+register(PartType("lm_head", "head", LMHead, _lm_flops))
