@@ -137,6 +137,8 @@ def test_an_unknown_part_type_is_one_paragraph():
         from_dict({**d, "blocks": [{"name": "b", "type": "linear", "out": 4}]})
     with pytest.raises(StagetrainError, match="not a mapping"):
         from_dict({**d, "blocks": ["os.system"]})
+    with pytest.raises(StagetrainError, match=r"names a part of type \['linear'\]"):
+        from_dict({**d, "blocks": [{"name": "b", "type": ["linear"], "in": 4, "out": 4}]})
 
 
 def test_family_hooks_that_change_a_spec_round_trip(family_specs):

@@ -101,7 +101,6 @@ class Part(Record):
     family plug declares its own in its torch-free ``config.py`` or a module it imports.
     """
 
-    KIND: ClassVar[str] = ""
     BUILDER: ClassVar[str] = ""  # the module that registers this part type's builder
     declared: ClassVar[dict[str, type[Part]]] = {}  # TAG -> record, every part type defined so far
 
@@ -119,13 +118,11 @@ class Part(Record):
 
 @dataclass(kw_only=True)
 class Block(Part):
-    KIND: ClassVar[str] = "block"
     name: str
     out_shape: list[int] | None = None
 
 
 @dataclass(kw_only=True)
 class Head(Part):
-    KIND: ClassVar[str] = "head"
     inp: int | None = None
     out: int

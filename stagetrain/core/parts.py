@@ -62,7 +62,6 @@ class PoolLinear(Head):
 class ResnetStem(Part):
     """``resnet_stem``: ``kind`` cifar (3x3 conv) or imagenet (7x7/2 conv + max-pool)."""
 
-    KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "resnet_stem"
     BUILDER: ClassVar[str] = "stagetrain.models.resnet"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "kind", "in", "out", "in_hw", "out_shape")
@@ -96,7 +95,6 @@ class CustomModule(Part):
     """``custom_module``: the user's whole network (``target`` built with ``kwargs``), the
     module the custom parts are cut from."""
 
-    KIND: ClassVar[str] = "shared"
     TAG: ClassVar[str | None] = "custom_module"
     BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "target", "kwargs")
@@ -108,7 +106,6 @@ class CustomModule(Part):
 class CustomStem(Part):
     """``custom_stem``: the user module's submodules ``modules`` in order."""
 
-    KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "custom_stem"
     BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "modules", "in_channels", "flops")
@@ -121,7 +118,6 @@ class CustomStem(Part):
 class ViTStem(Part):
     """``vit_stem``: torchvision's ViT patch projection, class token and positions."""
 
-    KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "vit_stem"
     BUILDER: ClassVar[str] = "stagetrain.models.custom"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "conv", "class_token", "pos_embedding", "dropout", "in_channels", "flops")
@@ -154,7 +150,3 @@ class CustomHead(Head):
     modules: list[str] = field(default_factory=list)
     input: str | None = None
     flops: float | None = None
-
-
-IMAGE_PARTS: tuple[type[Part], ...] = (Dense, Conv, LinearHead, PoolLinear, ResnetStem, ResnetStage, CustomModule,
-                                    CustomStem, ViTStem, CustomBlock, CustomHead)

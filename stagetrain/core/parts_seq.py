@@ -17,7 +17,6 @@ from stagetrain.core.partbase import Block, Head, Part
 class PatchEmbed(Part):
     """``patch_embed``: an image cut into ``patch`` x ``patch`` tokens (+ a class token)."""
 
-    KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "patch_embed"
     BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "in_shape", "patch", "d_model", "cls_token", "tokens", "out_shape")
@@ -34,7 +33,6 @@ class TokenEmbed(Part):
     """``token_embed``: token ids to vectors plus learnt positions; ``padding``: id 0 is padding;
     ``mask_id``: the row of mlm's mask token."""
 
-    KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "token_embed"
     BUILDER: ClassVar[str] = "stagetrain.models.transformer"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "vocab_size", "max_len", "d_model", "padding", "out_shape", "mask_id")
@@ -102,7 +100,6 @@ class HFPart(Part):
 class HFEmbed(HFPart):
     """``hf_embed``: the model's embeddings (``mask_id``: the row of mlm's mask token)."""
 
-    KIND: ClassVar[str] = "stem"
     TAG: ClassVar[str | None] = "hf_embed"
     ORDER: ClassVar[tuple[str, ...]] = ("type", "model_type", "config", "tokens", "padding", "vocab_size", "d_model",
                                         "out_shape", "mask_id")
@@ -141,7 +138,3 @@ class HFHead(HFPart, Head):
     task: str
     tie: bool | None = None
     objective: str | None = None
-
-
-SEQ_PARTS: tuple[type[Part], ...] = (PatchEmbed, TokenEmbed, TransformerLayer, SeqClassifier, LMHeadPart, HFEmbed,
-                                     HFDecoderLayer, HFEncoderLayer, HFHead)

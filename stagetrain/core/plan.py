@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from stagetrain.core.errors import StagetrainError, check_types
+from stagetrain.core.plugs import axis
 from stagetrain.nn.modelops import ModelOp, as_op
 from stagetrain.nn.objective_registry import args_dict, as_args
 from stagetrain.nn.objective_registry import find as find_objective
@@ -89,15 +90,12 @@ def settings_class(kind: str) -> type[StageExtra] | None:
     """The ``StageExtra`` subclass of ``kind``. A kind is its strategy's name: when none is
     declared yet, that strategy plug's ``config.py`` is loaded first -- a lookup among the
     discovered plugs (``core/plugs.py``), never a path or callable read from a file."""
-    if kind not in StageExtra.declared:
-        from stagetrain.core.plugs import Plugs  # the strategy axis, found as every plug is
-
-        strategies = Plugs("strategy", "strategy", "stagetrain.strategies")
-        if kind in strategies:
-            strategies.config(kind)
+    if kind not in StageExtra.declared and kind in axis("strategy"):
+        axis("strategy").config(kind)
     return StageExtra.declared.get(kind)
 
 
+FLAT_ARGS = ("noise", "cd_k")  # objective parameters an older plan held flat on every stage
 ENGINE_ASKS = ("data_fraction", "partial", "bn")  # StageExtra's questions: once flat Stage fields
 
 
@@ -197,7 +195,7 @@ class Plan:
         _check_keys("plan", data, cls)
         stages = []
         for s in data["stages"]:
-            _check_keys("stage", s, Stage, ENGINE_ASKS + ("noise", "cd_k"))
+            _check_keys("stage", s, Stage, ENGINE_ASKS + FLAT_ARGS)
             stages.append(Stage(**migrate(s, data.get("strategy", ""))))
         return cls(**{**data, "stages": stages})
 
@@ -225,7 +223,7 @@ def migrate(stage: dict[str, Any], strategy: str) -> dict[str, Any]:
     declared field takes must be the neutral one, or the plan is refused in one paragraph."""
     s = dict(stage)
     if "objective_args" not in s:
-        flat = {k: s.pop(k) for k in ("noise", "cd_k") if k in s}
+        flat = {k: s.pop(k) for k in FLAT_ARGS if k in s}
         kind = find_objective(s.get("objective", "supervised"))
         s["objective_args"] = args_dict(kind.args_from(flat)) if kind is not None else None
     if "extra" not in s:

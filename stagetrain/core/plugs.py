@@ -10,11 +10,14 @@ attribute lookups to its ``config`` module first, then to its implementation mod
 (``exports``), so torch loads only when a run needs the implementation.
 
 What each axis's plugs provide is documented where the axis is: ``strategies/__init__.py``,
-``families/__init__.py``, ``datasets/__init__.py``.
+``families/__init__.py``, ``datasets/__init__.py``. ``axis(key)`` is the one ``Plugs`` of each
+axis (those packages' ``STRATEGIES``, ``FAMILIES``, ``DATASETS``), also for lower layers that
+read a plug's declarations back (a plan's stage settings, a spec's part types).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import pkgutil
@@ -82,6 +85,20 @@ class Plugs(Mapping[str, ModuleType]):
     def hook(self, name: str, attr: str) -> Any:
         """The plug's optional ``attr`` (a hook or constant), or None."""
         return getattr(self.plug(name), attr, None)
+
+
+AXES = {  # config key -> (what a plug is, its package, what its config/package must define)
+    "strategy": ("strategy", "stagetrain.strategies", ("name", "Config", "validate", "build")),
+    "model": ("model family", "stagetrain.families", ("Config", "validate", "spec")),
+    "dataset": ("dataset", "stagetrain.datasets", ("Config", "validate", "meta")),
+}
+
+
+@functools.cache
+def axis(key: str) -> Plugs:
+    """The plugs of the axis ``key`` (``strategy``, ``model``, ``dataset``), found once."""
+    what, package, required = AXES[key]
+    return Plugs(key, what, package, required)
 
 
 def exports(package: str, *modules: str) -> Callable[[str], Any]:

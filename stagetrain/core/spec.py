@@ -13,17 +13,16 @@ a type no family declares is one paragraph.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import stagetrain.core.parts  # noqa: F401 - defining stagetrain's part records declares them
+import stagetrain.core.parts_seq  # noqa: F401
 from stagetrain.core.errors import StagetrainError
 from stagetrain.core.partbase import Block, Head, Part, Record
-from stagetrain.core.parts import IMAGE_PARTS
-from stagetrain.core.parts_seq import SEQ_PARTS
+from stagetrain.core.plugs import axis
 
 PART_TYPES: dict[str, type[Part]] = Part.declared  # TAG -> record: stagetrain's (imported above) and the plugs' loaded
-assert all(cls.TAG in PART_TYPES for cls in (*IMAGE_PARTS, *SEQ_PARTS) if cls.TAG)
 DEFAULT_HEAD = "linear_head"  # the type of a head that names none (mlp, cnn)
 PART_KEYS = ("shared", "stem", "head")
 
@@ -42,9 +41,9 @@ def part_class(name: Any) -> type[Part]:
     family plugs' torch-free configs are loaded (a family declares its own part types there),
     as every plug is found (``core/plugs.py``) -- never a path or callable a file names.
     Unknown: one paragraph."""
-    if name not in PART_TYPES:
+    if isinstance(name, str) and name not in PART_TYPES:
         load_family_parts()
-    if name not in PART_TYPES:
+    if not isinstance(name, str) or name not in PART_TYPES:
         raise StagetrainError(
             f"The model spec names a part of type {name!r}, which no model family registers "
             f"(registered: {', '.join(sorted(PART_TYPES))}). The checkpoint may come from a newer stagetrain "
@@ -54,9 +53,7 @@ def part_class(name: Any) -> type[Part]:
 
 def load_family_parts() -> None:
     """Load every model family plug's ``config.py``, which declares the part types it adds."""
-    from stagetrain.core.plugs import Plugs  # the family axis, found as every plug is
-
-    families = Plugs("model", "model family", "stagetrain.families")
+    families = axis("model")
     for name in families:
         families.config(name)
 
@@ -101,11 +98,6 @@ class ModelSpec(Record):
     def block_names(self) -> list[str]:
         return [b.name for b in self.blocks]
 
-    def block(self, name: str) -> Block:
-        return next(b for b in self.blocks if b.name == name)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
 
 def from_dict(data: Any, where: str = "spec") -> ModelSpec:
@@ -137,8 +129,3 @@ def from_dict(data: Any, where: str = "spec") -> ModelSpec:
 def as_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:
     """``spec`` itself, or the typed spec of its plain dict."""
     return spec if isinstance(spec, ModelSpec) else from_dict(spec)
-
-
-def to_dict(spec: ModelSpec | dict[str, Any]) -> dict[str, Any]:
-    """The plain dict of a spec (a plain dict is returned as it is)."""
-    return spec.to_dict() if isinstance(spec, ModelSpec) else spec

@@ -34,9 +34,9 @@ from types import ModuleType
 from typing import Any
 
 from stagetrain.core.errors import StagetrainError
-from stagetrain.core.plugs import Plugs
+from stagetrain.core.plugs import axis
 
-DATASETS = Plugs("dataset", "dataset", __name__, ("Config", "validate", "meta"))
+DATASETS = axis("dataset")
 
 
 def dataset(name: str) -> ModuleType:

@@ -35,10 +35,10 @@ from typing import Any
 
 from stagetrain.core import trust
 from stagetrain.core.errors import StagetrainError
-from stagetrain.core.plugs import Plugs
+from stagetrain.core.plugs import axis
 from stagetrain.datasets import inputs
 
-FAMILIES = Plugs("model", "model family", __name__, ("Config", "validate", "spec"))
+FAMILIES = axis("model")
 
 
 def family(name: str) -> ModuleType:

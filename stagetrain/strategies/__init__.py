@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from stagetrain.core.plan import Plan
-from stagetrain.core.plugs import Plugs, exports
+from stagetrain.core.plugs import axis, exports
 
 
 @runtime_checkable
@@ -38,7 +38,7 @@ class Strategy(Protocol):
     def build(self, cfg: Any, spec: dict[str, Any]) -> Plan: ...  # spec: the starting architecture
 
 
-STRATEGIES = Plugs("strategy", "strategy", __name__, ("name", "Config", "validate", "build"))
+STRATEGIES = axis("strategy")
 
 
 def config_module(name: str) -> Any:
