@@ -48,7 +48,7 @@ def measure_stage_flops(
     the measured step (with that input's gradient when the block below trains)."""
     model_c, helper_c = copy.deepcopy(model), copy.deepcopy(helper)
     seen: list[torch.Tensor] = []
-    if helper_c is not None and (stage.helper or {}).get("kind") in AUX_KINDS:
+    if helper_c is not None and stage.helper is not None and stage.helper.kind in AUX_KINDS:
         helper_c.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
