@@ -18,10 +18,11 @@ from stagetrain.core.plan import Plan, Stage
 from stagetrain.data import DataBundle
 from stagetrain.data.bundle import Split
 from stagetrain.progress import Reporter
+from stagetrain.runread import under_trained
 from stagetrain.runs.banner import final_table
 from stagetrain.runs.baselines import for_plan, stage_baseline
 from stagetrain.runs.config import validate
-from stagetrain.runs.convergence import convergence, under_trained
+from stagetrain.runs.convergence import convergence
 from stagetrain.runs.parts import build_engine, build_parts
 from stagetrain.runs.rundir import RunDir, read_metrics
 from stagetrain.runs.runner import train

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from stagetrain.report.command import pareto_front
 from stagetrain.runread import fmt
+from stagetrain.runs.plots import pareto_front
 
 
 @pytest.fixture(scope="module")

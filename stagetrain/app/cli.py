@@ -209,6 +209,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The job: one run, or a search over tune.lr / tune.grid (tune.py); then its equal-FLOPs control
     when compare.scratch=true."""
     from stagetrain.families import vouched_by
+    from stagetrain.runs.control import control_after
     from stagetrain.runs.runner import train
 
     with vouched_by(cfg):  # this job's own config names the code that may run (trust.py)
@@ -218,19 +219,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
             info = run_search(cfg, run_dir)
         else:
-            info = train(cfg, run_dir)
-        _control(cfg, info, run_dir)
+            info = train(cfg, run_dir, vouch=False)  # vouched for above
+        control_after(cfg, info, run_dir)
     return info
-
-
-def _control(cfg: DictConfig, info: dict[str, Any], run_dir: Path) -> None:
-    """compare.scratch=true on a completed staged run (not a scratch run, not a dry run):
-    its equal-FLOPs scratch control (control.py)."""
-    if (OmegaConf.select(cfg, "compare.scratch", default=False) and info.get("status") == "completed"
-            and info.get("strategy") != "scratch" and not info.get("dry_run")):
-        from stagetrain.runs.control import run_control
-
-        run_control(info, run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ from stagetrain.runread import (
     read_info,
     under_trained_flag,
 )
-from stagetrain.runs.plots import group_label, pareto_front, plot, plot_curves  # noqa: F401 - report.plot etc.
+from stagetrain.runs.plots import plot, plot_curves  # noqa: F401 - the sweep callback draws with report.plot / plot_curves
 from stagetrain.runs.tune import is_trial
 
 METRICS = ("val/acc", "test/acc", "test/loss")

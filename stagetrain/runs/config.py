@@ -5,7 +5,7 @@ Hydra checks key names and types when it composes the config (unknown keys and w
 types fail there, before anything runs). ``validate`` then checks values and combinations,
 still before any data is loaded or a run directory is used, and returns the typed
 ``RunConfig`` (plain dataclasses, ``core/schema.py``) that everything below the run layer gets:
-only this module and the run layer (runner, resume, record, cli) touch OmegaConf.
+only this module, the run layer (runner, resume, record) and ``app/`` touch OmegaConf.
 """
 
 from __future__ import annotations

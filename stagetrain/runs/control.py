@@ -20,6 +20,15 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger("stagetrain")
 SUBDIR = "control"
+CONTROL = "scratch"  # the strategy every staged run is compared against
+
+
+def control_after(cfg: Any, info: dict[str, Any], run_dir: Path) -> None:
+    """``compare.scratch=true`` on a completed staged run (not a control itself, not a dry
+    run): train its equal-FLOPs control (``run_control``)."""
+    if (OmegaConf.select(cfg, "compare.scratch", default=False) and info.get("status") == "completed"
+            and info.get("strategy") != CONTROL and not info.get("dry_run")):
+        run_control(info, run_dir)
 
 
 def run_control(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -35,7 +44,7 @@ def run_control(info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     control_dir = Path(run_dir) / SUBDIR
     saved_config(info, Path(run_dir) / "run.json")  # the record may be a file (a completed run resumed)
     cfg = OmegaConf.create(info["config"])
-    cfg.strategy = {"name": "scratch", "epochs": None, "flops": float(info["flops"]),
+    cfg.strategy = {"name": CONTROL, "epochs": None, "flops": float(info["flops"]),
                     "arch_from": str(Path(run_dir).resolve())}
     cfg.compare.scratch = False
     cfg.resume = "auto"  # the staged run re-run with resume=auto continues or skips its control too

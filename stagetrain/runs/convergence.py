@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from stagetrain.nn.objective_registry import find as find_objective
-from stagetrain.runread import under_trained  # noqa: F401 - convergence.under_trained, as documented
 
 log = logging.getLogger("stagetrain")
 STEEP = 0.05  # share of a stage's loss fall that happened in its second half (4+ epochs)

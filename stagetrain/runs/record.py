@@ -37,7 +37,7 @@ def versions() -> dict[str, str]:
 
 
 class RunRecord:
-    """The run.json content of one run; ``write`` is a no-op off rank 0 (``rundir=None``)."""
+    """The run.json content of one run; nothing is written off rank 0 (``rundir=None``)."""
 
     def __init__(self, rundir: RunDir | None, info: dict[str, Any]):
         self.rundir, self.info = rundir, info
