@@ -75,5 +75,6 @@ def vocab_size(ds: Any) -> int:
 
 def meta(ds: Any) -> tuple[tuple[int, ...], int, int]:
     if ds.task == "lm":
-        return lm_meta(ds, corpus(ds), vocab_size(ds))
+        text = corpus(ds)  # read once: its length and (chars) its vocabulary
+        return lm_meta(ds, text, token_vocab(ds.tokenizer, lambda: [text], ds))
     return labelled_meta(ds, labelled(ds)[1], own_test=False)

@@ -26,6 +26,7 @@ from stagetrain.core.partbase import Part
 from stagetrain.core.parts import CustomBlock, CustomHead, CustomModule, CustomStem
 from stagetrain.core.spec import ModelSpec, part_from_dict
 from stagetrain.core.trust import resolve_target
+from stagetrain.datasets import dataset_meta
 
 HEAD_INPUTS = ("none", "flatten", "pool_flatten", "pool", "cls_token")
 ADAPT = ("none", "repeat")
@@ -78,8 +79,6 @@ def check_names(stem: list[str], blocks: list[str], head: list[str]) -> None:
 
 
 def input_shape(dataset: Any) -> tuple[int, ...]:
-    from stagetrain.datasets import dataset_meta  # torch: only when a run is validated
-
     return tuple(dataset_meta(dataset)[0])
 
 

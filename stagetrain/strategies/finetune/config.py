@@ -10,7 +10,7 @@ from typing import Any
 from stagetrain.core.errors import StagetrainError, check_choice
 from stagetrain.core.plan import StageExtra
 from stagetrain.core.schema import CACHE_MAX_BYTES, StrategyConfig
-from stagetrain.datasets import DATASETS, check_classes
+from stagetrain.datasets import DATASETS, check_classes, dataset_meta
 from stagetrain.strategies.layerwise.config import AutoConfig, check_epochs
 
 MODES = ("full", "linear_probe", "partial", "add_layers", "gradual_unfreeze", "lp_ft", "bitfit", "lora")
@@ -109,15 +109,11 @@ def validate(cfg: Any) -> None:
             raise StagetrainError("strategy.pretrain: lr must be > 0 and noise in [0, 1).")
         if s.head == "reuse":
             raise StagetrainError("strategy.head=reuse needs a source run; in-run pretraining always gets a new head.")
-        from stagetrain.datasets import (
-            dataset_meta,  # torch: only when pretraining needs the shapes
-        )
-
-        src_shape = dataset_meta(source_dataset_cfg(cfg))[0]
-        if tuple(src_shape) != tuple(dataset_meta(cfg.dataset)[0]):
+        src_shape, shape = (tuple(dataset_meta(d)[0]) for d in (source_dataset_cfg(cfg), cfg.dataset))
+        if src_shape != shape:
             raise StagetrainError(
-                f"strategy.pretrain.dataset={p.dataset} has inputs of shape {tuple(src_shape)}, but dataset="
-                f"{cfg.dataset.name} has {tuple(dataset_meta(cfg.dataset)[0])}; they must match.")
+                f"strategy.pretrain.dataset={p.dataset} has inputs of shape {src_shape}, but dataset="
+                f"{cfg.dataset.name} has {shape}; they must match.")
         return _validate_numbers(s)
     if s.source == RANDOM:  # the no-transfer control: the same stages from random weights
         return _validate_numbers(s)

@@ -130,9 +130,9 @@ def _source_arch(cfg: Any, src: Source, in_shape: tuple[int, ...], num_classes: 
             raise StagetrainError(
                 f"strategy.head=reuse needs the same number of classes, but the source {src.path} has "
                 f"{arch.num_classes} and this run's data has {num_classes}. Use strategy.head=new.")
-    elif head_objective(arch.head) is not None and not is_lm(cfg.model) and family_hook(cfg.model, "as_classifier"):
-        # LM / MLM pretraining -> labels
-        return family_hook(cfg.model, "as_classifier")(arch.to_dict(), num_classes, cfg.model)
+    elif head_objective(arch.head) is not None and not is_lm(cfg.model) and (
+            as_classifier := family_hook(cfg.model, "as_classifier")):  # LM / MLM pretraining -> labels
+        return as_classifier(arch.to_dict(), num_classes, cfg.model)
     else:
         arch.head.out = arch.num_classes = int(num_classes)
     return arch.to_dict()
