@@ -23,8 +23,9 @@ A dataset's ``config.py`` imports no torch (the config layer loads it at start-u
 Its implementation (``reader.py``, may import torch, reached through the package) gives
 ``load(ds, seed)`` -> (train, test, scale[, val, info]) which ``load_data`` finishes the
 same way for every dataset (``data.finish.finish_bundle``), ``stream(ds, seed)`` for a
-streamable one (the same splits, inputs read lazily), or ``bundle(ds, seed)`` -> a whole
-``DataBundle`` when the dataset splits itself (a language model's held-out tail).
+streamable one (the same splits, inputs read lazily), or ``bundle(ds, seed, storage)`` -> a
+whole ``DataBundle`` when the dataset splits itself (a language model's held-out tail), in
+the storage ``load_data`` chose (``memory`` unless the plug is ``STREAMABLE``).
 """
 
 from __future__ import annotations
@@ -137,14 +138,15 @@ def load_data(cfg: Any, seed: int, device: Any = None) -> Any:
     from stagetrain.data.finish import finish_loaded
     from stagetrain.data.stream import storage_choice
 
-    plug = dataset(cfg.name)
-    shape, _, n, *_ = plug.meta(cfg)
-    stream = getattr(plug, "stream", None)
-    storage, why = storage_choice(cfg, stream is not None, n * math.prod(shape) * itemsize(cfg), device)
+    plug, can_stream, nbytes = dataset(cfg.name), streamable(cfg.name), 0
+    if can_stream and cfg.storage == "auto":  # only auto weighs the inputs' size (the metadata's)
+        shape, _, n, *_ = plug.meta(cfg)
+        nbytes = n * math.prod(shape) * itemsize(cfg)
+    storage, why = storage_choice(cfg, can_stream, nbytes, device)
     own_bundle = getattr(plug, "bundle", None)
     if own_bundle is not None:
-        bundle = own_bundle(cfg, seed)
+        bundle = own_bundle(cfg, seed, storage)
         bundle.info.update({"storage": storage, "storage_reason": why})
         return bundle
-    loaded = (stream if storage == "stream" else plug.load)(cfg, seed)
+    loaded = (plug.stream if storage == "stream" else plug.load)(cfg, seed)
     return finish_loaded(cfg, seed, loaded, storage, why)

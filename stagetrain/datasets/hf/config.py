@@ -29,7 +29,7 @@ from stagetrain.textfiles import (
     validate_text_dataset,
 )
 
-STREAMABLE = True  # stream(): each row tokenised when the loader reads it
+STREAMABLE = True  # bundle(ds, seed, "stream"): each row tokenised when the loader reads it
 ITEMSIZE = 8  # int64 token ids
 FORMATS = ("auto", "json", "csv", "parquet", "text", "disk")
 SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}

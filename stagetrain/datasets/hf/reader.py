@@ -9,7 +9,6 @@ Labels stay in memory (for language modelling: the next-token targets, one int64
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -18,15 +17,12 @@ import torch
 from stagetrain.core.errors import StagetrainError
 from stagetrain.data.bundle import DataBundle, LazyInputs, Split
 from stagetrain.data.finish import channel_stats, finish_bundle
-from stagetrain.data.stream import storage_choice
 from stagetrain.data.tokenizer import Tokenizer, pad_batch
 from stagetrain.datasets.hf.config import (
-    ITEMSIZE,
     held_fraction,
     labels,
     lm_parts,
     lm_training_rows,
-    meta,
     splits,
     test_rows,
     token_counts,
@@ -82,15 +78,10 @@ class Windows:
         return tokens[a - off:b - off]
 
 
-def _storage(ds: Any) -> tuple[str, str]:
-    """The choice ``load_data`` makes (the same inputs: the metadata's size, the host's memory)."""
-    shape, _, n, *_ = meta(ds)
-    return storage_choice(ds, True, n * math.prod(shape) * ITEMSIZE, None)
-
-
-def bundle(ds: Any, seed: int, storage: str | None = None) -> DataBundle:
+def bundle(ds: Any, seed: int, storage: str = "memory") -> DataBundle:
+    """The splits in ``storage`` (``load_data``'s choice, which also records why)."""
     parts = splits(ds)
-    storage, why = (storage, f"dataset.storage={storage}") if storage else _storage(ds)
+    why = f"dataset.storage={storage}"
     if ds.label_field is not None:
         made, tok = _classification(ds, seed, parts, storage, why)
     else:
@@ -99,12 +90,6 @@ def bundle(ds: Any, seed: int, storage: str | None = None) -> DataBundle:
     made.info.update({"tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
                       "splits_given": sorted(parts), "rows": {k: len(v) for k, v in parts.items()}})
     return made
-
-
-def stream(ds: Any, seed: int) -> DataBundle:
-    """The streamed bundle (``load_data`` calls ``bundle``, which streams when
-    ``dataset.storage`` says so; this marks the plug streamable)."""
-    return bundle(ds, seed, "stream")
 
 
 def _inputs(reader: Any, rows: list[int], storage: str, workers: int) -> torch.Tensor | LazyInputs:

@@ -9,5 +9,5 @@ from stagetrain.data.text import lm_bundle
 from stagetrain.datasets.text.config import corpus
 
 
-def bundle(ds: Any, seed: int) -> DataBundle:
+def bundle(ds: Any, seed: int, storage: str = "memory") -> DataBundle:  # not STREAMABLE: always memory
     return lm_bundle(ds, seed, corpus(ds))
