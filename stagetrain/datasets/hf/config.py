@@ -23,7 +23,7 @@ from stagetrain.core.schema import DatasetConfig
 from stagetrain.textfiles import (
     expand,
     held_out_counts,
-    label_names,
+    labelled_meta,
     part_sizes,
     token_vocab,
     validate_text_dataset,
@@ -271,6 +271,4 @@ def meta(ds: Any) -> tuple[tuple[int, ...], int, int, bool]:
     if ds.label_field is None:
         tokens = lm_parts(ds, sum(token_counts(ds, parts["train"])), parts)[0]
         return (ds.max_len,), vocab_size(ds), max(0, (tokens - 1) // ds.max_len), True
-    names = labels(parts["train"], ds.label_field)
-    held = 0 if "test" in parts else len(test_rows(names, ds.test_fraction))
-    return (ds.max_len,), len(label_names(names)), len(names) - held, "val" in parts
+    return (*labelled_meta(ds, labels(parts["train"], ds.label_field), "test" in parts), "val" in parts)
